@@ -1,0 +1,9 @@
+"""armour_kernels: fused attention kernels for vision transformers (Armour, LeViT, Nyström, Performer).
+
+The public API lives here and nowhere else. See README.md for the map of the package.
+"""
+from ._backend import BACKENDS
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "__version__"]

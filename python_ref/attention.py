@@ -1,0 +1,115 @@
+"""Reference softmax attention: the definition every fused kernel is checked against.
+
+Layout is PyTorch's (B, H, N, D): one row per token, one (N, D) matrix per head.
+Everything here is plain PyTorch and works in float64, so tests can compute the
+"true" answer at high precision. Nothing here is fast on purpose.
+
+SPEC §2 (DeiT family) and §3 (LeViT generalised Armour):
+
+    value="v"    softmax(s·QKᵀ + bias)·V          regular (also shared_qk: pass k=q)
+    value="q"    softmax(s·QKᵀ + bias)·Q          Armour: the query is the value
+    value="k"    softmax(s·QKᵀ + bias)·K          shared_kv (W_K = W_V)
+    value="q+v"  softmax(...)·[Q | V]             LeViT `armour`: value = concat(q, v_half)
+    value="q+k"  softmax(...)·[Q | K]             LeViT `armour_plus`: value = concat(q, k)
+"""
+from __future__ import annotations
+
+import torch
+
+VALUE_SOURCES = ("v", "q", "k", "q+v", "q+k")
+
+# The attention variants of SPEC §2, as (value source, q is k, mask diagonal).
+DEIT_VARIANTS = {
+    "regular": ("v", False, False),
+    "armour": ("q", False, False),
+    "shared_kv": ("k", False, False),
+    "shared_qk": ("v", True, False),
+    "shared_qk_nodiag": ("v", True, True),
+}
+
+
+def value_tensor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, value: str) -> torch.Tensor:
+    """The matrix the attention weights multiply, built from the value source name."""
+    if value not in VALUE_SOURCES:
+        raise ValueError(f"value must be one of {VALUE_SOURCES}, got {value!r}")
+    if "v" in value and v is None:
+        raise ValueError(f"value={value!r} needs v")
+    if "q" in value and q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"value={value!r} needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
+    parts = {"v": [v], "q": [q], "k": [k], "q+v": [q, v], "q+k": [q, k]}[value]
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+def attention_scores(q, k, *, scale=None, bias=None, mask_diagonal=False):
+    """s·QKᵀ + bias, with the diagonal set to -inf where asked (SPEC §2, `shared_qk_nodiag`).
+
+    A row whose only finite score is on the diagonal keeps its diagonal: the paper's
+    rule for a query with no other valid key (N = 1, say).
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
+    if mask_diagonal:
+        nq, nk = scores.shape[-2:]
+        diag = torch.eye(nq, nk, dtype=torch.bool, device=scores.device)
+        masked = scores.masked_fill(diag, float("-inf"))
+        no_other_key = (masked == float("-inf")).all(dim=-1, keepdim=True)
+        scores = torch.where(no_other_key, scores, masked)
+    return scores
+
+
+def attention(q, k, v=None, *, value="v", scale=None, bias=None, mask_diagonal=False):
+    """softmax(scale·q·kᵀ + bias)·value, per head. Shapes (B, H, N, D); bias broadcasts to (B, H, Nq, Nk)."""
+    scores = attention_scores(q, k, scale=scale, bias=bias, mask_diagonal=mask_diagonal)
+    return torch.softmax(scores, dim=-1) @ value_tensor(q, k, v, value)
+
+
+def attention_lse(q, k, *, scale=None, bias=None, mask_diagonal=False):
+    """Row log-sum-exp of the scores: what flash-style kernels save for the backward pass."""
+    scores = attention_scores(q, k, scale=scale, bias=bias, mask_diagonal=mask_diagonal)
+    return torch.logsumexp(scores, dim=-1)
+
+
+def deit_attention(q, k, v=None, *, variant="regular", scale=None):
+    """The DeiT attention variants of SPEC §2 by name.
+
+    `shared_qk*` use q as the key (pass k=None or anything: it is ignored)."""
+    if variant not in DEIT_VARIANTS:
+        raise ValueError(f"unknown attention variant {variant!r}; expected one of {tuple(DEIT_VARIANTS)}")
+    value, q_is_k, mask_diagonal = DEIT_VARIANTS[variant]
+    if q_is_k:
+        k = q
+    return attention(q, k, v, value=value, scale=scale, mask_diagonal=mask_diagonal)
+
+
+# ----------------------------------------------------------------------------- LeViT
+
+def levit_bias_index(resolution: int, stride: int = 1) -> torch.Tensor:
+    """LeViT's relative-position index: idx[i, j] = |dy|·res + |dx| (SPEC §3).
+
+    Queries sit on the grid subsampled by `stride` (1: the same grid as the keys),
+    keys on the full `resolution`×`resolution` grid. Returns int64 (Nq, Nk).
+    """
+    ys, xs = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
+    k_pos = torch.stack([ys.flatten(), xs.flatten()], dim=1)
+    q_res = (resolution - 1) // stride + 1
+    qy, qx = torch.meshgrid(torch.arange(q_res) * stride, torch.arange(q_res) * stride, indexing="ij")
+    q_pos = torch.stack([qy.flatten(), qx.flatten()], dim=1)
+    rel = (q_pos[:, None, :] - k_pos[None, :, :]).abs()
+    return rel[..., 0] * resolution + rel[..., 1]
+
+
+def levit_bias(attention_biases: torch.Tensor, bias_index: torch.Tensor) -> torch.Tensor:
+    """Gather the learned (H, R) table into the dense (H, Nq, Nk) additive bias."""
+    return attention_biases[:, bias_index]
+
+
+def levit_attention(q, k, v=None, *, attention_biases, bias_index, value="v", scale=None):
+    """LeViT attention core (before Hardswish and `proj`): softmax(s·qkᵀ + table[idx])·value.
+
+    value="v" is LeViT, "q+v" the generalised `armour`, "q+k" `armour_plus` (SPEC §3).
+    """
+    bias = levit_bias(attention_biases, bias_index)
+    return attention(q, k, v, value=value, scale=scale, bias=bias)

@@ -1,0 +1,52 @@
+"""Shared test fixtures: tolerances per dtype, NaN-filled outputs, which backends exist here.
+
+On a machine without CUDA the Triton kernels run in the interpreter on CPU tensors
+(SPEC §7), so TRITON_INTERPRET is set before anything imports triton.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+# Interpreter bf16 dot products are garbage (SPEC §7): bf16 Triton tests need a GPU.
+TRITON_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
+
+# (atol, rtol) against a float64 reference, per input dtype.
+TOLERANCES = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (2e-4, 2e-4),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (6e-2, 6e-2),
+}
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+def tolerance(dtype):
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual, expected, dtype=None, scale=1.0, msg=""):
+    """Compare with the per-dtype tolerance, scaled by the reference's magnitude."""
+    dtype = dtype or actual.dtype
+    atol, rtol = TOLERANCES[dtype]
+    expected = expected.to(torch.float64)
+    actual = actual.to(torch.float64)
+    mag = max(expected.abs().max().item(), 1.0)
+    assert not torch.isnan(actual).any(), f"{msg}: NaN in result (an element was never written?)"
+    torch.testing.assert_close(actual, expected, atol=atol * mag * scale, rtol=rtol * scale, msg=msg or None)
+
+
+def nan_like(t):
+    """An output buffer pre-filled with NaN, so an unwritten element fails the comparison."""
+    return torch.full_like(t, float("nan"))
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda" if HAS_CUDA else "cpu")
