@@ -436,16 +436,17 @@ def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, m
 
 
 def _pinv_backward(ql, kl, w, dy, iterations, mode, B, H):
-    """Autograd through A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W in PyTorch fp32 (m×m: not fused).
+    """Backward of A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W in PyTorch fp32 (m×m work: NOT fused).
 
-    Runs on the (B, H, m, ·) batch at once, so the seed mode's global maxima couple the heads
-    exactly as in the reference. Returns dq̃, dk̃ (this path only) and dW.
+    torch.func.vjp, because plain autograd is switched off inside a custom op's body. Runs on
+    the (B, H, m, ·) batch at once, so the seed mode's global maxima couple the heads exactly
+    as in the reference. Returns dq̃, dk̃ (this path only) and dW.
     """
-    with torch.enable_grad():
-        leaves = [t.detach().view(B, H, *t.shape[1:]).requires_grad_() for t in (ql, kl, w)]
-        y = razavi_pinv_fp32(_landmark_a2(leaves[0], leaves[1]), iterations, mode) @ leaves[2]
-        grads = torch.autograd.grad(y, leaves, dy.view(B, H, *dy.shape[1:]))
-    return [g.reshape(B * H, *g.shape[2:]) for g in grads]
+    def landmark_y(q_l, k_l, w_):
+        return razavi_pinv_fp32(_landmark_a2(q_l, k_l), iterations, mode) @ w_
+
+    _, vjp = torch.func.vjp(landmark_y, *(t.view(B, H, *t.shape[1:]) for t in (ql, kl, w)))
+    return [g.reshape(B * H, *g.shape[2:]) for g in vjp(dy.view(B, H, *dy.shape[1:]))]
 
 
 def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_iterations=6, mode="clean",

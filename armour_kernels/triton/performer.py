@@ -127,7 +127,18 @@ def _context_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, ctx_ptr, ksum_ptr, n, H, m, D
 
 
 @triton.jit
-def _query_block(q_ptr, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, dn, sqn, sqd,
+def _load_reductions(ctx_ptr, ksum_ptr, bh, m, DV, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """S (m, dv) and z (m) of one (batch·head), fp32, zero-padded to the block sizes."""
+    feats = tl.arange(0, BLOCK_M)
+    dvs = tl.arange(0, BLOCK_DV)
+    ctx = tl.load(ctx_ptr + bh * m * DV + feats[:, None] * DV + dvs[None, :],
+                  mask=(feats[:, None] < m) & (dvs[None, :] < DV), other=0.0)
+    ksum = tl.load(ksum_ptr + bh * m + feats, mask=feats < m, other=0.0)
+    return ctx, ksum
+
+
+@triton.jit
+def _query_block(q_ptr, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
                  SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """Recompute everything one query block needs: q, P, u, φ(q), S, z, the validity mask, φ(q)·z."""
@@ -141,8 +152,7 @@ def _query_block(q_ptr, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, dn, sqn, sq
     stab = tl.where(rows[:, None] < n, stab, 0.0)  # padded rows: keep them finite
     phi = _features(q, u, dn, stab, valid, SOFTMAX)
     dvs = tl.arange(0, BLOCK_DV)
-    ctx = tl.load(ctx_ptr + bh * BLOCK_M * BLOCK_DV + feats[:, None] * BLOCK_DV + dvs[None, :])
-    ksum = tl.load(ksum_ptr + bh * BLOCK_M + feats)
+    ctx, ksum = _load_reductions(ctx_ptr, ksum_ptr, bh, m, DV, BLOCK_M, BLOCK_DV)
     den = tl.sum(phi * ksum[None, :], axis=1)
     den = tl.where(rows < n, den, 1.0)
     return q, proj, u, phi, ctx, ksum, valid, den
@@ -157,7 +167,7 @@ def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, n, H, m, D, DV, dn,
     row0 = tl.program_id(1) * BLOCK_N
     b, h = bh // H, bh % H
     q, proj, u, phi, ctx, ksum, valid, den = _query_block(
-        q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, dn, sqn, sqd,
+        q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
         SOFTMAX, BLOCK_N, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
     out = tl.dot(phi, ctx, input_precision=PRECISION) / den[:, None]
     rows = row0 + tl.arange(0, BLOCK_N)
@@ -184,7 +194,7 @@ def _bwd_query_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, dctx_ptr,
     for i in range(0, blocks_per_split):
         row0 = (split * blocks_per_split + i) * BLOCK_N
         q, proj, u, phi, ctx, ksum, valid, den = _query_block(
-            q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, dn, sqn, sqd,
+            q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
             SOFTMAX, BLOCK_N, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
         # out recomputed in fp32, not read back: a 16-bit stored out would spoil the
         # cancellation in G = (dO·Sᵀ − (dO·out)·z)/den.
@@ -228,8 +238,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
     valid = (rows[:, None] < n) & (feats[None, :] < m)
     u = _project(k, proj, dn, PRECISION)
     phi = _features(k, u, dn, stab, valid, SOFTMAX)
-    dctx = tl.load(dctx_ptr + bh * BLOCK_M * BLOCK_DV + feats[:, None] * BLOCK_DV + dvs[None, :])
-    dksum = tl.load(dksum_ptr + bh * BLOCK_M + feats)
+    dctx, dksum = _load_reductions(dctx_ptr, dksum_ptr, bh, m, DV, BLOCK_M, BLOCK_DV)
     g = tl.dot(v, tl.trans(dctx), input_precision=PRECISION) + dksum[None, :]
     dk, gsum = _feature_grad(g, k, u, phi, proj, dn, valid, SOFTMAX, PRECISION)
     tl.store(dk_ptr + b * sdkb + h * sdkh + rows[:, None] * sdkn + dcols[None, :] * sdkd,
@@ -296,7 +305,8 @@ def _context(k, v, proj, stab, dn, softmax, cfg, warps):
     ksum = torch.empty(bh, splits, cfg["BLOCK_M"], device=k.device, dtype=torch.float32)
     _context_kernel[(bh, splits)](k, v, proj, stab, ctx, ksum, n, H, proj.shape[0], D, v.shape[3], dn, per_split,
                                   *_strides(k), *_strides(v), SOFTMAX=softmax, **cfg, num_warps=warps)
-    return ctx.sum(dim=1), ksum.sum(dim=1)
+    m, dv = proj.shape[0], v.shape[3]
+    return ctx.sum(dim=1)[:, :m, :dv].contiguous(), ksum.sum(dim=1)[:, :m].contiguous()
 
 
 def _prepare(q, projection, kernel):
@@ -314,7 +324,7 @@ def performer_forward(q, k, v, projection, *, kernel, mode, value):
     v = q if value == "q" else v
     B, n, H, D = q.shape
     proj, dn, softmax = _prepare(q, projection, kernel)
-    cfg, warps = _config(n, proj.shape[0], D, v.shape[3], q.dtype)
+    cfg, warps = _config(max(n, k.shape[1]), proj.shape[0], D, v.shape[3], q.dtype)
     stab = (_key_stabiliser(k, proj, dn, mode, cfg, warps) if softmax
             else torch.zeros(B * H, device=q.device, dtype=torch.float32))
     ctx, ksum = _context(k, v, proj, stab, dn, softmax, cfg, warps)
@@ -347,9 +357,9 @@ def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mo
     armour = value == "q"
     v = q if armour else v
     B, n, H, D = q.shape
-    DV = v.shape[3]
+    nk, DV = k.shape[1], v.shape[3]
     proj, dn, softmax = _prepare(q, projection, kernel)
-    cfg, warps = _config(n, proj.shape[0], D, DV, q.dtype)
+    cfg, warps = _config(max(n, nk), proj.shape[0], D, DV, q.dtype)
     bh = B * H
     n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
     splits, per_split = _splits(n_blocks, bh)
@@ -361,11 +371,13 @@ def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mo
                                     n, H, proj.shape[0], D, DV, dn, per_split,
                                     *_strides(q), *_strides(dout), *_strides(dq),
                                     SOFTMAX=softmax, **cfg, num_warps=warps)
-    dctx, dksum = dctx.sum(dim=1), dksum.sum(dim=1)
-    dk = torch.empty(B, n, H, D, device=q.device, dtype=torch.float32 if mode == "seed" else k.dtype)
-    dv = dq if armour else torch.empty(B, n, H, DV, device=q.device, dtype=v.dtype)
-    dstab = torch.empty(bh, n_blocks, device=q.device, dtype=torch.float32)
-    _bwd_key_kernel[(bh, n_blocks)](k, v, proj, stab, dctx, dksum, dk, dv, dstab, n, H, proj.shape[0], D, DV, dn,
+    m = proj.shape[0]
+    dctx, dksum = dctx.sum(dim=1)[:, :m, :DV].contiguous(), dksum.sum(dim=1)[:, :m].contiguous()
+    k_blocks = triton.cdiv(nk, cfg["BLOCK_N"])
+    dk = torch.empty(B, nk, H, D, device=q.device, dtype=torch.float32 if mode == "seed" else k.dtype)
+    dv = dq if armour else torch.empty(B, nk, H, DV, device=q.device, dtype=v.dtype)
+    dstab = torch.empty(bh, k_blocks, device=q.device, dtype=torch.float32)
+    _bwd_key_kernel[(bh, k_blocks)](k, v, proj, stab, dctx, dksum, dk, dv, dstab, nk, H, proj.shape[0], D, DV, dn,
                                     *_strides(k), *_strides(v), *_strides(dk), *_strides(dv),
                                     SOFTMAX=softmax, ACCUMULATE_DV=armour, **cfg, num_warps=warps)
     if softmax and mode == "seed":
