@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS = {
     "tables": "parameter counts of the python_ref models next to the papers' tables",
+    "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
 }
 
 

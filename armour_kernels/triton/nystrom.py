@@ -85,6 +85,16 @@ def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, n, H, m, D, pad, group, scal
 
 
 @triton.jit
+def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """k and v tiles of one block of keys and the landmark scores q̃·kᵀ (−inf past the last key)."""
+    k = _tile(k_ptr, keys, tl.arange(0, BLOCK_D), keys < n, D, skn, skd)
+    v = _tile(v_ptr, keys, tl.arange(0, BLOCK_DV), keys < n, DV, svn, svd)
+    s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+    return k, v, tl.where(keys[None, :] < n, s, float("-inf"))
+
+
+@triton.jit
 def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV, pad, blocks_per_split,
                 skb, skn, skh, skd, svb, svn, svh, svd,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -105,10 +115,8 @@ def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV,
     acc = tl.zeros((BLOCK_L, BLOCK_DV), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         keys = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _tile(k_ptr + b * skb + h * skh, keys, cols, keys < n, D, skn, skd)
-        v = _tile(v_ptr + b * svb + h * svh, keys, dvs, keys < n, DV, svn, svd)
-        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
-        s = tl.where(keys[None, :] < n, s, float("-inf"))
+        _, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, keys, n, D, DV,
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # an all-padding block
         alpha = tl.exp(run_max - safe_max)
@@ -286,9 +294,8 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
     dql = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _tile(k_ptr + b * skb + h * skh, rows, cols, rows < n, D, skn, skd)
-        v = _tile(v_ptr + b * svb + h * svh, rows, dvs, rows < n, DV, svn, svd)
-        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+        k, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, rows, n, D, DV,
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
         a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
         da3 = tl.dot(dwv, tl.trans(v), input_precision=PRECISION)
         ds3 = a3 * (da3 - rs[:, None])
