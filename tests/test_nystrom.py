@@ -80,6 +80,14 @@ def test_fp16_inputs_that_overflow_a_naive_exp():
     _check_against_reference(q, k, v, _conv_weight(2), num_landmarks=8, grads=False)
 
 
+
+def test_every_buffer_is_written(monkeypatch):
+    """The launchers' torch.empty buffers (outputs, gradients, partial sums) start as NaN."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    q, k, v = _inputs(2, 45, 2, 16, torch.float32, "v")
+    _check_against_reference(q, k, v, _conv_weight(2, 5), num_landmarks=4, mode="seed")
+
 def test_torch_compile_fullgraph():
     q, k, v = _inputs(1, 30, 2, 16, torch.float32, "v")
     weight = _conv_weight(2, 5)

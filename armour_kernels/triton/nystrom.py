@@ -63,25 +63,28 @@ def _store_small(ptr, x, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @triton.jit
-def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, n, H, m, D, pad, group, scale,
+def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, H, m, D, pad, group, scale,
                       sqb, sqn, sqh, sqd, skb, skn, skh, skd,
-                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """q̃ = mean of qs, k̃ = mean of k over each group of l padded rows (padded rows are zero)."""
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One landmark: q̃ = mean of qs, k̃ = mean of k over its group of l padded rows.
+
+    The group's padded rows (token index < 0) are zero: they count in the divisor only.
+    """
     bh = tl.program_id(0)
+    mark = tl.program_id(1)
     b, h = bh // H, bh % H
-    marks = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.arange(0, BLOCK_D)
-    q_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    k_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    for t in range(0, group):
-        rows = marks * group + t - pad  # token index of the t-th row of each group
-        ok = (rows >= 0) & (marks < m)
+    q_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    k_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for i in range(0, tl.cdiv(group, BLOCK_N)):
+        offset = i * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = mark * group - pad + offset  # token indices
+        ok = (offset < group) & (rows >= 0)
         q_sum += _tile(q_ptr + b * sqb + h * sqh, rows, cols, ok, D, sqn, sqd)
         k_sum += _tile(k_ptr + b * skb + h * skh, rows, cols, ok, D, skn, skd)
-    out = bh * m * D + marks[:, None] * D + cols[None, :]
-    mask = (marks[:, None] < m) & (cols[None, :] < D)
-    tl.store(ql_ptr + out, q_sum * (scale / group), mask=mask)
-    tl.store(kl_ptr + out, k_sum / group, mask=mask)
+    out = (bh * m + mark) * D + cols
+    tl.store(ql_ptr + out, tl.sum(q_sum, axis=0) * (scale / group), mask=cols < D)
+    tl.store(kl_ptr + out, tl.sum(k_sum, axis=0) / group, mask=cols < D)
 
 
 @triton.jit
@@ -428,10 +431,8 @@ def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, m
     bh = B * H
     ql = torch.empty(bh, m, D, device=q.device, dtype=torch.float32)
     kl = torch.empty_like(ql)
-    block_l = min(cfg["BLOCK_M"], 64)
-    _landmarks_kernel[(bh, triton.cdiv(m, block_l))](q, k, ql, kl, n, H, m, D, pad, group, scale,
-                                                     *_strides(q), *_strides(k),
-                                                     BLOCK_L=block_l, BLOCK_D=cfg["BLOCK_D"])
+    _landmarks_kernel[(bh, m)](q, k, ql, kl, H, m, D, pad, group, scale, *_strides(q), *_strides(k),
+                               BLOCK_N=min(64, triton.next_power_of_2(group)), BLOCK_D=cfg["BLOCK_D"])
     w, lse = _a3v(ql, k, v, pad, cfg, block_n)
     y = _pinv_times(ql, kl, w, pinv_iterations, mode, cfg)
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
