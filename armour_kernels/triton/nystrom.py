@@ -24,9 +24,9 @@ Backward, with dO given for the real rows (padded rows are trimmed, so their dO 
   _bwd_query_kernel (WRITE)    dq = d^-1/2·(dS1·k̃ + dq̃[group]/l) (+ dv for value="q")
 with dS = A∘(dA − rowsum(A∘dA)) for each softmax.
 
-m×m work, the landmark softmaxes and every accumulator are fp32; dots run exact IEEE fp32 for
-fp32 inputs and tf32 for 16-bit inputs. The on-chip pinv handles m ≤ PINV_MAX_M; larger m runs
-the m×m iterations in PyTorch (fp32) instead.
+m×m work, the landmark softmaxes and every accumulator are fp32, and every dot is exact IEEE
+fp32 (inputs are loaded and converted to fp32). The on-chip pinv handles m ≤ PINV_MAX_M (64, the
+paper's m); larger m runs the m×m iterations in PyTorch (fp32) instead.
 """
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ import triton.language as tl
 
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 
-PINV_MAX_M = 128  # above this the m×m matrices no longer fit on chip: PyTorch runs the pinv
+PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
+# Every dot is exact IEEE fp32 (no TF32), whatever the input dtype: the m×m work and the landmark
+# softmaxes must be fp32 (SPEC §4), and with d = 32 these kernels are bound by memory, not by FLOPs.
+DOT_PRECISION = "ieee"
 _PROGRAMS_TARGET = 512
 
 
@@ -325,7 +328,7 @@ def _config(n, m, d, dv, dtype):
     block_m = max(16, triton.next_power_of_2(m))
     cfg = dict(BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
                BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-               PRECISION="ieee" if dtype == torch.float32 else "tf32")
+               PRECISION=DOT_PRECISION)
     block_n = 64 if block_m <= 64 else 32
     return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
 

@@ -18,7 +18,7 @@ Gradient of a feature map, with G = ∂L/∂φ and E = ∂φ/∂u (φ − 1e-4 f
 In seed mode the key stabiliser is not detached: dM = −Σ G∘E over everything, routed by the
 launcher to the single (token, feature) that holds the maximum.
 
-Every dot runs on fp32 operands: exact IEEE fp32 for fp32 inputs, tf32 for 16-bit inputs.
+Every dot runs on fp32 operands in exact IEEE fp32 (no TF32), whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interp
 SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3
 _PROGRAMS_TARGET = 512  # programs per reduction launch before splitting stops paying
+# Exact IEEE fp32 dots whatever the input dtype: a TF32 projection would put ~1e-3·|u| errors into
+# the exponent of every feature; with d = 32 the kernels are bound by memory, not by FLOPs.
+DOT_PRECISION = "ieee"
 
 
 @triton.jit
@@ -262,7 +265,7 @@ def _config(n, m, d, dv, dtype):
     block_dv = max(16, triton.next_power_of_2(dv))
     block_n = 64 if block_m <= 128 else 32
     block_n = min(block_n, max(16, triton.next_power_of_2(n)))
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    precision = DOT_PRECISION
     warps = 4 if block_m <= 64 else 8
     return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION=precision), warps
 
