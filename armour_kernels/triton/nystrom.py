@@ -18,11 +18,13 @@ output rows are kept, so padded query rows are never computed.
 
 Backward, with dO given for the real rows (padded rows are trimmed, so their dO is 0):
   _bwd_query_kernel (REDUCE)  dY = A1ᵀdO, dk̃ += dS1ᵀqs, dconv_w  (split reductions)
-  PyTorch, fp32, m×m only      autograd through A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W
-                               gives dq̃, dk̃ (A2 path) and dW. NOT fused: small per (b, h).
+  PyTorch, fp32, m×m only      torch.func.vjp through A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W
+                               gives dq̃, dk̃ (A2 path) and dW. NOT fused: ~60 small batched
+                               (B, H, m, m) ops, recomputing A2 and the six iterations.
   _bwd_key_kernel              dk = dS3ᵀq̃ + dk̃[group]/l, dv = A3ᵀdW + convᵀ(dO), dq̃ += dS3·k
   _bwd_query_kernel (WRITE)    dq = d^-1/2·(dS1·k̃ + dq̃[group]/l) (+ dv for value="q")
-with dS = A∘(dA − rowsum(A∘dA)) for each softmax.
+with dS = A∘(dA − rowsum(A∘dA)) for each softmax. Also in PyTorch (tiny, not fused): summing
+the split partials, merging the split A3 softmax, rowsum(dW∘W), the conv-weight sum over batch.
 
 m×m work, the landmark softmaxes and every accumulator are fp32, and every dot is exact IEEE
 fp32 (inputs are loaded and converted to fp32). The on-chip pinv handles m ≤ PINV_MAX_M (64, the
