@@ -331,7 +331,7 @@ def _config(n, m, d, dv, dtype):
     cfg = dict(BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
                BLOCK_DV=max(16, triton.next_power_of_2(dv)),
                PRECISION=DOT_PRECISION)
-    block_n = 64 if block_m <= 64 else 32
+    block_n = 64 if block_m <= 64 else (32 if block_m <= 128 else 16)  # fp32 tiles must fit shared memory
     return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
 
 
@@ -484,6 +484,8 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     n_blocks = triton.cdiv(n, block_n)
     splits, per_split = _splits(n_blocks, bh)
     dev, f32 = q.device, torch.float32
+    # Above 128 landmarks the fp32 (m, d) operands are large: no multi-buffering (shared memory).
+    stages = 1 if cfg["BLOCK_M"] > 128 else 2
     common = dict(HAS_CONV=has_conv, ARMOUR=armour, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
                   BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"])
     # 1. query side, reductions: dY, dk̃ (A1 path), dconv_w
@@ -494,7 +496,7 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     _bwd_query_kernel[(bh, splits)](q, v, dout, kl, y, ql, dq, dq, dy, dkl1, dwt,
                                     n, H, m, D, dv_dim, pad, group, scale, ksize, per_split,
                                     *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                    WRITE_DQ=False, **common)
+                                    WRITE_DQ=False, **common, num_stages=stages)
     # 2. the m×m part in PyTorch
     dql2, dkl2, dwv = _pinv_backward(ql, kl, w, dy.sum(dim=1), pinv_iterations, mode, B, H)
     dkl = (dkl1.sum(dim=1) + dkl2).contiguous()
@@ -507,13 +509,14 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
                                   n, H, m, D, dv_dim, pad, group, ksize, per_split,
                                   *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
                                   HAS_CONV=has_conv, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"],
-                                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"])
+                                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"],
+                                  num_stages=stages)
     dql = (dql2 + dql3.sum(dim=1)).contiguous()
     # 4. query side again: dq (+ dv when the query is the value)
     _bwd_query_kernel[(bh, n_blocks)](q, v, dout, kl, y, dql, dv, dq, dy, dkl1, dwt,
                                       n, H, m, D, dv_dim, pad, group, scale, ksize, 1,
                                       *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                      WRITE_DQ=True, **common)
+                                      WRITE_DQ=True, **common, num_stages=1)
     dconv = None
     if has_conv:
         dconv = dwt.sum(dim=1).view(B, H, ksize).sum(dim=0).view(H, 1, ksize, 1).to(conv_weight.dtype)
