@@ -326,7 +326,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
 # ----------------------------------------------------------------------------- launchers
 
 
-def _config(n, m, d, dv, dtype):
+def _config(n, m, d, dv):
     block_m = max(16, triton.next_power_of_2(m))
     cfg = dict(BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
                BLOCK_DV=max(16, triton.next_power_of_2(dv)),
@@ -431,7 +431,7 @@ def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, m
     dv = v.shape[3]
     m = num_landmarks
     pad, group = _layout(q, m)
-    cfg, block_n = _config(n, m, D, dv, q.dtype)
+    cfg, block_n = _config(n, m, D, dv)
     scale = D ** -0.5
     bh = B * H
     ql = torch.empty(bh, m, D, device=q.device, dtype=torch.float32)
@@ -477,7 +477,7 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     m = num_landmarks
     bh = B * H
     pad, group = _layout(q, m)
-    cfg, block_n = _config(n, m, D, dv_dim, q.dtype)
+    cfg, block_n = _config(n, m, D, dv_dim)
     scale = D ** -0.5
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
     block_k = max(16, triton.next_power_of_2(ksize))
