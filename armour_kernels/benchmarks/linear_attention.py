@@ -148,7 +148,10 @@ def crossovers(rows):
             exact = {r["n"]: r.get(timing) for r in rows if (r["family"], r["m"], r["impl"], r["label"]) ==
                      (family, m, "sdpa", "seq")}
             ns = sorted(n for n in ours if ours[n] is not None and exact.get(n) is not None)
-            best = None
+            if not ns:
+                result[f"{family} m={m} {timing[:-3]}"] = "not measured (no fused kernel on this device)"
+                continue
+            best = "not reached"
             for n in reversed(ns):
                 if ours[n] < exact[n]:
                     best = n
@@ -180,7 +183,7 @@ def markdown(env, rows, cross):
                      f"{fmt(r.get('fwd_ms'))} | {fmt(r.get('fwd_bwd_ms'))} | {fmt(r.get('peak_mib'), '.1f')} | "
                      f"{r['status']} |")
     lines += ["", "Crossover (smallest n of the single-sequence sweep from which the fused op beats SDPA):", ""]
-    lines += [f"- {key}: {value if value is not None else 'not reached'}" for key, value in cross.items()]
+    lines += [f"- {key}: {value}" for key, value in cross.items()]
     return "\n".join(lines) + "\n"
 
 
