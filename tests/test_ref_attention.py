@@ -303,9 +303,10 @@ def test_performer_clean_keys_are_batch_invariant():
 
 
 def test_performer_approximates_softmax_attention_with_many_features():
+    """A loose sanity check: FAVOR+ is an estimator of softmax attention (the +1e-4 floor biases it a little)."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, 5, 4, dtype=F64, generator=gen) * 0.5 for _ in range(3))
-    proj = gaussian_orthogonal_random_matrix(20000, 4, generator=gen, dtype=F64)
+    proj = gaussian_orthogonal_random_matrix(2000, 4, generator=gen, dtype=F64)
     close(performer_attention(q, k, v, projection=proj), naive_attention(q, k, v), tol=0.05)
 
 
