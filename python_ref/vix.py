@@ -61,7 +61,8 @@ def rotate(x: torch.Tensor, rope: bool) -> torch.Tensor:
     """RoPE over the token positions 0..N-1 of (B, H, N, D), or x unchanged."""
     if not rope:
         return x
-    return apply_rope(x, rope_angles(x.shape[-2], x.shape[-1], device=x.device))
+    angles = rope_angles(x.shape[-2], x.shape[-1], device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    return apply_rope(x, angles)
 
 
 class Attention(nn.Module):
