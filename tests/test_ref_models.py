@@ -13,7 +13,10 @@ from python_ref.attention import DEIT_VARIANTS
 from python_ref.levit import LEVIT_VARIANTS, BNLinear, ConvBN, LinearBN
 from python_ref.vix import VIX_ATTENTIONS
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture(scope="module")
+def timm():
+    return pytest.importorskip("timm")
 
 TWO_PROJECTION = [v for v in DEIT_VARIANTS if v != "regular"]
 
@@ -108,7 +111,7 @@ def test_vix_rope_replaces_position_embedding(attention, hybrid):
 # ----------------------------------------------------------------------------- timm equivalence
 
 @pytest.mark.parametrize("name", list(DEIT_COUNTS) + list(LEVIT_FOLDED))
-def test_state_dict_layout_matches_timm(name):
+def test_state_dict_layout_matches_timm(name, timm):
     """Full-size models: the same state-dict keys and shapes as timm (built on meta, no forward)."""
     with torch.device("meta"):
         ours = create_model(name).state_dict()
@@ -139,7 +142,7 @@ TIMM_SMALL = [
 
 
 @pytest.mark.parametrize("name, kwargs", TIMM_SMALL)
-def test_same_output_as_timm(name, kwargs):
+def test_same_output_as_timm(name, kwargs, timm):
     theirs = randomize_(timm.create_model(name, **kwargs)).eval()
     ours = create_model(name, **kwargs).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
