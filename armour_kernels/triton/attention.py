@@ -287,9 +287,12 @@ def _block_dim(d: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles that would not fit in shared memory for wide heads."""
-    width = named_args.get("BLOCK_DK", 64) + named_args.get("BLOCK_D1", 64) + named_args.get("BLOCK_D2", 0)
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * width <= 128 * 256 and c.kwargs["BLOCK_N"] * width <= 64 * 384]
+    """Drop tiles too wide for shared memory / registers at large head dims (d up to 256)."""
+    meta = {**named_args, **kwargs}
+    has_second = meta.get("HAS_P2", False) or meta.get("P2", 0) != 0
+    width = meta["BLOCK_DK"] + meta["BLOCK_D1"] + (meta["BLOCK_D2"] if has_second else 0)
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * width <= 128 * 320 and c.kwargs["BLOCK_N"] * width <= 64 * 320]
     return kept or configs[-1:]
 
 
@@ -388,7 +391,7 @@ def _common(q, k, v, bias, bias_index, value, scale, mask_diagonal):
     batch, nq, heads, dk = q.shape
     geometry = dict(H=heads, NQ=nq, NK=k.shape[1], D1=widths[0], D2=widths[1])
     constexprs = dict(BIAS=form, MASK_DIAG=bool(mask_diagonal),
-                      PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                      PREC="ieee" if q.dtype == torch.float32 else None,  # fp32 exact, not TF32
                       BLOCK_DK=_block_dim(dk), BLOCK_D1=_block_dim(widths[0]),
                       BLOCK_D2=_block_dim(widths[1]) if widths[1] else 16)
     tensor_strides = (*_strides4(q), *_strides4(k), *_strides4(p1), *_strides4(p2 if p2 is not None else p1))
@@ -441,7 +444,8 @@ def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scal
             heads, nq, dtot, BLOCK_M=block, BLOCK_D=_block_dim(dtot))
         shared = (*strides, *bias_strides, *do_strides)
         sizes = (heads, nq, nk, dk, geo["D1"], geo["D2"], scale * LOG2E, scale)
-        dbias_arg = dbias if dbias is not None else delta
+        # Never alias a live buffer here: the autotuner zeroes this argument (reset_to_zero).
+        dbias_arg = dbias if dbias is not None else torch.empty(1, dtype=torch.float32, device=dev)
         dtable_stride = dbias.stride(0) if dbias is not None and bias_index is not None else 0
         _launch(_attention_bwd_dkdv_kernel, _dkdv_tuned, "BLOCK_N", nk, batch * heads,
                 q, k, p1, p2, *bias_ptrs, dout, lse, delta, dk_, dv if dv is not None else dk_, dq_acc,
