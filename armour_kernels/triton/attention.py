@@ -81,7 +81,7 @@ def _attention_fwd_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sob, son, soh,
-        H, NQ, NK, DK, D1, D2, qk_scale,
+        H, NQ, NK, DQK, D1, D2, qk_scale,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_P2: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
@@ -97,14 +97,14 @@ def _attention_fwd_kernel(
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
 
-    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DK)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DQK)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_D1), tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_D2), tl.float32)
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = _tile(K, offs_dk, offs_n, skd, skn, DK, NK)
+        kT = _tile(K, offs_dk, offs_n, skd, skn, DQK, NK)
         s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -154,7 +154,7 @@ def _attention_bwd_dkdv_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        H, NQ, NK, DK_, D1, D2, qk_scale, sm_scale, dtable_stride,
+        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, NEED_DBIAS: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -171,7 +171,7 @@ def _attention_bwd_dkdv_kernel(
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
 
-    k = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, NK, DK_)
+    k = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, NK, DQK)
     kT = tl.trans(k)
     v1T = _tile(V1 + b * s1b + h * s1h, offs_d1, offs_n, s1d, s1n, D1, NK)
     dk = tl.zeros((BLOCK_N, BLOCK_DK), tl.float32)
@@ -182,7 +182,7 @@ def _attention_bwd_dkdv_kernel(
     for start_m in range(0, NQ, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < NQ
-        q = _tile(Q, offs_m, offs_dk, sqn, sqd, NQ, DK_)
+        q = _tile(Q, offs_m, offs_dk, sqn, sqd, NQ, DQK)
         s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         lse2 = tl.load(Lse + bh * NQ + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
@@ -214,8 +214,8 @@ def _attention_bwd_dkdv_kernel(
         dk += dv2
     key_rows = (b * NK + offs_n[:, None]) * H + h  # contiguous (B, Nk, H, D) outputs
     n_ok = offs_n[:, None] < NK
-    tl.store(DK + key_rows * DK_ + offs_dk[None, :], dk.to(DK.dtype.element_ty),
-             mask=n_ok & (offs_dk[None, :] < DK_))
+    tl.store(DK + key_rows * DQK + offs_dk[None, :], dk.to(DK.dtype.element_ty),
+             mask=n_ok & (offs_dk[None, :] < DQK))
     if P1 == 1:
         tl.store(DV + key_rows * D1 + offs_d1[None, :], dv1.to(DV.dtype.element_ty),
                  mask=n_ok & (offs_d1[None, :] < D1))
@@ -223,7 +223,7 @@ def _attention_bwd_dkdv_kernel(
         tl.store(DV + key_rows * D2 + offs_d2[None, :], dv2.to(DV.dtype.element_ty),
                  mask=n_ok & (offs_d2[None, :] < D2))
     if P1 == 2:  # q is the value (Nq == Nk): its Pᵀ·dO, for the dQ kernel to add to
-        tl.store(DQAcc + key_rows * DK_ + offs_dk[None, :], dv1, mask=n_ok & (offs_dk[None, :] < DK_))
+        tl.store(DQAcc + key_rows * DQK + offs_dk[None, :], dv1, mask=n_ok & (offs_dk[None, :] < DQK))
 
 
 @triton.jit
@@ -233,7 +233,7 @@ def _attention_bwd_dq_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        H, NQ, NK, DK_, D1, D2, qk_scale, sm_scale,
+        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -252,7 +252,7 @@ def _attention_bwd_dq_kernel(
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
 
-    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DK_)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DQK)
     do1 = _tile(DO + b * sdb + h * sdh, offs_m, offs_d1, sdn, sdd, NQ, D1)
     if P2 != 0:
         do2 = _tile(DO + b * sdb + h * sdh + D1 * sdd, offs_m, offs_d2, sdn, sdd, NQ, D2)
@@ -261,7 +261,7 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_DK), tl.float32)
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K, offs_n, offs_dk, skn, skd, NK, DK_)
+        k = _tile(K, offs_n, offs_dk, skn, skd, NK, DQK)
         s = _scores(q, tl.trans(k), offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         p = tl.where(row_ok[:, None], tl.exp2(s - lse2[:, None]), 0.0)
@@ -273,10 +273,10 @@ def _attention_bwd_dq_kernel(
 
     dq = dq * sm_scale
     rows = (b * NQ + offs_m[:, None]) * H + h  # contiguous (B, Nq, H, Dk)
-    mask = row_ok[:, None] & (offs_dk[None, :] < DK_)
+    mask = row_ok[:, None] & (offs_dk[None, :] < DQK)
     if P1 == 2:
-        dq += tl.load(DQAcc + rows * DK_ + offs_dk[None, :], mask=mask, other=0.0)
-    tl.store(DQ + rows * DK_ + offs_dk[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+        dq += tl.load(DQAcc + rows * DQK + offs_dk[None, :], mask=mask, other=0.0)
+    tl.store(DQ + rows * DQK + offs_dk[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- block sizes
