@@ -87,7 +87,7 @@ def _attention_fwd_kernel(
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -138,7 +138,7 @@ def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sd
                                      H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -162,7 +162,7 @@ def _attention_bwd_dkdv_kernel(
     """One key block: dK = s·dSᵀ·Q, the value-path gradients Pᵀ·dO of both parts, the bias gradient."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -200,7 +200,7 @@ def _attention_bwd_dkdv_kernel(
         if NEED_DBIAS:
             inside = row_ok[:, None] & (offs_n[None, :] < NK)
             if BIAS == 1:  # full (B, H, Nq, Nk) fp32, contiguous
-                ptrs = DBias + (bh * NQ + offs_m[:, None]) * NK + offs_n[None, :]
+                ptrs = DBias + (bh * NQ + offs_m[:, None]).to(tl.int64) * NK + offs_n[None, :]
                 tl.store(ptrs, ds, mask=inside)
             if BIAS == 2:  # reduced into the (H, R) table
                 idx = tl.load(BiasIdx + offs_m[:, None] * sim + offs_n[None, :] * sin, mask=inside, other=0)
@@ -241,7 +241,7 @@ def _attention_bwd_dq_kernel(
     """One query block: dQ = s·dS·K (+ the value-path part the key-block kernel left in DQAcc)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
