@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from python_ref.nystrom import razavi_pinv  # the m×m part done in PyTorch IS the definition
+
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
@@ -246,7 +248,6 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
     b, h = bh // H, bh % H
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
-    marks = tl.arange(0, BLOCK_M)
     taps = tl.arange(0, BLOCK_K)
     dy = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     dkl = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -351,25 +352,6 @@ def _layout(q, num_landmarks):
     return pad, (n + pad) // num_landmarks
 
 
-def razavi_pinv_fp32(a2, iterations, mode):
-    """The m×m pseudo-inverse in PyTorch fp32 (SPEC §4 step 4), differentiable by autograd.
-
-    Used for the backward (autograd through the iteration) and for m > PINV_MAX_M.
-    """
-    abs_a = a2.abs()
-    rows, cols = abs_a.sum(dim=-1), abs_a.sum(dim=-2)
-    if mode == "seed":
-        denom = rows.max() * cols.max()
-    else:
-        denom = (rows.amax(dim=-1) * cols.amax(dim=-1))[..., None, None]
-    z = a2.transpose(-1, -2) / denom
-    eye = torch.eye(a2.shape[-1], dtype=a2.dtype, device=a2.device)
-    for _ in range(iterations):
-        az = a2 @ z
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-    return z
-
-
 def _landmark_a2(ql, kl):
     return torch.softmax(ql @ kl.transpose(-1, -2), dim=-1)
 
@@ -400,7 +382,7 @@ def _pinv_times(ql, kl, w, iterations, mode, cfg):
     bh, m, D = ql.shape
     dv = w.shape[2]
     if m > PINV_MAX_M:
-        return razavi_pinv_fp32(_landmark_a2(ql, kl), iterations, mode) @ w
+        return razavi_pinv(_landmark_a2(ql, kl), iterations, mode) @ w
     warps = 4 if cfg["BLOCK_M"] <= 64 else 8
     seed = mode == "seed"
     maxima = torch.empty(bh, 2, device=ql.device, dtype=torch.float32)
@@ -456,7 +438,7 @@ def _pinv_backward(ql, kl, w, dy, iterations, mode, B, H):
     as in the reference. Returns dq̃, dk̃ (this path only) and dW.
     """
     def landmark_y(q_l, k_l, w_):
-        return razavi_pinv_fp32(_landmark_a2(q_l, k_l), iterations, mode) @ w_
+        return razavi_pinv(_landmark_a2(q_l, k_l), iterations, mode) @ w_
 
     _, vjp = torch.func.vjp(landmark_y, *(t.view(B, H, *t.shape[1:]) for t in (ql, kl, w)))
     return [g.reshape(B * H, *g.shape[2:]) for g in vjp(dy.view(B, H, *dy.shape[1:]))]
