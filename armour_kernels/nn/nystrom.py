@@ -4,18 +4,21 @@ Same constructor arguments and state dict (to_qkv, to_out.0, res_conv), so switc
 change of import. The default mode="seed" reproduces the original exactly (its pinv scaling
 takes the maxima over the whole batch); mode="clean" makes every sample independent of the
 others in its batch. value="q" is the Armour form: to_qkv produces only q and k, and the
-(unscaled) query is the value.
+(unscaled) query is the value. rope=True rotates q and k (Vision Xformers §5.4; the value,
+Armour's included, stays unrotated).
 """
 from __future__ import annotations
 
 from torch import nn
 
 from ..ops.nystrom import nystrom_attention
+from .rope import rotary_qkv
 
 
 class NystromAttention(nn.Module):
     def __init__(self, dim, dim_head=64, heads=8, num_landmarks=256, pinv_iterations=6, residual=True,
-                 residual_conv_kernel=33, eps=1e-8, dropout=0., *, value="v", mode="seed", backend="auto"):
+                 residual_conv_kernel=33, eps=1e-8, dropout=0., *, value="v", mode="seed", rope=False,
+                 backend="auto"):
         super().__init__()
         if value not in ("v", "q"):
             raise ValueError(f"NystromAttention: value must be 'v' or 'q', got {value!r}")
@@ -25,7 +28,7 @@ class NystromAttention(nn.Module):
         self.heads = heads
         self.dim_head = dim_head
         self.scale = dim_head ** -0.5
-        self.value, self.mode, self.backend = value, mode, backend
+        self.value, self.mode, self.rope, self.backend = value, mode, rope, backend
         inner_dim = heads * dim_head
         self.to_qkv = nn.Linear(dim, inner_dim * (2 if value == "q" else 3), bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, dim), nn.Dropout(dropout))
@@ -43,8 +46,10 @@ class NystromAttention(nn.Module):
         b, n, _ = x.shape
         parts = 2 if self.value == "q" else 3
         qkv = self.to_qkv(x).view(b, n, parts, self.heads, self.dim_head)
-        out = nystrom_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2] if parts == 3 else None,
-                                num_landmarks=self.num_landmarks, pinv_iterations=self.pinv_iterations,
-                                mode=self.mode, value=self.value,
+        q, k, v, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2] if parts == 3 else None, self.value
+        if self.rope:
+            q, k, v, value = rotary_qkv(q, k, v, value)
+        out = nystrom_attention(q, k, v, num_landmarks=self.num_landmarks, pinv_iterations=self.pinv_iterations,
+                                mode=self.mode, value=value,
                                 conv_weight=self.res_conv.weight if self.residual else None, backend=self.backend)
         return self.to_out(out.reshape(b, n, -1))

@@ -4,7 +4,8 @@ Same constructor arguments and state dict (fast_attention.projection_matrix, to_
 to_out), so switching is a change of import. Supported: non-causal global heads with the
 softmax kernel, or generalized_attention=True with kernel_fn=nn.ReLU(). The default
 mode="clean" is what performer-pytorch 1.1.4 computes; mode="seed" is the paper's code.
-value="q" is the Armour form: no to_v, the query is the value.
+value="q" is the Armour form: no to_v, the query is the value. rope=True rotates q and k
+(Vision Xformers §5.4; the value, Armour's included, stays unrotated).
 The projection is a fixed buffer (no feature redraw: performer_pytorch's ProjectionUpdater
 looks for its own FastAttention class, which this module is not).
 """
@@ -17,6 +18,7 @@ from torch import nn
 from python_ref.performer import gaussian_orthogonal_random_matrix
 
 from ..ops.performer import performer_attention
+from .rope import rotary_qkv
 
 
 class RandomFeatures(nn.Module):
@@ -37,7 +39,7 @@ class PerformerAttention(nn.Module):
     def __init__(self, dim, causal=False, heads=8, dim_head=64, local_heads=0, local_window_size=256,
                  nb_features=None, feature_redraw_interval=1000, generalized_attention=False, kernel_fn=None,
                  dropout=0., no_projection=False, qkv_bias=False, attn_out_bias=True, *, value="v", mode="clean",
-                 backend="auto"):
+                 rope=False, backend="auto"):
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"PerformerAttention: dim {dim} must be divisible by heads {heads}")
@@ -54,7 +56,7 @@ class PerformerAttention(nn.Module):
         inner_dim = dim_head * heads
         self.heads, self.dim_head = heads, dim_head
         self.kernel = "relu" if generalized_attention else "softmax"
-        self.value, self.mode, self.backend = value, mode, backend
+        self.value, self.mode, self.rope, self.backend = value, mode, rope, backend
         self.feature_redraw_interval = feature_redraw_interval  # accepted for parity; features are fixed
         self.fast_attention = RandomFeatures(dim_head, nb_features)
         self.to_q = nn.Linear(dim, inner_dim, bias=qkv_bias)
@@ -71,7 +73,9 @@ class PerformerAttention(nn.Module):
         b, n, _ = x.shape
         shape = (b, n, self.heads, self.dim_head)
         q, k = self.to_q(x).view(shape), self.to_k(x).view(shape)
-        v = self.to_v(x).view(shape) if self.value == "v" else None
+        v, value = self.to_v(x).view(shape) if self.value == "v" else None, self.value
+        if self.rope:
+            q, k, v, value = rotary_qkv(q, k, v, value)
         out = performer_attention(q, k, v, projection=self.fast_attention.projection_matrix, kernel=self.kernel,
-                                  mode=self.mode, value=self.value, backend=self.backend)
+                                  mode=self.mode, value=value, backend=self.backend)
         return self.dropout(self.to_out(out.reshape(b, n, -1)))
