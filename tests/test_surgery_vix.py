@@ -8,6 +8,7 @@ from armour_kernels.nn.nystrom import NystromAttention
 from armour_kernels.nn.performer import PerformerAttention
 from armour_kernels.nn.vix import FusedViXAttention
 from python_ref import create_model, vix
+from tests.conftest import assert_close, requires_cuda
 
 FUSED = {"softmax": FusedViXAttention, "nystrom": NystromAttention, "performer": PerformerAttention}
 ORIGINAL = {"softmax": vix.Attention, "nystrom": vix.NystromAttention, "performer": vix.PerformerSelfAttention}
@@ -122,3 +123,21 @@ def test_fused_vix_attention_refuses_attention_dropout_in_training():
     with pytest.raises(NotImplementedError, match="dropout"):
         module(x)
     assert module.eval()(x).shape == x.shape
+
+
+@requires_cuda
+@pytest.mark.parametrize("attention, rope, armour", [("softmax", False, False), ("softmax", True, True),
+                                                     ("nystrom", False, False), ("nystrom", True, True),
+                                                     ("performer", False, False), ("performer", True, True)])
+def test_gpu_paper_size_layer(attention, rope, armour):
+    """The paper's CIFAR-10 shape (1025 tokens, 4 heads × 32, 64 landmarks, 110 features), one layer, fp32."""
+    torch.manual_seed(0)
+    model = create_model("vix_cifar", attention=attention, rope=rope, armour=armour, depth=1).cuda().eval()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    out, grads = forward_backward(model, x)
+    armour_kernels.patch(model)  # auto: Triton on CUDA
+    assert type(model.transformer.layers[0][0].fn) is FUSED[attention]
+    out_p, grads_p = forward_backward(model, x)
+    assert_close(out_p, out, msg="output")
+    for name, grad in grads.items():
+        assert_close(grads_p[name], grad, msg=name)
