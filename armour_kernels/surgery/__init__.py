@@ -15,7 +15,6 @@ import torch.nn as nn
 from .._backend import BACKENDS
 
 # Family modules whose converters `patch` tries, in order.
-
 FAMILY_MODULES = ("deit", "levit")
 
 _CONVERTERS = []
