@@ -3,10 +3,11 @@
 The public API lives here and nowhere else. See README.md for the map of the package.
 """
 from ._backend import BACKENDS
+from .convert import armourize
 from .fold import fold_batchnorm
 from .ops.attention import armour_attention, attention
 from .surgery import patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "__version__", "attention", "armour_attention", "fold_batchnorm", "patch", "unpatch"]
+__all__ = ["BACKENDS", "__version__", "attention", "armour_attention", "armourize", "fold_batchnorm", "patch", "unpatch"]
