@@ -9,3 +9,8 @@ from .nystrom import nystrom_attention, razavi_pinv
 from .performer import (default_num_features, gaussian_orthogonal_random_matrix, performer_attention,
                         relu_features, softmax_features)
 from .rope import apply_rope, rope_angles
+from .deit import DeiT
+from .fold import fold_batchnorm
+from .levit import Levit
+from .registry import create_model, list_models
+from .vix import MLPMixer, VisionXformer, summary_param_count, vix_cifar
