@@ -4,7 +4,9 @@ The public API lives here and nowhere else. See README.md for the map of the pac
 """
 from ._backend import BACKENDS
 from .fold import fold_batchnorm
+from .ops.attention import armour_attention, attention
+from .surgery import patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "__version__", "fold_batchnorm"]
+__all__ = ["BACKENDS", "__version__", "attention", "armour_attention", "fold_batchnorm", "patch", "unpatch"]

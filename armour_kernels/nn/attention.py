@@ -1,0 +1,98 @@
+"""DeiT attention blocks on the fused op: one packed projection, the kernel reads q/k/v in place.
+
+`FusedDeiTAttention(variant=...)` covers every attention of SPEC §2 with the parameter names
+and state-dict keys of timm's `Attention` / python_ref's DeiT `Attention` (`qkv`, `proj`):
+
+    regular            qkv = Linear(C, 3C) → [q | k | v]   softmax(s·qkᵀ)·v
+    armour             qkv = Linear(C, 2C) → [q | k]       softmax(s·qkᵀ)·q   (no V at all)
+    shared_kv          qkv = Linear(C, 2C) → [q | k]       softmax(s·qkᵀ)·k
+    shared_qk          qkv = Linear(C, 2C) → [q | v]       softmax(s·qqᵀ)·v
+    shared_qk_nodiag   as shared_qk, the diagonal score excluded
+
+q, k and v are strided views of the projection output (B, N, n, H, D): nothing is copied
+between the projection GEMM and the attention kernel, and the kernel writes (B, N, H, D)
+contiguous, which is already the (B, N, C) input of `proj`.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from python_ref.attention import DEIT_VARIANTS  # variant → (value source, key is query, mask diagonal)
+
+from ..ops.attention import attention
+
+class FusedDeiTAttention(nn.Module):
+    """DeiT multi-head self-attention (any variant) on `armour_kernels.attention`."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, variant: str = "regular", head_dim: int | None = None,
+                 backend: str = "auto"):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            head_dim = dim // num_heads
+        projections = 3 if variant == "regular" else 2
+        self._configure(num_heads, head_dim, head_dim ** -0.5, variant, backend)
+        self.qkv = nn.Linear(dim, projections * num_heads * head_dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(num_heads * head_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _configure(self, num_heads, head_dim, scale, variant, backend):
+        if variant not in DEIT_VARIANTS:
+            raise ValueError(f"unknown attention variant {variant!r}; expected one of {tuple(DEIT_VARIANTS)}")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = float(scale)
+        self.variant = variant
+        self.backend = backend
+
+    @classmethod
+    def wrap(cls, qkv: nn.Linear, proj: nn.Linear, attn_drop: nn.Module, proj_drop: nn.Module, *,
+             num_heads: int, head_dim: int, scale: float, variant: str, backend: str = "auto"):
+        """A fused module around existing submodules: it shares their Parameters, no copies."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._configure(num_heads, head_dim, scale, variant, backend)
+        projections = 3 if variant == "regular" else 2
+        if qkv.out_features != projections * num_heads * head_dim:
+            raise ValueError(f"{variant}: qkv has {qkv.out_features} outputs, expected "
+                             f"{projections} × {num_heads} heads × {head_dim}")
+        module.qkv, module.attn_drop, module.proj, module.proj_drop = qkv, attn_drop, proj, proj_drop
+        return module
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("FusedDeiTAttention: attention masks are not supported by the fused kernel")
+        if self.training and getattr(self.attn_drop, "p", 0.0) > 0:
+            raise NotImplementedError("FusedDeiTAttention: the fused kernel has no attention dropout; "
+                                      "set attn_drop to 0 (DeiT's default) or use eval mode")
+        batch, n, _ = x.shape
+        projections = 3 if self.variant == "regular" else 2
+        parts = self.qkv(x).view(batch, n, projections, self.num_heads, self.head_dim)
+        value, key_is_query, mask_diagonal = DEIT_VARIANTS[self.variant]
+        first, second = parts[:, :, 0], parts[:, :, 1]
+        if self.variant == "regular":
+            q, k, v = first, second, parts[:, :, 2]
+        elif key_is_query:
+            q, k, v = first, first, second
+        else:
+            q, k, v = first, second, None
+        out = attention(q, k, v, value=value, scale=self.scale, mask_diagonal=mask_diagonal, backend=self.backend)
+        return self.proj_drop(self.proj(out.reshape(batch, n, self.num_heads * self.head_dim)))
+
+    def extra_repr(self):
+        return f"variant={self.variant!r}, num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"
+
+
+class ArmourAttention(FusedDeiTAttention):
+    """Armour attention (SPEC §2): qkv = Linear(C, 2C) → softmax(s·qkᵀ)·q → proj."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, head_dim: int | None = None, backend: str = "auto"):
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, variant="armour", head_dim=head_dim,
+                         backend=backend)
+
+
+__all__ = ["FusedDeiTAttention", "ArmourAttention", "DEIT_VARIANTS"]

@@ -1,0 +1,234 @@
+"""Softmax attention as a torch op: input checks, the custom op pair, autograd, backend dispatch.
+
+Layout is FlashAttention's (B, N, H, D), any strides: q, k and v may be views straight into a
+packed projection such as qkv(x).view(B, N, 3, H, D)[:, :, i]. The value matrix is chosen by
+`value` (SPEC §2/§3): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
+
+`armour_kernels::attention_fwd` / `attention_bwd` are torch custom ops with fake (meta)
+implementations and a registered autograd formula, so `torch.compile(fullgraph=True)` traces
+through them and gradients flow to every input, adding up when one tensor plays two parts
+(Armour: q is query and value; shared_qk: k is q). The "reference" backend runs python_ref
+with plain PyTorch autograd instead.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._backend import resolve_backend
+
+VALUE_SOURCES = ("v", "q", "k", "q+v", "q+k")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+_LAUNCHER_MODULES = {"triton": "armour_kernels.triton.attention", "cpu": "armour_kernels.cpu.attention"}
+
+
+def _launchers(backend: str):
+    """(attention_forward, attention_backward) of a kernel backend, imported on first use."""
+    module = importlib.import_module(_LAUNCHER_MODULES[backend])
+    return module.attention_forward, module.attention_backward
+
+
+def _value_width(q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> int:
+    widths = {"q": q.shape[-1], "k": k.shape[-1], "v": v.shape[-1] if v is not None else 0}
+    return sum(widths[part] for part in value.split("+"))
+
+
+def _dense_bias(bias, bias_index, q, k):
+    """A dense bias is expanded (a view, stride 0) to (B, H, Nq, Nk) for the kernels."""
+    if bias is None or bias_index is not None:
+        return bias
+    return bias.expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("armour_kernels::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor],
+                  bias_index: Optional[Tensor], value: str, scale: float, mask_diagonal: bool,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    forward, _ = _launchers(backend)
+    return forward(q, k, v, _dense_bias(bias, bias_index, q, k), bias_index,
+                   value=value, scale=scale, mask_diagonal=mask_diagonal)
+
+
+@attention_fwd.register_fake
+def _attention_fwd_fake(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
+    batch, nq, heads, _ = q.shape
+    out = q.new_empty((batch, nq, heads, _value_width(q, k, v, value)))
+    return out, q.new_empty((batch, heads, nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("armour_kernels::attention_bwd", mutates_args=())
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor],
+                  bias_index: Optional[Tensor], out: Tensor, lse: Tensor, value: str, scale: float,
+                  mask_diagonal: bool, need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dbias); dv / dbias are empty tensors when there is nothing to return."""
+    _, backward = _launchers(backend)
+    dq, dk, dv, dbias = backward(dout, q, k, v, _dense_bias(bias, bias_index, q, k), bias_index, out, lse,
+                                 value=value, scale=scale, mask_diagonal=mask_diagonal, need_dbias=need_dbias)
+    return (dq, dk, dv if dv is not None else q.new_empty(0),
+            dbias if dbias is not None else q.new_empty(0, dtype=torch.float32))
+
+
+@attention_bwd.register_fake
+def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale, mask_diagonal, need_dbias,
+                        backend):
+    dv = q.new_empty(v.shape) if v is not None and "v" in value else q.new_empty(0)
+    if need_dbias and bias is not None:
+        shape = bias.shape if bias_index is not None else (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        dbias = q.new_empty(shape, dtype=torch.float32)
+    else:
+        dbias = q.new_empty(0, dtype=torch.float32)
+    return q.new_empty(q.shape), k.new_empty(k.shape), dv, dbias
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, bias_index, value, scale, mask_diagonal, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, bias, bias_index, out, lse)
+    ctx.options = (value, scale, mask_diagonal, backend)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, bias, bias_index, out, lse = ctx.saved_tensors
+    value, scale, mask_diagonal, backend = ctx.options
+    need_dbias = bias is not None and ctx.needs_input_grad[3]  # the bias gradient costs a full pass
+    dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, bias_index, out, lse, value, scale, mask_diagonal,
+                                      need_dbias, backend)
+    dv = dv if v is not None and "v" in value else None
+    if need_dbias:  # dense: the kernels' full (B, H, Nq, Nk) gradient summed back to the bias's shape
+        dbias = (dbias if bias_index is not None else dbias.sum_to_size(bias.shape)).to(bias.dtype)
+    else:
+        dbias = None
+    return dq, dk, dv, dbias, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check_tensor(name, t, like=None):
+    if not isinstance(t, Tensor):
+        raise TypeError(f"attention: {name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"attention: {name} must be (B, N, H, D), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
+    if like is not None and (t.dtype != like.dtype or t.device != like.device):
+        raise TypeError(f"attention: {name} is {t.dtype} on {t.device} but q is {like.dtype} on {like.device}")
+    if t.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dims up to {MAX_HEAD_DIM} are supported, {name} has {t.shape[-1]}")
+
+
+def _check_bias(bias, bias_index, q, k):
+    batch, nq, heads, _ = q.shape
+    nk = k.shape[1]
+    if bias_index is not None and bias is None:
+        raise ValueError("attention: bias_index needs the bias table (bias=(H, R) tensor)")
+    if bias is None:
+        return None
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        raise TypeError(f"attention: bias must be a floating-point tensor, got {getattr(bias, 'dtype', type(bias))}")
+    if bias.device != q.device:
+        raise TypeError(f"attention: bias is on {bias.device} but q is on {q.device}")
+    if bias_index is None:
+        try:
+            shape = torch.broadcast_shapes(bias.shape, (batch, heads, nq, nk))
+        except RuntimeError:
+            shape = None
+        if shape != (batch, heads, nq, nk):
+            raise ValueError(f"attention: bias of shape {tuple(bias.shape)} does not broadcast to "
+                             f"(B, H, Nq, Nk) = {(batch, heads, nq, nk)}")
+        return None
+    if not isinstance(bias_index, Tensor) or bias_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"attention: bias_index must be an int64 tensor, got {getattr(bias_index, 'dtype', bias_index)}")
+    if bias.dim() != 2 or bias.shape[0] != heads:
+        raise ValueError(f"attention: with bias_index the bias is the (H, R) table, H={heads}; got {tuple(bias.shape)}")
+    if tuple(bias_index.shape) != (nq, nk):
+        raise ValueError(f"attention: bias_index must be (Nq, Nk) = {(nq, nk)}, got {tuple(bias_index.shape)}")
+    if bias_index.device != q.device:
+        raise TypeError(f"attention: bias_index is on {bias_index.device} but q is on {q.device}")
+    bias_index = bias_index.to(torch.int64)
+    if not torch.compiler.is_compiling() and bias_index.numel() and (
+            bias_index.min() < 0 or bias_index.max() >= bias.shape[1]):
+        raise ValueError(f"attention: bias_index has entries outside the table's [0, {bias.shape[1]})")
+    return bias_index
+
+
+def _check(q, k, v, value, bias, bias_index):
+    """Validate the inputs; returns bias_index as int64 (or None)."""
+    if value not in VALUE_SOURCES:
+        raise ValueError(f"attention: value must be one of {VALUE_SOURCES}, got {value!r}")
+    _check_tensor("q", q)
+    _check_tensor("k", k, like=q)
+    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"attention: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, H and D")
+    if "v" in value:
+        if v is None:
+            raise ValueError(f"attention: value={value!r} needs v")
+        _check_tensor("v", v, like=q)
+        if v.shape[:3] != k.shape[:3]:
+            raise ValueError(f"attention: v {tuple(v.shape)} must match k {tuple(k.shape)} in B, N and H")
+    elif v is not None:
+        raise ValueError(f"attention: v is given but value={value!r} does not use it")
+    if "q" in value and q.shape[1] != k.shape[1]:
+        raise ValueError(f"attention: value={value!r} needs as many queries as keys, got Nq={q.shape[1]}, "
+                         f"Nk={k.shape[1]}")
+    return _check_bias(bias, bias_index, q, k)
+
+
+# ----------------------------------------------------------------------------- public functions
+
+def _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal):
+    """python_ref in its (B, H, N, D) layout, differentiated by plain PyTorch autograd."""
+    from python_ref.attention import attention as ref_attention
+    from python_ref.attention import levit_bias
+
+    def heads_first(t):
+        return t.transpose(1, 2) if t is not None else None
+
+    if bias is not None and bias_index is not None:
+        bias = levit_bias(bias, bias_index)
+    out = ref_attention(heads_first(q), heads_first(k), heads_first(v), value=value, scale=scale, bias=bias,
+                        mask_diagonal=mask_diagonal)
+    return out.transpose(1, 2)
+
+
+def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = "v", scale: Optional[float] = None,
+              bias: Optional[Tensor] = None, bias_index: Optional[Tensor] = None, mask_diagonal: bool = False,
+              backend: str = "auto") -> Tensor:
+    """softmax(scale·q·kᵀ + bias)·value per head, layout (B, N, H, D) → (B, Nq, H, Dv_total).
+
+    value: "v", "q" (Armour), "k", "q+v", "q+k" (concat along features, q first).
+    bias: broadcastable to (B, H, Nq, Nk); or, with bias_index (Nq, Nk) int64, the LeViT
+    table (H, R) read as table[h, bias_index[i, j]].
+    mask_diagonal: exclude the diagonal key (shared_qk_nodiag), unless a row has no other key.
+    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    """
+    bias_index = _check(q, k, v, value, bias, bias_index)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    backend = resolve_backend(backend, q.device, "attention")
+    if backend == "reference":
+        return _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal)
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES}, got {q.dtype}; "
+                        "use backend='reference' for other dtypes")
+    if "v" not in value:
+        v = None
+    out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
+    return out
+
+
+def armour_attention(q: Tensor, k: Tensor, **kwargs) -> Tensor:
+    """Armour attention softmax(s·q·kᵀ)·q (SPEC §2): `attention` with value="q", no v."""
+    return attention(q, k, value="q", **kwargs)
+
+
+__all__ = ["attention", "armour_attention", "VALUE_SOURCES"]
