@@ -1,0 +1,73 @@
+"""What the Nyström and Performer ops share: input checks, the value choice, layouts, dispatch.
+
+Both take FlashAttention's public layout (B, N, H, D) with any strides; python_ref works in
+(B, H, N, D), so the "reference" backend transposes views in and out.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+VALUES = ("v", "q")
+MODES = ("seed", "clean")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def launcher(backend: str, family: str, name: str):
+    """`<family>_<name>` from armour_kernels.<backend>.<family>, imported on first use (cpu may not exist)."""
+    module = importlib.import_module(f"armour_kernels.{backend}.{family}")
+    return getattr(module, f"{family}_{name}")
+
+
+def heads_first(t):
+    return t.transpose(1, 2) if t is not None else None
+
+
+def check_choice(op: str, name: str, got, allowed) -> None:
+    if got not in allowed:
+        raise ValueError(f"{op}: {name} must be one of {allowed}, got {got!r}")
+
+
+def check_tensor(op: str, name: str, t, like=None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{op}: {name} must be (B, N, H, D), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    if like is not None and (t.dtype != like.dtype or t.device != like.device):
+        raise TypeError(f"{op}: {name} is {t.dtype} on {t.device} but q is {like.dtype} on {like.device}")
+    if t.shape[1] < 1 or t.shape[3] < 1:
+        raise ValueError(f"{op}: {name} needs at least one token and one feature, got shape {tuple(t.shape)}")
+
+
+def check_qkv(op: str, q, k, v, value: str, same_length: bool) -> None:
+    """q, k (B, N, H, D) alike; v (B, Nk, H, Dv) iff value == "v"."""
+    check_choice(op, "value", value, VALUES)
+    check_tensor(op, "q", q)
+    check_tensor(op, "k", k, like=q)
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"{op}: q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, H and D")
+    if (same_length or value == "q") and q.shape[1] != k.shape[1]:
+        raise ValueError(f"{op}: q and k must have the same sequence length here, got {q.shape[1]} and {k.shape[1]}")
+    if value == "v":
+        if v is None:
+            raise ValueError(f"{op}: value='v' needs v")
+        check_tensor(op, "v", v, like=q)
+        if v.shape[:3] != k.shape[:3]:
+            raise ValueError(f"{op}: v {tuple(v.shape)} must match k {tuple(k.shape)} in B, N and H")
+    elif v is not None:
+        raise ValueError(f"{op}: v is given but value='q' uses the query as the value")
+
+
+def check_kernel_dtype(op: str, backend: str, q) -> None:
+    if q.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: backend {backend!r} supports {KERNEL_DTYPES}, got {q.dtype}; "
+                        "use backend='reference' for other dtypes")
+
+
+def empty_if_none(t, like):
+    """Custom ops cannot return None: an empty tensor stands for 'no gradient'."""
+    return t if t is not None else like.new_empty(0)

@@ -1,0 +1,135 @@
+"""Nyström attention as a torch op: checks, custom ops with fake + autograd, dispatch.
+
+Backend launchers (Triton in armour_kernels/triton/nystrom.py; a CPU one, if any, in
+armour_kernels/cpu/nystrom.py) share one contract, layout (B, N, H, D), any strides, q NOT scaled
+and NOT padded (the launchers pad and scale, as the original layer does):
+```
+nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations, mode, value)
+    -> (out, (q̃, k̃, W, Y, lse3))
+nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_iterations, mode, value)
+    -> (dq, dk, dv, dconv_weight)
+```
+out (B, N, H, Dv) in q's dtype; saved: landmarks q̃ (scaled), k̃ (B·H, m, D), W = A3·v and
+Y = pinv(A2)·W (B·H, m, Dv), lse3 (B·H, m), all fp32. value="q": v is None, the unscaled query
+is the value, its value gradient is inside dq (dv is None). conv_weight (H, 1, K, 1) or None.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._backend import resolve_backend
+from ._linear_common import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
+                             launcher)
+
+OP = "nystrom_attention"
+
+
+@torch.library.custom_op("armour_kernels::nystrom_fwd", mutates_args=())
+def nystrom_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor], num_landmarks: int,
+                pinv_iterations: int, mode: str, value: str,
+                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out, saved = launcher(backend, "nystrom", "forward")(q, k, v, conv_weight, num_landmarks=num_landmarks,
+                                                         pinv_iterations=pinv_iterations, mode=mode, value=value)
+    return (out, *saved)
+
+
+@nystrom_fwd.register_fake
+def _nystrom_fwd_fake(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend):
+    batch, n, heads, d = q.shape
+    dv = d if value == "q" else v.shape[3]
+    bh, m = batch * heads, num_landmarks
+    f32 = torch.float32
+    return (q.new_empty(batch, n, heads, dv), q.new_empty(bh, m, d, dtype=f32), q.new_empty(bh, m, d, dtype=f32),
+            q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dtype=f32))
+
+
+@torch.library.custom_op("armour_kernels::nystrom_bwd", mutates_args=())
+def nystrom_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor],
+                q_landmarks: Tensor, k_landmarks: Tensor, w: Tensor, y: Tensor, lse: Tensor, num_landmarks: int,
+                pinv_iterations: int, mode: str, value: str,
+                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dconv_weight); empty tensors stand for dv (value="q") / dconv (no conv)."""
+    dq, dk, dv, dconv = launcher(backend, "nystrom", "backward")(
+        dout, q, k, v, conv_weight, (q_landmarks, k_landmarks, w, y, lse), num_landmarks=num_landmarks,
+        pinv_iterations=pinv_iterations, mode=mode, value=value)
+    return dq, dk, empty_if_none(dv, q), empty_if_none(dconv, q)
+
+
+@nystrom_bwd.register_fake
+def _nystrom_bwd_fake(dout, q, k, v, conv_weight, q_landmarks, k_landmarks, w, y, lse, num_landmarks,
+                      pinv_iterations, mode, value, backend):
+    dv = q.new_empty(v.shape) if value == "v" else q.new_empty(0)
+    dconv = conv_weight.new_empty(conv_weight.shape) if conv_weight is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), dv, dconv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend = inputs
+    ctx.save_for_backward(q, k, v, conv_weight, *output[1:])
+    ctx.options = (num_landmarks, pinv_iterations, mode, value, backend)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _backward(ctx, dout, *_saved_grads):
+    q, k, v, conv_weight, *saved = ctx.saved_tensors
+    num_landmarks, pinv_iterations, mode, value, backend = ctx.options
+    dq, dk, dv, dconv = nystrom_bwd(dout, q, k, v, conv_weight, *saved, num_landmarks, pinv_iterations, mode,
+                                    value, backend)
+    return (dq, dk, dv if value == "v" else None, dconv if conv_weight is not None else None,
+            None, None, None, None, None)
+
+
+nystrom_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight):
+    check_choice(OP, "mode", mode, MODES)
+    if isinstance(num_landmarks, bool) or not isinstance(num_landmarks, int) or num_landmarks < 1:
+        raise ValueError(f"{OP}: num_landmarks must be an integer ≥ 1, got {num_landmarks!r}")
+    if isinstance(pinv_iterations, bool) or not isinstance(pinv_iterations, int) or pinv_iterations < 0:
+        raise ValueError(f"{OP}: pinv_iterations must be an integer ≥ 0, got {pinv_iterations!r}")
+    check_qkv(OP, q, k, v, value, same_length=True)
+    if conv_weight is None:
+        return
+    if not isinstance(conv_weight, Tensor) or not conv_weight.is_floating_point():
+        raise TypeError(f"{OP}: conv_weight must be a floating-point tensor, got "
+                        f"{getattr(conv_weight, 'dtype', type(conv_weight).__name__)}")
+    heads = q.shape[2]
+    if conv_weight.dim() != 4 or conv_weight.shape[0] != heads or conv_weight.shape[1] != 1 \
+            or conv_weight.shape[3] != 1 or conv_weight.shape[2] % 2 != 1:
+        raise ValueError(f"{OP}: conv_weight must be the depthwise (H, 1, K, 1) weight with H = {heads} and K odd, "
+                         f"got {tuple(conv_weight.shape)}")
+    if conv_weight.device != q.device:
+        raise TypeError(f"{OP}: conv_weight is on {conv_weight.device} but q is on {q.device}")
+
+
+def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_landmarks: int,
+                      pinv_iterations: int = 6, mode: str = "clean", value: str = "v",
+                      conv_weight: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Nyström attention (SPEC §4) of q, k, v (B, N, H, D) straight out of a bias-free projection.
+
+    q is NOT pre-scaled (the op scales by d^-1/2) and any N works: the op front-pads with zero
+    rows to a multiple of num_landmarks exactly like nystrom-attention 0.0.14 and returns the
+    last N rows, (B, N, H, Dv).
+    mode: "clean" (pinv scaling per (batch, head)) or "seed" (over the whole batch, paper code).
+    value: "v", or "q" (Armour: the unscaled query is the value; no v).
+    conv_weight: the residual depthwise Conv2d(h, h, (K, 1), groups=h, bias=False) weight
+    (H, 1, K, 1), applied to the value along the sequence; None for no residual.
+    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    """
+    _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight)
+    backend = resolve_backend(backend, q.device, OP)
+    if backend == "reference":
+        from python_ref.nystrom import nystrom_attention as reference
+        out = reference(heads_first(q), heads_first(k), heads_first(v), num_landmarks=num_landmarks,
+                        pinv_iterations=pinv_iterations, mode=mode, value=value, conv_weight=conv_weight)
+        return out.transpose(1, 2)
+    check_kernel_dtype(OP, backend, q)
+    out, *_ = nystrom_fwd(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend)
+    return out
+
+
+__all__ = ["nystrom_attention"]

@@ -1,0 +1,118 @@
+"""Performer (FAVOR+) attention as a torch op: checks, custom ops with fake + autograd, dispatch.
+
+Backend launchers (Triton in armour_kernels/triton/performer.py; a CPU one, if any, in
+armour_kernels/cpu/performer.py) share one contract, layout (B, N, H, D), any strides:
+```
+performer_forward(q, k, v, projection, *, kernel, mode, value) -> (out, ctx, ksum, stab)
+performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value) -> (dq, dk, dv)
+```
+out (B, Nq, H, Dv) in q's dtype; ctx = Σₙφ(kₙ)vₙᵀ (B·H, m, Dv), ksum = Σₙφ(kₙ) (B·H, m) and
+the key stabiliser stab (B·H,), all fp32, saved for the backward. value="q": v is None, the
+query is the value and its value gradient is inside dq (dv is None). The projection is a
+fixed buffer: it gets no gradient.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._backend import resolve_backend
+from ._linear_common import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
+                             launcher)
+
+OP = "performer_attention"
+KERNELS = ("softmax", "relu")
+
+
+@torch.library.custom_op("armour_kernels::performer_fwd", mutates_args=())
+def performer_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, kernel: str, mode: str,
+                  value: str, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(launcher(backend, "performer", "forward")(q, k, v, projection, kernel=kernel, mode=mode,
+                                                            value=value))
+
+
+@performer_fwd.register_fake
+def _performer_fwd_fake(q, k, v, projection, kernel, mode, value, backend):
+    batch, n, heads, _ = q.shape
+    dv = q.shape[3] if value == "q" else v.shape[3]
+    bh, m = batch * heads, projection.shape[0]
+    f32 = torch.float32
+    return (q.new_empty(batch, n, heads, dv), q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dtype=f32),
+            q.new_empty(bh, dtype=f32))
+
+
+@torch.library.custom_op("armour_kernels::performer_bwd", mutates_args=())
+def performer_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, ctx: Tensor,
+                  ksum: Tensor, stab: Tensor, kernel: str, mode: str, value: str,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv); dv is an empty tensor for value="q"."""
+    dq, dk, dv = launcher(backend, "performer", "backward")(dout, q, k, v, projection, ctx, ksum, stab,
+                                                            kernel=kernel, mode=mode, value=value)
+    return dq, dk, empty_if_none(dv, q)
+
+
+@performer_bwd.register_fake
+def _performer_bwd_fake(dout, q, k, v, projection, ctx, ksum, stab, kernel, mode, value, backend):
+    dv = q.new_empty(v.shape) if value == "v" else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, projection, kernel, mode, value, backend = inputs
+    _, context, ksum, stab = output
+    ctx.save_for_backward(q, k, v, projection, context, ksum, stab)
+    ctx.options = (kernel, mode, value, backend)
+    ctx.mark_non_differentiable(context, ksum, stab)
+
+
+def _backward(ctx, dout, _dcontext, _dksum, _dstab):
+    q, k, v, projection, context, ksum, stab = ctx.saved_tensors
+    kernel, mode, value, backend = ctx.options
+    dq, dk, dv = performer_bwd(dout, q, k, v, projection, context, ksum, stab, kernel, mode, value, backend)
+    return dq, dk, (dv if value == "v" else None), None, None, None, None, None
+
+
+performer_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check(q, k, v, projection, kernel, mode, value):
+    check_choice(OP, "kernel", kernel, KERNELS)
+    check_choice(OP, "mode", mode, MODES)
+    check_qkv(OP, q, k, v, value, same_length=False)
+    if not isinstance(projection, Tensor) or not projection.is_floating_point():
+        raise TypeError(f"{OP}: projection must be a floating-point (m, d) tensor, "
+                        f"got {getattr(projection, 'dtype', type(projection).__name__)}")
+    if projection.dim() != 2 or projection.shape[1] != q.shape[3] or projection.shape[0] < 1:
+        raise ValueError(f"{OP}: projection must be (m, d) with d = {q.shape[3]} (the head dim) and m ≥ 1, "
+                         f"got {tuple(projection.shape)}")
+    if projection.device != q.device:
+        raise TypeError(f"{OP}: projection is on {projection.device} but q is on {q.device}")
+
+
+def performer_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, projection: Tensor,
+                        kernel: str = "softmax", mode: str = "clean", value: str = "v",
+                        backend: str = "auto") -> Tensor:
+    """FAVOR+ attention φ(q)(φ(k)ᵀv) / (φ(q)·Σₙφ(k)) (SPEC §5), layout (B, N, H, D) → (B, Nq, H, Dv).
+
+    projection: the (m, d) random-feature matrix (a fixed buffer, no gradient).
+    kernel: "softmax" (positive random features) or "relu" (generalised kernel).
+    mode: "clean" (key stabiliser per (batch, head), detached; performer-pytorch ≥ 1.1.4) or
+    "seed" (one stabiliser over the whole batch, not detached; the paper's code).
+    value: "v", or "q" (Armour: the query is the value; no v).
+    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    """
+    _check(q, k, v, projection, kernel, mode, value)
+    backend = resolve_backend(backend, q.device, OP)
+    if backend == "reference":
+        from python_ref.performer import performer_attention as reference
+        out = reference(heads_first(q), heads_first(k), heads_first(v), projection=projection, kernel=kernel,
+                        mode=mode, value=value)
+        return out.transpose(1, 2)
+    check_kernel_dtype(OP, backend, q)
+    out, _, _, _ = performer_fwd(q, k, v, projection.detach(), kernel, mode, value, backend)
+    return out
+
+
+__all__ = ["performer_attention", "KERNELS"]

@@ -1,0 +1,507 @@
+"""Fused Nyström attention kernels, forward and backward (SPEC §4, nystrom-attention 0.0.14).
+
+Per (batch, head), on the front-padded sequence of np = n + p rows (p zero rows in front so m
+divides np; l = np / m rows per landmark), with qs = q·d^-1/2:
+  q̃, k̃ = landmark means of qs, k                      _landmarks_kernel
+  W    = A3·v,  A3 = softmax(q̃ kᵀ)  (m × n)           _a3v_kernel: flash-style over the keys,
+                                                        split over programs, merged on the host
+  Z    = pinv(A2), A2 = softmax(q̃ k̃ᵀ)  (m × m)        _pinv_kernel: 6 Razavi iterations on chip,
+                                                        fp32; also Y = Z·W.  Seed mode first runs
+                                                        it as a pre-pass for the global maxima.
+  out  = A1·Y + conv(v),  A1 = softmax(qs k̃ᵀ) (n × m)  _output_kernel: row block by row block
+So A1 (n×m), A3 (m×n) and A1·Z (n×m) never reach device memory: out = A1·(Z·(A3·v)).
+
+The padded rows are zero (the original layer's to_qkv has no bias), so they are never loaded:
+they count in the landmark means (divisor l), as p keys with score 0 and value 0 in A3's
+softmax (initial running sum p), and as zero rows seen by the 33-tap conv. Only the last n
+output rows are kept, so padded query rows are never computed.
+
+Backward, with dO given for the real rows (padded rows are trimmed, so their dO is 0):
+  _bwd_query_kernel (REDUCE)  dY = A1ᵀdO, dk̃ += dS1ᵀqs, dconv_w  (split reductions)
+  PyTorch, fp32, m×m only      autograd through A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W
+                               gives dq̃, dk̃ (A2 path) and dW. NOT fused: small per (b, h).
+  _bwd_key_kernel              dk = dS3ᵀq̃ + dk̃[group]/l, dv = A3ᵀdW + convᵀ(dO), dq̃ += dS3·k
+  _bwd_query_kernel (WRITE)    dq = d^-1/2·(dS1·k̃ + dq̃[group]/l) (+ dv for value="q")
+with dS = A∘(dA − rowsum(A∘dA)) for each softmax.
+
+m×m work, the landmark softmaxes and every accumulator are fp32; dots run exact IEEE fp32 for
+fp32 inputs and tf32 for 16-bit inputs. The on-chip pinv handles m ≤ PINV_MAX_M; larger m runs
+the m×m iterations in PyTorch (fp32) instead.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+
+PINV_MAX_M = 128  # above this the m×m matrices no longer fit on chip: PyTorch runs the pinv
+_PROGRAMS_TARGET = 512
+
+
+@triton.jit
+def _tile(ptr, rows, cols, row_mask, n_cols, stride_r, stride_c):
+    """fp32 tile ptr[rows, cols]; zero where a row is masked out or a column ≥ n_cols."""
+    mask = row_mask[:, None] & (cols[None, :] < n_cols)
+    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _small(ptr, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A contiguous (m, n_cols) fp32 per-(batch·head) matrix, padded with zeros to (BLOCK_M, BLOCK_C)."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    return _tile(ptr, rows, cols, rows < m, n_cols, n_cols, 1)
+
+
+@triton.jit
+def _store_small(ptr, x, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    tl.store(ptr + rows[:, None] * n_cols + cols[None, :], x, mask=(rows[:, None] < m) & (cols[None, :] < n_cols))
+
+
+@triton.jit
+def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, n, H, m, D, pad, group, scale,
+                      sqb, sqn, sqh, sqd, skb, skn, skh, skd,
+                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """q̃ = mean of qs, k̃ = mean of k over each group of l padded rows (padded rows are zero)."""
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    marks = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.arange(0, BLOCK_D)
+    q_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    k_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    for t in range(0, group):
+        rows = marks * group + t - pad  # token index of the t-th row of each group
+        ok = (rows >= 0) & (marks < m)
+        q_sum += _tile(q_ptr + b * sqb + h * sqh, rows, cols, ok, D, sqn, sqd)
+        k_sum += _tile(k_ptr + b * skb + h * skh, rows, cols, ok, D, skn, skd)
+    out = bh * m * D + marks[:, None] * D + cols[None, :]
+    mask = (marks[:, None] < m) & (cols[None, :] < D)
+    tl.store(ql_ptr + out, q_sum * (scale / group), mask=mask)
+    tl.store(kl_ptr + out, k_sum / group, mask=mask)
+
+
+@triton.jit
+def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV, pad, blocks_per_split,
+                skb, skn, skh, skd, svb, svn, svh, svd,
+                BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Partial online softmax of A3 = softmax(q̃ kᵀ) times v over one split of the keys."""
+    bh = tl.program_id(0)
+    lblk = tl.program_id(1)
+    split = tl.program_id(2)
+    b, h = bh // H, bh % H
+    marks = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    ql = _tile(ql_ptr + bh * m * D, marks, cols, marks < m, D, D, 1)
+    # The p padded keys (split 0 only): score 0, value 0 -> running max 0, running sum p.
+    first = (split == 0) & (pad > 0)
+    run_max = tl.zeros((BLOCK_L,), dtype=tl.float32) + tl.where(first, 0.0, float("-inf"))
+    run_sum = tl.zeros((BLOCK_L,), dtype=tl.float32) + tl.where(first, pad * 1.0, 0.0)
+    acc = tl.zeros((BLOCK_L, BLOCK_DV), dtype=tl.float32)
+    for i in range(0, blocks_per_split):
+        keys = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _tile(k_ptr + b * skb + h * skh, keys, cols, keys < n, D, skn, skd)
+        v = _tile(v_ptr + b * svb + h * svh, keys, dvs, keys < n, DV, svn, svd)
+        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+        s = tl.where(keys[None, :] < n, s, float("-inf"))
+        new_max = tl.maximum(run_max, tl.max(s, axis=1))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # an all-padding block
+        alpha = tl.exp(run_max - safe_max)
+        p = tl.exp(s - safe_max[:, None])
+        run_sum = run_sum * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        run_max = new_max
+    part = (bh * tl.num_programs(2) + split) * m
+    tl.store(acc_ptr + (part + marks[:, None]) * DV + dvs[None, :], acc,
+             mask=(marks[:, None] < m) & (dvs[None, :] < DV))
+    tl.store(max_ptr + part + marks, run_max, mask=marks < m)
+    tl.store(sum_ptr + part + marks, run_sum, mask=marks < m)
+
+
+@triton.jit
+def _softmax_rows(s, valid_cols):
+    s = tl.where(valid_cols, s, float("-inf"))
+    p = tl.exp(s - tl.max(s, axis=1)[:, None])
+    return p / tl.sum(p, axis=1)[:, None]
+
+
+@triton.jit
+def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, m, D, DV, iterations,
+                 MAXIMA_ONLY: tl.constexpr, SEED: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Y = pinv(A2)·W for one (batch, head), A2 = softmax(q̃ k̃ᵀ), all on chip in fp32.
+
+    MAXIMA_ONLY (the seed mode's pre-pass): store A2's max row- and column-abs-sums and stop.
+    SEED: Z₀'s divisor is the product of the global maxima, read from maxima_ptr[0:2].
+    """
+    bh = tl.program_id(0)
+    idx = tl.arange(0, BLOCK_M)
+    ql = _small(ql_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
+    kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
+    valid = (idx[:, None] < m) & (idx[None, :] < m)
+    a2 = tl.where(valid, _softmax_rows(tl.dot(ql, tl.trans(kl), input_precision=PRECISION), idx[None, :] < m), 0.0)
+    row_max = tl.max(tl.sum(tl.abs(a2), axis=1), axis=0)
+    col_max = tl.max(tl.sum(tl.abs(a2), axis=0), axis=0)
+    if MAXIMA_ONLY:
+        tl.store(maxima_ptr + bh * 2, row_max)
+        tl.store(maxima_ptr + bh * 2 + 1, col_max)
+    else:
+        if SEED:
+            row_max = tl.load(maxima_ptr)
+            col_max = tl.load(maxima_ptr + 1)
+        eye = tl.where(valid & (idx[:, None] == idx[None, :]), 1.0, 0.0)
+        z = tl.trans(a2) / (row_max * col_max)
+        for _ in range(0, iterations):
+            az = tl.dot(a2, z, input_precision=PRECISION)
+            t = tl.dot(az, 7.0 * eye - az, input_precision=PRECISION)
+            t = tl.dot(az, 15.0 * eye - t, input_precision=PRECISION)
+            z = 0.25 * tl.dot(z, 13.0 * eye - t, input_precision=PRECISION)
+        w = _small(w_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
+        _store_small(y_ptr + bh * m * DV, tl.dot(z, w, input_precision=PRECISION), m, DV, BLOCK_M, BLOCK_DV)
+
+
+@triton.jit
+def _query_block(q_ptr, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """qs rows, k̃, Y and A1 = softmax(qs k̃ᵀ) for one block of query rows."""
+    cols = tl.arange(0, BLOCK_D)
+    qs = _tile(q_ptr, rows, cols, rows < n, D, sqn, sqd) * scale
+    kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
+    y = _small(y_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
+    a1 = _softmax_rows(tl.dot(qs, tl.trans(kl), input_precision=PRECISION), tl.arange(0, BLOCK_M)[None, :] < m)
+    return qs, kl, y, a1
+
+
+@triton.jit
+def _conv_rows(x_ptr, w_ptr, h, rows, n, DV, sxn, sxd, KSIZE, SIGN: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Σ_t w[h, t]·x[rows + SIGN·(t − KSIZE//2)] over the real rows (zeros elsewhere).
+
+    SIGN = 1 is the residual conv itself (x = v); SIGN = −1 its transpose (x = dO), for dv.
+    """
+    dvs = tl.arange(0, BLOCK_DV)
+    acc = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
+    half = KSIZE // 2
+    for t in range(0, KSIZE):
+        src = rows + SIGN * (t - half)
+        x = _tile(x_ptr, src, dvs, (src >= 0) & (src < n), DV, sxn, sxd)
+        acc += tl.load(w_ptr + h * KSIZE + t).to(tl.float32) * x
+    return acc
+
+
+@triton.jit
+def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, n, H, m, D, DV, scale, KSIZE,
+                   sqb, sqn, sqh, sqd, svb, svn, svh, svd, sob, son, soh, sod,
+                   HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    bh = tl.program_id(0)
+    b, h = bh // H, bh % H
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    _, _, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
+                               BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
+    out = tl.dot(a1, y, input_precision=PRECISION)
+    if HAS_CONV:
+        out += _conv_rows(v_ptr + b * svb + h * svh, w_ptr, h, rows, n, DV, svn, svd, KSIZE, 1, BLOCK_N, BLOCK_DV)
+    dvs = tl.arange(0, BLOCK_DV)
+    tl.store(out_ptr + b * sob + h * soh + rows[:, None] * son + dvs[None, :] * sod,
+             out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
+
+
+@triton.jit
+def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_ptr,
+                      dy_ptr, dkl_ptr, dw_ptr, n, H, m, D, DV, pad, group, scale, KSIZE, blocks_per_split,
+                      sqb, sqn, sqh, sqd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod, sdqb, sdqn, sdqh, sdqd,
+                      WRITE_DQ: tl.constexpr, HAS_CONV: tl.constexpr, ARMOUR: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """The query side of the backward; see the module docstring for the two phases.
+
+    REDUCE (WRITE_DQ False): partial dY (m×dv), dk̃ (m×d) and dconv_w (KSIZE) per split.
+    WRITE_DQ: dq for each row, with the landmark term dq̃[group]/l (and, ARMOUR, the value
+    gradient dvq already computed by the key pass).
+    """
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b, h = bh // H, bh % H
+    cols = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    marks = tl.arange(0, BLOCK_M)
+    taps = tl.arange(0, BLOCK_K)
+    dy = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    dkl = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    dw = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for i in range(0, blocks_per_split):
+        rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        qs, kl, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale,
+                                     sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
+        do = _tile(do_ptr + b * sdob + h * sdoh, rows, dvs, rows < n, DV, sdon, sdod)
+        da1 = tl.dot(do, tl.trans(y), input_precision=PRECISION)
+        ds1 = a1 * (da1 - tl.sum(a1 * da1, axis=1)[:, None])
+        if WRITE_DQ:
+            groups = (rows + pad) // group
+            dql = _tile(dql_ptr + bh * m * D, groups, cols, rows < n, D, D, 1)
+            dq = (tl.dot(ds1, kl, input_precision=PRECISION) + dql / group) * scale
+            if ARMOUR:
+                dq += _tile(dvq_ptr + b * sdqb + h * sdqh, rows, cols, rows < n, D, sdqn, sdqd)
+            tl.store(dq_ptr + b * sdqb + h * sdqh + rows[:, None] * sdqn + cols[None, :] * sdqd,
+                     dq.to(dq_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (cols[None, :] < D))
+        else:
+            dy += tl.dot(tl.trans(a1), do, input_precision=PRECISION)
+            dkl += tl.dot(tl.trans(ds1), qs, input_precision=PRECISION)
+            if HAS_CONV:
+                for t in range(0, KSIZE):  # dw[t] = Σ dO[i]·v[i + t − K//2]
+                    src = rows + t - KSIZE // 2
+                    v = _tile(v_ptr + b * svb + h * svh, src, dvs, (src >= 0) & (src < n), DV, svn, svd)
+                    dw += tl.where(taps == t, tl.sum(tl.sum(do * v, axis=1), axis=0), 0.0)
+    if not WRITE_DQ:
+        part = bh * tl.num_programs(1) + split
+        _store_small(dy_ptr + part * m * DV, dy, m, DV, BLOCK_M, BLOCK_DV)
+        _store_small(dkl_ptr + part * m * D, dkl, m, D, BLOCK_M, BLOCK_D)
+        tl.store(dw_ptr + part * KSIZE + taps, dw, mask=taps < KSIZE)
+
+
+@triton.jit
+def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_ptr, w_ptr,
+                    dk_ptr, dv_ptr, dql_ptr, n, H, m, D, DV, pad, group, KSIZE, blocks_per_split,
+                    skb, skn, skh, skd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod,
+                    sdkb, sdkn, sdkh, sdkd, sdvb, sdvn, sdvh, sdvd,
+                    HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """dk, dv per key row and the partial dq̃ = Σ dS3·k of this split (A3 recomputed from its lse)."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b, h = bh // H, bh % H
+    cols = tl.arange(0, BLOCK_D)
+    dvs = tl.arange(0, BLOCK_DV)
+    marks = tl.arange(0, BLOCK_M)
+    ql = _small(ql_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
+    dwv = _small(dwv_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
+    lse = tl.load(lse_ptr + bh * m + marks, mask=marks < m, other=0.0)
+    rs = tl.load(rs_ptr + bh * m + marks, mask=marks < m, other=0.0)
+    dql = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for i in range(0, blocks_per_split):
+        rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = _tile(k_ptr + b * skb + h * skh, rows, cols, rows < n, D, skn, skd)
+        v = _tile(v_ptr + b * svb + h * svh, rows, dvs, rows < n, DV, svn, svd)
+        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+        a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
+        da3 = tl.dot(dwv, tl.trans(v), input_precision=PRECISION)
+        ds3 = a3 * (da3 - rs[:, None])
+        groups = (rows + pad) // group
+        dk = tl.dot(tl.trans(ds3), ql, input_precision=PRECISION)
+        dk += _tile(dkl_ptr + bh * m * D, groups, cols, rows < n, D, D, 1) / group
+        dv = tl.dot(tl.trans(a3), dwv, input_precision=PRECISION)
+        if HAS_CONV:
+            dv += _conv_rows(do_ptr + b * sdob + h * sdoh, w_ptr, h, rows, n, DV, sdon, sdod, KSIZE, -1,
+                             BLOCK_N, BLOCK_DV)
+        dql += tl.dot(ds3, k, input_precision=PRECISION)
+        tl.store(dk_ptr + b * sdkb + h * sdkh + rows[:, None] * sdkn + cols[None, :] * sdkd,
+                 dk.to(dk_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (cols[None, :] < D))
+        tl.store(dv_ptr + b * sdvb + h * sdvh + rows[:, None] * sdvn + dvs[None, :] * sdvd,
+                 dv.to(dv_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
+    part = bh * tl.num_programs(1) + split
+    _store_small(dql_ptr + part * m * D, dql, m, D, BLOCK_M, BLOCK_D)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _config(n, m, d, dv, dtype):
+    block_m = max(16, triton.next_power_of_2(m))
+    cfg = dict(BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
+               BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+               PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    block_n = 64 if block_m <= 64 else 32
+    return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
+
+
+def _splits(n_blocks, programs):
+    """Split one reduction over n_blocks token blocks across programs: (splits, blocks per split)."""
+    per_split = triton.cdiv(n_blocks, max(1, min(n_blocks, triton.cdiv(_PROGRAMS_TARGET, programs))))
+    return triton.cdiv(n_blocks, per_split), per_split
+
+
+def _strides(t):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _layout(q, num_landmarks):
+    n = q.shape[1]
+    pad = (num_landmarks - n % num_landmarks) % num_landmarks
+    return pad, (n + pad) // num_landmarks
+
+
+def razavi_pinv_fp32(a2, iterations, mode):
+    """The m×m pseudo-inverse in PyTorch fp32 (SPEC §4 step 4), differentiable by autograd.
+
+    Used for the backward (autograd through the iteration) and for m > PINV_MAX_M.
+    """
+    abs_a = a2.abs()
+    rows, cols = abs_a.sum(dim=-1), abs_a.sum(dim=-2)
+    if mode == "seed":
+        denom = rows.max() * cols.max()
+    else:
+        denom = (rows.amax(dim=-1) * cols.amax(dim=-1))[..., None, None]
+    z = a2.transpose(-1, -2) / denom
+    eye = torch.eye(a2.shape[-1], dtype=a2.dtype, device=a2.device)
+    for _ in range(iterations):
+        az = a2 @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+def _landmark_a2(ql, kl):
+    return torch.softmax(ql @ kl.transpose(-1, -2), dim=-1)
+
+
+def _a3v(ql, k, v, pad, cfg, block_n):
+    """W = A3·v (B·H, m, dv) and A3's log-sum-exp (B·H, m): split flash reduction + merge."""
+    B, n, H, D = k.shape
+    bh, m, dv = B * H, ql.shape[1], v.shape[3]
+    block_l = min(cfg["BLOCK_M"], 64)
+    l_blocks = triton.cdiv(m, block_l)
+    splits, per_split = _splits(triton.cdiv(n, block_n), bh * l_blocks)
+    acc = torch.empty(bh, splits, m, dv, device=k.device, dtype=torch.float32)
+    run_max = torch.empty(bh, splits, m, device=k.device, dtype=torch.float32)
+    run_sum = torch.empty_like(run_max)
+    _a3v_kernel[(bh, l_blocks, splits)](ql, k, v, acc, run_max, run_sum, n, H, m, D, dv, pad, per_split,
+                                        *_strides(k), *_strides(v), BLOCK_L=block_l, BLOCK_N=block_n,
+                                        BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"],
+                                        PRECISION=cfg["PRECISION"])
+    top = run_max.amax(dim=1, keepdim=True)
+    weight = torch.exp(run_max - top)
+    total = (run_sum * weight).sum(dim=1)
+    w = (acc * weight[..., None]).sum(dim=1) / total[..., None]
+    return w, top.squeeze(1) + torch.log(total)
+
+
+def _pinv_times(ql, kl, w, iterations, mode, cfg):
+    """Y = pinv(A2)·W (B·H, m, dv): on chip for m ≤ PINV_MAX_M, else PyTorch fp32."""
+    bh, m, D = ql.shape
+    dv = w.shape[2]
+    if m > PINV_MAX_M:
+        return razavi_pinv_fp32(_landmark_a2(ql, kl), iterations, mode) @ w
+    warps = 4 if cfg["BLOCK_M"] <= 64 else 8
+    seed = mode == "seed"
+    maxima = torch.empty(bh, 2, device=ql.device, dtype=torch.float32)
+    if seed:  # pre-pass: every (b, h)'s maxima, then the global ones
+        _pinv_kernel[(bh,)](ql, kl, w, w, maxima, m, D, dv, iterations, MAXIMA_ONLY=True, SEED=False,
+                            **cfg, num_warps=warps)
+        maxima = maxima.amax(dim=0).contiguous()
+    y = torch.empty(bh, m, dv, device=ql.device, dtype=torch.float32)
+    _pinv_kernel[(bh,)](ql, kl, w, y, maxima, m, D, dv, iterations, MAXIMA_ONLY=False, SEED=seed,
+                        **cfg, num_warps=warps)
+    return y
+
+
+def _conv_args(conv_weight, H, device):
+    if conv_weight is None:
+        return torch.zeros(1, device=device, dtype=torch.float32), 1, False
+    return conv_weight.reshape(H, -1).to(torch.float32).contiguous(), conv_weight.shape[-2], True
+
+
+def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, mode="clean", value="v"):
+    """q, k (B, N, H, D), v (B, N, H, Dv) or None for value="q" (the unscaled q is the value); any strides.
+
+    conv_weight: the (H, 1, K, 1) residual conv weight or None. Returns out (B, N, H, Dv)
+    contiguous in q's dtype and the small fp32 tensors the backward needs: (q̃, k̃, W, Y, lse3).
+    """
+    v = q if value == "q" else v
+    B, n, H, D = q.shape
+    dv = v.shape[3]
+    m = num_landmarks
+    pad, group = _layout(q, m)
+    cfg, block_n = _config(n, m, D, dv, q.dtype)
+    scale = D ** -0.5
+    bh = B * H
+    ql = torch.empty(bh, m, D, device=q.device, dtype=torch.float32)
+    kl = torch.empty_like(ql)
+    block_l = min(cfg["BLOCK_M"], 64)
+    _landmarks_kernel[(bh, triton.cdiv(m, block_l))](q, k, ql, kl, n, H, m, D, pad, group, scale,
+                                                     *_strides(q), *_strides(k),
+                                                     BLOCK_L=block_l, BLOCK_D=cfg["BLOCK_D"])
+    w, lse = _a3v(ql, k, v, pad, cfg, block_n)
+    y = _pinv_times(ql, kl, w, pinv_iterations, mode, cfg)
+    weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
+    out = torch.empty(B, n, H, dv, device=q.device, dtype=q.dtype)
+    _output_kernel[(bh, triton.cdiv(n, block_n))](q, v, kl, y, weight, out, n, H, m, D, dv, scale, ksize,
+                                                  *_strides(q), *_strides(v), *_strides(out),
+                                                  HAS_CONV=has_conv, BLOCK_N=block_n, **cfg)
+    return out, (ql, kl, w, y, lse)
+
+
+def _pinv_backward(ql, kl, w, dy, iterations, mode, B, H):
+    """Backward of A2 = softmax(q̃k̃ᵀ), Z = pinv(A2), Y = Z·W in PyTorch fp32 (m×m work: NOT fused).
+
+    torch.func.vjp, because plain autograd is switched off inside a custom op's body. Runs on
+    the (B, H, m, ·) batch at once, so the seed mode's global maxima couple the heads exactly
+    as in the reference. Returns dq̃, dk̃ (this path only) and dW.
+    """
+    def landmark_y(q_l, k_l, w_):
+        return razavi_pinv_fp32(_landmark_a2(q_l, k_l), iterations, mode) @ w_
+
+    _, vjp = torch.func.vjp(landmark_y, *(t.view(B, H, *t.shape[1:]) for t in (ql, kl, w)))
+    return [g.reshape(B * H, *g.shape[2:]) for g in vjp(dy.view(B, H, *dy.shape[1:]))]
+
+
+def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_iterations=6, mode="clean",
+                     value="v"):
+    """Gradients (dq, dk, dv, dconv_weight) of nystrom_forward; `saved` is its second result.
+
+    dv is None for value="q" (folded into dq); dconv_weight is None without a conv, else
+    (H, 1, K, 1) fp32-accumulated in conv_weight's dtype.
+    """
+    armour = value == "q"
+    v = q if armour else v
+    ql, kl, w, y, lse = saved
+    B, n, H, D = q.shape
+    dv_dim = v.shape[3]
+    m = num_landmarks
+    bh = B * H
+    pad, group = _layout(q, m)
+    cfg, block_n = _config(n, m, D, dv_dim, q.dtype)
+    scale = D ** -0.5
+    weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
+    block_k = max(16, triton.next_power_of_2(ksize))
+    n_blocks = triton.cdiv(n, block_n)
+    splits, per_split = _splits(n_blocks, bh)
+    dev, f32 = q.device, torch.float32
+    common = dict(HAS_CONV=has_conv, ARMOUR=armour, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
+                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"])
+    # 1. query side, reductions: dY, dk̃ (A1 path), dconv_w
+    dy = torch.empty(bh, splits, m, dv_dim, device=dev, dtype=f32)
+    dkl1 = torch.empty(bh, splits, m, D, device=dev, dtype=f32)
+    dwt = torch.empty(bh, splits, ksize, device=dev, dtype=f32)
+    dq = torch.empty(B, n, H, D, device=dev, dtype=q.dtype)
+    _bwd_query_kernel[(bh, splits)](q, v, dout, kl, y, ql, dq, dq, dy, dkl1, dwt,
+                                    n, H, m, D, dv_dim, pad, group, scale, ksize, per_split,
+                                    *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
+                                    WRITE_DQ=False, **common)
+    # 2. the m×m part in PyTorch
+    dql2, dkl2, dwv = _pinv_backward(ql, kl, w, dy.sum(dim=1), pinv_iterations, mode, B, H)
+    dkl = (dkl1.sum(dim=1) + dkl2).contiguous()
+    rs = (dwv * w).sum(dim=-1).contiguous()
+    # 3. key side: dk, dv, dq̃ (A3 path)
+    dk = torch.empty(B, n, H, D, device=dev, dtype=k.dtype)
+    dv = torch.empty(B, n, H, dv_dim, device=dev, dtype=f32 if armour else v.dtype)
+    dql3 = torch.empty(bh, splits, m, D, device=dev, dtype=f32)
+    _bwd_key_kernel[(bh, splits)](k, v, dout, ql, lse, dwv.contiguous(), rs, dkl, weight, dk, dv, dql3,
+                                  n, H, m, D, dv_dim, pad, group, ksize, per_split,
+                                  *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+                                  HAS_CONV=has_conv, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"],
+                                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"])
+    dql = (dql2 + dql3.sum(dim=1)).contiguous()
+    # 4. query side again: dq (+ dv when the query is the value)
+    _bwd_query_kernel[(bh, n_blocks)](q, v, dout, kl, y, dql, dv, dq, dy, dkl1, dwt,
+                                      n, H, m, D, dv_dim, pad, group, scale, ksize, 1,
+                                      *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
+                                      WRITE_DQ=True, **common)
+    dconv = None
+    if has_conv:
+        dconv = dwt.sum(dim=1).view(B, H, ksize).sum(dim=0).view(H, 1, ksize, 1).to(conv_weight.dtype)
+    return dq, dk, (None if armour else dv), dconv
