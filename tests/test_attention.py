@@ -168,6 +168,22 @@ def test_launcher_writes_every_element(monkeypatch):
         assert_close(lse, expected_lse, torch.float32, msg="lse")
 
 
+def test_any_strides_including_the_feature_dim():
+    """Feature stride ≠ 1 (a (B, N, D, H) tensor seen as (B, N, H, D)) and a stride-0 gradient (from sum())."""
+    gen = torch.Generator().manual_seed(4)
+    leaves = [torch.randn(2, 11, 16, 2, generator=gen).requires_grad_() for _ in range(3)]
+    q, k, v = (t.transpose(2, 3) for t in leaves)
+    assert q.stride(-1) != 1
+    out = attention(q, k, v, value="q+v", backend="triton")
+    grads = torch.autograd.grad(out.sum(), leaves)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    q64, k64, v64 = (t.transpose(2, 3) for t in leaves64)
+    expected = reference(q64, k64, v64, "q+v")
+    assert_close(out, expected, torch.float32)
+    for got, want in zip(grads, torch.autograd.grad(expected.sum(), leaves64)):
+        assert_close(got, want, torch.float32)
+
+
 def test_armour_gradients_add_up_through_q():
     """Armour: q is both query and value; its gradient is the sum of both paths."""
     x = torch.randn(2, 7, 2, 2, 16, requires_grad=True)  # (B, N, 2, H, D): packed [q | k]

@@ -159,8 +159,10 @@ def _check_bias(bias, bias_index, q, k):
     if bias_index.device != q.device:
         raise TypeError(f"attention: bias_index is on {bias_index.device} but q is on {q.device}")
     bias_index = bias_index.to(torch.int64)
-    if not torch.compiler.is_compiling() and bias_index.numel() and (
-            bias_index.min() < 0 or bias_index.max() >= bias.shape[1]):
+    # The range check reads the index on the host: done for CPU tensors, skipped on GPUs (a sync
+    # per call) and while compiling (a graph break).
+    if (bias_index.device.type == "cpu" and not torch.compiler.is_compiling() and bias_index.numel()
+            and (bias_index.min() < 0 or bias_index.max() >= bias.shape[1])):
         raise ValueError(f"attention: bias_index has entries outside the table's [0, {bias.shape[1]})")
     return bias_index
 
