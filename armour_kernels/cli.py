@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS = {
     "tables": "parameter counts of the python_ref models next to the papers' tables",
+    "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
 }
 
 
