@@ -120,8 +120,10 @@ def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False):
             y.stride(0), y.stride(1))
     flags = dict(HAS_BIAS=bias is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
     if triton_interpreting():
-        blocks = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
-        grid = (triton.cdiv(M, 32) * triton.cdiv(N, 32),)
+        # Few, large programs: the interpreter's cost is per program and per loop step.
+        bm = min(64, max(16, triton.next_power_of_2(M)))
+        blocks = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=4)
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, 128),)
         _linear_act_kernel[grid](*args, **flags, **blocks)
     else:
         def grid(meta):
