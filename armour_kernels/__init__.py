@@ -3,7 +3,8 @@
 The public API lives here and nowhere else. See README.md for the map of the package.
 """
 from ._backend import BACKENDS
+from .ops.linear_act import linear_hardswish
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "__version__"]
+__all__ = ["BACKENDS", "__version__", "linear_hardswish"]

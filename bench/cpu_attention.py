@@ -9,23 +9,13 @@ over rounds, the two implementations interleaved, so a shared machine's noise hu
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from cpu_timing import best_ms  # bench/cpu_timing.py (the script directory is on sys.path)
 
 from armour_kernels import cpu
 from armour_kernels.cpu.attention import attention_backward, attention_forward
-
-
-def timed(fn, rounds, inner):
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
-    return best * 1e3
 
 
 def main():
@@ -73,7 +63,7 @@ def main():
                 best = {name: float("inf") for name in ("sf", "sb", "of", "ob")}
                 for _ in range(args.rounds):  # interleave: a noisy neighbour slows both
                     for name, fn in (("sf", sdpa_fwd), ("of", ours_fwd), ("sb", sdpa_fwd_bwd), ("ob", ours_fwd_bwd)):
-                        best[name] = min(best[name], timed(fn, 1, args.inner))
+                        best[name] = min(best[name], best_ms(fn, 1, args.inner))
             print(f"{dname:9s} {isa:7s} fwd: sdpa {best['sf']:7.1f}  ours {best['of']:7.1f}  ({best['sf'] / best['of']:.2f}x)"
                   f" | fwd+bwd: sdpa {best['sb']:7.1f}  ours {best['ob']:7.1f}  ({best['sb'] / best['ob']:.2f}x)")
 
