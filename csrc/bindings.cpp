@@ -35,7 +35,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out"), py::arg("lse"), py::arg("value"), py::arg("scale"), py::arg("mask_diagonal"),
         py::arg("need_dbias"));
   m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
-        py::arg("weight"), py::arg("bias"));
+        py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
+  m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
   m.def("isa", []() { return std::string(armour::isa_name(armour::current_isa())); }, "the ISA the kernels run with");
   m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
   m.def("supported_isas", &supported_isas, "ISAs this CPU can run, slowest first");

@@ -23,7 +23,12 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& lse, const std::string& value, double scale,
                                            bool mask_diagonal, bool need_dbias);
 
-// hardswish(x @ weightᵀ + bias): GEMM by ATen (oneDNN/MKL), bias + Hardswish fused in one pass.
-at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+// hardswish(x @ weightᵀ + bias). gemm: "onednn_fused" (oneDNN GEMM with bias + Hardswish as its
+// post-op, in registers), "onednn" / "aten" (oneDNN / at::matmul GEMM, then our vectorised
+// bias + Hardswish pass in place), "auto" (onednn_fused when torch has oneDNN and the dtype is
+// float32 / bfloat16, else aten).
+at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::string& gemm);
+bool has_onednn_linear();
 
 }  // namespace armour

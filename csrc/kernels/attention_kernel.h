@@ -75,9 +75,10 @@ struct Scratch {
 // ------------------------------------------------------------------ GEMM micro-kernel
 // C (M×N) (+)= A (M×K) · B (K×N), all row-major in the accumulation type; N a multiple of W
 // (callers zero-pad). The register block is MR rows × NV vectors; B's row segment is loaded
-// once per k and reused by MR broadcasts of A.
+// once per k and reused by MR broadcasts of A. TA: A is stored transposed (element (r, k) at
+// A[k * lda + r]), so dSᵀ·Q and Pᵀ·dO read the score tiles without a transpose copy.
 
-template <class V, int MR, int NV>
+template <class V, int MR, int NV, bool TA>
 inline void gemm_block(int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B, int64_t ldb,
                        typename V::S* C, int64_t ldc, bool accumulate) {
   constexpr int W = V::W;
@@ -88,7 +89,7 @@ inline void gemm_block(int64_t K, const typename V::S* A, int64_t lda, const typ
     V b[NV];
     for (int n = 0; n < NV; ++n) b[n] = V::load(B + kk * ldb + n * W);
     for (int r = 0; r < MR; ++r) {
-      V a = V::set1(A[r * lda + kk]);
+      V a = V::set1(TA ? A[kk * lda + r] : A[r * lda + kk]);
       for (int n = 0; n < NV; ++n) c[r][n] = fmadd(a, b[n], c[r][n]);
     }
   }
@@ -96,28 +97,29 @@ inline void gemm_block(int64_t K, const typename V::S* A, int64_t lda, const typ
     for (int n = 0; n < NV; ++n) c[r][n].store(C + r * ldc + n * W);
 }
 
-template <class V, int NV, int R>
+template <class V, int NV, bool TA, int R>
 inline void gemm_rows(int64_t rows, int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B,
                       int64_t ldb, typename V::S* C, int64_t ldc, bool accumulate) {
   if constexpr (R > 0) {
     if (rows == R)
-      gemm_block<V, R, NV>(K, A, lda, B, ldb, C, ldc, accumulate);
+      gemm_block<V, R, NV, TA>(K, A, lda, B, ldb, C, ldc, accumulate);
     else
-      gemm_rows<V, NV, R - 1>(rows, K, A, lda, B, ldb, C, ldc, accumulate);
+      gemm_rows<V, NV, TA, R - 1>(rows, K, A, lda, B, ldb, C, ldc, accumulate);
   }
 }
 
-template <class V>
+template <class V, bool TA = false>
 void gemm(int64_t M, int64_t N, int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B,
           int64_t ldb, typename V::S* C, int64_t ldc, bool accumulate) {
   constexpr int W = V::W, MR = V::MR;
+  auto a_rows = [&](int64_t i) { return TA ? A + i : A + i * lda; };
   int64_t j = 0;
   for (; j + 2 * W <= N; j += 2 * W)
     for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<V, 2, MR>(min64(MR, M - i), K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
+      gemm_rows<V, 2, TA, MR>(min64(MR, M - i), K, a_rows(i), lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
   for (; j < N; j += W)
     for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<V, 1, MR>(min64(MR, M - i), K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
+      gemm_rows<V, 1, TA, MR>(min64(MR, M - i), K, a_rows(i), lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
 }
 
 // ------------------------------------------------------------------ packing (strided → scratch)
@@ -277,9 +279,10 @@ void backward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
   const int64_t BK = round_up(min64(kBlockK, Nk), W);
   Scratch<S> qr(Nq * Dkp), kr(Nkp * Dkp), kt(Dk * Nkp), vt(Dv * Nkp), dor(Nq * Dvp);
   Scratch<S> delta(Nq), lse(Nq), dq(Nq * Dkp), dk(Nkp * Dkp), dval(Nkp * Dvp);
-  Scratch<S> p(kBlockQ * BK), dp(kBlockQ * BK), pt(BK * kBlockQ), dst(BK * kBlockQ);
+  Scratch<S> p(kBlockQ * BK), dp(kBlockQ * BK);
   Scratch<unsigned char> has_key(kBlockQ);
   const S scale = static_cast<S>(a.scale);
+  const bool need_ds = (a.bias_kind == BiasKind::dense && a.dbias) || (a.bias_kind == BiasKind::table && a.dtable);
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H, h = bh % H;
     qr.zero(Nq * Dkp);
@@ -320,30 +323,33 @@ void backward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
           S* dprow = dp.p + r * BK;
           if (a.mask_diagonal && !has_key.p[r])
             for (int64_t c = 0; c < bk; ++c) has_key.p[r] |= prow[c] != neg_inf<S>();
-          const V vl = V::set1(lse.p[i]), vd = V::set1(delta.p[i]);
-          for (int64_t c = 0; c < bkp; c += W) {
-            V pv = vexp(V::load(prow + c) - vl);
-            pv.store(prow + c);
-            (pv * (V::load(dprow + c) - vd)).store(dprow + c);  // dS (natural units, before scale)
-          }
-          if (a.bias_kind == BiasKind::dense && a.dbias) {
-            S* db = static_cast<S*>(a.dbias) + ((b * H + h) * Nq + i) * Nk + j0;
-            for (int64_t c = 0; c < bk; ++c) db[c] = dprow[c];
-          } else if (a.bias_kind == BiasKind::table && a.dtable) {
-            S* dt = static_cast<S*>(a.dtable) + (b * H + h) * a.table_R;
-            const int64_t* idx = a.index + i * a.index_si + j0 * a.index_sj;
-            for (int64_t c = 0; c < bk; ++c) dt[idx[c * a.index_sj]] += dprow[c];
-          }
-          const V vs = V::set1(scale);
-          for (int64_t c = 0; c < bkp; c += W) (V::load(dprow + c) * vs).store(dprow + c);
-          for (int64_t c = 0; c < bk; ++c) {
-            pt.p[c * kBlockQ + r] = prow[c];
-            dst.p[c * kBlockQ + r] = dprow[c];
+          const V vl = V::set1(lse.p[i]), vd = V::set1(delta.p[i]), vs = V::set1(scale);
+          if (need_ds) {  // dS (natural units) goes to the bias gradient, then s·dS to the GEMMs
+            for (int64_t c = 0; c < bkp; c += W) {
+              V pv = vexp(V::load(prow + c) - vl);
+              pv.store(prow + c);
+              (pv * (V::load(dprow + c) - vd)).store(dprow + c);
+            }
+            if (a.bias_kind == BiasKind::dense) {
+              S* db = static_cast<S*>(a.dbias) + ((b * H + h) * Nq + i) * Nk + j0;
+              for (int64_t c = 0; c < bk; ++c) db[c] = dprow[c];
+            } else {
+              S* dt = static_cast<S*>(a.dtable) + (b * H + h) * a.table_R;
+              const int64_t* idx = a.index + i * a.index_si + j0 * a.index_sj;
+              for (int64_t c = 0; c < bk; ++c) dt[idx[c * a.index_sj]] += dprow[c];
+            }
+            for (int64_t c = 0; c < bkp; c += W) (V::load(dprow + c) * vs).store(dprow + c);
+          } else {
+            for (int64_t c = 0; c < bkp; c += W) {
+              V pv = vexp(V::load(prow + c) - vl);
+              pv.store(prow + c);
+              (pv * (V::load(dprow + c) - vd) * vs).store(dprow + c);
+            }
           }
         }
         gemm<V>(nr, Dkp, bk, dp.p, BK, kr.p + j0 * Dkp, Dkp, dq.p + i0 * Dkp, Dkp, true);
-        gemm<V>(bk, Dkp, nr, dst.p, kBlockQ, qr.p + i0 * Dkp, Dkp, dk.p + j0 * Dkp, Dkp, true);
-        gemm<V>(bk, Dvp, nr, pt.p, kBlockQ, dor.p + i0 * Dvp, Dvp, dval.p + j0 * Dvp, Dvp, true);
+        gemm<V, true>(bk, Dkp, nr, dp.p, BK, qr.p + i0 * Dkp, Dkp, dk.p + j0 * Dkp, Dkp, true);
+        gemm<V, true>(bk, Dvp, nr, p.p, BK, dor.p + i0 * Dvp, Dvp, dval.p + j0 * Dvp, Dvp, true);
       }
       if (a.mask_diagonal) {
         // A diagonal-only row has P = one-hot(i): no score gradient, dValue[i] += dO[i].
