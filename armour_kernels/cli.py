@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "tables": "parameter counts of the python_ref models next to the papers' tables",
     "kernels": "attention kernels vs PyTorch SDPA and python_ref: forward and forward+backward",
     "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
+    "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
 }
 
 

@@ -73,6 +73,14 @@ def test_fp16_inputs_that_overflow_a_naive_exp(kernel):
     _check_against_reference(q, k, v, _projection(16), kernel=kernel, mode="clean", value="v")
 
 
+
+def test_every_buffer_is_written(monkeypatch):
+    """The launchers' torch.empty buffers (outputs, gradients, partial sums) start as NaN."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    q, k, v = _inputs(2, 45, 2, 16, torch.float32, "v")
+    _check_against_reference(q, k, v, _projection(16), kernel="softmax", mode="seed", value="v")
+
 def test_torch_compile_fullgraph():
     q, k, v = _inputs(1, 30, 2, 16, torch.float32, "v")
     projection = _projection(16)

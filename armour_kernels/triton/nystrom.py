@@ -63,25 +63,38 @@ def _store_small(ptr, x, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @triton.jit
-def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, n, H, m, D, pad, group, scale,
+def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, H, m, D, pad, group, scale,
                       sqb, sqn, sqh, sqd, skb, skn, skh, skd,
-                      BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """q̃ = mean of qs, k̃ = mean of k over each group of l padded rows (padded rows are zero)."""
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One landmark: q̃ = mean of qs, k̃ = mean of k over its group of l padded rows.
+
+    The group's padded rows (token index < 0) are zero: they count in the divisor only.
+    """
     bh = tl.program_id(0)
+    mark = tl.program_id(1)
     b, h = bh // H, bh % H
-    marks = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.arange(0, BLOCK_D)
-    q_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    k_sum = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    for t in range(0, group):
-        rows = marks * group + t - pad  # token index of the t-th row of each group
-        ok = (rows >= 0) & (marks < m)
+    q_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    k_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for i in range(0, tl.cdiv(group, BLOCK_N)):
+        offset = i * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = mark * group - pad + offset  # token indices
+        ok = (offset < group) & (rows >= 0)
         q_sum += _tile(q_ptr + b * sqb + h * sqh, rows, cols, ok, D, sqn, sqd)
         k_sum += _tile(k_ptr + b * skb + h * skh, rows, cols, ok, D, skn, skd)
-    out = bh * m * D + marks[:, None] * D + cols[None, :]
-    mask = (marks[:, None] < m) & (cols[None, :] < D)
-    tl.store(ql_ptr + out, q_sum * (scale / group), mask=mask)
-    tl.store(kl_ptr + out, k_sum / group, mask=mask)
+    out = (bh * m + mark) * D + cols
+    tl.store(ql_ptr + out, tl.sum(q_sum, axis=0) * (scale / group), mask=cols < D)
+    tl.store(kl_ptr + out, tl.sum(k_sum, axis=0) / group, mask=cols < D)
+
+
+@triton.jit
+def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """k and v tiles of one block of keys and the landmark scores q̃·kᵀ (−inf past the last key)."""
+    k = _tile(k_ptr, keys, tl.arange(0, BLOCK_D), keys < n, D, skn, skd)
+    v = _tile(v_ptr, keys, tl.arange(0, BLOCK_DV), keys < n, DV, svn, svd)
+    s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+    return k, v, tl.where(keys[None, :] < n, s, float("-inf"))
 
 
 @triton.jit
@@ -105,10 +118,8 @@ def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV,
     acc = tl.zeros((BLOCK_L, BLOCK_DV), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         keys = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _tile(k_ptr + b * skb + h * skh, keys, cols, keys < n, D, skn, skd)
-        v = _tile(v_ptr + b * svb + h * svh, keys, dvs, keys < n, DV, svn, svd)
-        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
-        s = tl.where(keys[None, :] < n, s, float("-inf"))
+        _, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, keys, n, D, DV,
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # an all-padding block
         alpha = tl.exp(run_max - safe_max)
@@ -286,9 +297,8 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
     dql = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = _tile(k_ptr + b * skb + h * skh, rows, cols, rows < n, D, skn, skd)
-        v = _tile(v_ptr + b * svb + h * svh, rows, dvs, rows < n, DV, svn, svd)
-        s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+        k, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, rows, n, D, DV,
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
         a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
         da3 = tl.dot(dwv, tl.trans(v), input_precision=PRECISION)
         ds3 = a3 * (da3 - rs[:, None])
@@ -421,10 +431,8 @@ def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, m
     bh = B * H
     ql = torch.empty(bh, m, D, device=q.device, dtype=torch.float32)
     kl = torch.empty_like(ql)
-    block_l = min(cfg["BLOCK_M"], 64)
-    _landmarks_kernel[(bh, triton.cdiv(m, block_l))](q, k, ql, kl, n, H, m, D, pad, group, scale,
-                                                     *_strides(q), *_strides(k),
-                                                     BLOCK_L=block_l, BLOCK_D=cfg["BLOCK_D"])
+    _landmarks_kernel[(bh, m)](q, k, ql, kl, H, m, D, pad, group, scale, *_strides(q), *_strides(k),
+                               BLOCK_N=min(64, triton.next_power_of_2(group)), BLOCK_D=cfg["BLOCK_D"])
     w, lse = _a3v(ql, k, v, pad, cfg, block_n)
     y = _pinv_times(ql, kl, w, pinv_iterations, mode, cfg)
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)

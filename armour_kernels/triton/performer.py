@@ -263,7 +263,7 @@ def _config(n, m, d, dv, dtype):
     block_n = 64 if block_m <= 128 else 32
     block_n = min(block_n, max(16, triton.next_power_of_2(n)))
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    warps = 4 if block_m <= 128 else 8
+    warps = 4 if block_m <= 64 else 8
     return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION=precision), warps
 
 
