@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .kernels import DTYPES, _device_name, _versions, median_ms
+from .kernels import DTYPES, _device_name, _versions
+from .timing import median_ms
 
 DEFAULT_OUT = Path("bench/out")
 IMPLS = ("eager", "compile", "armour_kernels")
@@ -168,7 +169,7 @@ def _time_model(model, batch, size, device, dtype, repeats):
             model(x)
 
     try:
-        ms = median_ms(forward, device.type, repeats)
+        ms = median_ms(forward, device, repeats)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return dict(status="out of memory")
