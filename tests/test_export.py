@@ -30,8 +30,9 @@ def small_levit(attention="armour"):
     return model
 
 
-def test_torch_export_keeps_custom_op():
-    model = patch(small_deit(), backend=BACKEND)
+@pytest.mark.parametrize("family", ["deit", "levit"])
+def test_torch_export_keeps_custom_op(family):
+    model = patch(small_deit() if family == "deit" else fold_batchnorm(small_levit()), backend=BACKEND)
     x = torch.randn(2, 3, 32, 32)
     program = torch.export.export(model, (x,))
     graph = str(program.graph)
