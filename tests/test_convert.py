@@ -148,6 +148,16 @@ def test_levit_output_is_armour(source, variant):
     assert type(unpatch(fused).stages[0].blocks[0].attn) is python_ref.levit.Attention
 
 
+def test_levit_folded_input():
+    """A BN-folded LeViT (qkv = Linear with bias, bn = Identity) converts by slicing the folded rows."""
+    torch.manual_seed(0)
+    model = _randomise_bn(python_ref.create_model("levit_128s", img_size=64, num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = _levit_equivalent(model, "armour")(x)
+    folded = armourize(fold_batchnorm(copy.deepcopy(model)), "armour", backend="reference")
+    torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_ready_to_fine_tune():
     model = python_ref.create_model("deit_tiny_patch16_224", img_size=32, depth=1, num_classes=4).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -133,8 +133,20 @@ def check_performer(device, dtype, backend, gen) -> list[Check]:
     return results
 
 
+def check_linear_hardswish(device, dtype, backend, gen) -> list[Check]:
+    import torch.nn.functional as F
+
+    from ..ops.linear_act import linear_hardswish
+    x = torch.randn(2, 49, 96, device=device, dtype=dtype, generator=gen)
+    weight = torch.randn(80, 96, device=device, dtype=dtype, generator=gen) * 96 ** -0.5
+    bias = torch.randn(80, device=device, dtype=dtype, generator=gen)
+    out = linear_hardswish(x, weight, bias, backend=backend)
+    ref = F.hardswish(F.linear(x.double(), weight.double(), bias.double()))
+    return [Check("linear_hardswish", "LeViT MLP fwd", backend, _error(out, ref), TOLERANCE[dtype])]
+
+
 KERNEL_CHECKS = {"attention": check_attention, "nystrom_attention": check_nystrom,
-                 "performer_attention": check_performer}
+                 "performer_attention": check_performer, "linear_hardswish": check_linear_hardswish}
 
 
 def run_checks(device: torch.device, dtype: torch.dtype, seed: int = 0):
