@@ -1,6 +1,8 @@
 """The `armour-bench` main job end to end on tiny models: checks, timings, results.json, the plot."""
 import json
 
+import torch
+
 from armour_kernels import cli
 from armour_kernels.benchmarks import main as main_job
 
@@ -8,7 +10,11 @@ from armour_kernels.benchmarks import main as main_job
 def test_main_job_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ARMOUR_BENCH_TINY", "1")
     out = tmp_path / "out"
-    status = cli.main(["--quick", "--no-compile", "--device", "cpu", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        status = cli.main(["--quick", "--no-compile", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert status == 0, printed
     report = json.loads((out / "results.json").read_text())

@@ -5,6 +5,7 @@ Fused backend: the C++ CPU kernels ("auto") when built. Without them DDP runs th
 "reference" backend and the convergence run is skipped (the Triton interpreter is too slow for
 50 training steps).
 """
+import contextlib
 import copy
 import os
 import socket
@@ -32,6 +33,17 @@ def fused_backend() -> str:
 def small_armour_vit(in_chans, config=SMALL_VIT, seed=0):
     torch.manual_seed(seed)
     return python_ref.create_model("deit_tiny_patch16_224", attention="armour", in_chans=in_chans, **config)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny GEMMs: one thread is fastest, and immune to contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- (a) DDP
@@ -98,7 +110,8 @@ def test_ddp_matches_single_process(tmp_path):
     model = patch(small_armour_vit(3), backend=backend)
     assert any(isinstance(m, FusedDeiTAttention) and m.variant == "armour" for m in model.modules())
     x, y = _fixed_data()
-    grads = _train(model, x, y)
+    with one_thread():
+        grads = _train(model, x, y)
     for got, expected in zip(ddp["grads"], grads):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for got, expected in zip(ddp["params"], model.parameters()):
@@ -122,18 +135,20 @@ def test_digits_loss_curve_matches_reference():
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[: steps * batch].view(steps, batch)
     reference = small_armour_vit(in_chans=1, config=DIGITS_VIT)
     fused = patch(copy.deepcopy(reference), backend=fused_backend())
-    curves = []
-    for model in (reference, fused):
-        opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
-        losses = []
-        for idx in order:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        curves.append(torch.tensor(losses))
-    ref_curve, fused_curve = curves
+    with one_thread():
+        ref_curve, fused_curve = (_loss_curve(model, x, y, order) for model in (reference, fused))
     assert (ref_curve - fused_curve).abs().max() < 2e-3, (ref_curve, fused_curve)
     # learns: the last steps' loss is well below the first steps' (ln 10 ≈ 2.30 at the start)
     assert fused_curve[-5:].mean() < 0.7 * fused_curve[:5].mean(), fused_curve
+
+
+def _loss_curve(model, x, y, order):
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    losses = []
+    for idx in order:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses)

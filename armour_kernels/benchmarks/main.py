@@ -56,6 +56,8 @@ def add_arguments(parser):
     compile_group.add_argument("--compile", dest="compile", action="store_true", default=None,
                                help="include torch.compile (default: yes, except --quick on CPU)")
     compile_group.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (torch.set_num_threads); on a busy machine 1 avoids thread contention")
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("ARMOUR_BENCH_TINY", "0") not in ("", "0"),
                         help="tiny models (32×32 images, one block per stage): a seconds-long smoke run")
 
@@ -234,6 +236,8 @@ def run(args) -> int:
     from .checks import run_checks
 
     device, dtype_name, dtype, batches, repeats, impls = settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device_name = _device_name(str(device))
     print(f"armour-bench: {device_name}, {dtype_name}; " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
     if "compile" not in impls:
