@@ -106,12 +106,12 @@ def build_eager(base, variant, tiny, device, dtype):
     return model.to(device=device, dtype=dtype), (32 if tiny else 224)
 
 
-def variants_of(eager, impl, device):
+def variants_of(eager, impl, device, dynamic):
     """The model to time for `impl`, or a string saying why there is none."""
     if impl == "eager":
         return eager
-    if impl == "compile":
-        return torch.compile(copy.deepcopy(eager), dynamic=False)
+    if impl == "compile":  # dynamic batch: one compilation per model, not one per batch size
+        return torch.compile(copy.deepcopy(eager), dynamic=dynamic)
     from .._backend import cpu_has_op
     from ..surgery import patch
     if device.type == "cpu" and not cpu_has_op("attention"):
@@ -148,7 +148,7 @@ def measure(device, dtype, batches, repeats, impls, tiny, progress):
         eager, size = build_eager(base, variant, tiny, device, dtype)
         params = sum(p.numel() for p in eager.parameters())
         for impl in impls:
-            model = variants_of(eager, impl, device)
+            model = variants_of(eager, impl, device, dynamic=len(batches) > 1)
             for batch in batches:
                 row = dict(family=family, model=label, impl=impl, batch=batch, params=params)
                 if isinstance(model, str):
