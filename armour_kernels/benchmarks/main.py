@@ -74,10 +74,10 @@ def settings(args):
         batches = args.batch_sizes
     elif args.tiny:
         batches = [1, 2]
-    elif cpu:
-        batches = [1, 4] if args.quick else [1, 4, 16]
+    elif cpu:  # no batch 1 where torch.compile runs: dynamo specialises it, a second compilation per model
+        batches = [1, 4] if args.quick else [2, 8, 16]
     else:
-        batches = [1, 64, 256] if args.quick else [1, 16, 64, 128, 256]
+        batches = [64, 256] if args.quick else [16, 64, 128, 256]
     repeats = args.repeats or (1 if args.tiny else (3 if cpu else (10 if args.quick else 30)))
     use_compile = args.compile if args.compile is not None else not (cpu and args.quick)
     impls = [i for i in IMPLS if use_compile or i != "compile"]
