@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import TRITON_DTYPES, assert_close, nan_like  # noqa: F401
+from conftest import TRITON_DTYPES, assert_close, requires_cuda
 
 timm = pytest.importorskip("timm")
 
@@ -302,3 +302,55 @@ def test_bad_backend():
         LevitAttention(attn, "cuda")
     with pytest.raises(ValueError, match="backend must be one of"):
         patch(timm_levit("levit_128s"), backend="gpu")
+
+
+def test_patch_python_ref_folded_model():
+    """python_ref.fold.fold_batchnorm replaces Linear_BN by nn.Linear: the fused path takes that too."""
+    ref_fold = pytest.importorskip("python_ref.fold").fold_batchnorm
+    model = tiny_ref("armour").eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        reference = model(x)
+        folded = patch(ref_fold(model), backend="triton")
+        assert isinstance(folded.stages[0].blocks[0].attn.qkv, nn.Linear)
+        assert_close(folded(x), reference, torch.float32)
+
+
+def test_fold_patched_then_unpatch():
+    model = tiny_timm().eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        reference = model(x)
+        fold_batchnorm(patch(model, backend="reference"))
+        assert_close(model(x), reference, torch.float32, msg="patched + folded")
+        unpatch(model)
+        assert_close(model(x), reference, torch.float32, msg="unpatched, still folded")
+
+
+def test_models_benchmark_smoke(tmp_path):
+    import argparse
+    import json
+
+    from armour_kernels.benchmarks import models
+    parser = argparse.ArgumentParser()
+    models.add_arguments(parser)
+    out = str(tmp_path / "levit")
+    args = parser.parse_args(["--models", "levit_128s", "--variants", "armour_plus", "--modes", "patched-folded",
+                              "--batch-size", "1", "--iters", "1", "--warmup", "0", "--device", "cpu",
+                              "--backend", "reference", "--out", out])
+    assert models.run(args) == 0
+    report = json.load(open(out + ".json"))
+    assert report["rows"][0]["img_per_s"] > 0 and report["environment"]["torch"] == torch.__version__
+    assert "| levit_128s | armour_plus | patched-folded |" in open(out + ".md").read()
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["regular", "armour", "armour_plus"])
+def test_patched_folded_levit_bf16_autocast_gpu(variant):
+    model = (timm_levit("levit_128s", img_size=224) if variant == "regular"
+             else ref_levit(variant, img_size=224)).eval().cuda()
+    x = images(8, 224).cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = model(x).float()
+        fused = fold_batchnorm(patch(copy.deepcopy(model), backend="triton"))
+        assert_close(fused(x).float(), reference, torch.bfloat16, scale=2)

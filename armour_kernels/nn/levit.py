@@ -69,9 +69,9 @@ def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
     if not needs_grad and _uses_triton(backend, x.device):
-        from ..triton.linear_act import linear_act_forward
-        return linear_act_forward(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                                  act_in=act_in, act_out=act_out)
+        from ..ops.linear_act_infer import linear_act_infer
+        return linear_act_infer(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                act_in, act_out)
     if act_in:
         x = F.hardswish(x)
     y = F.linear(x, weight, bias)
