@@ -354,3 +354,16 @@ def test_patched_folded_levit_bf16_autocast_gpu(variant):
         reference = model(x).float()
         fused = fold_batchnorm(patch(copy.deepcopy(model), backend="triton"))
         assert_close(fused(x).float(), reference, torch.bfloat16, scale=2)
+
+
+def test_linear_act_paths_agree():
+    from armour_kernels.nn.levit import linear_act
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 7, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
+    expected = F.linear(F.hardswish(x), w, b)
+    for backend in ("reference", "triton"):
+        assert_close(linear_act(x, w, b, act_in=True, backend=backend), expected, torch.float32, msg=backend)
+    x.requires_grad_(True)  # a gradient is needed: PyTorch's GEMM, with autograd
+    y = linear_act(x, w, b, act_out=True, backend="triton")
+    y.sum().backward()
+    assert x.grad is not None and y.grad_fn is not None

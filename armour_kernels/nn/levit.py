@@ -55,23 +55,44 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _uses_triton(backend: str, device: torch.device) -> bool:
-    from .._backend import resolve_backend
-    return backend in ("triton", "auto") and resolve_backend(backend, device, "linear_hardswish") == "triton"
+    if backend == "triton":
+        from .._backend import resolve_backend
+        resolve_backend(backend, device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
+        return True
+    return backend == "auto" and device.type == "cuda"
+
+
+def _cpu_linear_hardswish():
+    """The C++ Linear+Hardswish op (armour_kernels.ops.linear_act), when built; else None."""
+    from .._backend import cpu_has_op
+    if not cpu_has_op("linear_hardswish"):
+        return None
+    try:
+        from ..ops.linear_act import linear_hardswish
+    except ImportError:
+        return None
+    return linear_hardswish
 
 
 def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
     """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
 
-    The Triton GEMM runs when the backend resolves to Triton and no gradient is needed (it is an
-    inference kernel); otherwise PyTorch's own GEMM and Hardswish do it, with autograd.
+    Triton (CUDA, or the interpreter): the fused GEMM when no gradient is needed (an inference
+    kernel). CPU ("cpu"/"auto"): the C++ Linear+Hardswish op for act-after when it is built.
+    Everything else, and whenever a gradient is needed: PyTorch's GEMM and Hardswish.
     """
-    dtype = _compute_dtype(x)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
     if not needs_grad and _uses_triton(backend, x.device):
         from ..ops.linear_act_infer import linear_act_infer
+        dtype = _compute_dtype(x)
         return linear_act_infer(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                                 act_in, act_out)
+    if act_out and not act_in and backend in ("cpu", "auto") and x.device.type == "cpu" \
+            and not torch.is_autocast_enabled("cpu"):
+        op = _cpu_linear_hardswish()
+        if op is not None:
+            return op(x, weight, bias, backend="cpu")
     if act_in:
         x = F.hardswish(x)
     y = F.linear(x, weight, bias)
@@ -124,6 +145,18 @@ class _LevitAttentionBase(nn.Module):
         return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
                          bias_index=self.attention_bias_idxs, backend=self.backend)
 
+    def _project_heads(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A packed projection of x → (B, N, heads, width per head).
+
+        Conv mode, folded: the 1×1 conv runs as a token-major GEMM, so each head's features are
+        contiguous for the attention kernel (the conv's own output would put them N apart).
+        """
+        folded = folded_projection(module) if self.use_conv and not self.training else None
+        if folded is not None:
+            tokens = x.flatten(2).transpose(1, 2)
+            return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+        return _per_head(module(x), self.num_heads, self.use_conv)
+
     def _project_out(self, o: torch.Tensor, grid) -> torch.Tensor:
         """o (B, N, H, Dv) from the op → Hardswish → proj, back in the block's layout."""
         tokens = o.flatten(2)
@@ -157,7 +190,7 @@ class LevitAttention(_LevitAttentionBase):
 
     def forward(self, x):
         grid = tuple(x.shape[2:]) if self.use_conv else None
-        qkv = _per_head(self.qkv(x), self.num_heads, self.use_conv)
+        qkv = self._project_heads(self.qkv, x)
         D = self.key_dim
         q, k = qkv[..., :D], qkv[..., D:2 * D]
         v = None if self.value == "q+k" else qkv[..., 2 * D:]
@@ -183,7 +216,7 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         self.use_conv = bool(getattr(original, "use_conv", False))
 
     def forward(self, x):
-        kv = _per_head(self.kv(x), self.num_heads, self.use_conv)
+        kv = self._project_heads(self.kv, x)
         q_out = self.q(x)
         q = _per_head(q_out, self.num_heads, self.use_conv)
         D = self.key_dim
