@@ -5,8 +5,10 @@ The public API lives here and nowhere else. See README.md for the map of the pac
 from ._backend import BACKENDS
 from .fold import fold_batchnorm
 from .ops.attention import armour_attention, attention
+from .ops.linear_act import linear_hardswish
 from .surgery import patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "__version__", "attention", "armour_attention", "fold_batchnorm", "patch", "unpatch"]
+__all__ = ["BACKENDS", "__version__", "attention", "armour_attention", "fold_batchnorm", "linear_hardswish",
+           "patch", "unpatch"]
