@@ -54,45 +54,35 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _uses_triton(backend: str, device: torch.device) -> bool:
-    if backend == "triton":
-        from .._backend import resolve_backend
-        resolve_backend(backend, device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
-        return True
-    return backend == "auto" and device.type == "cuda"
-
-
-def _cpu_linear_hardswish():
-    """The C++ Linear+Hardswish op (armour_kernels.ops.linear_act), when built; else None."""
-    from .._backend import cpu_has_op
-    if not cpu_has_op("linear_hardswish"):
-        return None
-    try:
-        from ..ops.linear_act import linear_hardswish
-    except ImportError:
-        return None
-    return linear_hardswish
+def _kernel_backend(backend: str, device: torch.device, act_in: bool):
+    """"triton" / "cpu" when a fused Linear+Hardswish kernel serves this call, else None (PyTorch)."""
+    from .._backend import cpu_has_op, resolve_backend
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
+    if not act_in and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
+        return "cpu"
+    return None
 
 
 def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
     """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
 
-    Triton (CUDA, or the interpreter): the fused GEMM when no gradient is needed (an inference
-    kernel). CPU ("cpu"/"auto"): the C++ Linear+Hardswish op for act-after when it is built.
-    Everything else, and whenever a gradient is needed: PyTorch's GEMM and Hardswish.
+    Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or
+    C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
+    activates its input tiles as they load, when no gradient is needed. Everything else
+    ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
     """
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad))
-    if not needs_grad and _uses_triton(backend, x.device):
-        from ..ops.linear_act_infer import linear_act_infer
+    kernel = _kernel_backend(backend, x.device, act_in)
+    if kernel is not None:
         dtype = _compute_dtype(x)
-        return linear_act_infer(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                                act_in, act_out)
-    if act_out and not act_in and backend in ("cpu", "auto") and x.device.type == "cpu" \
-            and not torch.is_autocast_enabled("cpu"):
-        op = _cpu_linear_hardswish()
-        if op is not None:
-            return op(x, weight, bias, backend="cpu")
+        cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        if act_out and not act_in:
+            from ..ops.linear_act import linear_hardswish
+            return linear_hardswish(*cast, backend=kernel)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        if kernel == "triton" and not needs_grad:
+            from ..ops.linear_act_infer import linear_act_infer
+            return linear_act_infer(*cast, act_in, act_out)
     if act_in:
         x = F.hardswish(x)
     y = F.linear(x, weight, bias)
