@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS = {
     "tables": "parameter counts of the python_ref models next to the papers' tables",
+    "kernels": "attention kernels vs PyTorch SDPA and python_ref: forward and forward+backward",
     "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
 }
 

@@ -21,7 +21,9 @@ from torch import Tensor
 from .._backend import resolve_backend
 
 VALUE_SOURCES = ("v", "q", "k", "q+v", "q+k")
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The dtypes each kernel backend runs (the C++ CPU kernels also run float64).
+KERNEL_DTYPES = {"triton": (torch.float16, torch.bfloat16, torch.float32),
+                 "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 MAX_HEAD_DIM = 256
 
 _LAUNCHER_MODULES = {"triton": "armour_kernels.triton.attention", "cpu": "armour_kernels.cpu.attention"}
@@ -60,7 +62,8 @@ def attention_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tens
 def _attention_fwd_fake(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
     batch, nq, heads, _ = q.shape
     out = q.new_empty((batch, nq, heads, _value_width(q, k, v, value)))
-    return out, q.new_empty((batch, heads, nq), dtype=torch.float32)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32  # the CPU kernels' float64 path
+    return out, q.new_empty((batch, heads, nq), dtype=lse_dtype)
 
 
 @torch.library.custom_op("armour_kernels::attention_bwd", mutates_args=())
@@ -156,8 +159,10 @@ def _check_bias(bias, bias_index, q, k):
     if bias_index.device != q.device:
         raise TypeError(f"attention: bias_index is on {bias_index.device} but q is on {q.device}")
     bias_index = bias_index.to(torch.int64)
-    if not torch.compiler.is_compiling() and bias_index.numel() and (
-            bias_index.min() < 0 or bias_index.max() >= bias.shape[1]):
+    # The range check reads the index on the host: done for CPU tensors, skipped on GPUs (a sync
+    # per call) and while compiling (a graph break).
+    if (bias_index.device.type == "cpu" and not torch.compiler.is_compiling() and bias_index.numel()
+            and (bias_index.min() < 0 or bias_index.max() >= bias.shape[1])):
         raise ValueError(f"attention: bias_index has entries outside the table's [0, {bias.shape[1]})")
     return bias_index
 
@@ -217,8 +222,8 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
     backend = resolve_backend(backend, q.device, "attention")
     if backend == "reference":
         return _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal)
-    if q.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES}, got {q.dtype}; "
+    if q.dtype not in KERNEL_DTYPES[backend]:
+        raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES[backend]}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
     if "v" not in value:
         v = None

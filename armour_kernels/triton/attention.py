@@ -24,6 +24,9 @@ forward and both backward kernels agree on one mask.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -81,13 +84,13 @@ def _attention_fwd_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sob, son, soh,
-        H, NQ, NK, DK, D1, D2, qk_scale,
+        H, NQ, NK, DQK, D1, D2, qk_scale,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_P2: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -97,14 +100,14 @@ def _attention_fwd_kernel(
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
 
-    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DK)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DQK)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_D1), tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_D2), tl.float32)
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = _tile(K, offs_dk, offs_n, skd, skn, DK, NK)
+        kT = _tile(K, offs_dk, offs_n, skd, skn, DQK, NK)
         s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -138,7 +141,7 @@ def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sd
                                      H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -154,7 +157,7 @@ def _attention_bwd_dkdv_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        H, NQ, NK, DK_, D1, D2, qk_scale, sm_scale, dtable_stride,
+        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, NEED_DBIAS: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -162,7 +165,7 @@ def _attention_bwd_dkdv_kernel(
     """One key block: dK = s·dSᵀ·Q, the value-path gradients Pᵀ·dO of both parts, the bias gradient."""
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -171,7 +174,7 @@ def _attention_bwd_dkdv_kernel(
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
 
-    k = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, NK, DK_)
+    k = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, NK, DQK)
     kT = tl.trans(k)
     v1T = _tile(V1 + b * s1b + h * s1h, offs_d1, offs_n, s1d, s1n, D1, NK)
     dk = tl.zeros((BLOCK_N, BLOCK_DK), tl.float32)
@@ -182,7 +185,7 @@ def _attention_bwd_dkdv_kernel(
     for start_m in range(0, NQ, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < NQ
-        q = _tile(Q, offs_m, offs_dk, sqn, sqd, NQ, DK_)
+        q = _tile(Q, offs_m, offs_dk, sqn, sqd, NQ, DQK)
         s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         lse2 = tl.load(Lse + bh * NQ + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
@@ -200,7 +203,7 @@ def _attention_bwd_dkdv_kernel(
         if NEED_DBIAS:
             inside = row_ok[:, None] & (offs_n[None, :] < NK)
             if BIAS == 1:  # full (B, H, Nq, Nk) fp32, contiguous
-                ptrs = DBias + (bh * NQ + offs_m[:, None]) * NK + offs_n[None, :]
+                ptrs = DBias + (bh * NQ + offs_m[:, None]).to(tl.int64) * NK + offs_n[None, :]
                 tl.store(ptrs, ds, mask=inside)
             if BIAS == 2:  # reduced into the (H, R) table
                 idx = tl.load(BiasIdx + offs_m[:, None] * sim + offs_n[None, :] * sin, mask=inside, other=0)
@@ -208,22 +211,22 @@ def _attention_bwd_dkdv_kernel(
 
     # Route the value-path gradients to the tensor each part was read from.
     dk = dk * sm_scale
-    if P1 == 3:
+    if P1 == 3:  # SRC_K: "k"
         dk += dv1
-    if P2 == 3:
+    if P2 == 3:  # SRC_K: "q+k"
         dk += dv2
     key_rows = (b * NK + offs_n[:, None]) * H + h  # contiguous (B, Nk, H, D) outputs
     n_ok = offs_n[:, None] < NK
-    tl.store(DK + key_rows * DK_ + offs_dk[None, :], dk.to(DK.dtype.element_ty),
-             mask=n_ok & (offs_dk[None, :] < DK_))
-    if P1 == 1:
+    tl.store(DK + key_rows * DQK + offs_dk[None, :], dk.to(DK.dtype.element_ty),
+             mask=n_ok & (offs_dk[None, :] < DQK))
+    if P1 == 1:  # SRC_V: "v"
         tl.store(DV + key_rows * D1 + offs_d1[None, :], dv1.to(DV.dtype.element_ty),
                  mask=n_ok & (offs_d1[None, :] < D1))
-    if P2 == 1:
+    if P2 == 1:  # SRC_V: "q+v"
         tl.store(DV + key_rows * D2 + offs_d2[None, :], dv2.to(DV.dtype.element_ty),
                  mask=n_ok & (offs_d2[None, :] < D2))
-    if P1 == 2:  # q is the value (Nq == Nk): its Pᵀ·dO, for the dQ kernel to add to
-        tl.store(DQAcc + key_rows * DK_ + offs_dk[None, :], dv1, mask=n_ok & (offs_dk[None, :] < DK_))
+    if P1 == 2:  # SRC_Q: q is (the first part of) the value: its Pᵀ·dO, for the dQ kernel to add to
+        tl.store(DQAcc + key_rows * DQK + offs_dk[None, :], dv1, mask=n_ok & (offs_dk[None, :] < DQK))
 
 
 @triton.jit
@@ -233,7 +236,7 @@ def _attention_bwd_dq_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        H, NQ, NK, DK_, D1, D2, qk_scale, sm_scale,
+        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -241,7 +244,7 @@ def _attention_bwd_dq_kernel(
     """One query block: dQ = s·dS·K (+ the value-path part the key-block kernel left in DQAcc)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dk = tl.arange(0, BLOCK_DK)
@@ -252,7 +255,7 @@ def _attention_bwd_dq_kernel(
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
 
-    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DK_)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_dk, sqn, sqd, NQ, DQK)
     do1 = _tile(DO + b * sdb + h * sdh, offs_m, offs_d1, sdn, sdd, NQ, D1)
     if P2 != 0:
         do2 = _tile(DO + b * sdb + h * sdh + D1 * sdd, offs_m, offs_d2, sdn, sdd, NQ, D2)
@@ -261,7 +264,7 @@ def _attention_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_DK), tl.float32)
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _tile(K, offs_n, offs_dk, skn, skd, NK, DK_)
+        k = _tile(K, offs_n, offs_dk, skn, skd, NK, DQK)
         s = _scores(q, tl.trans(k), offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         p = tl.where(row_ok[:, None], tl.exp2(s - lse2[:, None]), 0.0)
@@ -273,10 +276,10 @@ def _attention_bwd_dq_kernel(
 
     dq = dq * sm_scale
     rows = (b * NQ + offs_m[:, None]) * H + h  # contiguous (B, Nq, H, Dk)
-    mask = row_ok[:, None] & (offs_dk[None, :] < DK_)
-    if P1 == 2:
-        dq += tl.load(DQAcc + rows * DK_ + offs_dk[None, :], mask=mask, other=0.0)
-    tl.store(DQ + rows * DK_ + offs_dk[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
+    mask = row_ok[:, None] & (offs_dk[None, :] < DQK)
+    if P1 == 2:  # SRC_Q
+        dq += tl.load(DQAcc + rows * DQK + offs_dk[None, :], mask=mask, other=0.0)
+    tl.store(DQ + rows * DQK + offs_dk[None, :], dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- block sizes
@@ -287,9 +290,12 @@ def _block_dim(d: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles that would not fit in shared memory for wide heads."""
-    width = named_args.get("BLOCK_DK", 64) + named_args.get("BLOCK_D1", 64) + named_args.get("BLOCK_D2", 0)
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * width <= 128 * 256 and c.kwargs["BLOCK_N"] * width <= 64 * 384]
+    """Drop tiles too wide for shared memory / registers at large head dims (d up to 256)."""
+    meta = {**named_args, **kwargs}
+    has_second = meta.get("HAS_P2", False) or meta.get("P2", 0) != 0
+    width = meta["BLOCK_DK"] + meta["BLOCK_D1"] + (meta["BLOCK_D2"] if has_second else 0)
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_M"] * width <= 128 * 320 and c.kwargs["BLOCK_N"] * width <= 64 * 320]
     return kept or configs[-1:]
 
 
@@ -300,11 +306,11 @@ def _configs():
 
 
 _KEY = ["NQ", "NK", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
-_fwd_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+_fwd_tuned = triton.autotune(_configs(), key=_KEY + ["HAS_P2"], prune_configs_by={"early_config_prune": _prune})(
     _attention_fwd_kernel)
-_dkdv_tuned = triton.autotune(_configs(), key=_KEY + ["NEED_DBIAS"], reset_to_zero=["DBias"],
+_dkdv_tuned = triton.autotune(_configs(), key=_KEY + ["P1", "P2", "NEED_DBIAS"], reset_to_zero=["DBias"],
                               prune_configs_by={"early_config_prune": _prune})(_attention_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+_dq_tuned = triton.autotune(_configs(), key=_KEY + ["P1", "P2"], prune_configs_by={"early_config_prune": _prune})(
     _attention_bwd_dq_kernel)
 
 # Under the interpreter (CPU tensors): one small fixed tile, so tests stay fast.
@@ -355,11 +361,23 @@ def _keep_diagonal(q, k, bias, bias_index):
 
 
 def _strides4(t):
-    return (t.stride(0), t.stride(1), t.stride(2), t.stride(3)) if t is not None else (0, 0, 0, 0)
+    return (t.stride(0), t.stride(1), t.stride(2), t.stride(3))
 
 
-def _bias_args(q, bias, bias_index, mask_diagonal, k):
-    """Pointers, strides and constexpr form of the bias, index and diagonal flag."""
+@dataclass
+class _Problem:
+    """What every launch of one attention call shares: the value parts, bias form, sizes, strides."""
+    codes: tuple          # (part1, part2) sources, SRC_*
+    parts: tuple          # the tensors the value parts are read from (part2 = part1 when absent)
+    scale: float
+    bias_ptrs: tuple      # bias (dense or table), index, keep-diagonal flags (q as a placeholder)
+    strides: tuple        # q, k, part1, part2 (4 each), then bias (4), index (2), keep-diagonal (2)
+    sizes: dict           # H, NQ, NK, D1, D2
+    constexprs: dict
+
+
+def _bias_args(q, k, bias, bias_index, mask_diagonal):
+    """Pointers, strides and constexpr form of the bias, its index and the keep-diagonal flags."""
     if bias is None:
         form, sb, si = BIAS_NONE, (0, 0, 0, 0), (0, 0)
     elif bias_index is not None:
@@ -368,97 +386,86 @@ def _bias_args(q, bias, bias_index, mask_diagonal, k):
         form, sb, si = BIAS_DENSE, _strides4(bias), (0, 0)
     keep = _keep_diagonal(q, k, bias, bias_index) if mask_diagonal else None
     sf = (keep.stride(0), keep.stride(1)) if keep is not None else (0, 0)
-    dummy = q
-    ptrs = (bias if bias is not None else dummy, bias_index if bias_index is not None else dummy,
-            keep if keep is not None else dummy)
+    ptrs = tuple(t if t is not None else q for t in (bias, bias_index, keep))
     return form, ptrs, (*sb, *si, *sf)
 
 
-def _common(q, k, v, bias, bias_index, value, scale, mask_diagonal):
+def _problem(q, k, v, bias, bias_index, value, scale, mask_diagonal) -> _Problem:
     if q.shape[-1] > MAX_HEAD_DIM or (v is not None and v.shape[-1] > MAX_HEAD_DIM):
         raise ValueError(f"head dims up to {MAX_HEAD_DIM} are supported, got q {q.shape[-1]}"
                          + (f", v {v.shape[-1]}" if v is not None else ""))
-    codes, parts = _value_parts(q, k, v, value)
+    codes, (p1, p2) = _value_parts(q, k, v, value)
     if SRC_Q in codes and q.shape[1] != k.shape[1]:
         raise ValueError(f"value={value!r} needs Nq == Nk, got {q.shape[1]} and {k.shape[1]}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    p1, p2 = parts
-    widths = (p1.shape[-1], p2.shape[-1] if p2 is not None else 0)
-    form, bias_ptrs, bias_strides = _bias_args(q, bias, bias_index, mask_diagonal, k)
-    batch, nq, heads, dk = q.shape
-    geometry = dict(H=heads, NQ=nq, NK=k.shape[1], D1=widths[0], D2=widths[1])
+    p2 = p2 if p2 is not None else p1
+    d1, d2 = p1.shape[-1], (p2.shape[-1] if codes[1] != SRC_NONE else 0)
+    form, bias_ptrs, bias_strides = _bias_args(q, k, bias, bias_index, mask_diagonal)
     constexprs = dict(BIAS=form, MASK_DIAG=bool(mask_diagonal),
-                      PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                      BLOCK_DK=_block_dim(dk), BLOCK_D1=_block_dim(widths[0]),
-                      BLOCK_D2=_block_dim(widths[1]) if widths[1] else 16)
-    tensor_strides = (*_strides4(q), *_strides4(k), *_strides4(p1), *_strides4(p2 if p2 is not None else p1))
-    return codes, (p1, p2 if p2 is not None else p1), scale, bias_ptrs, bias_strides, tensor_strides, geometry, constexprs
+                      PREC="ieee" if q.dtype == torch.float32 else None,  # fp32 exact, not TF32
+                      BLOCK_DK=_block_dim(q.shape[-1]), BLOCK_D1=_block_dim(d1), BLOCK_D2=_block_dim(d2))
+    return _Problem(codes=codes, parts=(p1, p2), scale=q.shape[-1] ** -0.5 if scale is None else float(scale),
+                    bias_ptrs=bias_ptrs,
+                    strides=(*_strides4(q), *_strides4(k), *_strides4(p1), *_strides4(p2), *bias_strides),
+                    sizes=dict(H=q.shape[2], NQ=q.shape[1], NK=k.shape[1], D1=d1, D2=d2), constexprs=constexprs)
+
+
+def _on_device(t):
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 def attention_forward(q, k, v, bias, bias_index, *, value, scale, mask_diagonal):
     """softmax(scale·q·kᵀ + bias)·value → (out (B, Nq, H, Dv_total) contiguous, lse (B, H, Nq) fp32)."""
-    codes, (p1, p2), scale, bias_ptrs, bias_strides, strides, geo, cx = _common(
-        q, k, v, bias, bias_index, value, scale, mask_diagonal)
+    pb = _problem(q, k, v, bias, bias_index, value, scale, mask_diagonal)
     batch, nq, heads, dk = q.shape
-    dtot = geo["D1"] + geo["D2"]
-    out = _empty((batch, nq, heads, dtot), q.dtype, q.device)
+    n = pb.sizes
+    out = _empty((batch, nq, heads, n["D1"] + n["D2"]), q.dtype, q.device)
     lse = _empty((batch, heads, nq), torch.float32, q.device)
     if batch * heads * nq == 0:
         return out, lse
-    with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
+    with _on_device(q):
         _launch(_attention_fwd_kernel, _fwd_tuned, "BLOCK_M", nq, batch * heads,
-                q, k, p1, p2, *bias_ptrs, out, lse, *strides, *bias_strides,
+                q, k, *pb.parts, *pb.bias_ptrs, out, lse, *pb.strides,
                 out.stride(0), out.stride(1), out.stride(2),
-                geo["H"], nq, geo["NK"], dk, geo["D1"], geo["D2"], scale * LOG2E,
-                HAS_P2=codes[1] != SRC_NONE, **cx)
+                heads, nq, n["NK"], dk, n["D1"], n["D2"], pb.scale * LOG2E,
+                HAS_P2=pb.codes[1] != SRC_NONE, **pb.constexprs)
     return out, lse
 
 
 def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scale, mask_diagonal, need_dbias):
     """Gradients (dq, dk, dv, dbias) of `attention_forward` (see the module docstring for the routing)."""
-    codes, (p1, p2), scale, bias_ptrs, bias_strides, strides, geo, cx = _common(
-        q, k, v, bias, bias_index, value, scale, mask_diagonal)
+    pb = _problem(q, k, v, bias, bias_index, value, scale, mask_diagonal)
     batch, nq, heads, dk = q.shape
-    nk = geo["NK"]
-    dev = q.device
+    n = pb.sizes
+    nk, dev = n["NK"], q.device
     dq = _empty(q.shape, q.dtype, dev)
     dk_ = _empty(k.shape, k.dtype, dev)
-    dv = _empty(v.shape, v.dtype, dev) if SRC_V in codes else None
+    dv = _empty(v.shape, v.dtype, dev) if SRC_V in pb.codes else None
     dbias = None
-    if need_dbias and bias is not None:
+    if need_dbias and bias is not None:  # the table gradient is accumulated with atomics: starts at 0
         dbias = (torch.zeros(bias.shape, dtype=torch.float32, device=dev) if bias_index is not None
                  else _empty((batch, heads, nq, nk), torch.float32, dev))
     if batch * heads * max(nq, nk) == 0:
         return dq.zero_(), dk_.zero_(), dv.zero_() if dv is not None else None, dbias
     delta = _empty((batch, heads, nq), torch.float32, dev)
-    dq_acc = _empty(q.shape, torch.float32, dev) if codes[0] == SRC_Q else dq
-    dtot = geo["D1"] + geo["D2"]
+    dq_acc = _empty(q.shape, torch.float32, dev) if pb.codes[0] == SRC_Q else dq
     do_strides = _strides4(dout)
-    with torch.cuda.device(dev) if q.is_cuda else _nullcontext():
+    with _on_device(q):
         block = 32 if triton_interpreting() else 64
+        dtot = n["D1"] + n["D2"]
         _attention_bwd_preprocess_kernel[(triton.cdiv(nq, block), batch * heads)](
             out, dout, delta, out.stride(0), out.stride(1), out.stride(2), *do_strides,
             heads, nq, dtot, BLOCK_M=block, BLOCK_D=_block_dim(dtot))
-        shared = (*strides, *bias_strides, *do_strides)
-        sizes = (heads, nq, nk, dk, geo["D1"], geo["D2"], scale * LOG2E, scale)
-        dbias_arg = dbias if dbias is not None else delta
+        shared = (*pb.strides, *do_strides, heads, nq, nk, dk, n["D1"], n["D2"], pb.scale * LOG2E, pb.scale)
+        # Never alias a live buffer here: the autotuner zeroes this argument (reset_to_zero).
+        dbias_arg = dbias if dbias is not None else torch.empty(1, dtype=torch.float32, device=dev)
         dtable_stride = dbias.stride(0) if dbias is not None and bias_index is not None else 0
+        routing = dict(P1=pb.codes[0], P2=pb.codes[1], **pb.constexprs)
         _launch(_attention_bwd_dkdv_kernel, _dkdv_tuned, "BLOCK_N", nk, batch * heads,
-                q, k, p1, p2, *bias_ptrs, dout, lse, delta, dk_, dv if dv is not None else dk_, dq_acc,
-                dbias_arg, *shared, *sizes, dtable_stride,
-                P1=codes[0], P2=codes[1], NEED_DBIAS=dbias is not None, **cx)
+                q, k, *pb.parts, *pb.bias_ptrs, dout, lse, delta, dk_, dv if dv is not None else dk_, dq_acc,
+                dbias_arg, *shared, dtable_stride, NEED_DBIAS=dbias is not None, **routing)
         _launch(_attention_bwd_dq_kernel, _dq_tuned, "BLOCK_M", nq, batch * heads,
-                q, k, p1, p2, *bias_ptrs, dout, lse, delta, dq, dq_acc, *shared, *sizes,
-                P1=codes[0], P2=codes[1], **cx)
+                q, k, *pb.parts, *pb.bias_ptrs, dout, lse, delta, dq, dq_acc, *shared, **routing)
     return dq, dk_, dv, dbias
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["attention_forward", "attention_backward", "MAX_HEAD_DIM", "VALUE_PARTS"]
