@@ -14,7 +14,9 @@ used (module and attribute names included), with the maths taken from python_ref
     mixer      `MLPMixer` (lucidrains `mlp-mixer-pytorch`): token mixing Conv1d(n, n, 1) ×2
 
 `hybrid=True` replaces the linear patch embedding by three 3×3 convs (3→32→64→dim);
-`rope=True` replaces the learnable position embedding by rotary embeddings of q and k (not v).
+`rope=True` replaces the learnable position embedding by rotary embeddings of q and k (not v);
+`armour=True` (softmax, performer, nystrom) drops the value projection: the value is the
+unrotated query (SPEC §2, §6);
 `mode` ("clean" | "seed") picks the batch-invariant or the paper-code form of the Nyström
 pseudo-inverse scaling and of the Performer key stabiliser (SPEC §4, §5).
 """
@@ -33,6 +35,8 @@ from .layers import check_image
 VIX_ATTENTIONS = ("softmax", "performer", "linformer", "nystrom", "fnet", "mixer")
 # Token mixers with a query and a key for RoPE to rotate.
 ROPE_ATTENTIONS = ("softmax", "performer", "linformer", "nystrom")
+# Attentions with a separate value projection that Armour removes.
+ARMOUR_ATTENTIONS = ("softmax", "performer", "nystrom")
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -47,28 +51,36 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, N, H * D)
 
 
+def packed_qkv(qkv: torch.Tensor, heads: int, armour: bool):
+    """Split a packed [q | k | v] (or Armour's [q | k], value = q) projection into (B, H, N, D) heads."""
+    parts = [split_heads(t, heads) for t in qkv.chunk(2 if armour else 3, dim=-1)]
+    return (parts[0], parts[1], parts[0]) if armour else tuple(parts)
+
+
 def rotate(x: torch.Tensor, rope: bool) -> torch.Tensor:
     """RoPE over the token positions 0..N-1 of (B, H, N, D), or x unchanged."""
     if not rope:
         return x
-    return apply_rope(x, rope_angles(x.shape[-2], x.shape[-1], device=x.device))
+    angles = rope_angles(x.shape[-2], x.shape[-1], device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    return apply_rope(x, angles)
 
 
 class Attention(nn.Module):
-    """ViT softmax attention (vit-pytorch): to_qkv laid out [q | k | v], each (heads · dim_head)."""
+    """ViT softmax attention (vit-pytorch): to_qkv laid out [q | k | v] (Armour: [q | k]), each heads · dim_head."""
 
-    def __init__(self, dim, heads=8, dim_head=64, dropout=0.0, rope=False):
+    def __init__(self, dim, heads=8, dim_head=64, dropout=0.0, rope=False, armour=False):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.scale = dim_head ** -0.5
         self.rope = rope
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.armour = armour
+        self.to_qkv = nn.Linear(dim, inner * (2 if armour else 3), bias=False)
         self.dropout = nn.Dropout(dropout)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
 
     def forward(self, x):
-        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k, v = packed_qkv(self.to_qkv(x), self.heads, self.armour)
         q, k = rotate(q, self.rope), rotate(k, self.rope)
         probs = self.dropout(attention_scores(q, k, scale=self.scale).softmax(dim=-1))
         return self.to_out(merge_heads(probs @ v))
@@ -78,7 +90,7 @@ class NystromAttention(nn.Module):
     """Nyström attention layer as lucidrains `nystrom-attention` 0.0.14 (SPEC §4)."""
 
     def __init__(self, dim, dim_head=64, heads=8, num_landmarks=256, pinv_iterations=6, residual=True,
-                 residual_conv_kernel=33, eps=1e-8, dropout=0.0, rope=False, mode="clean"):
+                 residual_conv_kernel=33, eps=1e-8, dropout=0.0, rope=False, mode="clean", armour=False):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -90,7 +102,8 @@ class NystromAttention(nn.Module):
         self.scale = dim_head ** -0.5
         self.rope = rope
         self.mode = mode
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.armour = armour
+        self.to_qkv = nn.Linear(dim, inner * (2 if armour else 3), bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
         self.residual = residual
         if residual:
@@ -98,7 +111,7 @@ class NystromAttention(nn.Module):
                                       padding=(residual_conv_kernel // 2, 0), groups=heads, bias=False)
 
     def forward(self, x):
-        q, k, v = (split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k, v = packed_qkv(self.to_qkv(x), self.heads, self.armour)
         q, k = rotate(q, self.rope), rotate(k, self.rope)
         out = nystrom_attention(q, k, v, num_landmarks=self.num_landmarks, pinv_iterations=self.pinv_iterations,
                                 mode=self.mode, conv_weight=self.res_conv.weight if self.residual else None)
@@ -127,20 +140,22 @@ class PerformerSelfAttention(nn.Module):
     """Performer attention layer as performer-pytorch `SelfAttention` (no local heads, no redraw)."""
 
     def __init__(self, dim, heads=8, dim_head=64, nb_features=None, generalized_attention=False, dropout=0.0,
-                 qkv_bias=True, attn_out_bias=True, rope=False, mode="clean"):
+                 qkv_bias=True, attn_out_bias=True, rope=False, mode="clean", armour=False):
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
         self.rope = rope
+        self.armour = armour
         self.fast_attention = FastAttention(dim_head, nb_features, generalized_attention, mode)
         self.to_q = nn.Linear(dim, inner, bias=qkv_bias)
         self.to_k = nn.Linear(dim, inner, bias=qkv_bias)
-        self.to_v = nn.Linear(dim, inner, bias=qkv_bias)
+        self.to_v = None if armour else nn.Linear(dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, dim, bias=attn_out_bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        q, k, v = (split_heads(proj(x), self.heads) for proj in (self.to_q, self.to_k, self.to_v))
+        q, k = split_heads(self.to_q(x), self.heads), split_heads(self.to_k(x), self.heads)
+        v = q if self.armour else split_heads(self.to_v(x), self.heads)
         q, k = rotate(q, self.rope), rotate(k, self.rope)
         return self.dropout(self.to_out(merge_heads(self.fast_attention(q, k, v))))
 
@@ -269,7 +284,7 @@ class VisionXformer(nn.Module):
 
     def __init__(self, img_size=32, patch_size=1, in_chans=3, num_classes=10, embed_dim=128, depth=4, num_heads=4,
                  head_dim=32, mlp_dim=256, drop_rate=0.0, emb_drop_rate=0.0, attention="softmax", hybrid=False,
-                 rope=False, num_landmarks=64, nb_features=None, linformer_k=64, mode="clean"):
+                 rope=False, armour=False, num_landmarks=64, nb_features=None, linformer_k=64, mode="clean"):
         super().__init__()
         if attention not in VIX_ATTENTIONS or attention == "mixer":
             raise ValueError(f"unknown attention {attention!r}; expected one of {VIX_ATTENTIONS[:-1]} "
@@ -277,6 +292,9 @@ class VisionXformer(nn.Module):
         if rope and attention not in ROPE_ATTENTIONS:
             raise ValueError(f"rope rotates queries and keys; attention {attention!r} has none "
                              f"(rope works with {ROPE_ATTENTIONS})")
+        if armour and attention not in ARMOUR_ATTENTIONS:
+            raise ValueError(f"armour makes the query the value; attention {attention!r} does not support it "
+                             f"(armour works with {ARMOUR_ATTENTIONS})")
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.img_size = img_size
@@ -284,6 +302,7 @@ class VisionXformer(nn.Module):
         self.attention = attention
         self.hybrid = hybrid
         self.rope = rope
+        self.armour = armour
         num_tokens = (img_size // patch_size) ** 2 + 1
         self.to_patch_embedding = patch_embedding(in_chans, patch_size, embed_dim, hybrid)
         self.pos_embedding = None if rope else nn.Parameter(torch.randn(1, num_tokens, embed_dim))
@@ -292,13 +311,13 @@ class VisionXformer(nn.Module):
 
         def make_mixer():
             if attention == "softmax":
-                return Attention(embed_dim, num_heads, head_dim, drop_rate, rope)
+                return Attention(embed_dim, num_heads, head_dim, drop_rate, rope, armour)
             if attention == "nystrom":
                 return NystromAttention(embed_dim, head_dim, num_heads, num_landmarks, dropout=drop_rate, rope=rope,
-                                        mode=mode)
+                                        mode=mode, armour=armour)
             if attention == "performer":
                 return PerformerSelfAttention(embed_dim, num_heads, head_dim, nb_features, dropout=drop_rate,
-                                              rope=rope, mode=mode)
+                                              rope=rope, mode=mode, armour=armour)
             if attention == "linformer":
                 return LinformerSelfAttention(embed_dim, num_tokens, linformer_k, num_heads, head_dim,
                                               one_kv_head=True, share_kv=True, dropout=drop_rate, rope=rope)
@@ -362,15 +381,15 @@ class MLPMixer(nn.Module):
         return self.head(x.mean(dim=1))
 
 
-def vix_cifar(attention="softmax", hybrid=False, rope=False, **kwargs):
+def vix_cifar(attention="softmax", hybrid=False, rope=False, armour=False, **kwargs):
     """The paper's CIFAR-10 model for one token mixer (dim 128, depth 4, 4 heads × 32, MLP 256)."""
     if attention not in VIX_ATTENTIONS:
         raise ValueError(f"unknown attention {attention!r}; expected one of {VIX_ATTENTIONS}")
     if attention == "mixer":
-        if rope:
-            raise ValueError("rope rotates queries and keys; the MLP-Mixer has none")
+        if rope or armour:
+            raise ValueError(f"{'rope' if rope else 'armour'} needs queries and keys; the MLP-Mixer has none")
         return MLPMixer(hybrid=hybrid, **kwargs)
-    return VisionXformer(attention=attention, hybrid=hybrid, rope=rope, **kwargs)
+    return VisionXformer(attention=attention, hybrid=hybrid, rope=rope, armour=armour, **kwargs)
 
 
 def summary_param_count(model: nn.Module) -> int:

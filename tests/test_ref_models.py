@@ -13,7 +13,10 @@ from python_ref.attention import DEIT_VARIANTS
 from python_ref.levit import LEVIT_VARIANTS, BNLinear, ConvBN, LinearBN
 from python_ref.vix import VIX_ATTENTIONS
 
-timm = pytest.importorskip("timm")
+
+@pytest.fixture(scope="module")
+def timm():
+    return pytest.importorskip("timm")
 
 TWO_PROJECTION = [v for v in DEIT_VARIANTS if v != "regular"]
 
@@ -108,7 +111,7 @@ def test_vix_rope_replaces_position_embedding(attention, hybrid):
 # ----------------------------------------------------------------------------- timm equivalence
 
 @pytest.mark.parametrize("name", list(DEIT_COUNTS) + list(LEVIT_FOLDED))
-def test_state_dict_layout_matches_timm(name):
+def test_state_dict_layout_matches_timm(name, timm):
     """Full-size models: the same state-dict keys and shapes as timm (built on meta, no forward)."""
     with torch.device("meta"):
         ours = create_model(name).state_dict()
@@ -139,7 +142,7 @@ TIMM_SMALL = [
 
 
 @pytest.mark.parametrize("name, kwargs", TIMM_SMALL)
-def test_same_output_as_timm(name, kwargs):
+def test_same_output_as_timm(name, kwargs, timm):
     theirs = randomize_(timm.create_model(name, **kwargs)).eval()
     ours = create_model(name, **kwargs).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -337,3 +340,50 @@ def test_vix_forward_backward(attention, hybrid):
     model = create_model("vix_cifar", attention=attention, **kwargs)
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     assert_all_gradients_finite(model, torch.randn(2, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------- ViX with Armour
+
+@pytest.mark.parametrize("attention, value_projection", [
+    ("softmax", 4 * 128 * 128), ("performer", 4 * (128 * 128 + 128)), ("nystrom", 4 * 128 * 128)])
+def test_vix_armour_drops_the_value_projection(attention, value_projection):
+    summary, total = VIX_COUNTS[attention, False]
+    model = on_meta("vix_cifar", attention=attention, armour=True)
+    assert summary_param_count(model) == summary - value_projection
+    assert n_params(model) == total - value_projection
+
+
+@pytest.mark.parametrize("attention", ["softmax", "performer", "nystrom"])
+def test_vix_armour_value_is_the_unrotated_query(attention):
+    """Armour + RoPE: scores from rotated q, k; the value is the query straight out of the projection."""
+    from python_ref.attention import attention as softmax_attention
+    from python_ref.nystrom import nystrom_attention
+    from python_ref.performer import performer_attention
+    from python_ref.rope import apply_rope, rope_angles
+    torch.manual_seed(0)
+    model = create_model("vix_cifar", attention=attention, armour=True, rope=True, img_size=4, depth=1,
+                         num_landmarks=4).double()
+    layer = model.transformer.layers[0][0].fn
+    x = torch.randn(2, 17, 128, dtype=torch.float64)
+    if attention == "performer":
+        q, k = layer.to_q(x), layer.to_k(x)
+    else:
+        q, k = layer.to_qkv(x).chunk(2, dim=-1)
+    q, k = (t.view(2, 17, 4, 32).transpose(1, 2) for t in (q, k))
+    angles = rope_angles(17, 32, dtype=torch.float64)
+    rq, rk = apply_rope(q, angles), apply_rope(k, angles)
+    if attention == "softmax":
+        out = softmax_attention(rq, rk, q)
+    elif attention == "nystrom":
+        out = nystrom_attention(rq, rk, q, num_landmarks=4, conv_weight=layer.res_conv.weight)
+    else:
+        out = performer_attention(rq, rk, q, projection=layer.fast_attention.projection_matrix)
+    expected = layer.to_out(out.transpose(1, 2).reshape(2, 17, 128))
+    torch.testing.assert_close(layer(x), expected)
+    assert_all_gradients_finite(model, torch.randn(2, 3, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("attention", ["linformer", "fnet", "mixer"])
+def test_vix_armour_needs_a_value_projection(attention):
+    with pytest.raises(ValueError, match="armour"):
+        create_model("vix_cifar", attention=attention, armour=True)

@@ -1,0 +1,167 @@
+"""`armour-bench tables`: the papers' parameter columns next to the python_ref models' counts.
+
+Armour (Tables 1–4): DeiT / Armour and the Table 1 variants, LeViT / Armour / Armour+.
+Vision Xformers (Tables 1–2): ViT, ViP, ViL, ViN, FNet, MLP-Mixer, plain and hybrid.
+Models are built on the meta device (shapes only), so this takes a second or two.
+
+Counting conventions (SPEC §3, §6):
+- DeiT: every parameter.
+- LeViT: after BatchNorm folding, both heads and the attention-bias tables included; the
+  paper's LeViT-384 rows round the unfolded (training) count instead. Both counts are shown.
+- Vision Xformers: torchsummary's count (weights and biases of submodules: no position
+  embedding, class token or Linformer sequence projection); "all trainable" is shown beside it.
+
+Exit status 0 when every count rounds to the paper's number, 1 otherwise.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+import torch
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    table: str          # which paper table
+    label: str          # the paper's row name
+    model: str          # python_ref.create_model name
+    attention: str
+    paper: str          # the paper's number as printed ("5.3" in millions, or "530,442" exact)
+    baseline: str | None = None      # label of the row the Δ is taken against
+    paper_delta: str | None = None   # the paper's printed Δ, if any
+    hybrid: bool = False
+    convention: str | None = None    # how the paper counted, when not the family's default (first) one
+
+
+DEIT_TI, DEIT_TI_DIST = "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"
+T1 = "Armour Table 1: DeiT vs. Armour & its variants"
+T2 = "Armour Table 2: LeViT 128S vs. Armour 128S/128S+"
+T3 = "Armour Table 3: DeiT vs. Armour"
+T4 = "Armour Table 4: LeViT vs. generalized Armour"
+VX1 = "Vision Xformers Table 1: ViX on CIFAR-10"
+VX2 = "Vision Xformers Table 2: hybrid ViX on CIFAR-10"
+
+ROWS = [
+    PaperRow(T1, "W_K=W_V", DEIT_TI, "shared_kv", "5.3", "DeiT-Ti"),
+    PaperRow(T1, "W_Q=W_K diag", DEIT_TI, "shared_qk_nodiag", "5.3", "DeiT-Ti"),
+    PaperRow(T1, "W_Q=W_K", DEIT_TI, "shared_qk", "5.3", "DeiT-Ti"),
+    PaperRow(T1, "Armour-Ti", DEIT_TI, "armour", "5.3", "DeiT-Ti", "-7.8%"),
+    PaperRow(T1, "DeiT-Ti", DEIT_TI, "regular", "5.7"),
+    PaperRow(T1, "DeiT-Ti dist", DEIT_TI_DIST, "regular", "5.9"),
+    PaperRow(T1, "Armour-Ti dist", DEIT_TI_DIST, "armour", "5.5", "DeiT-Ti dist", "-6.8%"),
+    PaperRow(T1, "Armour-Ti dist / 1200", DEIT_TI_DIST, "armour", "5.5", "DeiT-Ti dist"),
+    PaperRow(T2, "LeViT-128S", "levit_128s", "regular", "7.76"),
+    PaperRow(T2, "Armour-128S", "levit_128s", "armour", "7.47", "LeViT-128S", "-3.7%"),
+    PaperRow(T2, "Armour-128S+", "levit_128s", "armour_plus", "7.18", "LeViT-128S"),
+    PaperRow(T3, "DeiT-Ti", DEIT_TI, "regular", "5.7"),
+    PaperRow(T3, "Armour-Ti", DEIT_TI, "armour", "5.3", "DeiT-Ti", "-7.8%"),
+    PaperRow(T3, "DeiT-S", "deit_small_patch16_224", "regular", "22.1"),
+    PaperRow(T3, "Armour-S", "deit_small_patch16_224", "armour", "20.3", "DeiT-S", "-8.1%"),
+    PaperRow(T3, "DeiT-B", "deit_base_patch16_224", "regular", "86.6"),
+    PaperRow(T3, "Armour-B", "deit_base_patch16_224", "armour", "79.5", "DeiT-B", "-8.2%"),
+    PaperRow(T4, "LeViT-192", "levit_192", "regular", "10.9"),
+    PaperRow(T4, "Armour-192", "levit_192", "armour", "10.4", "LeViT-192", "-4.6%"),
+    PaperRow(T4, "Armour-192+", "levit_192", "armour_plus", "9.8", "LeViT-192", "-10.1%"),
+    PaperRow(T4, "LeViT-256", "levit_256", "regular", "18.9"),
+    PaperRow(T4, "Armour-256", "levit_256", "armour", "17.9", "LeViT-256", "-5.3%"),
+    PaperRow(T4, "Armour-256+", "levit_256", "armour_plus", "17.0", "LeViT-256", "-10.1%"),
+    PaperRow(T4, "LeViT-384", "levit_384", "regular", "39.1", convention="unfolded"),
+    PaperRow(T4, "Armour-384", "levit_384", "armour", "37.1", "LeViT-384", "-5.1%", convention="unfolded"),
+    PaperRow(T4, "Armour-384+", "levit_384", "armour_plus", "35.0", "LeViT-384", "-10.5%", convention="unfolded"),
+]
+for _table, _prefix, _hybrid in ((VX1, "", False), (VX2, "Hybrid ", True)):
+    _base = f"{_prefix}ViT"
+    for _label, _attention, _plain, _hyb in (
+            ("ViT", "softmax", "530,442", "623,178"),
+            ("ViP", "performer", "531,978", "624,714"),
+            ("ViL", "linformer", "415,754", "508,490"),
+            ("ViN", "nystrom", "530,970", "623,706"),
+            ("FNet", "fnet", "267,786", "360,522"),
+            ("MLP-Mixer", "mixer", "8,533,002", "8,625,738")):
+        ROWS.append(PaperRow(_table, _prefix + _label, "vix_cifar", _attention, _hyb if _hybrid else _plain,
+                             None if _label == "ViT" else _base, hybrid=_hybrid))
+
+
+def _counts(row: PaperRow, cache: dict) -> dict:
+    """{convention: count} for the row's model, built once on the meta device."""
+    key = (row.model, row.attention, row.hybrid)
+    if key not in cache:
+        from python_ref import create_model, fold_batchnorm, summary_param_count
+
+        def total(m):
+            return sum(p.numel() for p in m.parameters())
+
+        kwargs = {"hybrid": row.hybrid} if row.model == "vix_cifar" else {}
+        with torch.device("meta"):
+            model = create_model(row.model, attention=row.attention, **kwargs).eval()
+            if row.model.startswith("levit"):
+                cache[key] = {"folded": total(fold_batchnorm(model)), "unfolded": total(model)}
+            elif row.model == "vix_cifar":
+                cache[key] = {"torchsummary": summary_param_count(model), "all trainable": total(model)}
+            else:
+                cache[key] = {"all": total(model)}
+    return cache[key]
+
+
+def _rounds_to(count: int, paper: str) -> bool:
+    """Does `count` print as the paper's number (millions to the paper's decimals, or exact)?"""
+    if "," in paper or "." not in paper:
+        return count == int(paper.replace(",", ""))
+    millions = Decimal(count) / Decimal(10 ** 6)
+    return millions.quantize(Decimal(paper), rounding=ROUND_HALF_UP) == Decimal(paper)
+
+
+def _format_count(count: int, paper: str) -> str:
+    if "," in paper:
+        return f"{count:,}"
+    return str((Decimal(count) / Decimal(10 ** 6)).quantize(Decimal(paper), rounding=ROUND_HALF_UP))
+
+
+def compute_rows() -> list[dict]:
+    """One dict per paper row: our counts per convention, the paper's number and Δ, and whether they agree."""
+    cache, results = {}, []
+    for row in ROWS:
+        counts = _counts(row, cache)
+        convention = row.convention or next(iter(counts))  # the SPEC's: folded / torchsummary / all
+        ours = counts[convention]
+        results.append(dict(asdict(row), counts=counts, convention=convention, ours=ours,
+                            ours_printed=_format_count(ours, row.paper), matches=_rounds_to(ours, row.paper)))
+    by_label = {(r["table"], r["label"]): r for r in results}
+    for r in results:  # Δ against the baseline row, counted the same way
+        base = by_label[r["table"], r["baseline"]]["counts"] if r["baseline"] else None
+        r["delta"] = None if base is None else r["ours"] / base[r["convention"]] - 1.0
+    return results
+
+
+def _render(rows: list[dict]) -> str:
+    lines, table = [], None
+    header = f"{'model':<24}{'attention':<18}{'ours (count)':>14}  {'convention':<14}{'ours':>10}{'paper':>11}" \
+             f"{'Δ ours':>9}{'Δ paper':>9}  match"
+    for r in rows:
+        if r["table"] != table:
+            table = r["table"]
+            lines += ["", table, header, "-" * len(header)]
+        attention = r["attention"] + (" (hybrid)" if r["hybrid"] else "")
+        delta = "-" if r["delta"] is None else f"{100 * r['delta']:+.1f}%"
+        others = ", ".join(f"{k} {v:,}" for k, v in r["counts"].items() if k != r["convention"])
+        lines.append(f"{r['label']:<24}{attention:<18}{r['ours']:>14,}  {r['convention']:<14}{r['ours_printed']:>10}"
+                     f"{r['paper']:>11}{delta:>9}{r['paper_delta'] or '-':>9}  {'yes' if r['matches'] else 'NO'}"
+                     + (f"   ({others})" if others else ""))
+    matched = sum(r["matches"] for r in rows)
+    lines += ["", f"{matched}/{len(rows)} parameter counts round to the papers' numbers."]
+    return "\n".join(lines).lstrip("\n")
+
+
+def add_arguments(parser):
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+
+
+def run(args) -> int:
+    rows = compute_rows()
+    print(_render(rows))
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0 if all(r["matches"] for r in rows) else 1
