@@ -21,7 +21,10 @@ from armour_kernels.surgery import patch, unpatch  # noqa: E402
 from armour_kernels.triton.linear_act import (hardswish_linear_forward, linear_act_forward,  # noqa: E402
                                               linear_hardswish_forward)
 
-BACKENDS = ["reference", "triton"]
+from armour_kernels._backend import cpu_has_op  # noqa: E402
+
+# The C++ backend joins when the extension is built (CI builds it).
+BACKENDS = ["reference", "triton"] + (["cpu"] if cpu_has_op("attention") else [])
 
 
 def randomise(model, seed=0):
