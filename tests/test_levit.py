@@ -122,6 +122,11 @@ def test_fold_refuses_training_mode():
         fold_batchnorm(model)
 
 
+def test_fold_refuses_non_module():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fold_batchnorm({"weight": torch.ones(2)})
+
+
 def test_fold_refuses_lonely_batchnorm():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)).eval()
     with pytest.raises(ValueError, match="not next to a projection"):
