@@ -8,6 +8,7 @@ For every LeViT size and attention variant it times inference (images / s) of
     ref-folded         python_ref LeViT, BatchNorm folded, plain PyTorch     armour / armour_plus
     ref-compile        torch.compile of ref-folded                           armour / armour_plus
     patched-folded     armour_kernels.patch + fold_batchnorm (the fused path) every variant
+    patched-compile    torch.compile of patched-folded (fuses what is left)  every variant
 
 and, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
 eager model (`*-train`) and the patched one (`patched-train`). `--deit` adds DeiT-Ti (timm eager /
@@ -29,7 +30,8 @@ import torch
 
 LEVIT_MODELS = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
 VARIANTS = ("regular", "armour", "armour_plus")
-INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded")
+INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded",
+                   "patched-compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,14 +151,18 @@ def _inference_models(name, variant, modes, backend, device):
             cache["ref"] = _ref_levit(name, variant).eval()
         return copy.deepcopy(cache["ref"])
 
+    def patched_folded():
+        model = timm_model() if variant == "regular" else ref_model()
+        return armour_kernels.fold_batchnorm(armour_kernels.patch(model, backend=backend))
+
     builders = {
         "timm-eager": lambda: timm_model(),
         "timm-reparam": lambda: reparameterize_model(timm_model()),
         "timm-compile": lambda: torch.compile(reparameterize_model(timm_model())),
         "ref-folded": lambda: ref_fold(ref_model()),
         "ref-compile": lambda: torch.compile(ref_fold(ref_model())),
-        "patched-folded": lambda: armour_kernels.fold_batchnorm(
-            armour_kernels.patch(timm_model() if variant == "regular" else ref_model(), backend=backend)),
+        "patched-folded": lambda: patched_folded(),
+        "patched-compile": lambda: torch.compile(patched_folded()),
     }
     for mode in modes:
         if mode.startswith("timm") and variant != "regular":
