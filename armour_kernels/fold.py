@@ -15,6 +15,9 @@ so code that looks for `.linear` / `.bn` keeps working and folding again is a no
 The arithmetic is done in float64 and rounded once to the parameter dtype, so the eval output
 agrees with the unfolded model to that dtype's rounding.
 
+(python_ref.fold.fold_batchnorm, the reference, returns a folded *copy* with the pairs replaced by
+plain nn.Linear / nn.Conv2d; the fused LeViT modules accept both forms.)
+
 timm's own `fuse()` methods are not used: they build their replacement `nn.Linear` on the
 default device and dtype (a CUDA or half model would come back half on the CPU in fp32).
 """
@@ -108,6 +111,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     BatchNorm normalises with batch statistics, which no fixed weight reproduces. Folding a
     folded model changes nothing. A BatchNorm that is not paired with a projection is an error.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
     norms = [m for m in model.modules() if isinstance(m, _NORMS)]
     if any(m.training for m in norms) or (norms and model.training):
         raise RuntimeError("fold_batchnorm: the model is in training mode; BatchNorm folding uses the "

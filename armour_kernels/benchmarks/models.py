@@ -8,6 +8,7 @@ For every LeViT size and attention variant it times inference (images / s) of
     ref-folded         python_ref LeViT, BatchNorm folded, plain PyTorch     armour / armour_plus
     ref-compile        torch.compile of ref-folded                           armour / armour_plus
     patched-folded     armour_kernels.patch + fold_batchnorm (the fused path) every variant
+    patched-compile    torch.compile of patched-folded (fuses what is left)  every variant
 
 and, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
 eager model (`*-train`) and the patched one (`patched-train`). `--deit` adds DeiT-Ti (timm eager /
@@ -29,7 +30,8 @@ import torch
 
 LEVIT_MODELS = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
 VARIANTS = ("regular", "armour", "armour_plus")
-INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded")
+INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded",
+                   "patched-compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,19 +99,24 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, iters, warmup):
-    """Median seconds of one call of `fn` over `iters` timed calls."""
-    for _ in range(warmup):
-        fn()
+def _time_interleaved(steps, device, iters, warmup):
+    """Median seconds per call of each step, the steps timed in turn call by call.
+
+    Interleaving spreads any drift of the machine's load (a shared CPU, GPU clocks) evenly over
+    the modes being compared, instead of favouring whichever ran in a quiet moment.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     _sync(device)
-    times = []
+    times = {mode: [] for mode in steps}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+        for mode, step in steps.items():
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[mode].append(time.perf_counter() - start)
+    return {mode: sorted(t)[len(t) // 2] for mode, t in times.items()}
 
 
 def _timm_levit(name):
@@ -144,14 +151,18 @@ def _inference_models(name, variant, modes, backend, device):
             cache["ref"] = _ref_levit(name, variant).eval()
         return copy.deepcopy(cache["ref"])
 
+    def patched_folded():
+        model = timm_model() if variant == "regular" else ref_model()
+        return armour_kernels.fold_batchnorm(armour_kernels.patch(model, backend=backend))
+
     builders = {
         "timm-eager": lambda: timm_model(),
         "timm-reparam": lambda: reparameterize_model(timm_model()),
         "timm-compile": lambda: torch.compile(reparameterize_model(timm_model())),
         "ref-folded": lambda: ref_fold(ref_model()),
         "ref-compile": lambda: torch.compile(ref_fold(ref_model())),
-        "patched-folded": lambda: armour_kernels.fold_batchnorm(
-            armour_kernels.patch(timm_model() if variant == "regular" else ref_model(), backend=backend)),
+        "patched-folded": lambda: patched_folded(),
+        "patched-compile": lambda: torch.compile(patched_folded()),
     }
     for mode in modes:
         if mode.startswith("timm") and variant != "regular":
@@ -161,17 +172,16 @@ def _inference_models(name, variant, modes, backend, device):
         yield mode, builders[mode]
 
 
-def _inference_row(model, batch, device, dtype, iters, warmup):
+def _inference_step(model, batch, device, dtype):
     x = torch.randn(batch, 3, 224, 224, device=device)  # autocast casts it, on CPU as on GPU
 
     def step():
         with torch.inference_mode(), _autocast(device, dtype):
             model(x)
-    seconds = _time(step, device, iters, warmup)
-    return {"ms_per_batch": seconds * 1e3, "img_per_s": batch / seconds}
+    return step
 
 
-def _train_row(model, batch, device, dtype, iters, warmup):
+def _train_step(model, batch, device, dtype):
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, 224, 224, device=device)
@@ -179,24 +189,42 @@ def _train_row(model, batch, device, dtype, iters, warmup):
 
     def step():
         with _autocast(device, dtype):
-            loss = torch.nn.functional.cross_entropy(model(x), target)
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out if torch.is_tensor(out) else out[0], target)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    seconds = _time(step, device, iters, warmup)
-    return {"ms_per_batch": seconds * 1e3, "img_per_s": batch / seconds}
+    return step
 
 
-def _measure(rows, label, variant, mode, build, measure, batch, device, dtype, iters, warmup):
-    row = {"model": label, "variant": variant, "mode": mode, "batch": batch, "dtype": dtype}
+def _error_text(exc):
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+
+
+def _measure_group(rows, label, variant, entries, batch, device, dtype, iters, warmup):
+    """Build every (mode, build, make_step) of one model and variant, then time them interleaved."""
+    group, steps = [], {}
+    for mode, build, make_step in entries:
+        row = {"model": label, "variant": variant, "mode": mode, "batch": batch, "dtype": dtype}
+        group.append(row)
+        try:
+            steps[mode] = make_step(build(), batch, device, dtype)
+            steps[mode]()  # a failing configuration must not lose the rest of the table
+        except Exception as exc:
+            steps.pop(mode, None)
+            row["error"] = _error_text(exc)
     try:
-        model = build()
-        row.update(measure(model, batch, device, dtype, iters, warmup))
-        del model
-    except Exception as exc:  # one failing configuration must not lose the rest of the table
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    rows.append(row)
-    print(_row_text(row), flush=True)
+        seconds = _time_interleaved(steps, device, iters, warmup)
+    except Exception as exc:
+        seconds = {}
+        for row in group:
+            row.setdefault("error", _error_text(exc))
+    for row in group:
+        if row["mode"] in seconds:
+            row.update(ms_per_batch=seconds[row["mode"]] * 1e3, img_per_s=batch / seconds[row["mode"]])
+        rows.append(row)
+        print(_row_text(row), flush=True)
+    del steps
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -208,26 +236,29 @@ def _row_text(row):
             f"{row['ms_per_batch']:9.2f} ms/batch")
 
 
-def _deit_rows(rows, backend, batch, device, dtype, iters, warmup, modes, train):
+def _deit_entries(backend, device, modes, train):
+    """DeiT-Ti (timm, regular) against Armour-Ti (python_ref armour, patched)."""
     import timm
 
     import armour_kernels
     from python_ref.registry import create_model
 
     name = "deit_tiny_patch16_224"
-    builders = {"timm-eager": lambda: timm.create_model(name).eval().to(device)}
+
+    def timm_deit():
+        return timm.create_model(name).eval().to(device)
+
+    def armour_ti():
+        return armour_kernels.patch(create_model(name, attention="armour").eval().to(device), backend=backend)
+
+    regular = [("timm-eager", timm_deit, _inference_step)]
     if "timm-compile" in modes:
-        builders["timm-compile"] = lambda: torch.compile(timm.create_model(name).eval().to(device))
-    builders["patched"] = lambda: armour_kernels.patch(create_model(name, attention="armour").eval().to(device),
-                                                       backend=backend)
-    for mode, build in builders.items():
-        variant = "armour" if mode == "patched" else "regular"
-        _measure(rows, "deit_tiny", variant, mode, build, _inference_row, batch, device, dtype, iters, warmup)
+        regular.append(("timm-compile", lambda: torch.compile(timm_deit()), _inference_step))
+    armour = [("patched", armour_ti, _inference_step)]
     if train:
-        _measure(rows, "deit_tiny", "regular", "timm-train", builders["timm-eager"], _train_row,
-                 batch, device, dtype, iters, warmup)
-        _measure(rows, "deit_tiny", "armour", "patched-train", builders["patched"], _train_row,
-                 batch, device, dtype, iters, warmup)
+        regular.append(("timm-train", timm_deit, _train_step))
+        armour.append(("patched-train", armour_ti, _train_step))
+    return [("regular", regular), ("armour", armour)]
 
 
 # ----------------------------------------------------------------------------- report
@@ -279,17 +310,17 @@ def run(args) -> int:
     rows = []
     for name in models:
         for variant in variants:
-            for mode, build in _inference_models(name, variant, modes, backend, device):
-                _measure(rows, name, variant, mode, build, _inference_row, batch, device, dtype, iters, warmup)
+            entries = [(mode, build, _inference_step)
+                       for mode, build in _inference_models(name, variant, modes, backend, device)]
             if args.train:
                 eager = (lambda n=name: _timm_levit(n).to(device)) if variant == "regular" else \
                     (lambda n=name, v=variant: _ref_levit(n, v).to(device))
-                _measure(rows, name, variant, "timm-train" if variant == "regular" else "ref-train", eager,
-                         _train_row, batch, device, dtype, iters, warmup)
-                _measure(rows, name, variant, "patched-train", _patched_trainable(eager, backend), _train_row,
-                         batch, device, dtype, iters, warmup)
+                entries.append(("timm-train" if variant == "regular" else "ref-train", eager, _train_step))
+                entries.append(("patched-train", _patched_trainable(eager, backend), _train_step))
+            _measure_group(rows, name, variant, entries, batch, device, dtype, iters, warmup)
     if args.deit:
-        _deit_rows(rows, backend, batch, device, dtype, iters, warmup, modes, args.train)
+        for variant, entries in _deit_entries(backend, device, modes, args.train):
+            _measure_group(rows, "deit_tiny", variant, entries, batch, device, dtype, iters, warmup)
     report = {"environment": env, "settings": {"batch": batch, "dtype": dtype, "iters": iters, "warmup": warmup},
               "rows": rows}
     if args.out:

@@ -54,24 +54,35 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _uses_triton(backend: str, device: torch.device) -> bool:
-    from .._backend import resolve_backend
-    return backend in ("triton", "auto") and resolve_backend(backend, device, "linear_hardswish") == "triton"
+def _kernel_backend(backend: str, device: torch.device, act_in: bool):
+    """"triton" / "cpu" when a fused Linear+Hardswish kernel serves this call, else None (PyTorch)."""
+    from .._backend import cpu_has_op, resolve_backend
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
+    if not act_in and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
+        return "cpu"
+    return None
 
 
 def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
     """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
 
-    The Triton GEMM runs when the backend resolves to Triton and no gradient is needed (it is an
-    inference kernel); otherwise PyTorch's own GEMM and Hardswish do it, with autograd.
+    Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or
+    C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
+    activates its input tiles as they load, when no gradient is needed. Everything else
+    ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
     """
-    dtype = _compute_dtype(x)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad))
-    if not needs_grad and _uses_triton(backend, x.device):
-        from ..triton.linear_act import linear_act_forward
-        return linear_act_forward(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
-                                  act_in=act_in, act_out=act_out)
+    kernel = _kernel_backend(backend, x.device, act_in)
+    if kernel is not None:
+        dtype = _compute_dtype(x)
+        cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        if act_out and not act_in:
+            from ..ops.linear_act import linear_hardswish
+            return linear_hardswish(*cast, backend=kernel)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        if kernel == "triton" and not needs_grad:
+            from ..ops.linear_act_infer import linear_act_infer
+            return linear_act_infer(*cast, act_in, act_out)
     if act_in:
         x = F.hardswish(x)
     y = F.linear(x, weight, bias)
@@ -124,6 +135,18 @@ class _LevitAttentionBase(nn.Module):
         return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
                          bias_index=self.attention_bias_idxs, backend=self.backend)
 
+    def _project_heads(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A packed projection of x → (B, N, heads, width per head).
+
+        Conv mode, folded: the 1×1 conv runs as a token-major GEMM, so each head's features are
+        contiguous for the attention kernel (the conv's own output would put them N apart).
+        """
+        folded = folded_projection(module) if self.use_conv and not self.training else None
+        if folded is not None:
+            tokens = x.flatten(2).transpose(1, 2)
+            return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+        return _per_head(module(x), self.num_heads, self.use_conv)
+
     def _project_out(self, o: torch.Tensor, grid) -> torch.Tensor:
         """o (B, N, H, Dv) from the op → Hardswish → proj, back in the block's layout."""
         tokens = o.flatten(2)
@@ -157,7 +180,7 @@ class LevitAttention(_LevitAttentionBase):
 
     def forward(self, x):
         grid = tuple(x.shape[2:]) if self.use_conv else None
-        qkv = _per_head(self.qkv(x), self.num_heads, self.use_conv)
+        qkv = self._project_heads(self.qkv, x)
         D = self.key_dim
         q, k = qkv[..., :D], qkv[..., D:2 * D]
         v = None if self.value == "q+k" else qkv[..., 2 * D:]
@@ -183,7 +206,7 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         self.use_conv = bool(getattr(original, "use_conv", False))
 
     def forward(self, x):
-        kv = _per_head(self.kv(x), self.num_heads, self.use_conv)
+        kv = self._project_heads(self.kv, x)
         q_out = self.q(x)
         q = _per_head(q_out, self.num_heads, self.use_conv)
         D = self.key_dim
