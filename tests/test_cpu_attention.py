@@ -273,3 +273,34 @@ def test_bad_input_errors(case, error):
         k = k[..., :8]
     with pytest.raises((RuntimeError, ValueError, TypeError), match=error):
         attention_forward(q, k, v, bias, index, **kw)
+
+
+def test_wide_registers_only_in_isa_kernels():
+    """One build runs on any x86-64: AVX (ymm/zmm) code may only live in the ISA namespaces that
+    are called after a CPUID check, never in a function the baseline path could reach (an std
+    inline function compiled under a target pragma and picked by the linker would be one)."""
+    import re
+    import shutil
+    import subprocess
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not installed")
+    asm = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", cpu._C.__file__], capture_output=True,
+                         text=True, check=True).stdout
+    offenders, current = set(), None
+    for line in asm.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            current = header.group(1)
+        elif current and ("%ymm" in line or "%zmm" in line) and not re.search(r"armour::(avx2|avx512|avx512bf16)::", current):
+            offenders.add(current)
+    assert not offenders, f"AVX registers outside the ISA kernels: {sorted(offenders)[:5]}"
+
+
+def test_isa_selection():
+    assert cpu.isa() in ISAS and "scalar" in ISAS
+    with cpu.use_isa("scalar"):
+        assert cpu.isa() == "scalar"
+    with pytest.raises(RuntimeError, match="unknown ISA"):
+        cpu.set_isa("sse9")
