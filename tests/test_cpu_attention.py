@@ -124,6 +124,14 @@ def test_shapes(isa, value, n, d):
     check(q, k, v, value=value, msg=f"{isa} n={n} d={d}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_odd_head_dims(isa, dtype):
+    """Dk and Dv not multiples of the vector width nor even (bf16 dot products pair features)."""
+    q, k, v = qkv(2, 33, 33, 2, 15, 9, dtype)
+    check(q, k, v, value="q+v", mask_diagonal=True, msg=f"{isa} odd dims")
+    check(q, k, v, value="v", msg=f"{isa} odd dims v")
+
+
 @pytest.mark.parametrize("value", ["v", "q", "q+v", "q+k"])
 @pytest.mark.parametrize("form", ["full", "broadcast_b", "broadcast_bh_row", "table"])
 def test_bias_forms(fast_isa, form, value):

@@ -1,7 +1,7 @@
 // Attention forward / backward and the bias+Hardswish epilogue, written once against a vector
 // type V (VecF: AVX-512 / AVX2 / scalar floats; VecD: scalar doubles) and a storage type T
 // (float, bf16_t, double). Included inside namespace armour::<isa> by isa_<isa>.cpp, which
-// sets the target ISA; needs <cmath>, <cstdint>, <cstdlib>, <cstring> and kernel_api.h first.
+// sets the target ISA; needs <cmath>, <cstdint>, <cstdlib>, <cstring>, <new> and kernel_api.h first.
 //
 // Layout of the work (see COMMON.md for the launcher contract):
 // - forward: one task per (batch, head, block of kBlockQ queries). The task packs its (b, h)'s
@@ -65,6 +65,7 @@ struct Scratch {
   explicit Scratch(int64_t n) {
     size_t bytes = static_cast<size_t>(round_up(n < 1 ? 1 : n, 16)) * sizeof(S);
     p = static_cast<S*>(std::aligned_alloc(64, round_up(static_cast<int64_t>(bytes), 64)));
+    if (!p) throw std::bad_alloc();  // at::parallel_for rethrows it on the calling thread
   }
   ~Scratch() { std::free(p); }
   Scratch(const Scratch&) = delete;
