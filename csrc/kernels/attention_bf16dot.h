@@ -19,7 +19,7 @@ struct Bf16DotKernel {
   using S = float;
   using AT = uint16_t;
   using BT = uint16_t;
-  static constexpr int W = 16, MR = 6;
+  static constexpr int W = 16, MR = 6, NV = 2;
   static const AT* a_rows(const AT* A, int64_t i, int64_t lda) { return A + i * lda; }
   static const BT* b_cols(const BT* B, int64_t j) { return B + 2 * j; }
 

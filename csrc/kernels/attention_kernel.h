@@ -85,7 +85,7 @@ struct FloatKernel {
   using S = typename V::S;
   using AT = S;  // element types of A and B
   using BT = S;
-  static constexpr int W = V::W, MR = V::MR;
+  static constexpr int W = V::W, MR = V::MR, NV = V::NV;
   static const AT* a_rows(const AT* A, int64_t i, int64_t lda) { return TA ? A + i : A + i * lda; }
   static const BT* b_cols(const BT* B, int64_t j) { return B + j; }
 
@@ -119,21 +119,35 @@ inline void gemm_rows(int64_t rows, int64_t K, const typename Kern::AT* A, int64
   }
 }
 
-// Walks C in column strips of 2 vectors (1 for the tail) and MR-row blocks; the B strip
-// (K × 2W) stays in L1 while the row blocks sweep over it.
+// One column strip of NV vectors: MR-row blocks sweep over the B strip (K × NV·W), which stays in L1.
+template <class Kern, int NV>
+void gemm_strip(int64_t M, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+                int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
+  constexpr int MR = Kern::MR;
+  for (int64_t i = 0; i < M; i += MR)
+    gemm_rows<Kern, NV, MR>(min64(MR, M - i), K, Kern::a_rows(A, i, lda), lda, B, ldb, C + i * ldc, ldc, accumulate);
+}
+
+template <class Kern, int NV>
+void gemm_tail(int64_t nv, int64_t M, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+               int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
+  if constexpr (NV > 0) {
+    if (nv == NV)
+      gemm_strip<Kern, NV>(M, K, A, lda, B, ldb, C, ldc, accumulate);
+    else
+      gemm_tail<Kern, NV - 1>(nv, M, K, A, lda, B, ldb, C, ldc, accumulate);
+  }
+}
+
+// C in column strips of Kern::NV vectors, the last strip narrower.
 template <class Kern>
 void gemm_with(int64_t M, int64_t N, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
                int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
-  constexpr int W = Kern::W, MR = Kern::MR;
+  constexpr int W = Kern::W, NV = Kern::NV;
   int64_t j = 0;
-  for (; j + 2 * W <= N; j += 2 * W)
-    for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<Kern, 2, MR>(min64(MR, M - i), K, Kern::a_rows(A, i, lda), lda, Kern::b_cols(B, j), ldb,
-                             C + i * ldc + j, ldc, accumulate);
-  for (; j < N; j += W)
-    for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<Kern, 1, MR>(min64(MR, M - i), K, Kern::a_rows(A, i, lda), lda, Kern::b_cols(B, j), ldb,
-                             C + i * ldc + j, ldc, accumulate);
+  for (; j + NV * W <= N; j += NV * W)
+    gemm_strip<Kern, NV>(M, K, A, lda, Kern::b_cols(B, j), ldb, C + j, ldc, accumulate);
+  if (j < N) gemm_tail<Kern, NV - 1>((N - j) / W, M, K, A, lda, Kern::b_cols(B, j), ldb, C + j, ldc, accumulate);
 }
 
 template <class V, bool TA = false>
