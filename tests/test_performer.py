@@ -60,6 +60,13 @@ def test_odd_shapes(n, d, m):
     _check_against_reference(q, k, v, _projection(d, m), kernel="softmax", mode="clean", value="v")
 
 
+
+@pytest.mark.parametrize("d, m, value", [(64, 266, "v"), (16, 300, "q")])
+def test_many_features_run_in_chunks(d, m, value):
+    """performer-pytorch's default for dim_head 64 is m = 266: more features than one on-chip chunk."""
+    q, k, v = _inputs(1, 20, 2, d, torch.float32, value, scale=0.5)
+    _check_against_reference(q, k, v, _projection(d, m), kernel="softmax", mode="seed", value=value)
+
 def test_query_and_key_lengths_differ():
     q, k, v = _inputs(1, 19, 2, 16, torch.float32, "v", nk=50)
     _check_against_reference(q, k, v, _projection(16), kernel="softmax", mode="seed", value="v")

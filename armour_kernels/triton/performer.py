@@ -6,19 +6,23 @@ Per (batch, head), with u = dn·x·Pᵀ (dn = d^-1/4) and the features φ comput
   relu kernel:    φ(x) = relu(u) + 1e-3
   out = φ(q)·S / (φ(q)·z),   S = Σₙ φ(kₙ) vₙᵀ (m × dv),   z = Σₙ φ(kₙ) (m)
 
-Kernels (none writes φ(q) or φ(k), the n×m matrices, to memory):
-  _key_max_kernel      key stabiliser pre-pass: max of u per (batch·head, token block)
-  _context_kernel      S and z in one pass over the keys (split over programs, summed on host)
-  _output_kernel       φ(q)·S / φ(q)·z per query block
-  _bwd_query_kernel    dq and the reductions dS = Σ φ(q)ᵀ dO/den, dz = −Σ φ(q) (dO·out)/den
-  _bwd_key_kernel      dk, dv (dv folded into dq for value="q"), seed-mode dM partials
+Kernels (none writes φ(q) or φ(k), the n×m matrices, to memory). The m features are handled
+BLOCK_F at a time (one chunk for the paper's m = 110 at d = 32; 266 features at d = 64 take five):
+row-wise kernels loop over the chunks, the reductions over tokens put the chunk on a grid axis.
+  _key_max_kernel            key stabiliser pre-pass: max of u per (batch·head, token block)
+  _context_kernel            S and z in one pass over the keys (split over programs, summed on host)
+  _output_kernel             φ(q)·S / φ(q)·z per query block (the query stabiliser: a first sweep)
+  _bwd_query_rows_kernel     dq per query row; stores the row's stabiliser, φ(q)·z and (dO·out)/den
+  _bwd_query_reduce_kernel   dS = Σ φ(q)ᵀ dO/den, dz = −Σ φ(q)·(dO·out)/den
+  _bwd_key_kernel            dk, dv (dv folded into dq for value="q"), seed-mode dM partials
+All of the backward is fused Triton except the seed mode's one-element routing of dM (PyTorch).
 
 Gradient of a feature map, with G = ∂L/∂φ and E = ∂φ/∂u (φ − 1e-4 for softmax, [u > 0] for relu):
   dx = dn·(G∘E)·P − dn²·rowsum(G∘E)·x   (the second term only for softmax, from ‖x‖²).
 In seed mode the key stabiliser is not detached: dM = −Σ G∘E over everything, routed by the
 launcher to the single (token, feature) that holds the maximum.
 
-Every dot runs on fp32 operands: exact IEEE fp32 for fp32 inputs, tf32 for 16-bit inputs.
+Every dot runs on fp32 operands in exact IEEE fp32 (no TF32), whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interp
 SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3
 _PROGRAMS_TARGET = 512  # programs per reduction launch before splitting stops paying
+# Exact IEEE fp32 dots whatever the input dtype: a TF32 projection would put ~1e-3·|u| errors into
+# the exponent of every feature; with d = 32 the kernels are bound by memory, not by FLOPs.
+DOT_PRECISION = "ieee"
 
 
 @triton.jit
@@ -40,12 +47,6 @@ def _load_rows(ptr, row0, n, stride_n, stride_d, D, BLOCK_N: tl.constexpr, BLOCK
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < n) & (cols[None, :] < D)
     return tl.load(ptr + rows[:, None] * stride_n + cols[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _project(x, proj, dn, PRECISION: tl.constexpr):
-    """u = (dn·x)·Pᵀ, fp32 (BLOCK_N, BLOCK_M)."""
-    return tl.dot(x, tl.trans(proj), input_precision=PRECISION) * dn
 
 
 @triton.jit
@@ -74,62 +75,20 @@ def _feature_grad(g, x, u, phi, proj, dn, valid, SOFTMAX: tl.constexpr, PRECISIO
 
 
 @triton.jit
-def _load_proj(p_ptr, m, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    feats = tl.arange(0, BLOCK_M)
+def _chunk(x, p_ptr, c, rows, n, m, D, dn, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+    """Feature chunk c (features c·BLOCK_F …): its rows of P, u = (dn·x)·Pᵀ, and which (row, feature) exist."""
+    feats = c * BLOCK_F + tl.arange(0, BLOCK_F)
     cols = tl.arange(0, BLOCK_D)
-    mask = (feats[:, None] < m) & (cols[None, :] < D)
-    return tl.load(p_ptr + feats[:, None] * D + cols[None, :], mask=mask, other=0.0)
+    proj = tl.load(p_ptr + feats[:, None] * D + cols[None, :], mask=(feats[:, None] < m) & (cols[None, :] < D),
+                   other=0.0)
+    u = tl.dot(x, tl.trans(proj), input_precision=PRECISION) * dn
+    return proj, u, (rows[:, None] < n) & (feats[None, :] < m)
 
 
 @triton.jit
-def _key_max_kernel(k_ptr, p_ptr, part_ptr, n, H, m, D, dn,
-                    skb, skn, skh, skd,
-                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PRECISION: tl.constexpr):
-    bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    b, h = bh // H, bh % H
-    k = _load_rows(k_ptr + b * skb + h * skh, blk * BLOCK_N, n, skn, skd, D, BLOCK_N, BLOCK_D)
-    proj = _load_proj(p_ptr, m, D, BLOCK_M, BLOCK_D)
-    u = _project(k, proj, dn, PRECISION)
-    rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    feats = tl.arange(0, BLOCK_M)
-    valid = (rows[:, None] < n) & (feats[None, :] < m)
-    tl.store(part_ptr + bh * tl.num_programs(1) + blk, tl.max(tl.max(tl.where(valid, u, float("-inf")), axis=1), axis=0))
-
-
-@triton.jit
-def _context_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, ctx_ptr, ksum_ptr, n, H, m, D, DV, dn, blocks_per_split,
-                    skb, skn, skh, skd, svb, svn, svh, svd,
-                    SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b, h = bh // H, bh % H
-    proj = _load_proj(p_ptr, m, D, BLOCK_M, BLOCK_D)
-    stab = tl.load(stab_ptr + bh) if SOFTMAX else 0.0
-    feats = tl.arange(0, BLOCK_M)
-    ctx = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    ksum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for i in range(0, blocks_per_split):
-        row0 = (split * blocks_per_split + i) * BLOCK_N
-        k = _load_rows(k_ptr + b * skb + h * skh, row0, n, skn, skd, D, BLOCK_N, BLOCK_D)
-        v = _load_rows(v_ptr + b * svb + h * svh, row0, n, svn, svd, DV, BLOCK_N, BLOCK_DV)
-        rows = row0 + tl.arange(0, BLOCK_N)
-        valid = (rows[:, None] < n) & (feats[None, :] < m)
-        phi = _features(k, _project(k, proj, dn, PRECISION), dn, stab, valid, SOFTMAX)
-        ctx += tl.dot(tl.trans(phi), v, input_precision=PRECISION)
-        ksum += tl.sum(phi, axis=0)
-    part = bh * tl.num_programs(1) + split
-    dvs = tl.arange(0, BLOCK_DV)
-    tl.store(ctx_ptr + part * BLOCK_M * BLOCK_DV + feats[:, None] * BLOCK_DV + dvs[None, :], ctx)
-    tl.store(ksum_ptr + part * BLOCK_M + feats, ksum)
-
-
-@triton.jit
-def _load_reductions(ctx_ptr, ksum_ptr, bh, m, DV, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """S (m, dv) and z (m) of one (batch·head), fp32, zero-padded to the block sizes."""
-    feats = tl.arange(0, BLOCK_M)
+def _load_chunk(ctx_ptr, ksum_ptr, bh, c, m, DV, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Chunk c of S (m, dv) and z (m) of one (batch·head), fp32, zero past m / dv."""
+    feats = c * BLOCK_F + tl.arange(0, BLOCK_F)
     dvs = tl.arange(0, BLOCK_DV)
     ctx = tl.load(ctx_ptr + bh * m * DV + feats[:, None] * DV + dvs[None, :],
                   mask=(feats[:, None] < m) & (dvs[None, :] < DV), other=0.0)
@@ -138,80 +97,162 @@ def _load_reductions(ctx_ptr, ksum_ptr, bh, m, DV, BLOCK_M: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _query_block(q_ptr, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
-                 SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """Recompute everything one query block needs: q, P, u, φ(q), S, z, the validity mask, φ(q)·z."""
-    q = _load_rows(q_ptr, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D)
-    proj = _load_proj(p_ptr, m, D, BLOCK_M, BLOCK_D)
-    u = _project(q, proj, dn, PRECISION)
-    feats = tl.arange(0, BLOCK_M)
-    rows = row0 + tl.arange(0, BLOCK_N)
-    valid = (rows[:, None] < n) & (feats[None, :] < m)
-    stab = tl.max(tl.where(valid, u, float("-inf")), axis=1)[:, None] if SOFTMAX else 0.0
-    stab = tl.where(rows[:, None] < n, stab, 0.0)  # padded rows: keep them finite
-    phi = _features(q, u, dn, stab, valid, SOFTMAX)
+def _store_chunk(ctx_ptr, ksum_ptr, part, c, n_feats, ctx, ksum, BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Chunk c of one partial (n_feats, BLOCK_DV) / (n_feats,) reduction buffer (n_feats: chunks·BLOCK_F)."""
+    feats = c * BLOCK_F + tl.arange(0, BLOCK_F)
     dvs = tl.arange(0, BLOCK_DV)
-    ctx, ksum = _load_reductions(ctx_ptr, ksum_ptr, bh, m, DV, BLOCK_M, BLOCK_DV)
-    den = tl.sum(phi * ksum[None, :], axis=1)
-    den = tl.where(rows < n, den, 1.0)
-    return q, proj, u, phi, ctx, ksum, valid, den
+    tl.store(ctx_ptr + (part * n_feats + feats[:, None]) * BLOCK_DV + dvs[None, :], ctx)
+    tl.store(ksum_ptr + part * n_feats + feats, ksum)
+
+
+@triton.jit
+def _key_max_kernel(k_ptr, p_ptr, part_ptr, n, H, m, D, dn,
+                    skb, skn, skh, skd,
+                    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    b, h = bh // H, bh % H
+    rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = _load_rows(k_ptr + b * skb + h * skh, blk * BLOCK_N, n, skn, skd, D, BLOCK_N, BLOCK_D)
+    best = float("-inf")
+    for c in range(0, tl.cdiv(m, BLOCK_F)):
+        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        best = tl.maximum(best, tl.max(tl.max(tl.where(valid, u, float("-inf")), axis=1), axis=0))
+    tl.store(part_ptr + bh * tl.num_programs(1) + blk, best)
+
+
+@triton.jit
+def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, n, H, m, D, DV, dn, blocks_per_split,
+                    skb, skn, skh, skd, svb, svn, svh, svd,
+                    SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Partial S = Σ φ(k)ᵀv and z = Σ φ(k) of one feature chunk (axis 2) over one split of the keys (axis 1)."""
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    c = tl.program_id(2)
+    b, h = bh // H, bh % H
+    stab = tl.load(stab_ptr + bh) if SOFTMAX else 0.0
+    ctx = tl.zeros((BLOCK_F, BLOCK_DV), dtype=tl.float32)
+    ksum = tl.zeros((BLOCK_F,), dtype=tl.float32)
+    for i in range(0, blocks_per_split):
+        row0 = (split * blocks_per_split + i) * BLOCK_N
+        rows = row0 + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr + b * skb + h * skh, row0, n, skn, skd, D, BLOCK_N, BLOCK_D)
+        v = _load_rows(v_ptr + b * svb + h * svh, row0, n, svn, svd, DV, BLOCK_N, BLOCK_DV)
+        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        phi = _features(k, u, dn, stab, valid, SOFTMAX)
+        ctx += tl.dot(tl.trans(phi), v, input_precision=PRECISION)
+        ksum += tl.sum(phi, axis=0)
+    _store_chunk(ctx_ptr, ksum_ptr, bh * tl.num_programs(1) + split, c, tl.num_programs(2) * BLOCK_F, ctx, ksum,
+                 BLOCK_F, BLOCK_DV)
+
+
+@triton.jit
+def _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
+                 SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Per query row: the stabiliser (max of u over all features), φ(q)·S and φ(q)·z — two sweeps over the chunks."""
+    stab = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if SOFTMAX:
+        stab = stab + float("-inf")
+        for c in range(0, tl.cdiv(m, BLOCK_F)):
+            _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+            stab = tl.maximum(stab, tl.max(tl.where(valid, u, float("-inf")), axis=1))
+        stab = tl.where(rows < n, stab, 0.0)  # padded rows: keep them finite
+    num = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
+    den = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for c in range(0, tl.cdiv(m, BLOCK_F)):
+        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
+        ctx, ksum = _load_chunk(ctx_ptr, ksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
+        num += tl.dot(phi, ctx, input_precision=PRECISION)
+        den += tl.sum(phi * ksum[None, :], axis=1)
+    return stab, num, tl.where(rows < n, den, 1.0)
 
 
 @triton.jit
 def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, n, H, m, D, DV, dn,
                    sqb, sqn, sqh, sqd, sob, son, soh, sod,
-                   SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     bh = tl.program_id(0)
     row0 = tl.program_id(1) * BLOCK_N
     b, h = bh // H, bh % H
-    q, proj, u, phi, ctx, ksum, valid, den = _query_block(
-        q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
-        SOFTMAX, BLOCK_N, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
-    out = tl.dot(phi, ctx, input_precision=PRECISION) / den[:, None]
     rows = row0 + tl.arange(0, BLOCK_N)
+    q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D)
+    _, num, den = _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
+                               SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PRECISION)
     dvs = tl.arange(0, BLOCK_DV)
     tl.store(out_ptr + b * sob + h * soh + rows[:, None] * son + dvs[None, :] * sod,
-             out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
+             (num / den[:, None]).to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
 
 
 @triton.jit
-def _bwd_query_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, dctx_ptr, dksum_ptr,
-                      n, H, m, D, DV, dn, blocks_per_split,
-                      sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
-                      sdqb, sdqn, sdqh, sdqd,
-                      SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, row_ptr,
+                           n, H, m, D, DV, dn,
+                           sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod, sdqb, sdqn, sdqh, sdqd,
+                           SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+                           BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """dq per query row; also stores each row's stabiliser, den = φ(q)·z and δ = (dO·out)/den
+    (row_ptr: (3, B·H, n) fp32) for the reduction kernel."""
+    bh = tl.program_id(0)
+    row0 = tl.program_id(1) * BLOCK_N
+    b, h = bh // H, bh % H
+    rows = row0 + tl.arange(0, BLOCK_N)
+    q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D)
+    stab, num, den = _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
+                                  SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PRECISION)
+    # out recomputed in fp32, not read back: a 16-bit stored out would spoil the
+    # cancellation in G = (dO·Sᵀ − (dO·out)·z)/den.
+    out = num / den[:, None]
+    do_den = _load_rows(do_ptr + b * sdob + h * sdoh, row0, n, sdon, sdod, DV, BLOCK_N, BLOCK_DV) / den[:, None]
+    delta = tl.sum(do_den * out, axis=1)
+    dq = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for c in range(0, tl.cdiv(m, BLOCK_F)):
+        proj, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
+        ctx, ksum = _load_chunk(ctx_ptr, ksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
+        g = tl.dot(do_den, tl.trans(ctx), input_precision=PRECISION) - delta[:, None] * ksum[None, :]
+        dq_c, _ = _feature_grad(g, q, u, phi, proj, dn, valid, SOFTMAX, PRECISION)
+        dq += dq_c
+    dcols = tl.arange(0, BLOCK_D)
+    tl.store(dq_ptr + b * sdqb + h * sdqh + rows[:, None] * sdqn + dcols[None, :] * sdqd,
+             dq.to(dq_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dcols[None, :] < D))
+    plane = tl.num_programs(0) * n
+    tl.store(row_ptr + bh * n + rows, stab, mask=rows < n)
+    tl.store(row_ptr + plane + bh * n + rows, den, mask=rows < n)
+    tl.store(row_ptr + 2 * plane + bh * n + rows, delta, mask=rows < n)
+
+
+@triton.jit
+def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, row_ptr, dctx_ptr, dksum_ptr,
+                             n, H, m, D, DV, dn, blocks_per_split,
+                             sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
+                             SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
+                             BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+    """Partial dS = Σ φ(q)ᵀ dO/den and dz = −Σ φ(q)·δ of one feature chunk (axis 2) over one split of rows."""
     bh = tl.program_id(0)
     split = tl.program_id(1)
+    c = tl.program_id(2)
     b, h = bh // H, bh % H
-    feats = tl.arange(0, BLOCK_M)
-    dvs = tl.arange(0, BLOCK_DV)
-    dcols = tl.arange(0, BLOCK_D)
-    dctx = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    dksum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    plane = tl.num_programs(0) * n
+    dctx = tl.zeros((BLOCK_F, BLOCK_DV), dtype=tl.float32)
+    dksum = tl.zeros((BLOCK_F,), dtype=tl.float32)
     for i in range(0, blocks_per_split):
         row0 = (split * blocks_per_split + i) * BLOCK_N
-        q, proj, u, phi, ctx, ksum, valid, den = _query_block(
-            q_ptr + b * sqb + h * sqh, p_ptr, ctx_ptr, ksum_ptr, bh, row0, n, m, D, DV, dn, sqn, sqd,
-            SOFTMAX, BLOCK_N, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
-        # out recomputed in fp32, not read back: a 16-bit stored out would spoil the
-        # cancellation in G = (dO·Sᵀ − (dO·out)·z)/den.
-        out = tl.dot(phi, ctx, input_precision=PRECISION) / den[:, None]
-        do = _load_rows(do_ptr + b * sdob + h * sdoh, row0, n, sdon, sdod, DV, BLOCK_N, BLOCK_DV)
-        do_den = do / den[:, None]
-        delta = tl.sum(do_den * out, axis=1)  # (dO·out)/den
-        g = tl.dot(do_den, tl.trans(ctx), input_precision=PRECISION) - delta[:, None] * ksum[None, :]
-        dq, _ = _feature_grad(g, q, u, phi, proj, dn, valid, SOFTMAX, PRECISION)
         rows = row0 + tl.arange(0, BLOCK_N)
-        tl.store(dq_ptr + b * sdqb + h * sdqh + rows[:, None] * sdqn + dcols[None, :] * sdqd,
-                 dq.to(dq_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dcols[None, :] < D))
+        q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D)
+        stab = tl.load(row_ptr + bh * n + rows, mask=rows < n, other=0.0)
+        den = tl.load(row_ptr + plane + bh * n + rows, mask=rows < n, other=1.0)
+        delta = tl.load(row_ptr + 2 * plane + bh * n + rows, mask=rows < n, other=0.0)
+        do_den = _load_rows(do_ptr + b * sdob + h * sdoh, row0, n, sdon, sdod, DV, BLOCK_N, BLOCK_DV) / den[:, None]
+        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
         dctx += tl.dot(tl.trans(phi), do_den, input_precision=PRECISION)
         dksum -= tl.sum(phi * delta[:, None], axis=0)
-    part = bh * tl.num_programs(1) + split
-    tl.store(dctx_ptr + part * BLOCK_M * BLOCK_DV + feats[:, None] * BLOCK_DV + dvs[None, :], dctx)
-    tl.store(dksum_ptr + part * BLOCK_M + feats, dksum)
+    _store_chunk(dctx_ptr, dksum_ptr, bh * tl.num_programs(1) + split, c, tl.num_programs(2) * BLOCK_F, dctx, dksum,
+                 BLOCK_F, BLOCK_DV)
 
 
 @triton.jit
@@ -220,30 +261,34 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
                     skb, skn, skh, skd, svb, svn, svh, svd,
                     sdkb, sdkn, sdkh, sdkd, sdvb, sdvn, sdvh, sdvd,
                     SOFTMAX: tl.constexpr, ACCUMULATE_DV: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """ACCUMULATE_DV (value="q"): dv_ptr is dq, already holding the query-path gradient; add to it."""
+    """dk, dv per key row. ACCUMULATE_DV (value="q"): dv_ptr is dq, already holding the query-path
+    gradient; add to it."""
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     b, h = bh // H, bh % H
     row0 = blk * BLOCK_N
     rows = row0 + tl.arange(0, BLOCK_N)
-    feats = tl.arange(0, BLOCK_M)
     dvs = tl.arange(0, BLOCK_DV)
     dcols = tl.arange(0, BLOCK_D)
     k = _load_rows(k_ptr + b * skb + h * skh, row0, n, skn, skd, D, BLOCK_N, BLOCK_D)
     v = _load_rows(v_ptr + b * svb + h * svh, row0, n, svn, svd, DV, BLOCK_N, BLOCK_DV)
-    proj = _load_proj(p_ptr, m, D, BLOCK_M, BLOCK_D)
     stab = tl.load(stab_ptr + bh) if SOFTMAX else 0.0
-    valid = (rows[:, None] < n) & (feats[None, :] < m)
-    u = _project(k, proj, dn, PRECISION)
-    phi = _features(k, u, dn, stab, valid, SOFTMAX)
-    dctx, dksum = _load_reductions(dctx_ptr, dksum_ptr, bh, m, DV, BLOCK_M, BLOCK_DV)
-    g = tl.dot(v, tl.trans(dctx), input_precision=PRECISION) + dksum[None, :]
-    dk, gsum = _feature_grad(g, k, u, phi, proj, dn, valid, SOFTMAX, PRECISION)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
+    gsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for c in range(0, tl.cdiv(m, BLOCK_F)):
+        proj, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
+        phi = _features(k, u, dn, stab, valid, SOFTMAX)
+        dctx, dksum = _load_chunk(dctx_ptr, dksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
+        g = tl.dot(v, tl.trans(dctx), input_precision=PRECISION) + dksum[None, :]
+        dk_c, gsum_c = _feature_grad(g, k, u, phi, proj, dn, valid, SOFTMAX, PRECISION)
+        dk += dk_c
+        gsum += gsum_c
+        dv += tl.dot(phi, dctx, input_precision=PRECISION)
     tl.store(dk_ptr + b * sdkb + h * sdkh + rows[:, None] * sdkn + dcols[None, :] * sdkd,
              dk.to(dk_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dcols[None, :] < D))
-    dv = tl.dot(phi, dctx, input_precision=PRECISION)
     dv_ptrs = dv_ptr + b * sdvb + h * sdvh + rows[:, None] * sdvn + dvs[None, :] * sdvd
     dv_mask = (rows[:, None] < n) & (dvs[None, :] < DV)
     if ACCUMULATE_DV:
@@ -256,20 +301,19 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
 # ----------------------------------------------------------------------------- launchers
 
 
-def _config(n, m, d, dv, dtype):
-    block_m = max(16, triton.next_power_of_2(m))
+def _config(n, m, d, dv):
+    """Block sizes: features are processed BLOCK_F at a time, so any m fits on chip."""
     block_d = max(16, triton.next_power_of_2(d))
-    block_dv = max(16, triton.next_power_of_2(dv))
-    block_n = 64 if block_m <= 128 else 32
-    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
-    precision = "ieee" if dtype == torch.float32 else "tf32"
-    warps = 4 if block_m <= 64 else 8
-    return dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_DV=block_dv, PRECISION=precision), warps
+    block_f = min(max(16, triton.next_power_of_2(m)), 128 if block_d <= 32 else 64)
+    block_n = min(64, max(16, triton.next_power_of_2(n)))
+    cfg = dict(BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_D=block_d, BLOCK_DV=max(16, triton.next_power_of_2(dv)),
+               PRECISION=DOT_PRECISION)
+    return cfg, (4 if block_f <= 64 else 8), triton.cdiv(m, block_f)
 
 
-def _splits(n_blocks, bh):
-    """How many programs share one (batch, head)'s reduction over the tokens."""
-    per_split = triton.cdiv(n_blocks, max(1, min(n_blocks, triton.cdiv(_PROGRAMS_TARGET, bh))))
+def _splits(n_blocks, programs):
+    """How many programs share one reduction over n_blocks token blocks: (splits, blocks per split)."""
+    per_split = triton.cdiv(n_blocks, max(1, min(n_blocks, triton.cdiv(_PROGRAMS_TARGET, programs))))
     return triton.cdiv(n_blocks, per_split), per_split
 
 
@@ -283,7 +327,7 @@ def _key_block_maxima(k, proj, dn, cfg, warps):
     n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
     part = torch.empty(B * H, n_blocks, device=k.device, dtype=torch.float32)
     _key_max_kernel[(B * H, n_blocks)](k, proj, part, n, H, proj.shape[0], D, dn, *_strides(k),
-                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"],
+                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_F=cfg["BLOCK_F"], BLOCK_D=cfg["BLOCK_D"],
                                        PRECISION=cfg["PRECISION"], num_warps=warps)
     return part
 
@@ -296,17 +340,17 @@ def _key_stabiliser(k, proj, dn, mode, cfg, warps):
     return stab
 
 
-def _context(k, v, proj, stab, dn, softmax, cfg, warps):
-    B, n, H, D = k.shape
-    bh = B * H
-    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
-    splits, per_split = _splits(n_blocks, bh)
-    ctx = torch.empty(bh, splits, cfg["BLOCK_M"], cfg["BLOCK_DV"], device=k.device, dtype=torch.float32)
-    ksum = torch.empty(bh, splits, cfg["BLOCK_M"], device=k.device, dtype=torch.float32)
-    _context_kernel[(bh, splits)](k, v, proj, stab, ctx, ksum, n, H, proj.shape[0], D, v.shape[3], dn, per_split,
-                                  *_strides(k), *_strides(v), SOFTMAX=softmax, **cfg, num_warps=warps)
-    m, dv = proj.shape[0], v.shape[3]
-    return ctx.sum(dim=1)[:, :m, :dv].contiguous(), ksum.sum(dim=1)[:, :m].contiguous()
+def _reduce(kernel, args, strides, x, n, m, chunks, dv, cfg, warps, **flags):
+    """Run a (B·H, split, feature chunk) reduction kernel over x's n rows; sum its partials to
+    (B·H, m, dv) and (B·H, m). Both such kernels take (rows, P, …, mat_out, vec_out, n, H, m, D, DV, dn, …)."""
+    bh = x.shape[0] * x.shape[2]
+    splits, per_split = _splits(triton.cdiv(n, cfg["BLOCK_N"]), bh * chunks)
+    feats = chunks * cfg["BLOCK_F"]
+    mat = torch.empty(bh, splits, feats, cfg["BLOCK_DV"], device=x.device, dtype=torch.float32)
+    vec = torch.empty(bh, splits, feats, device=x.device, dtype=torch.float32)
+    kernel[(bh, splits, chunks)](*args, mat, vec, n, x.shape[2], m, x.shape[3], dv, *flags.pop("scalars"),
+                                 per_split, *strides, **flags, **cfg, num_warps=warps)
+    return mat.sum(dim=1)[:, :m, :dv].contiguous(), vec.sum(dim=1)[:, :m].contiguous()
 
 
 def _prepare(q, projection, kernel):
@@ -316,22 +360,25 @@ def _prepare(q, projection, kernel):
 
 
 def performer_forward(q, k, v, projection, *, kernel, mode, value):
-    """q, k (B, N, H, D), v (B, N, H, Dv) or None (value="q"), any strides; projection (m, D).
+    """q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv) or None (value="q"), any strides; projection (m, D).
 
-    Returns (out (B, N, H, Dv) contiguous in q's dtype, ctx (B·H, BM, BDV) fp32, ksum (B·H, BM) fp32,
+    Returns (out (B, Nq, H, Dv) contiguous in q's dtype, ctx (B·H, m, Dv) fp32, ksum (B·H, m) fp32,
     stab (B·H,) fp32): the small reductions the backward reuses.
     """
     v = q if value == "q" else v
     B, n, H, D = q.shape
+    nk, dv = k.shape[1], v.shape[3]
     proj, dn, softmax = _prepare(q, projection, kernel)
-    cfg, warps = _config(max(n, k.shape[1]), proj.shape[0], D, v.shape[3], q.dtype)
+    cfg, warps, chunks = _config(max(n, nk), proj.shape[0], D, dv)
     stab = (_key_stabiliser(k, proj, dn, mode, cfg, warps) if softmax
             else torch.zeros(B * H, device=q.device, dtype=torch.float32))
-    ctx, ksum = _context(k, v, proj, stab, dn, softmax, cfg, warps)
-    out = torch.empty(B, n, H, v.shape[3], device=q.device, dtype=q.dtype)
-    grid = (B * H, triton.cdiv(n, cfg["BLOCK_N"]))
-    _output_kernel[grid](q, proj, ctx, ksum, out, n, H, proj.shape[0], D, v.shape[3], dn,
-                         *_strides(q), *_strides(out), SOFTMAX=softmax, **cfg, num_warps=warps)
+    ctx, ksum = _reduce(_context_kernel, (k, proj, v, stab), (*_strides(k), *_strides(v)), k, nk, proj.shape[0],
+                        chunks, dv,
+                        cfg, warps, SOFTMAX=softmax, scalars=(dn,))
+    out = torch.empty(B, n, H, dv, device=q.device, dtype=q.dtype)
+    _output_kernel[(B * H, triton.cdiv(n, cfg["BLOCK_N"]))](q, proj, ctx, ksum, out, n, H, proj.shape[0], D, dv, dn,
+                                                            *_strides(q), *_strides(out), SOFTMAX=softmax, **cfg,
+                                                            num_warps=warps)
     return out, ctx, ksum, stab
 
 
@@ -357,27 +404,23 @@ def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mo
     armour = value == "q"
     v = q if armour else v
     B, n, H, D = q.shape
-    nk, DV = k.shape[1], v.shape[3]
+    nk, dv_dim = k.shape[1], v.shape[3]
     proj, dn, softmax = _prepare(q, projection, kernel)
-    cfg, warps = _config(max(n, nk), proj.shape[0], D, DV, q.dtype)
-    bh = B * H
-    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
-    splits, per_split = _splits(n_blocks, bh)
+    cfg, warps, chunks = _config(max(n, nk), proj.shape[0], D, dv_dim)
+    bh, m = B * H, proj.shape[0]
     # value="q": dq collects two gradients, so it is accumulated in fp32 and cast at the end.
     dq = torch.empty(B, n, H, D, device=q.device, dtype=torch.float32 if armour else q.dtype)
-    dctx = torch.empty(bh, splits, cfg["BLOCK_M"], cfg["BLOCK_DV"], device=q.device, dtype=torch.float32)
-    dksum = torch.empty(bh, splits, cfg["BLOCK_M"], device=q.device, dtype=torch.float32)
-    _bwd_query_kernel[(bh, splits)](q, proj, ctx, ksum, dout, dq, dctx, dksum,
-                                    n, H, proj.shape[0], D, DV, dn, per_split,
-                                    *_strides(q), *_strides(dout), *_strides(dq),
-                                    SOFTMAX=softmax, **cfg, num_warps=warps)
-    m = proj.shape[0]
-    dctx, dksum = dctx.sum(dim=1)[:, :m, :DV].contiguous(), dksum.sum(dim=1)[:, :m].contiguous()
+    row_stats = torch.empty(3, bh, n, device=q.device, dtype=torch.float32)  # stabiliser, den, δ per query row
+    _bwd_query_rows_kernel[(bh, triton.cdiv(n, cfg["BLOCK_N"]))](
+        q, proj, ctx, ksum, dout, dq, row_stats, n, H, m, D, dv_dim, dn,
+        *_strides(q), *_strides(dout), *_strides(dq), SOFTMAX=softmax, **cfg, num_warps=warps)
+    dctx, dksum = _reduce(_bwd_query_reduce_kernel, (q, proj, dout, row_stats), (*_strides(q), *_strides(dout)),
+                          q, n, m, chunks, dv_dim, cfg, warps, SOFTMAX=softmax, scalars=(dn,))
     k_blocks = triton.cdiv(nk, cfg["BLOCK_N"])
     dk = torch.empty(B, nk, H, D, device=q.device, dtype=torch.float32 if mode == "seed" else k.dtype)
-    dv = dq if armour else torch.empty(B, nk, H, DV, device=q.device, dtype=v.dtype)
+    dv = dq if armour else torch.empty(B, nk, H, dv_dim, device=q.device, dtype=v.dtype)
     dstab = torch.empty(bh, k_blocks, device=q.device, dtype=torch.float32)
-    _bwd_key_kernel[(bh, k_blocks)](k, v, proj, stab, dctx, dksum, dk, dv, dstab, nk, H, proj.shape[0], D, DV, dn,
+    _bwd_key_kernel[(bh, k_blocks)](k, v, proj, stab, dctx, dksum, dk, dv, dstab, nk, H, m, D, dv_dim, dn,
                                     *_strides(k), *_strides(v), *_strides(dk), *_strides(dv),
                                     SOFTMAX=softmax, ACCUMULATE_DV=armour, **cfg, num_warps=warps)
     if softmax and mode == "seed":
