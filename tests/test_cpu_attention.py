@@ -112,7 +112,7 @@ def qkv(B, Nq, Nk, H, Dk, Dv, dtype, layout="contiguous"):
 @pytest.mark.parametrize("mask_diagonal", [False, True])
 @pytest.mark.parametrize("value", VALUES)
 def test_value_sources(isa, value, mask_diagonal, dtype):
-    q, k, v = qkv(2, 197, 197, 2, 32, 16, dtype)
+    q, k, v = qkv(1, 197, 197, 2, 32, 16, dtype)
     check(q, k, v, value=value, mask_diagonal=mask_diagonal, msg=f"{isa} {value} {dtype}")
 
 
