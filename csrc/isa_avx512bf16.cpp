@@ -30,6 +30,7 @@ namespace avx512bf16 {
 #define ARMOUR_BF16_DOT 1
 void forward_bf16dot(const AttentionArgs& a);  // defined in attention_bf16dot.h, used by attention_kernel.h
 #include "kernels/attention_kernel.h"
+#include "kernels/gemm_bf16dot.h"
 #include "kernels/attention_bf16dot.h"
 }  // namespace avx512bf16
 }  // namespace armour

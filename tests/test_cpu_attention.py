@@ -112,7 +112,7 @@ def qkv(B, Nq, Nk, H, Dk, Dv, dtype, layout="contiguous"):
 @pytest.mark.parametrize("mask_diagonal", [False, True])
 @pytest.mark.parametrize("value", VALUES)
 def test_value_sources(isa, value, mask_diagonal, dtype):
-    q, k, v = qkv(2, 197, 197, 2, 32, 16, dtype)
+    q, k, v = qkv(1, 197, 197, 2, 32, 16, dtype)
     check(q, k, v, value=value, mask_diagonal=mask_diagonal, msg=f"{isa} {value} {dtype}")
 
 
@@ -192,10 +192,17 @@ def test_explicit_scale_and_fp64(isa):
 
 def test_float16_inputs_run_in_float32():
     q, k, v = qkv(1, 20, 20, 2, 16, 16, torch.float16)
-    out, lse = attention_forward(q, k, v, None, None, value="v", scale=None, mask_diagonal=False)
-    assert out.dtype == torch.float16
-    ref = attention(q.double().transpose(1, 2), k.double().transpose(1, 2), v.double().transpose(1, 2)).transpose(1, 2)
-    assert_close(out, ref, torch.float16)
+    bias = torch.randn(1, 2, 20, 20).half()
+    check(q, k, v, value="q+v", bias=bias, mask_diagonal=True, msg="fp16")
+
+
+def test_bias_dtype_may_differ_from_inputs():
+    """A float32 LeViT table (or dense bias) with bfloat16 activations, a float16 bias with float32."""
+    q, k, v = qkv(1, 49, 49, 2, 16, 16, torch.bfloat16)
+    index = levit_bias_index(7)
+    check(q, k, v, value="v", table=torch.randn(2, 49), index=index, msg="fp32 table, bf16 q")
+    q, k, v = qkv(1, 20, 20, 2, 16, 16, torch.float32)
+    check(q, k, v, value="v", bias=torch.randn(1, 2, 20, 20).half(), msg="fp16 bias, fp32 q")
 
 
 def test_all_isas_agree():
