@@ -12,14 +12,27 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# ARMOUR_KERNELS_SANITIZE=1: build with AddressSanitizer + UBSan (see .ci/sanitize, which builds
+# into build/sanitize/ and runs the CPU tests with libasan preloaded into python).
+SANITIZE = os.environ.get("ARMOUR_KERNELS_SANITIZE", "0") not in ("", "0")
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
 def cpu_extension():
+    # The kernels are compiled per ISA inside the sources (csrc/isa_*.cpp use #pragma GCC target
+    # and are chosen at run time by CPUID), so no -march flag here: the build runs on any x86-64.
     sources = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "**", "*.cpp"), recursive=True))
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    link = ["-fopenmp"]
+    if SANITIZE:
+        cxx = ["-O1", "-g", "-std=c++17", "-fopenmp"] + SANITIZE_FLAGS
+        link = link + SANITIZE_FLAGS
     return CppExtension(
         "armour_kernels._C",
         sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17", "-fopenmp"]},
-        extra_link_args=["-fopenmp"],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
     )
 
 

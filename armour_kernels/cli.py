@@ -1,6 +1,7 @@
 """The `armour-bench` command: thin dispatch to armour_kernels.benchmarks.<subcommand>.
 
-Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. With no
+subcommand (`armour-bench`, `armour-bench --quick`) the main job runs (benchmarks/main.py).
 """
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "main": "the main job (also with no subcommand): kernel checks, then DeiT / LeViT vs Armour throughput",
     "tables": "parameter counts of the python_ref models next to the papers' tables",
     "kernels": "attention kernels vs PyTorch SDPA and python_ref: forward and forward+backward",
+    "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
     "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
 }
 
@@ -25,11 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["main"] + argv  # no subcommand: the main job, with its flags
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = args.command or "tables"
-    if args.command is None:
-        args = parser.parse_args([command] + list(argv or sys.argv[1:]))
+    command = args.command
     module = importlib.import_module(f"armour_kernels.benchmarks.{command}")
     return module.run(args)
 

@@ -1,6 +1,44 @@
-// Python bindings of armour_kernels._C. Each kernel family registers its functions here.
+// Python bindings of armour_kernels._C (pybind11). The kernels are in isa_*.cpp, the tensor
+// plumbing in ops.cpp; this file only names things and exposes the ISA switch.
 #include <torch/extension.h>
 
+#include "kernels/kernel_api.h"
+#include "ops.h"
+
+namespace {
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (armour::Isa isa : {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512, armour::Isa::avx512bf16})
+    if (armour::cpu_supports(isa)) names.push_back(armour::isa_name(isa));
+  return names;
+}
+
+void set_isa(const std::string& name) {
+  armour::Isa isa;
+  TORCH_CHECK(armour::parse_isa(name.c_str(), &isa), "armour_kernels._C.set_isa: unknown ISA '", name,
+              "', expected one of scalar, avx2, avx512, avx512bf16");
+  TORCH_CHECK(armour::cpu_supports(isa), "armour_kernels._C.set_isa: this CPU does not support '", name,
+              "'; supported: ", c10::Join(", ", supported_isas()));
+  armour::set_current_isa(isa);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "armour_kernels CPU kernels (AVX2 / AVX-512)";
+  m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512, chosen at run time)";
+  m.def("attention", &armour::attention_forward, "attention forward: (out, lse)", py::arg("q"), py::arg("k"),
+        py::arg("v"), py::arg("bias"), py::arg("bias_index"), py::arg("value"), py::arg("scale"),
+        py::arg("mask_diagonal"));
+  m.def("attention_backward", &armour::attention_backward, "attention backward: (dq, dk, dv, dbias)",
+        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_index"),
+        py::arg("out"), py::arg("lse"), py::arg("value"), py::arg("scale"), py::arg("mask_diagonal"),
+        py::arg("need_dbias"));
+  m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
+  m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
+  m.def("isa", []() { return std::string(armour::isa_name(armour::current_isa())); }, "the ISA the kernels run with");
+  m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
+  m.def("supported_isas", &supported_isas, "ISAs this CPU can run, slowest first");
+  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512, avx512bf16) for the whole process");
 }

@@ -15,7 +15,7 @@ import torch.nn as nn
 from .._backend import BACKENDS
 
 # Family modules whose converters `patch` tries, in order.
-FAMILY_MODULES = ("deit", "vix")
+FAMILY_MODULES = ("deit", "levit", "vix")
 
 _CONVERTERS = []
 _ORIGINAL = "_armour_original"

@@ -1,0 +1,64 @@
+"""Exporting patched models: `torch.export` keeps the fused custom ops; ONNX gets a decomposed graph.
+
+- `torch.export.export(model, (x,))` works on a patched model as it is: the ops
+  (`armour_kernels::attention_fwd`, ...) are torch custom ops with fake implementations, so
+  they appear in the graph as single nodes and run the fused kernels when the program runs.
+- ONNX has no form for those custom ops (no ONNX kernel exists for them), so `to_onnx` exports
+  a decomposed graph: it unpatches a copy of the model (the modules `patch` replaced come back,
+  with the current weights) and runs any fused module left (one built directly, not by `patch`)
+  on its "reference" backend. The attention becomes plain MatMul / Softmax / Gather nodes that
+  any ONNX runtime executes; the weights, and so the outputs, are the same, the graph is just
+  not fused. The model passed in is not changed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ._backend import BACKENDS
+from .surgery import unpatch
+
+
+@contextlib.contextmanager
+def decomposed(model: nn.Module):
+    """Within the block, every fused module of `model` runs its python_ref ("reference") backend."""
+    switched = [(m, m.backend) for m in model.modules()
+                if isinstance(getattr(m, "backend", None), str) and m.backend in BACKENDS]
+    try:
+        for module, _ in switched:
+            module.backend = "reference"
+        yield model
+    finally:
+        for module, backend in switched:
+            module.backend = backend
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path, *, opset_version: int = 17,
+            dynamic_batch: bool = True) -> Path:
+    """Export `model` (patched or not) for inference to the ONNX file `path`; returns the path.
+
+    The graph takes one input "input" (shaped like `example`; the batch dimension is dynamic
+    unless dynamic_batch=False) and gives "output". Fused attention is exported decomposed (see
+    the module docstring). Uses the TorchScript-based exporter, which needs no extra package.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_onnx: expected an nn.Module, got {type(model).__name__}")
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"to_onnx: example must be one input tensor, got {type(example).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = unpatch(copy.deepcopy(model)).eval()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with decomposed(plain), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side input checks
+        torch.onnx.export(plain, (example,), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes=axes, opset_version=opset_version, dynamo=False)
+    return path
+
+
+__all__ = ["decomposed", "to_onnx"]

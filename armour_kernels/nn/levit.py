@@ -1,0 +1,240 @@
+"""Fused LeViT blocks: attention (regular / armour / armour_plus), subsample attention, MLP.
+
+Each module takes over the submodules, Parameters and buffers of the block it replaces (same
+names, same state-dict keys, the same Parameter objects), so a checkpoint loads into either and
+training after `armour_kernels.patch` shows up in the original after `unpatch`. They accept
+timm `levit_*` (token layout (B, N, C)), timm `levit_conv_*` (1×1 convs on (B, C, H, W)) and
+python_ref LeViT blocks, BatchNorm folded or not:
+
+- The attention core is ONE call of `armour_kernels.attention`: q, k and v (or Armour's value
+  concat(q, v_half) / concat(q, k)) are strided views of the packed projection output — no
+  split, permute or concat copies — and the (H, R) bias table is gathered in-kernel through
+  `attention_bias_idxs`, so its gradient lands in `attention_biases`.
+- Folded, in eval mode: `proj` (Hardswish → Linear) is one GEMM with the activation applied as
+  its input tiles load, and the MLP's first layer is one GEMM with bias + Hardswish epilogue.
+- Unfolded or training: the projections run their own modules (BatchNorm in batch-statistics
+  mode cannot be folded), the attention runs through the autograd op.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._backend import BACKENDS
+
+LEVIT_VALUES = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
+
+
+# ----------------------------------------------------------------------------- projections
+
+def folded_projection(module: nn.Module):
+    """(weight (out, in), bias) of a projection with no BatchNorm left, else None.
+
+    Accepts nn.Linear, a 1×1 stride-1 nn.Conv2d, and Linear_BN / Conv2d_BN pairs (`.linear`,
+    `.bn`) whose BatchNorm was folded away (`.bn` is nn.Identity, see armour_kernels.fold).
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if isinstance(module, nn.Conv2d):
+        if module.kernel_size == (1, 1) and module.stride == (1, 1) and module.groups == 1 \
+                and module.padding in ((0, 0), "valid"):
+            return module.weight.flatten(1), module.bias
+        return None
+    linear, bn = getattr(module, "linear", None), getattr(module, "bn", None)
+    if linear is not None and isinstance(bn, nn.Identity):
+        return folded_projection(linear)
+    return None
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype F.linear would compute in here (autocast's, when autocast is on)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _kernel_backend(backend: str, device: torch.device, act_in: bool):
+    """"triton" / "cpu" when a fused Linear+Hardswish kernel serves this call, else None (PyTorch)."""
+    from .._backend import cpu_has_op, resolve_backend
+    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
+        return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
+    if not act_in and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
+        return "cpu"
+    return None
+
+
+def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
+    """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
+
+    Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or
+    C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
+    activates its input tiles as they load, when no gradient is needed. Everything else
+    ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
+    """
+    kernel = _kernel_backend(backend, x.device, act_in)
+    if kernel is not None:
+        dtype = _compute_dtype(x)
+        cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+        if act_out and not act_in:
+            from ..ops.linear_act import linear_hardswish
+            return linear_hardswish(*cast, backend=kernel)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        if kernel == "triton" and not needs_grad:
+            from ..ops.linear_act_infer import linear_act_infer
+            return linear_act_infer(*cast, act_in, act_out)
+    if act_in:
+        x = F.hardswish(x)
+    y = F.linear(x, weight, bias)
+    return F.hardswish(y) if act_out else y
+
+
+# ----------------------------------------------------------------------------- layouts
+# Linear mode keeps tokens as (B, N, C); conv mode as (B, C, H, W). Inside the fused blocks
+# everything is tokens; these two move between the forms without copying.
+
+def _per_head(t: torch.Tensor, heads: int, conv: bool) -> torch.Tensor:
+    """Projection output → (B, N, heads, width per head), a view."""
+    if conv:
+        return t.flatten(2).unflatten(1, (heads, -1)).permute(0, 3, 1, 2)
+    return t.unflatten(-1, (heads, -1))
+
+
+def _tokens_to_layout(t: torch.Tensor, conv: bool, grid) -> torch.Tensor:
+    """(B, N, C) tokens → the block's own layout ((B, C, H, W) channels-last view in conv mode)."""
+    if conv:
+        return t.unflatten(1, grid).permute(0, 3, 1, 2)
+    return t
+
+
+def _adopt(fused: nn.Module, original: nn.Module) -> None:
+    """Give `fused` the children, Parameters and buffers of `original` under the same names."""
+    for name, child in original.named_children():
+        fused.add_module(name, child)
+    for name, param in original.named_parameters(recurse=False):
+        fused.register_parameter(name, param)
+    for name, buf in original.named_buffers(recurse=False):
+        fused.register_buffer(name, buf, persistent=name not in original._non_persistent_buffers_set)
+    fused.train(original.training)
+
+
+def _is_hardswish(module) -> bool:
+    return isinstance(module, nn.Hardswish)
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+class _LevitAttentionBase(nn.Module):
+    """What both attention blocks share: the attention op call and the fused output projection."""
+
+    def _attend(self, q, k, v, value):
+        from ..ops.attention import attention
+        return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
+                         bias_index=self.attention_bias_idxs, backend=self.backend)
+
+    def _project_heads(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A packed projection of x → (B, N, heads, width per head).
+
+        Conv mode, folded: the 1×1 conv runs as a token-major GEMM, so each head's features are
+        contiguous for the attention kernel (the conv's own output would put them N apart).
+        """
+        folded = folded_projection(module) if self.use_conv and not self.training else None
+        if folded is not None:
+            tokens = x.flatten(2).transpose(1, 2)
+            return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+        return _per_head(module(x), self.num_heads, self.use_conv)
+
+    def _project_out(self, o: torch.Tensor, grid) -> torch.Tensor:
+        """o (B, N, H, Dv) from the op → Hardswish → proj, back in the block's layout."""
+        tokens = o.flatten(2)
+        folded = folded_projection(self.proj.ln) if hasattr(self.proj, "ln") else None
+        if folded is not None and not self.training and _is_hardswish(self.proj.act):
+            weight, bias = folded
+            y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend)
+            return _tokens_to_layout(y, self.use_conv, grid)
+        return self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
+
+
+class LevitAttention(_LevitAttentionBase):
+    """LeViT attention block core (no residual) for all three variants (SPEC §3).
+
+    The packed projection gives per head [q D, k D, third]; third is v (2D, regular), v_half
+    (D, armour: value concat(q, v_half)) or nothing (armour_plus: value concat(q, k)).
+    """
+
+    def __init__(self, original: nn.Module, backend: str = "auto", value: str | None = None):
+        super().__init__()
+        _check_backend(backend)
+        _adopt(self, original)
+        self.backend = backend
+        self.num_heads = original.num_heads
+        self.key_dim = original.key_dim
+        self.scale = original.scale
+        self.use_conv = bool(getattr(original, "use_conv", False))
+        self.value = value or getattr(original, "value", None) or LEVIT_VALUES[getattr(original, "variant", "regular")]
+        if self.value not in LEVIT_VALUES.values():
+            raise ValueError(f"LevitAttention: value must be one of {tuple(LEVIT_VALUES.values())}, got {self.value!r}")
+
+    def forward(self, x):
+        grid = tuple(x.shape[2:]) if self.use_conv else None
+        qkv = self._project_heads(self.qkv, x)
+        D = self.key_dim
+        q, k = qkv[..., :D], qkv[..., D:2 * D]
+        v = None if self.value == "q+k" else qkv[..., 2 * D:]
+        if self.value == "q+v" and v.shape[-1] == 0:
+            raise ValueError("LevitAttention: value 'q+v' (armour) needs a v_half part in qkv")
+        return self._project_out(self._attend(q, k, v, self.value), grid)
+
+    def extra_repr(self):
+        return f"value={self.value!r}, num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
+
+
+class LevitAttentionDownsample(_LevitAttentionBase):
+    """LeViT subsample attention: q from the stride-2 grid, k / v (width 4D) from the full grid."""
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        _check_backend(backend)
+        _adopt(self, original)
+        self.backend = backend
+        self.num_heads = original.num_heads
+        self.key_dim = original.key_dim
+        self.scale = original.scale
+        self.use_conv = bool(getattr(original, "use_conv", False))
+
+    def forward(self, x):
+        kv = self._project_heads(self.kv, x)
+        q_out = self.q(x)
+        q = _per_head(q_out, self.num_heads, self.use_conv)
+        D = self.key_dim
+        o = self._attend(q, kv[..., :D], kv[..., D:], "v")
+        return self._project_out(o, tuple(q_out.shape[2:]) if self.use_conv else None)
+
+    def extra_repr(self):
+        return f"num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
+
+
+class LevitMlp(nn.Module):
+    """LeViT MLP: Linear_BN → Hardswish → Linear_BN; folded + eval: one fused GEMM, then one GEMM."""
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        _check_backend(backend)
+        _adopt(self, original)
+        self.backend = backend
+        self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
+
+    def forward(self, x):
+        first, second = folded_projection(self.ln1), folded_projection(self.ln2)
+        if self.training or first is None or second is None or not _is_hardswish(self.act):
+            return self.ln2(self.drop(self.act(self.ln1(x))))
+        tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
+        h = linear_act(tokens, *first, act_out=True, backend=self.backend)
+        y = F.linear(h, second[0].to(h.dtype), None if second[1] is None else second[1].to(h.dtype))
+        return y.permute(0, 3, 1, 2) if self.use_conv else y
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"

@@ -1,0 +1,42 @@
+"""Surgery converters for LeViT: timm `levit_*` / `levit_conv_*` and python_ref LeViT (all variants).
+
+Three block types are swapped for the fused modules of armour_kernels.nn.levit: the attention
+core, the subsample attention and the MLP. Classes are matched exactly (not by duck typing), so
+a DeiT or other model's `Attention` is never taken for LeViT's.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..nn.levit import LevitAttention, LevitAttentionDownsample, LevitMlp
+from . import register
+
+# (module, class name) → fused module class. Modules that are not installed are skipped.
+_KNOWN = {
+    ("timm.models.levit", "Attention"): LevitAttention,
+    ("timm.models.levit", "AttentionDownsample"): LevitAttentionDownsample,
+    ("timm.models.levit", "LevitMlp"): LevitMlp,
+    ("python_ref.levit", "Attention"): LevitAttention,
+    ("python_ref.levit", "AttentionDownsample"): LevitAttentionDownsample,
+    ("python_ref.levit", "LevitMlp"): LevitMlp,
+}
+_TABLE = None
+
+
+def _table():
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = {}
+        for (module_name, class_name), fused in _KNOWN.items():
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError):
+                continue
+            _TABLE[cls] = fused
+    return _TABLE
+
+
+@register
+def convert_levit(module, backend):
+    fused = _table().get(type(module))
+    return None if fused is None else fused(module, backend)

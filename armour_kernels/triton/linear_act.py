@@ -1,0 +1,142 @@
+"""Triton GEMM with Hardswish folded into it: LeViT's folded `Linear_BN` + activation in one launch.
+
+y = act_out(act_in(x) · Wᵀ + b), W in nn.Linear layout (N, K). Two LeViT patterns:
+
+    linear_hardswish_forward  act_out: MLP first layer (Linear_BN → Hardswish), stem-free GEMMs
+    hardswish_linear_forward  act_in:  attention `proj` (Hardswish → Linear_BN), applied to the
+                              x tile as it is loaded, so the activated tensor never goes to memory
+
+After BN folding (armour_kernels.fold) the bias `b` carries the BatchNorm. Forward only: these are
+inference kernels (training keeps BatchNorm in batch-statistics mode, which cannot be folded).
+fp32 / fp16 / bf16 inputs, fp32 accumulation, output in x's dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpreting
+from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+
+
+@triton.jit
+def _hardswish(x):
+    return x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) * (1.0 / 6.0)
+
+
+@triton.jit
+def _linear_act_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, ACT_IN: tl.constexpr, ACT_OUT: tl.constexpr, IEEE_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Grouped launch order: GROUP_M row blocks share each column block of W while it is in L2.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % group_size
+    pid_n = (pid % (GROUP_M * num_n)) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :] * stride_xk
+    w_ptrs = w_ptr + rn[None, :].to(tl.int64) * stride_wn + rk[:, None] * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + rk) < K
+        x = tl.load(x_ptrs, mask=(rm[:, None] < M) & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & (rn[None, :] < N), other=0.0)
+        if ACT_IN:  # hardswish(0) = 0, so the masked padding stays zero
+            x = _hardswish(x.to(tl.float32)).to(w.dtype)
+        if IEEE_FP32:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if ACT_OUT:
+        acc = _hardswish(acc)
+    y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _gpu_configs():
+    shapes = [(128, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 64, 3, 8),
+              (64, 64, 64, 4, 4), (128, 256, 32, 3, 8), (256, 128, 32, 3, 8)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in shapes]
+
+
+_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=["N", "K", "HAS_BIAS", "ACT_IN", "ACT_OUT"])(
+    _linear_act_kernel)
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check(x, weight, bias):
+    if x.dtype not in _DTYPES:
+        raise TypeError(f"linear_act: x must be float32/float16/bfloat16, got {x.dtype}")
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_act: x (..., {x.shape[-1]}) does not match weight {tuple(weight.shape)} "
+                         "(expected (out_features, in_features))")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"linear_act: x, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}"
+                        f"{'' if bias is None else ', ' + str(bias.dtype)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear_act: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    devices = {x.device, weight.device} | ({bias.device} if bias is not None else set())
+    if len(devices) != 1:
+        raise RuntimeError(f"linear_act: tensors on different devices: {devices}")
+
+
+def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False):
+    """y = act_out(act_in(x) @ weight.T + bias) with act = Hardswish; x (..., K) any strides."""
+    _check(x, weight, bias)
+    lead, K, N = x.shape[:-1], x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, K)  # a view whenever the leading dims can merge; strides go to the kernel
+    M = x2.shape[0]
+    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return y.view(*lead, N)
+    if K == 0:
+        y.zero_()
+        if bias is not None:
+            y += bias
+        return (torch.nn.functional.hardswish(y) if act_out else y).view(*lead, N)
+    b = bias if bias is not None else y  # dummy pointer, never read
+    ieee = x.dtype == torch.float32 and (triton_interpreting() or not torch.backends.cuda.matmul.allow_tf32)
+    args = (x2, weight, b, y, M, N, K, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+            y.stride(0), y.stride(1))
+    flags = dict(HAS_BIAS=bias is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
+    if triton_interpreting():
+        # Few, large programs: the interpreter's cost is per program and per loop step.
+        bm = min(64, max(16, triton.next_power_of_2(M)))
+        blocks = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=4)
+        grid = (triton.cdiv(M, bm) * triton.cdiv(N, 128),)
+        _linear_act_kernel[grid](*args, **flags, **blocks)
+    else:
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        _linear_act_autotuned[grid](*args, **flags)
+    return y.view(*lead, N)
+
+
+def linear_hardswish_forward(x, weight, bias=None):
+    """hardswish(x @ weight.T + bias) in one kernel (LeViT folded Linear_BN + Hardswish)."""
+    return linear_act_forward(x, weight, bias, act_out=True)
+
+
+def hardswish_linear_forward(x, weight, bias=None):
+    """hardswish(x) @ weight.T + bias in one kernel (LeViT attention `proj`: Hardswish → Linear_BN)."""
+    return linear_act_forward(x, weight, bias, act_in=True)

@@ -1,0 +1,34 @@
+// Kernels compiled for the baseline x86-64 path (any CPU): one-lane vectors, compiled with the default flags.
+//
+// ISA safety (see kernels/kernel_api.h): every standard header is included BEFORE the target
+// pragma, so no std inline function is compiled for this ISA; the kernels live in their own
+// namespace armour::scalar, so no symbol is shared with another ISA's copy; no torch header is
+// included; and the accessor kernels_scalar() is compiled after pop_options (baseline code), so
+// asking for the table never executes an instruction the CPU may lack. isa_dispatch.cpp only
+// calls into the table after checking CPUID.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels/kernel_api.h"
+
+#pragma GCC push_options
+
+
+namespace armour {
+namespace scalar {
+#include "kernels/vec_scalar.h"
+using VecF = Scalar1<float>;
+#include "kernels/attention_kernel.h"
+}  // namespace scalar
+}  // namespace armour
+
+#pragma GCC pop_options
+
+namespace armour {
+ARMOUR_DEFINE_KERNEL_TABLE(scalar)
+}  // namespace armour

@@ -1,0 +1,270 @@
+// Torch side of the CPU kernels: checks the tensors, describes them to the ISA kernels as raw
+// pointers + strides (kernels/kernel_api.h), provides at::parallel_for, allocates the outputs.
+#include "ops.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "kernels/kernel_api.h"
+
+namespace armour {
+namespace {
+
+void torch_parallel_for(int64_t n, void* ctx, ParallelBody body) {
+  // grain 1: at::parallel_for splits [0, n) into one contiguous chunk per thread.
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { body(ctx, begin, end); });
+}
+
+DType kernel_dtype(const at::Tensor& t, const char* what) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::f32;
+    case at::kBFloat16: return DType::bf16;
+    case at::kDouble: return DType::f64;
+    default:
+      TORCH_CHECK(false, "armour_kernels._C: ", what, " must be float32, bfloat16 or float64, got ", t.scalar_type());
+  }
+}
+
+Strided4 strided(const at::Tensor& t) {
+  Strided4 s;
+  s.ptr = t.data_ptr();
+  s.sb = t.stride(0);
+  s.sn = t.stride(1);
+  s.sh = t.stride(2);
+  s.sd = t.stride(3);
+  return s;
+}
+
+void check_4d(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "armour_kernels._C attention: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 4, "armour_kernels._C attention: ", name, " must be 4-D (B, N, H, D), got shape ", t.sizes());
+}
+
+// Validates the inputs of forward and backward alike and fills everything but the outputs.
+AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+                       const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& bias_index,
+                       const std::string& value, double scale, bool mask_diagonal, at::Tensor* dense_bias) {
+  check_4d(q, "q");
+  check_4d(k, "k");
+  AttentionArgs a;
+  a.dtype = kernel_dtype(q, "q");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type(), "armour_kernels._C attention: k dtype ", k.scalar_type(),
+              " differs from q dtype ", q.scalar_type());
+  a.B = q.size(0);
+  a.Nq = q.size(1);
+  a.H = q.size(2);
+  a.Dk = q.size(3);
+  a.Nk = k.size(1);
+  TORCH_CHECK(k.size(0) == a.B && k.size(2) == a.H && k.size(3) == a.Dk,
+              "armour_kernels._C attention: k must be (B, Nk, H, Dk) matching q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(a.B >= 1 && a.H >= 1 && a.Nq >= 1 && a.Nk >= 1 && a.Dk >= 1,
+              "armour_kernels._C attention: empty input, q ", q.sizes(), " k ", k.sizes());
+  TORCH_CHECK(value == "v" || value == "q" || value == "k" || value == "q+v" || value == "q+k",
+              "armour_kernels._C attention: value must be one of v, q, k, q+v, q+k; got '", value, "'");
+  const bool has_v_part = value.find('v') != std::string::npos;
+  const bool has_q_part = value.find('q') != std::string::npos;
+  TORCH_CHECK(!has_q_part || a.Nq == a.Nk, "armour_kernels._C attention: value='", value,
+              "' needs as many queries as keys, got Nq=", a.Nq, " Nk=", a.Nk);
+  if (has_v_part) {
+    TORCH_CHECK(v.has_value() && v->defined(), "armour_kernels._C attention: value='", value, "' needs v");
+    check_4d(*v, "v");
+    TORCH_CHECK(v->scalar_type() == q.scalar_type(), "armour_kernels._C attention: v dtype ", v->scalar_type(),
+                " differs from q dtype ", q.scalar_type());
+    TORCH_CHECK(v->size(0) == a.B && v->size(1) == a.Nk && v->size(2) == a.H && v->size(3) >= 1,
+                "armour_kernels._C attention: v must be (B, Nk, H, Dv) = (", a.B, ", ", a.Nk, ", ", a.H,
+                ", Dv), got ", v->sizes());
+  }
+  auto add_part = [&](const at::Tensor& t, ValueSrc src) {
+    a.part[a.n_parts] = strided(t);
+    a.part_width[a.n_parts] = t.size(3);
+    a.part_src[a.n_parts] = src;
+    a.Dv += t.size(3);
+    ++a.n_parts;
+  };
+  if (has_q_part) add_part(q, ValueSrc::q);
+  if (value == "k" || value == "q+k") add_part(k, ValueSrc::k);
+  if (has_v_part) add_part(*v, ValueSrc::v);
+  a.q = strided(q);
+  a.k = strided(k);
+
+  if (bias.has_value() && bias->defined()) {
+    const at::Tensor& bt = *bias;
+    TORCH_CHECK(bt.device().is_cpu(), "armour_kernels._C attention: bias must be a CPU tensor");
+    a.bias_dtype = kernel_dtype(bt, "bias");
+    if (bias_index.has_value() && bias_index->defined()) {
+      const at::Tensor& idx = *bias_index;
+      TORCH_CHECK(bt.dim() == 2 && bt.size(0) == a.H, "armour_kernels._C attention: with bias_index, bias must be the (H, R) table, H=",
+                  a.H, ", got ", bt.sizes());
+      TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 2 && idx.size(0) == a.Nq && idx.size(1) == a.Nk,
+                  "armour_kernels._C attention: bias_index must be int64 (Nq, Nk) = (", a.Nq, ", ", a.Nk, "), got ",
+                  idx.scalar_type(), " ", idx.sizes());
+      TORCH_CHECK(idx.device().is_cpu(), "armour_kernels._C attention: bias_index must be a CPU tensor");
+      const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < bt.size(1), "armour_kernels._C attention: bias_index values must lie in [0, R=",
+                  bt.size(1), "), got [", lo, ", ", hi, "]");
+      a.bias_kind = BiasKind::table;
+      a.bias = bt.data_ptr();
+      a.bias_sh = bt.stride(0);
+      a.bias_sj = bt.stride(1);
+      a.table_R = bt.size(1);
+      a.index = idx.data_ptr<int64_t>();
+      a.index_si = idx.stride(0);
+      a.index_sj = idx.stride(1);
+    } else {
+      TORCH_CHECK(bt.dim() <= 4, "armour_kernels._C attention: dense bias must broadcast to (B, H, Nq, Nk), got ", bt.sizes());
+      at::Tensor e;
+      try {
+        e = bt.expand({a.B, a.H, a.Nq, a.Nk});
+      } catch (const c10::Error&) {
+        TORCH_CHECK(false, "armour_kernels._C attention: dense bias of shape ", bt.sizes(),
+                    " does not broadcast to (B, H, Nq, Nk) = (", a.B, ", ", a.H, ", ", a.Nq, ", ", a.Nk, ")");
+      }
+      *dense_bias = e;  // keeps the expanded view alive while the kernel reads it
+      a.bias_kind = BiasKind::dense;
+      a.bias = e.data_ptr();
+      a.bias_sb = e.stride(0);
+      a.bias_sh = e.stride(1);
+      a.bias_si = e.stride(2);
+      a.bias_sj = e.stride(3);
+    }
+  } else {
+    TORCH_CHECK(!(bias_index.has_value() && bias_index->defined()),
+                "armour_kernels._C attention: bias_index given without a bias table");
+  }
+  a.scale = scale;
+  a.mask_diagonal = mask_diagonal;
+  a.parallel_for = &torch_parallel_for;
+  return a;
+}
+
+at::ScalarType acc_type(DType d) { return d == DType::f64 ? at::kDouble : at::kFloat; }
+
+}  // namespace
+
+std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& bias_index, const std::string& value,
+                                          double scale, bool mask_diagonal) {
+  at::Tensor dense_bias;
+  AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  at::Tensor out = at::empty({a.B, a.Nq, a.H, a.Dv}, q.options());
+  at::Tensor lse = at::empty({a.B, a.H, a.Nq}, q.options().dtype(acc_type(a.dtype)));
+  a.out = out.data_ptr();
+  a.lse = lse.data_ptr();
+  current_kernels().attention_forward(a);
+  return {out, lse};
+}
+
+std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                           const std::optional<at::Tensor>& v, const std::optional<at::Tensor>& bias,
+                                           const std::optional<at::Tensor>& bias_index, const at::Tensor& out,
+                                           const at::Tensor& lse, const std::string& value, double scale,
+                                           bool mask_diagonal, bool need_dbias) {
+  at::Tensor dense_bias;
+  AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  for (const at::Tensor* t : {&dout, &out}) {
+    check_4d(*t, t == &dout ? "dout" : "out");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "armour_kernels._C attention_backward: dout/out dtype ",
+                t->scalar_type(), " differs from q dtype ", q.scalar_type());
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({a.B, a.Nq, a.H, a.Dv}), "armour_kernels._C attention_backward: dout/out must be (B, Nq, H, Dv) = (",
+                a.B, ", ", a.Nq, ", ", a.H, ", ", a.Dv, "), got ", t->sizes());
+  }
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef({a.B, a.H, a.Nq}), "armour_kernels._C attention_backward: lse must be (B, H, Nq), got ",
+              lse.sizes());
+  at::Tensor lse_c = lse.to(acc_type(a.dtype)).contiguous();
+  a.dout = strided(dout);
+  a.o = strided(out);
+  a.lse_in = lse_c.data_ptr();
+  at::Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
+  at::Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
+  at::Tensor dv, dbias;
+  a.dq = dq.data_ptr();
+  a.dk = dk.data_ptr();
+  if (v.has_value() && v->defined() && value.find('v') != std::string::npos) {
+    dv = at::empty_like(*v, at::MemoryFormat::Contiguous);
+    a.dv = dv.data_ptr();
+    a.dv_width = dv.size(3);
+  }
+  const auto acc_opts = q.options().dtype(acc_type(a.dtype));
+  at::Tensor dtable_per_batch;
+  if (need_dbias && a.bias_kind == BiasKind::dense) {
+    dbias = at::empty({a.B, a.H, a.Nq, a.Nk}, acc_opts);
+    a.dbias = dbias.data_ptr();
+  } else if (need_dbias && a.bias_kind == BiasKind::table) {
+    dtable_per_batch = at::zeros({a.B, a.H, a.table_R}, acc_opts);
+    a.dtable = dtable_per_batch.data_ptr();
+  }
+  current_kernels().attention_backward(a);
+  if (dtable_per_batch.defined()) dbias = dtable_per_batch.sum(0);
+  // The contract's dbias is float32 for every input dtype (float64 inputs accumulate in float64 first).
+  if (dbias.defined() && dbias.scalar_type() != at::kFloat) dbias = dbias.to(at::kFloat);
+  return {dq, dk, dv, dbias};
+}
+
+namespace {
+
+// oneDNN's linear with a fused post-op (the op inductor uses for Linear + pointwise on CPU),
+// looked up in the dispatcher: absent when torch is built without oneDNN.
+const c10::OperatorHandle* onednn_linear_pointwise() {
+  static const std::optional<c10::OperatorHandle> handle =
+      c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return handle.has_value() ? &*handle : nullptr;
+}
+
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const char* post_op) {
+  torch::jit::Stack stack;
+  stack.emplace_back(x);
+  stack.emplace_back(weight);
+  stack.emplace_back(bias.defined() ? c10::IValue(bias) : c10::IValue());
+  stack.emplace_back(std::string(post_op));
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back(c10::IValue());
+  onednn_linear_pointwise()->callBoxed(stack);
+  return stack.back().toTensor();
+}
+
+}  // namespace
+
+bool has_onednn_linear() { return onednn_linear_pointwise() != nullptr; }
+
+at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::string& gemm) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "armour_kernels._C linear_hardswish: CPU tensors only");
+  const DType dt = kernel_dtype(x, "x");
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "armour_kernels._C linear_hardswish: weight dtype ",
+              weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
+              "armour_kernels._C linear_hardswish: need x (..., in) and weight (out, in), got x ", x.sizes(),
+              " weight ", weight.sizes());
+  TORCH_CHECK(gemm == "auto" || gemm == "onednn_fused" || gemm == "onednn" || gemm == "aten",
+              "armour_kernels._C linear_hardswish: gemm must be auto, onednn_fused, onednn or aten; got '", gemm, "'");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->scalar_type() == x.scalar_type(),
+                "armour_kernels._C linear_hardswish: bias must be (out,) with x's dtype, got ", bias->sizes(), " ",
+                bias->scalar_type());
+    b = bias->contiguous();
+  }
+  const bool onednn_ok = has_onednn_linear() && dt != DType::f64 && x.numel() > 0;
+  std::string how = gemm;
+  if (how == "auto") how = onednn_ok ? "onednn_fused" : "aten";
+  TORCH_CHECK(how == "aten" || onednn_ok, "armour_kernels._C linear_hardswish: gemm='", gemm,
+              "' needs torch with oneDNN and float32/bfloat16 inputs");
+  if (how == "onednn_fused") return onednn_linear(x.contiguous(), weight.contiguous(), b, "hardswish");
+  // GEMM without bias, then one pass: bias + Hardswish in place (kernels/attention_kernel.h).
+  at::Tensor y = how == "onednn" ? onednn_linear(x.contiguous(), weight.contiguous(), at::Tensor(), "none")
+                                 : at::matmul(x, weight.t()).contiguous();
+  EpilogueArgs e;
+  e.dtype = dt;
+  e.y = y.data_ptr();
+  e.cols = weight.size(0);
+  e.rows = e.cols == 0 ? 0 : y.numel() / e.cols;
+  e.ld = e.cols;
+  e.bias = b.defined() ? b.data_ptr() : nullptr;
+  e.parallel_for = &torch_parallel_for;
+  if (e.rows > 0) current_kernels().bias_hardswish(e);
+  return y;
+}
+
+}  // namespace armour

@@ -1,0 +1,408 @@
+"""LeViT: BatchNorm folding, the Linear+Hardswish GEMM, fused blocks, whole patched models.
+
+Reduced inputs (64×64 / 96×96 images: 4×4 / 6×6 token grids) keep the Triton interpreter fast;
+every fused result is compared with the unpatched model, every kernel with a float64 reference.
+"""
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import TRITON_DTYPES, assert_close, requires_cuda
+
+timm = pytest.importorskip("timm")
+
+from armour_kernels import fold_batchnorm  # noqa: E402
+from armour_kernels.nn.levit import LevitAttention, LevitAttentionDownsample, LevitMlp  # noqa: E402
+from armour_kernels.surgery import patch, unpatch  # noqa: E402
+from armour_kernels.triton.linear_act import (hardswish_linear_forward, linear_act_forward,  # noqa: E402
+                                              linear_hardswish_forward)
+
+from armour_kernels._backend import cpu_has_op  # noqa: E402
+
+# The C++ backend joins when the extension is built (CI builds it).
+BACKENDS = ["reference", "triton"] + (["cpu"] if cpu_has_op("attention") else [])
+
+
+def randomise(model, seed=0):
+    """Non-trivial BatchNorm statistics and affine terms, and attention bias tables."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.3 * torch.randn(n, generator=g))
+            if hasattr(m, "attention_biases"):
+                m.attention_biases.copy_(torch.randn(m.attention_biases.shape, generator=g))
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _built(source, name, img_size):
+    """Build (and randomise) each test model once; callers get their own deep copy."""
+    if source == "timm":
+        return randomise(timm.create_model(name, img_size=img_size, num_classes=10))
+    levit = pytest.importorskip("python_ref.levit")
+    cfg = levit.LEVIT_CONFIGS["levit_128s"]
+    return randomise(levit.Levit(img_size=img_size, num_classes=10, attention=name, **cfg))
+
+
+def timm_levit(name="levit_128s", img_size=64):
+    return copy.deepcopy(_built("timm", name, img_size))
+
+
+def ref_levit(attention="regular", img_size=64):
+    return copy.deepcopy(_built("python_ref", attention, img_size))
+
+
+def images(b=2, size=64, dtype=torch.float32, seed=1):
+    return torch.randn(b, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def max_rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-6)).item()
+
+
+# ----------------------------------------------------------------------------- folding
+
+@pytest.mark.parametrize("make", [
+    lambda: timm_levit("levit_128s"),
+    lambda: timm_levit("levit_conv_128s"),
+    lambda: ref_levit("regular"),
+    lambda: ref_levit("armour"),
+    lambda: ref_levit("armour_plus"),
+], ids=["timm", "timm_conv", "ref_regular", "ref_armour", "ref_armour_plus"])
+def test_fold_is_exact_and_idempotent(make):
+    model = make().eval()
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorm(model) is model  # in place
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        after = model(x)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        fold_batchnorm(model)
+        again = model(x)
+    assert max_rel(after, before) < 1e-5
+    assert torch.equal(again, after)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_matches_timm_reparameterize():
+    from timm.utils.model import reparameterize_model
+    model = timm_levit("levit_128s").eval()
+    x = images()
+    with torch.no_grad():
+        theirs = reparameterize_model(model)(x)  # a folded deep copy
+        ours = fold_batchnorm(model)(x)
+    assert max_rel(ours, theirs) < 1e-5
+
+
+def test_fold_float64_exact_and_half():
+    model = timm_levit("levit_128s").eval().double()
+    x = images().double()
+    with torch.no_grad():
+        before = model(x)
+        after = fold_batchnorm(model)(x)
+    assert max_rel(after, before) < 1e-12
+    half = timm_levit("levit_128s").eval()
+    fold_batchnorm(half.half())
+    assert all(p.dtype == torch.float16 for p in half.parameters())
+
+
+def test_fold_refuses_training_mode():
+    model = timm_levit("levit_128s").train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        fold_batchnorm(model)
+
+
+def test_fold_refuses_non_module():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fold_batchnorm({"weight": torch.ones(2)})
+
+
+def test_fold_refuses_lonely_batchnorm():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)).eval()
+    with pytest.raises(ValueError, match="not next to a projection"):
+        fold_batchnorm(model)
+
+
+# ----------------------------------------------------------------------------- Linear + Hardswish
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 49, 67, 45), (197, 128, 256)], ids=str)
+@pytest.mark.parametrize("act", ["out", "in"])
+def test_linear_hardswish_kernel(dtype, shape, act):
+    *lead, K, N = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*lead, K + 3, generator=g)[..., 3:].to(dtype)  # non-contiguous rows
+    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype)
+    if act == "out":
+        y = linear_hardswish_forward(x, w, b)
+        ref = F.hardswish(F.linear(x.double(), w.double(), b.double()))
+    else:
+        y = hardswish_linear_forward(x, w, b)
+        ref = F.linear(F.hardswish(x.double()), w.double(), b.double())
+    assert y.shape == (*lead, N) and y.dtype == dtype
+    assert_close(y, ref, dtype)
+    no_bias = linear_act_forward(x, w, None, act_in=act == "in", act_out=act == "out")
+    xin = F.hardswish(x.double()) if act == "in" else x.double()
+    ref_no_bias = F.linear(xin, w.double())
+    assert_close(no_bias, F.hardswish(ref_no_bias) if act == "out" else ref_no_bias, dtype)
+
+
+def test_linear_hardswish_errors():
+    x, w = torch.randn(4, 8), torch.randn(5, 8)
+    with pytest.raises(ValueError, match="does not match"):
+        linear_hardswish_forward(x, torch.randn(5, 7), None)
+    with pytest.raises(TypeError, match="share a dtype"):
+        linear_hardswish_forward(x, w.half(), None)
+    with pytest.raises(TypeError, match="float32/float16/bfloat16"):
+        linear_hardswish_forward(x.double(), w.double(), None)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        linear_hardswish_forward(x, w, torch.randn(4))
+
+
+# ----------------------------------------------------------------------------- fused blocks
+
+def _blocks(model):
+    stage = model.stages[1]
+    return {"attn": stage.blocks[0].attn, "down": stage.downsample.attn_downsample, "mlp": stage.blocks[0].mlp}
+
+
+FUSED = {"attn": LevitAttention, "down": LevitAttentionDownsample, "mlp": LevitMlp}
+
+
+def _block_input(model, which, x):
+    """The activations that reach block `which` of stage 1 in `model` (recorded by a hook)."""
+    seen = {}
+    target = _blocks(model)[which]
+    handle = target.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which", ["attn", "down", "mlp"])
+@pytest.mark.parametrize("make", [
+    lambda: timm_levit("levit_128s", img_size=96),
+    lambda: timm_levit("levit_conv_128s", img_size=96),
+    lambda: ref_levit("armour", img_size=96),
+    lambda: ref_levit("armour_plus", img_size=96),
+], ids=["timm", "timm_conv", "ref_armour", "ref_armour_plus"])
+def test_fused_block_matches_original(make, which, backend):
+    model = make().eval()
+    x = _block_input(model, which, images(1, 96))
+    original = _blocks(model)[which]
+    fused = FUSED[which](copy.deepcopy(original), backend)
+    assert list(fused.state_dict()) == list(original.state_dict())
+    with torch.no_grad():
+        assert_close(fused(x), original(x), torch.float32, msg=f"{which} unfolded eval")
+        fold_batchnorm(original)
+        fold_batchnorm(fused)
+        assert_close(fused(x), original(x), torch.float32, msg=f"{which} folded eval")
+
+
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+def test_fused_attention_block_dtypes(dtype):
+    model = ref_levit("armour").eval()
+    block = _blocks(model)["attn"]
+    x = _block_input(model, "attn", images())
+    fold_batchnorm(block)
+    fused = LevitAttention(copy.deepcopy(block), "triton").to(dtype)
+    with torch.no_grad():
+        expected = block.double()(x.double())
+        assert_close(fused(x.to(dtype)), expected, dtype)
+
+
+def test_fused_blocks_share_parameters():
+    model = timm_levit("levit_128s")
+    attn = model.stages[0].blocks[0].attn
+    fused = LevitAttention(attn, "reference")
+    assert fused.attention_biases is attn.attention_biases
+    assert fused.qkv is attn.qkv and fused.proj is attn.proj
+    assert "attention_bias_idxs" not in fused.state_dict()  # non-persistent, as in timm
+
+
+# ----------------------------------------------------------------------------- whole models
+# Training compares BatchNorm in batch-statistics mode, which amplifies rounding when it sees few
+# samples; the reduced two-stage LeViT keeps ≥ 8 tokens per BatchNorm and the interpreter quick.
+TINY = dict(embed_dim=(32, 48), key_dim=8, num_heads=(2, 3), depth=(1, 1))
+
+
+def tiny_timm():
+    from timm.models.levit import LevitDistilled
+    return randomise(LevitDistilled(img_size=64, num_classes=10, **TINY))
+
+
+def tiny_ref(attention):
+    levit = pytest.importorskip("python_ref.levit")
+    return randomise(levit.Levit(img_size=64, num_classes=10, attention=attention, **TINY))
+
+
+def _grads(model):
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make", [tiny_timm, lambda: tiny_ref("armour"), lambda: tiny_ref("armour_plus")],
+                         ids=["timm", "ref_armour", "ref_armour_plus"])
+def test_patched_model_train_and_eval(make, backend):
+    model = make()
+    fused = patch(copy.deepcopy(model), backend=backend)
+    assert sum(isinstance(m, (LevitAttention, LevitAttentionDownsample, LevitMlp)) for m in fused.modules()) == 6
+    x = images(2, 64)
+    # training: BatchNorm in batch-statistics mode, attention through the autograd op
+    model.train(), fused.train()
+    out, out_fused = model(x), fused(x)
+    assert_close(out_fused, out.detach(), torch.float32, msg="train output")
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * weights).sum().backward()
+    (out_fused * weights).sum().backward()
+    expected, got = _grads(model), _grads(fused)
+    assert expected.keys() == got.keys()
+    assert sum("attention_biases" in n for n in got) == 3
+    for name in expected:
+        assert_close(got[name], expected[name], torch.float32, scale=5, msg=f"grad {name}")
+    # inference, unfolded then folded
+    model.eval(), fused.eval()
+    with torch.no_grad():
+        reference = model(x)
+        assert_close(fused(x), reference, torch.float32, msg="eval output")
+        assert_close(fold_batchnorm(fused)(x), reference, torch.float32, msg="folded eval output")
+
+
+def test_patched_full_size_model_eval():
+    model = timm_levit("levit_128s").eval()  # all LeViT-128S widths and depths, 64×64 input
+    x = images(1, 64)
+    with torch.no_grad():
+        reference = model(x)
+        fused = patch(copy.deepcopy(model), backend="triton")
+        assert_close(fused(x), reference, torch.float32, msg="eval output")
+        assert_close(fold_batchnorm(fused)(x), reference, torch.float32, msg="folded eval output")
+
+
+def test_patch_unpatch_round_trip():
+    model = timm_levit("levit_128s").eval()
+    x = images()
+    with torch.no_grad():
+        reference = model(x)
+    patch(model, backend="reference")
+    assert isinstance(model.stages[0].blocks[0].attn, LevitAttention)
+    unpatch(model)
+    assert type(model.stages[0].blocks[0].attn).__name__ == "Attention"
+    with torch.no_grad():
+        assert torch.equal(model(x), reference)
+
+
+def test_bad_backend():
+    attn = timm_levit("levit_128s").stages[0].blocks[0].attn
+    with pytest.raises(ValueError, match="backend must be one of"):
+        LevitAttention(attn, "cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        patch(timm_levit("levit_128s"), backend="gpu")
+
+
+def test_patch_python_ref_folded_model():
+    """python_ref.fold.fold_batchnorm replaces Linear_BN by nn.Linear: the fused path takes that too."""
+    ref_fold = pytest.importorskip("python_ref.fold").fold_batchnorm
+    model = tiny_ref("armour").eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        reference = model(x)
+        folded = patch(ref_fold(model), backend="triton")
+        assert isinstance(folded.stages[0].blocks[0].attn.qkv, nn.Linear)
+        assert_close(folded(x), reference, torch.float32)
+
+
+def test_fold_patched_then_unpatch():
+    model = tiny_timm().eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        reference = model(x)
+        fold_batchnorm(patch(model, backend="reference"))
+        assert_close(model(x), reference, torch.float32, msg="patched + folded")
+        unpatch(model)
+        assert_close(model(x), reference, torch.float32, msg="unpatched, still folded")
+
+
+def test_models_benchmark_smoke(tmp_path):
+    import argparse
+    import json
+
+    from armour_kernels.benchmarks import models
+    parser = argparse.ArgumentParser()
+    models.add_arguments(parser)
+    out = str(tmp_path / "levit")
+    args = parser.parse_args(["--models", "levit_128s", "--variants", "armour_plus", "--modes", "patched-folded",
+                              "--batch-size", "1", "--iters", "1", "--warmup", "0", "--device", "cpu",
+                              "--backend", "reference", "--out", out])
+    assert models.run(args) == 0
+    report = json.load(open(out + ".json"))
+    assert report["rows"][0]["img_per_s"] > 0 and report["environment"]["torch"] == torch.__version__
+    assert "| levit_128s | armour_plus | patched-folded |" in open(out + ".md").read()
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", ["regular", "armour", "armour_plus"])
+def test_patched_folded_levit_bf16_autocast_gpu(variant):
+    model = (timm_levit("levit_128s", img_size=224) if variant == "regular"
+             else ref_levit(variant, img_size=224)).eval().cuda()
+    x = images(8, 224).cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = model(x).float()
+        fused = fold_batchnorm(patch(copy.deepcopy(model), backend="triton"))
+        assert_close(fused(x).float(), reference, torch.bfloat16, scale=2)
+
+
+def test_linear_act_paths_agree():
+    from armour_kernels.nn.levit import linear_act
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(3, 7, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
+    expected = F.linear(F.hardswish(x), w, b)
+    for backend in ("reference", "triton"):
+        assert_close(linear_act(x, w, b, act_in=True, backend=backend), expected, torch.float32, msg=backend)
+    x.requires_grad_(True)  # a gradient is needed: PyTorch's GEMM, with autograd
+    y = linear_act(x, w, b, act_out=True, backend="triton")
+    y.sum().backward()
+    assert x.grad is not None and y.grad_fn is not None
+
+
+COMPILE_SCRIPT = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from armour_kernels.triton.linear_act import _linear_act_kernel as kernel
+
+for dtype, act_in, act_out, ieee in [("fp16", False, True, False), ("bf16", True, False, False),
+                                     ("fp32", False, True, True), ("fp32", True, False, False)]:
+    constexprs = dict(HAS_BIAS=True, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee,
+                      BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8)
+    signature = {name: "constexpr" if name in constexprs else ("*" + dtype if name.endswith("_ptr") else "i32")
+                 for name in kernel.arg_names}
+    triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 4, "num_stages": 4})
+print("compiled")
+'''
+
+
+def test_linear_act_kernel_compiles_for_sm90():
+    """The interpreter checks the numbers; this lowers the same source to an H100 cubin (no GPU needed)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
