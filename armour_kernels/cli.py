@@ -13,7 +13,7 @@ SUBCOMMANDS = {
     "main": "the main job (also with no subcommand): kernel checks, then DeiT / LeViT vs Armour throughput",
     "tables": "parameter counts of the python_ref models next to the papers' tables",
     "kernels": "attention kernels vs PyTorch SDPA and python_ref: forward and forward+backward",
-    "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
+    "models": "LeViT / DeiT-Ti / ViX inference and training throughput: eager / reparam / compile vs patched",
     "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
 }
 

@@ -12,7 +12,9 @@ For every LeViT size and attention variant it times inference (images / s) of
 
 and, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
 eager model (`*-train`) and the patched one (`patched-train`). `--deit` adds DeiT-Ti (timm eager /
-compile) against Armour-Ti (python_ref armour, patched). GPU runs use AMP bf16 by default; CPU runs
+compile) against Armour-Ti (python_ref armour, patched); `--vix` the Vision Xformers CIFAR-10 models
+ViT / ViN / ViP, regular and Armour (python_ref eager against patched, 32×32 images, batch
+`--vix-batch-size`, 64 by default; `--models ""` leaves LeViT out). GPU runs use AMP bf16 by default; CPU runs
 fp32 or bf16 (`--dtype`), with `--threads` (the LeViT paper's CPU setting is `--threads 1
 --batch-size 16`). Results: JSON + a markdown table (`--out PATH` writes PATH.json and PATH.md),
 with the device, library versions and the command line.
@@ -30,6 +32,8 @@ import torch
 
 LEVIT_MODELS = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
 VARIANTS = ("regular", "armour", "armour_plus")
+# Vision Xformers label → python_ref vix_cifar attention.
+VIX_MODELS = {"ViT": "softmax", "ViN": "nystrom", "ViP": "performer"}
 INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded",
                    "patched-compile")
 
@@ -52,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "extension when built, else reference)")
     parser.add_argument("--train", action="store_true", help="also time a training step")
     parser.add_argument("--deit", action="store_true", help="also DeiT-Ti (timm) vs Armour-Ti (patched)")
+    parser.add_argument("--vix", action="store_true",
+                        help="also the CIFAR-10 ViT / ViN / ViP, regular and Armour (python_ref eager vs patched)")
+    parser.add_argument("--vix-batch-size", type=int, default=64, help="batch of the --vix models")
     parser.add_argument("--quick", action="store_true",
                         help="LeViT-128S only, small batch, few iterations (a smoke run)")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
@@ -72,7 +79,8 @@ def _settings(args):
     unknown = set(modes) - set(INFERENCE_MODES)
     if unknown:
         raise SystemExit(f"armour-bench models: unknown mode(s) {sorted(unknown)}; choose from {INFERENCE_MODES}")
-    models = ["levit_128s"] if args.quick and args.models == ",".join(LEVIT_MODELS) else args.models.split(",")
+    models = ["levit_128s"] if args.quick and args.models == ",".join(LEVIT_MODELS) else \
+        [name for name in args.models.split(",") if name]
     return device, dtype, batch, iters, warmup, modes, models, args.variants.split(",")
 
 
@@ -172,8 +180,8 @@ def _inference_models(name, variant, modes, backend, device):
         yield mode, builders[mode]
 
 
-def _inference_step(model, batch, device, dtype):
-    x = torch.randn(batch, 3, 224, 224, device=device)  # autocast casts it, on CPU as on GPU
+def _inference_step(model, batch, device, dtype, size=224):
+    x = torch.randn(batch, 3, size, size, device=device)  # autocast casts it, on CPU as on GPU
 
     def step():
         with torch.inference_mode(), _autocast(device, dtype):
@@ -181,11 +189,11 @@ def _inference_step(model, batch, device, dtype):
     return step
 
 
-def _train_step(model, batch, device, dtype):
+def _train_step(model, batch, device, dtype, size=224, classes=1000):
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, 224, 224, device=device)
-    target = torch.randint(0, 1000, (batch,), device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, classes, (batch,), device=device)
 
     def step():
         with _autocast(device, dtype):
@@ -261,6 +269,31 @@ def _deit_entries(backend, device, modes, train):
     return [("regular", regular), ("armour", armour)]
 
 
+def _vix_entries(backend, device, train):
+    """(label, variant, entries) of the Vision Xformers on CIFAR-10: python_ref eager against patched."""
+    import armour_kernels
+    from python_ref.registry import create_model
+
+    def infer(model, batch, device, dtype):  # CIFAR-10 images: 32×32 (the model's img_size)
+        return _inference_step(model, batch, device, dtype, size=model.img_size)
+
+    def learn(model, batch, device, dtype):
+        return _train_step(model, batch, device, dtype, size=model.img_size, classes=10)
+
+    for label, attention in VIX_MODELS.items():
+        for variant in ("regular", "armour"):
+            def eager(attention=attention, armour=variant == "armour"):
+                return create_model("vix_cifar", attention=attention, armour=armour).eval().to(device)
+
+            def patched(build=eager):
+                return armour_kernels.patch(build(), backend=backend)
+
+            entries = [("eager", eager, infer), ("patched", patched, infer)]
+            if train:
+                entries += [("eager-train", eager, learn), ("patched-train", patched, learn)]
+            yield label, variant, entries
+
+
 # ----------------------------------------------------------------------------- report
 
 def _environment(device, backend, threads):
@@ -283,10 +316,14 @@ def _environment(device, backend, threads):
 def _markdown(env, rows):
     lines = [f"# armour-bench models — {env['device']}", "",
              "  ".join(f"{k}: `{v}`" for k, v in env.items()), "",
-             "| model | variant | mode | batch | dtype | img/s | ms/batch | vs timm-eager |",
+             "| model | variant | mode | batch | dtype | img/s | ms/batch | vs eager |",
              "|---|---|---|---:|---|---:|---:|---:|"]
-    eager = {(r["model"], r["mode"].endswith("train")): r.get("img_per_s") for r in rows
-             if r["mode"] in ("timm-eager", "timm-train") and "img_per_s" in r}
+    # The baseline: timm eager (LeViT, DeiT), or python_ref eager where timm has no such model (ViX:
+    # its regular variant, measured first, as timm's is the regular LeViT).
+    eager = {}
+    for r in rows:
+        if r["mode"] in ("timm-eager", "timm-train", "eager", "eager-train") and "img_per_s" in r:
+            eager.setdefault((r["model"], r["mode"].endswith("train")), r["img_per_s"])
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
@@ -321,6 +358,9 @@ def run(args) -> int:
     if args.deit:
         for variant, entries in _deit_entries(backend, device, modes, args.train):
             _measure_group(rows, "deit_tiny", variant, entries, batch, device, dtype, iters, warmup)
+    if args.vix:
+        for label, variant, entries in _vix_entries(backend, device, args.train):
+            _measure_group(rows, label, variant, entries, args.vix_batch_size, device, dtype, iters, warmup)
     report = {"environment": env, "settings": {"batch": batch, "dtype": dtype, "iters": iters, "warmup": warmup},
               "rows": rows}
     if args.out:
