@@ -9,7 +9,7 @@ namespace {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names;
-  for (armour::Isa isa : {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512})
+  for (armour::Isa isa : {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512, armour::Isa::avx512bf16})
     if (armour::cpu_supports(isa)) names.push_back(armour::isa_name(isa));
   return names;
 }
@@ -17,7 +17,7 @@ std::vector<std::string> supported_isas() {
 void set_isa(const std::string& name) {
   armour::Isa isa;
   TORCH_CHECK(armour::parse_isa(name.c_str(), &isa), "armour_kernels._C.set_isa: unknown ISA '", name,
-              "', expected one of scalar, avx2, avx512");
+              "', expected one of scalar, avx2, avx512, avx512bf16");
   TORCH_CHECK(armour::cpu_supports(isa), "armour_kernels._C.set_isa: this CPU does not support '", name,
               "'; supported: ", c10::Join(", ", supported_isas()));
   armour::set_current_isa(isa);
@@ -40,5 +40,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", []() { return std::string(armour::isa_name(armour::current_isa())); }, "the ISA the kernels run with");
   m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
   m.def("supported_isas", &supported_isas, "ISAs this CPU can run, slowest first");
-  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512) for the whole process");
+  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512, avx512bf16) for the whole process");
 }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/kernel_api.h"
 
@@ -29,8 +30,5 @@ namespace avx2 {
 #pragma GCC pop_options
 
 namespace armour {
-const KernelTable& kernels_avx2() {
-  static const KernelTable table{"avx2", &avx2::attention_forward, &avx2::attention_backward, &avx2::bias_hardswish};
-  return table;
-}
+ARMOUR_DEFINE_KERNEL_TABLE(avx2)
 }  // namespace armour

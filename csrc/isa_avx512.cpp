@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/kernel_api.h"
 
@@ -31,8 +32,5 @@ namespace avx512 {
 #pragma GCC pop_options
 
 namespace armour {
-const KernelTable& kernels_avx512() {
-  static const KernelTable table{"avx512", &avx512::attention_forward, &avx512::attention_backward, &avx512::bias_hardswish};
-  return table;
-}
+ARMOUR_DEFINE_KERNEL_TABLE(avx512)
 }  // namespace armour

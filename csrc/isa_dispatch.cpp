@@ -1,4 +1,5 @@
-// Run-time choice of the kernel ISA: the best the CPU supports (CPUID via libgcc, which also
+// Run-time choice of the kernel ISA (scalar < avx2 < avx512 < avx512bf16, the last differing from
+// avx512 only in the bf16 attention forward): the best the CPU supports (CPUID via libgcc, which also
 // checks that the OS saves the AVX / AVX-512 registers), or what set_current_isa picked
 // (armour_kernels.cpu.use_isa / ARMOUR_KERNELS_CPU_ISA, handled on the Python side).
 #include <atomic>
@@ -12,6 +13,8 @@ namespace armour {
 bool cpu_supports(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
+    case Isa::avx512bf16:
+      return cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -24,7 +27,10 @@ bool cpu_supports(Isa isa) {
 }
 
 Isa best_isa() {
-  static const Isa best = cpu_supports(Isa::avx512) ? Isa::avx512 : cpu_supports(Isa::avx2) ? Isa::avx2 : Isa::scalar;
+  static const Isa best = cpu_supports(Isa::avx512bf16) ? Isa::avx512bf16
+                          : cpu_supports(Isa::avx512)   ? Isa::avx512
+                          : cpu_supports(Isa::avx2)     ? Isa::avx2
+                                                        : Isa::scalar;
   return best;
 }
 
@@ -39,6 +45,7 @@ void set_current_isa(Isa isa) { g_isa.store(static_cast<int>(isa), std::memory_o
 
 const KernelTable& current_kernels() {
   switch (current_isa()) {
+    case Isa::avx512bf16: return kernels_avx512bf16();
     case Isa::avx512: return kernels_avx512();
     case Isa::avx2: return kernels_avx2();
     default: return kernels_scalar();
@@ -47,6 +54,7 @@ const KernelTable& current_kernels() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512bf16: return "avx512bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "scalar";
@@ -54,7 +62,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512bf16}) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "kernels/kernel_api.h"
 
@@ -29,8 +30,5 @@ using VecF = Scalar1<float>;
 #pragma GCC pop_options
 
 namespace armour {
-const KernelTable& kernels_scalar() {
-  static const KernelTable table{"scalar", &scalar::attention_forward, &scalar::attention_backward, &scalar::bias_hardswish};
-  return table;
-}
+ARMOUR_DEFINE_KERNEL_TABLE(scalar)
 }  // namespace armour

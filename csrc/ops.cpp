@@ -197,6 +197,8 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
   }
   current_kernels().attention_backward(a);
   if (dtable_per_batch.defined()) dbias = dtable_per_batch.sum(0);
+  // The contract's dbias is float32 for every input dtype (float64 inputs accumulate in float64 first).
+  if (dbias.defined() && dbias.scalar_type() != at::kFloat) dbias = dbias.to(at::kFloat);
   return {dq, dk, dv, dbias};
 }
 

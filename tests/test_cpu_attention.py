@@ -91,12 +91,15 @@ def check(q, k, v, *, value, bias=None, table=None, index=None, scale=None, mask
         assert_close(dv, gv, dtype, msg=f"{msg} dv")
     else:
         assert dv is None
+    if kbias is not None:
+        assert dbias.dtype == torch.float32
     if table is not None:
         assert dbias.shape == table.shape
-        assert_close(dbias, gtable, dtype, msg=f"{msg} dtable")
+        assert_close(dbias, gtable, dtype if dtype != torch.float64 else torch.float32, msg=f"{msg} dtable")
     elif bias is not None:
         assert dbias.shape == (B, H, Nq, k.shape[1])
-        assert_close(dbias.sum_to_size(bias.shape), gbias, dtype, msg=f"{msg} dbias")
+        assert_close(dbias.sum_to_size(bias.shape), gbias, dtype if dtype != torch.float64 else torch.float32,
+                     msg=f"{msg} dbias")
     else:
         assert dbias is None
 
@@ -109,7 +112,7 @@ def qkv(B, Nq, Nk, H, Dk, Dv, dtype, layout="contiguous"):
 @pytest.mark.parametrize("mask_diagonal", [False, True])
 @pytest.mark.parametrize("value", VALUES)
 def test_value_sources(isa, value, mask_diagonal, dtype):
-    q, k, v = qkv(2, 197, 197, 2, 32, 16, dtype)
+    q, k, v = qkv(1, 197, 197, 2, 32, 16, dtype)
     check(q, k, v, value=value, mask_diagonal=mask_diagonal, msg=f"{isa} {value} {dtype}")
 
 
@@ -119,6 +122,14 @@ def test_value_sources(isa, value, mask_diagonal, dtype):
 def test_shapes(isa, value, n, d):
     q, k, v = qkv(1, n, n, 2, d, d + 8 if d < 64 else 24, torch.float32)  # Dv ≠ Dk
     check(q, k, v, value=value, msg=f"{isa} n={n} d={d}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_odd_head_dims(isa, dtype):
+    """Dk and Dv not multiples of the vector width nor even (bf16 dot products pair features)."""
+    q, k, v = qkv(2, 33, 33, 2, 15, 9, dtype)
+    check(q, k, v, value="q+v", mask_diagonal=True, msg=f"{isa} odd dims")
+    check(q, k, v, value="v", msg=f"{isa} odd dims v")
 
 
 @pytest.mark.parametrize("value", ["v", "q", "q+v", "q+k"])
@@ -181,10 +192,17 @@ def test_explicit_scale_and_fp64(isa):
 
 def test_float16_inputs_run_in_float32():
     q, k, v = qkv(1, 20, 20, 2, 16, 16, torch.float16)
-    out, lse = attention_forward(q, k, v, None, None, value="v", scale=None, mask_diagonal=False)
-    assert out.dtype == torch.float16
-    ref = attention(q.double().transpose(1, 2), k.double().transpose(1, 2), v.double().transpose(1, 2)).transpose(1, 2)
-    assert_close(out, ref, torch.float16)
+    bias = torch.randn(1, 2, 20, 20).half()
+    check(q, k, v, value="q+v", bias=bias, mask_diagonal=True, msg="fp16")
+
+
+def test_bias_dtype_may_differ_from_inputs():
+    """A float32 LeViT table (or dense bias) with bfloat16 activations, a float16 bias with float32."""
+    q, k, v = qkv(1, 49, 49, 2, 16, 16, torch.bfloat16)
+    index = levit_bias_index(7)
+    check(q, k, v, value="v", table=torch.randn(2, 49), index=index, msg="fp32 table, bf16 q")
+    q, k, v = qkv(1, 20, 20, 2, 16, 16, torch.float32)
+    check(q, k, v, value="v", bias=torch.randn(1, 2, 20, 20).half(), msg="fp16 bias, fp32 q")
 
 
 def test_all_isas_agree():
@@ -214,7 +232,7 @@ class _Attention(torch.autograd.Function):
         dq, dk, dv, dbias = attention_backward(dout.contiguous(), q, k, v, bias, index, out, lse, value=value,
                                                scale=None, mask_diagonal=mask_diagonal,
                                                need_dbias=bias is not None and bias.requires_grad)
-        return dq, dk, dv, dbias, None, None, None
+        return dq, dk, dv, None if dbias is None else dbias.to(bias.dtype), None, None, None
 
 
 @pytest.mark.parametrize("value", VALUES)
@@ -270,3 +288,34 @@ def test_bad_input_errors(case, error):
         k = k[..., :8]
     with pytest.raises((RuntimeError, ValueError, TypeError), match=error):
         attention_forward(q, k, v, bias, index, **kw)
+
+
+def test_wide_registers_only_in_isa_kernels():
+    """One build runs on any x86-64: AVX (ymm/zmm) code may only live in the ISA namespaces that
+    are called after a CPUID check, never in a function the baseline path could reach (an std
+    inline function compiled under a target pragma and picked by the linker would be one)."""
+    import re
+    import shutil
+    import subprocess
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not installed")
+    asm = subprocess.run([objdump, "-d", "-C", "--no-show-raw-insn", cpu._C.__file__], capture_output=True,
+                         text=True, check=True).stdout
+    offenders, current = set(), None
+    for line in asm.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            current = header.group(1)
+        elif current and ("%ymm" in line or "%zmm" in line) and not re.search(r"armour::(avx2|avx512|avx512bf16)::", current):
+            offenders.add(current)
+    assert not offenders, f"AVX registers outside the ISA kernels: {sorted(offenders)[:5]}"
+
+
+def test_isa_selection():
+    assert cpu.isa() in ISAS and "scalar" in ISAS
+    with cpu.use_isa("scalar"):
+        assert cpu.isa() == "scalar"
+    with pytest.raises(RuntimeError, match="unknown ISA"):
+        cpu.set_isa("sse9")

@@ -1,9 +1,10 @@
 """Host side of the C++ extension armour_kernels._C (CPU kernels: scalar / AVX2 / AVX-512).
 
-One build runs on any x86-64: the kernels are compiled for each ISA and the best one the CPU
-supports is chosen at run time. `use_isa("avx2")` (or the environment variable
-ARMOUR_KERNELS_CPU_ISA=scalar|avx2|avx512, read at import) forces one, e.g. to test every path
-on one AVX-512 machine.
+One build runs on any x86-64: the kernels are compiled for each ISA (scalar, avx2, avx512,
+avx512bf16 = avx512 plus bf16 dot products in the bf16 attention forward) and the best one the
+CPU supports is chosen at run time. `use_isa("avx2")` (or the environment variable
+ARMOUR_KERNELS_CPU_ISA=scalar|avx2|avx512|avx512bf16, read at import) forces one, e.g. to test
+every path on one AVX-512 machine.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _require():
 
 
 def isa() -> str | None:
-    """The ISA the CPU kernels run with now ("scalar", "avx2", "avx512"); None when not built."""
+    """The ISA the CPU kernels run with now ("scalar", "avx2", "avx512", "avx512bf16"); None when not built."""
     return _C.isa() if _C is not None else None
 
 

@@ -1,7 +1,7 @@
 // Attention forward / backward and the bias+Hardswish epilogue, written once against a vector
 // type V (VecF: AVX-512 / AVX2 / scalar floats; VecD: scalar doubles) and a storage type T
 // (float, bf16_t, double). Included inside namespace armour::<isa> by isa_<isa>.cpp, which
-// sets the target ISA; needs <cmath>, <cstdint>, <cstdlib>, <cstring> and kernel_api.h first.
+// sets the target ISA; needs <cmath>, <cstdint>, <cstdlib>, <cstring>, <new> and kernel_api.h first.
 //
 // Layout of the work (see COMMON.md for the launcher contract):
 // - forward: one task per (batch, head, block of kBlockQ queries). The task packs its (b, h)'s
@@ -65,6 +65,7 @@ struct Scratch {
   explicit Scratch(int64_t n) {
     size_t bytes = static_cast<size_t>(round_up(n < 1 ? 1 : n, 16)) * sizeof(S);
     p = static_cast<S*>(std::aligned_alloc(64, round_up(static_cast<int64_t>(bytes), 64)));
+    if (!p) throw std::bad_alloc();  // at::parallel_for rethrows it on the calling thread
   }
   ~Scratch() { std::free(p); }
   Scratch(const Scratch&) = delete;
@@ -78,48 +79,81 @@ struct Scratch {
 // once per k and reused by MR broadcasts of A. TA: A is stored transposed (element (r, k) at
 // A[k * lda + r]), so dSᵀ·Q and Pᵀ·dO read the score tiles without a transpose copy.
 
-template <class V, int MR, int NV, bool TA>
-inline void gemm_block(int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B, int64_t ldb,
-                       typename V::S* C, int64_t ldc, bool accumulate) {
-  constexpr int W = V::W;
-  V c[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NV; ++n) c[r][n] = accumulate ? V::load(C + r * ldc + n * W) : V::zero();
-  for (int64_t kk = 0; kk < K; ++kk) {
-    V b[NV];
-    for (int n = 0; n < NV; ++n) b[n] = V::load(B + kk * ldb + n * W);
-    for (int r = 0; r < MR; ++r) {
-      V a = V::set1(TA ? A[kk * lda + r] : A[r * lda + kk]);
-      for (int n = 0; n < NV; ++n) c[r][n] = fmadd(a, b[n], c[r][n]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NV; ++n) c[r][n].store(C + r * ldc + n * W);
-}
+// The float micro-kernel: Kern::block<R, NV> computes an R-row × NV-vector block of C.
+template <class V, bool TA>
+struct FloatKernel {
+  using S = typename V::S;
+  using AT = S;  // element types of A and B
+  using BT = S;
+  static constexpr int W = V::W, MR = V::MR, NV = V::NV;
+  static const AT* a_rows(const AT* A, int64_t i, int64_t lda) { return TA ? A + i : A + i * lda; }
+  static const BT* b_cols(const BT* B, int64_t j) { return B + j; }
 
-template <class V, int NV, bool TA, int R>
-inline void gemm_rows(int64_t rows, int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B,
-                      int64_t ldb, typename V::S* C, int64_t ldc, bool accumulate) {
+  template <int R, int NV>
+  static inline void block(int64_t K, const AT* A, int64_t lda, const BT* B, int64_t ldb, S* C, int64_t ldc,
+                           bool accumulate) {
+    V c[R][NV];
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NV; ++n) c[r][n] = accumulate ? V::load(C + r * ldc + n * W) : V::zero();
+    for (int64_t kk = 0; kk < K; ++kk) {
+      V b[NV];
+      for (int n = 0; n < NV; ++n) b[n] = V::load(B + kk * ldb + n * W);
+      for (int r = 0; r < R; ++r) {
+        V a = V::set1(TA ? A[kk * lda + r] : A[r * lda + kk]);
+        for (int n = 0; n < NV; ++n) c[r][n] = fmadd(a, b[n], c[r][n]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int n = 0; n < NV; ++n) c[r][n].store(C + r * ldc + n * W);
+  }
+};
+
+template <class Kern, int NV, int R>
+inline void gemm_rows(int64_t rows, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+                      int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
   if constexpr (R > 0) {
     if (rows == R)
-      gemm_block<V, R, NV, TA>(K, A, lda, B, ldb, C, ldc, accumulate);
+      Kern::template block<R, NV>(K, A, lda, B, ldb, C, ldc, accumulate);
     else
-      gemm_rows<V, NV, TA, R - 1>(rows, K, A, lda, B, ldb, C, ldc, accumulate);
+      gemm_rows<Kern, NV, R - 1>(rows, K, A, lda, B, ldb, C, ldc, accumulate);
   }
+}
+
+// One column strip of NV vectors: MR-row blocks sweep over the B strip (K × NV·W), which stays in L1.
+template <class Kern, int NV>
+void gemm_strip(int64_t M, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+                int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
+  constexpr int MR = Kern::MR;
+  for (int64_t i = 0; i < M; i += MR)
+    gemm_rows<Kern, NV, MR>(min64(MR, M - i), K, Kern::a_rows(A, i, lda), lda, B, ldb, C + i * ldc, ldc, accumulate);
+}
+
+template <class Kern, int NV>
+void gemm_tail(int64_t nv, int64_t M, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+               int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
+  if constexpr (NV > 0) {
+    if (nv == NV)
+      gemm_strip<Kern, NV>(M, K, A, lda, B, ldb, C, ldc, accumulate);
+    else
+      gemm_tail<Kern, NV - 1>(nv, M, K, A, lda, B, ldb, C, ldc, accumulate);
+  }
+}
+
+// C in column strips of Kern::NV vectors, the last strip narrower.
+template <class Kern>
+void gemm_with(int64_t M, int64_t N, int64_t K, const typename Kern::AT* A, int64_t lda, const typename Kern::BT* B,
+               int64_t ldb, typename Kern::S* C, int64_t ldc, bool accumulate) {
+  constexpr int W = Kern::W, NV = Kern::NV;
+  int64_t j = 0;
+  for (; j + NV * W <= N; j += NV * W)
+    gemm_strip<Kern, NV>(M, K, A, lda, Kern::b_cols(B, j), ldb, C + j, ldc, accumulate);
+  if (j < N) gemm_tail<Kern, NV - 1>((N - j) / W, M, K, A, lda, Kern::b_cols(B, j), ldb, C + j, ldc, accumulate);
 }
 
 template <class V, bool TA = false>
 void gemm(int64_t M, int64_t N, int64_t K, const typename V::S* A, int64_t lda, const typename V::S* B,
           int64_t ldb, typename V::S* C, int64_t ldc, bool accumulate) {
-  constexpr int W = V::W, MR = V::MR;
-  auto a_rows = [&](int64_t i) { return TA ? A + i : A + i * lda; };
-  int64_t j = 0;
-  for (; j + 2 * W <= N; j += 2 * W)
-    for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<V, 2, TA, MR>(min64(MR, M - i), K, a_rows(i), lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
-  for (; j < N; j += W)
-    for (int64_t i = 0; i < M; i += MR)
-      gemm_rows<V, 1, TA, MR>(min64(MR, M - i), K, a_rows(i), lda, B + j, ldb, C + i * ldc + j, ldc, accumulate);
+  gemm_with<FloatKernel<V, TA>>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 // ------------------------------------------------------------------ packing (strided → scratch)
@@ -185,6 +219,77 @@ void finish_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int
 
 // ------------------------------------------------------------------ forward
 
+// Online softmax over one key block: row r of s (scores) becomes exp(s - m_new) in place, the
+// running max m and sum l are updated and the output row o is rescaled by exp(m_old - m_new).
+template <class V>
+void online_softmax_update(int64_t nr, int64_t bkp, typename V::S* s, int64_t lds, typename V::S* m,
+                           typename V::S* l, typename V::S* o, int64_t ldo) {
+  using S = typename V::S;
+  constexpr int W = V::W;
+  for (int64_t r = 0; r < nr; ++r) {
+    S* row = s + r * lds;
+    V mx = V::set1(neg_inf<S>());
+    for (int64_t c = 0; c < bkp; c += W) mx = vmax(mx, V::load(row + c));
+    const S m_old = m[r], blk = hmax(mx);
+    const S m_new = blk > m_old ? blk : m_old;
+    const S m_use = m_new == neg_inf<S>() ? S(0) : m_new;  // all -inf so far: avoid inf - inf
+    const V vm = V::set1(m_use);
+    V sum = V::zero();
+    for (int64_t c = 0; c < bkp; c += W) {
+      V pexp = vexp(V::load(row + c) - vm);
+      pexp.store(row + c);
+      sum = sum + pexp;
+    }
+    const S alpha = std::exp(m_old - m_use);
+    l[r] = l[r] * alpha + hsum(sum);
+    m[r] = m_new;
+    if (alpha != S(1)) {
+      const V va = V::set1(alpha);
+      S* orow = o + r * ldo;
+      for (int64_t c = 0; c < ldo; c += W) (V::load(orow + c) * va).store(orow + c);
+    }
+  }
+}
+
+// Element c of value row j of (b, h), read from its part in place.
+template <class T, class S>
+S value_at(const AttentionArgs& a, int64_t b, int64_t h, int64_t j, int64_t c) {
+  int p = 0;
+  for (; p + 1 < a.n_parts && c >= a.part_width[p]; ++p) c -= a.part_width[p];
+  const Strided4& t = a.part[p];
+  return load_as<S>(static_cast<const T*>(t.ptr) + b * t.sb + j * t.sn + h * t.sh + c * t.sd);
+}
+
+// out rows = o / l, lse = m + log l; a diagonal-only row (mask_diagonal, no other finite key)
+// keeps its diagonal, as the paper's rule says: the row is value row i, lse its diagonal score.
+template <class T, class S>
+void store_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t nr, const S* o, int64_t ldo,
+                const S* m, const S* l, const S* diag) {
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t i = i0 + r;
+    T* out = static_cast<T*>(a.out) + ((b * a.Nq + i) * a.H + h) * a.Dv;
+    S* lse = static_cast<S*>(a.lse) + (b * a.H + h) * a.Nq + i;
+    if (a.mask_diagonal && m[r] == neg_inf<S>() && i < a.Nk) {
+      for (int64_t c = 0; c < a.Dv; ++c) store_as(out + c, value_at<T, S>(a, b, h, i, c));
+      *lse = diag[r];
+    } else {
+      const S inv = S(1) / l[r];
+      for (int64_t c = 0; c < a.Dv; ++c) store_as(out + c, o[r * ldo + c] * inv);
+      *lse = m[r] + std::log(l[r]);
+    }
+  }
+}
+
+template <class S>
+void reset_rows(int64_t nr, S* m, S* l, S* diag, S* o, int64_t ldo) {
+  for (int64_t r = 0; r < nr; ++r) {
+    m[r] = neg_inf<S>();
+    l[r] = 0;
+    diag[r] = neg_inf<S>();
+  }
+  std::memset(o, 0, static_cast<size_t>(nr * ldo) * sizeof(S));
+}
+
 template <class T, class V>
 void forward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
   using S = typename V::S;
@@ -208,55 +313,15 @@ void forward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
     }
     const int64_t i0 = qb * kBlockQ, nr = min64(kBlockQ, Nq - i0);
     pack_rows<T>(a.q, b, h, i0, nr, Dk, qs.p, Dk, 0);
-    for (int64_t r = 0; r < nr; ++r) {
-      m.p[r] = neg_inf<S>();
-      l.p[r] = 0;
-      diag.p[r] = neg_inf<S>();
-    }
-    o.zero(nr * Dvp);
+    reset_rows(nr, m.p, l.p, diag.p, o.p, Dvp);
     for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
       const int64_t bk = min64(kBlockK, Nk - j0), bkp = round_up(bk, W);
       gemm<V>(nr, bkp, Dk, qs.p, Dk, kt.p + j0, Nkp, s.p, BK, false);
       finish_scores<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, diag.p);
-      for (int64_t r = 0; r < nr; ++r) {  // online softmax update of row r
-        S* row = s.p + r * BK;
-        V mx = V::set1(neg_inf<S>());
-        for (int64_t c = 0; c < bkp; c += W) mx = vmax(mx, V::load(row + c));
-        const S m_old = m.p[r], blk = hmax(mx);
-        const S m_new = blk > m_old ? blk : m_old;
-        const S m_use = m_new == neg_inf<S>() ? S(0) : m_new;  // all -inf so far: avoid inf - inf
-        const V vm = V::set1(m_use);
-        V sum = V::zero();
-        for (int64_t c = 0; c < bkp; c += W) {
-          V pexp = vexp(V::load(row + c) - vm);
-          pexp.store(row + c);
-          sum = sum + pexp;
-        }
-        const S alpha = std::exp(m_old - m_use);
-        l.p[r] = l.p[r] * alpha + hsum(sum);
-        m.p[r] = m_new;
-        if (alpha != S(1)) {
-          const V va = V::set1(alpha);
-          S* orow = o.p + r * Dvp;
-          for (int64_t c = 0; c < Dvp; c += W) (V::load(orow + c) * va).store(orow + c);
-        }
-      }
+      online_softmax_update<V>(nr, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
       gemm<V>(nr, Dvp, bkp, s.p, BK, vb.p + j0 * Dvp, Dvp, o.p, Dvp, true);
     }
-    for (int64_t r = 0; r < nr; ++r) {
-      const int64_t i = i0 + r;
-      T* out = static_cast<T*>(a.out) + ((b * Nq + i) * H + h) * Dv;
-      S* lse = static_cast<S*>(a.lse) + (b * H + h) * Nq + i;
-      if (a.mask_diagonal && m.p[r] == neg_inf<S>() && i < Nk) {
-        // No key but the diagonal: the paper's rule keeps it, so the row is value row i.
-        for (int64_t c = 0; c < Dv; ++c) store_as(out + c, vb.p[i * Dvp + c]);
-        *lse = diag.p[r];
-      } else {
-        const S inv = S(1) / l.p[r];
-        for (int64_t c = 0; c < Dv; ++c) store_as(out + c, o.p[r * Dvp + c] * inv);
-        *lse = m.p[r] + std::log(l.p[r]);
-      }
-    }
+    store_rows<T>(a, b, h, i0, nr, o.p, Dvp, m.p, l.p, diag.p);
   }
 }
 
@@ -438,7 +503,11 @@ void epilogue_impl(const EpilogueArgs& e) {
 
 inline void attention_forward(const AttentionArgs& a) {
   switch (a.dtype) {
+#ifdef ARMOUR_BF16_DOT
+    case DType::bf16: return forward_bf16dot(a);  // attention_bf16dot.h
+#else
     case DType::bf16: return forward_impl<bf16_t, VecF>(a);
+#endif
     case DType::f64: return forward_impl<double, VecD>(a);
     default: return forward_impl<float, VecF>(a);
   }

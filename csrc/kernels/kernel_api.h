@@ -87,12 +87,21 @@ struct KernelTable {
   void (*bias_hardswish)(const EpilogueArgs&);
 };
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
 
-// One table per compiled ISA (isa_scalar.cpp, isa_avx2.cpp, isa_avx512.cpp).
+// One table per compiled ISA (isa_scalar.cpp, isa_avx2.cpp, isa_avx512.cpp, isa_avx512bf16.cpp).
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512bf16();
+
+// Defines kernels_<ISA>() from the namespace armour::<ISA>; used by each isa_*.cpp after its
+// `#pragma GCC pop_options`, so the accessor itself is baseline code.
+#define ARMOUR_DEFINE_KERNEL_TABLE(ISA)                                                              \
+  const KernelTable& kernels_##ISA() {                                                               \
+    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, &ISA::bias_hardswish}; \
+    return table;                                                                                    \
+  }
 
 // isa_dispatch.cpp: what the CPU supports, what is selected (env ARMOUR_KERNELS_CPU_ISA forces it).
 bool cpu_supports(Isa isa);

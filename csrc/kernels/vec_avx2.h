@@ -5,7 +5,7 @@
 struct VecF {
   using S = float;
   static constexpr int W = 8;
-  static constexpr int MR = 6;  // 6 rows x 2 vectors = 12 accumulators (+2 B, 1 A) of 16 ymm
+  static constexpr int MR = 4, NV = 3;  // GEMM block: 4 rows x 3 vectors = 12 accumulators (+3 B, 1 A) of 16 ymm
   __m256 v;
   static inline VecF load(const float* p) { return {_mm256_loadu_ps(p)}; }
   static inline VecF set1(float x) { return {_mm256_set1_ps(x)}; }

@@ -5,7 +5,7 @@
 struct VecF {
   using S = float;
   static constexpr int W = 16;
-  static constexpr int MR = 6;  // 6 rows x 2 vectors = 12 accumulators of 32 zmm
+  static constexpr int MR = 6, NV = 2;  // GEMM block: 6 rows x 2 vectors = 12 accumulators of 32 zmm
   __m512 v;
   static inline VecF load(const float* p) { return {_mm512_loadu_ps(p)}; }
   static inline VecF set1(float x) { return {_mm512_set1_ps(x)}; }

@@ -6,7 +6,7 @@ template <class T>
 struct Scalar1 {
   using S = T;
   static constexpr int W = 1;
-  static constexpr int MR = 4;  // rows of the GEMM register block
+  static constexpr int MR = 4, NV = 2;  // GEMM register block: rows x vectors
   T v;
   static inline Scalar1 load(const T* p) { return {*p}; }
   static inline Scalar1 set1(T x) { return {x}; }
