@@ -1,0 +1,129 @@
+// Performer (FAVOR+) forward on CPU (SPEC §5), fused like the Triton kernels: the features φ(x)
+// of one token are computed in registers / a one-row buffer and used at once, φ(q), φ(k) (n×m)
+// never exist in memory. Three sweeps:
+//   1. key stabiliser M = max of u = (dn·k)Pᵀ per (b, h) (softmax only; seed: max over all),
+//   2. ctx = Σₙ φ(kₙ) vₙᵀ and ksum = Σₙ φ(kₙ) in one pass over the keys, per (b, h),
+//   3. out = φ(q)·ctx / φ(q)·ksum per (b, h, block of queries).
+// Included inside armour::<ISA> after linear_util.h. fp32 only (the host converts bf16 / fp16).
+#pragma once
+
+namespace lin {
+
+struct PerformerPlan {
+  const PerformerArgs* a;
+  const float* pt;  // Pᵀ (D × Mp), zero-padded columns
+  int64_t Mp, Dp, Dvp;
+  float dn;
+};
+
+// φ of the row x (already scaled by dn, zero-padded to Dp) into phi[0, Mp), padding lanes 0.
+// softmax: exp(u − ‖x‖²/2 − stab) + 1e-4, with stab the row max of u when `row_stab`.
+inline void features(const PerformerPlan& pl, const float* x, float stab, bool row_stab, float* u, float* phi) {
+  const PerformerArgs& a = *pl.a;
+  project(x, pl.pt, a.D, pl.Mp, u);
+  if (a.softmax) {
+    if (row_stab) stab = row_max(u, a.M);
+    const VecF shift = VecF::set1(0.5f * dot(x, x, pl.Dp) + stab), eps = VecF::set1(1e-4f);
+    for (int64_t j = 0; j < pl.Mp; j += VecF::W) (vexp(VecF::load(u + j) - shift) + eps).store(phi + j);
+  } else {
+    const VecF eps = VecF::set1(1e-3f);
+    for (int64_t j = 0; j < pl.Mp; j += VecF::W) (vmax(VecF::zero(), VecF::load(u + j)) + eps).store(phi + j);
+  }
+  for (int64_t j = a.M; j < pl.Mp; ++j) phi[j] = 0.f;
+}
+
+inline void key_max_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
+  const PerformerArgs& a = *pl.a;
+  Buf x(pl.Dp), u(pl.Mp);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / a.H, h = bh % a.H;
+    float mx = -INFINITY;
+    for (int64_t n = 0; n < a.Nk; ++n) {
+      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
+      project(x.p, pl.pt, a.D, pl.Mp, u.p);
+      const float r = row_max(u.p, a.M);
+      mx = r > mx ? r : mx;
+    }
+    a.stab[bh] = mx;
+  }
+}
+
+inline void context_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
+  const PerformerArgs& a = *pl.a;
+  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), vr(pl.Dvp), acc(a.M * pl.Dvp), ks(pl.Mp);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / a.H, h = bh % a.H;
+    std::memset(acc.p, 0, sizeof(float) * a.M * pl.Dvp);
+    std::memset(ks.p, 0, sizeof(float) * pl.Mp);
+    for (int64_t n = 0; n < a.Nk; ++n) {
+      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
+      features(pl, x.p, a.stab[bh], false, u.p, phi.p);
+      load_row(a.v, b, n, h, a.Dv, 1.f, vr.p);
+      for (int64_t j = 0; j < a.M; ++j) axpy(phi.p[j], vr.p, acc.p + j * pl.Dvp, pl.Dvp);
+      axpy(1.f, phi.p, ks.p, pl.Mp);
+    }
+    for (int64_t j = 0; j < a.M; ++j) {
+      std::memcpy(a.ctx + (bh * a.M + j) * a.Dv, acc.p + j * pl.Dvp, sizeof(float) * a.Dv);
+      a.ksum[bh * a.M + j] = ks.p[j];
+    }
+  }
+}
+
+constexpr int64_t kPerfBlockQ = 64;
+
+inline void output_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
+  const PerformerArgs& a = *pl.a;
+  const int64_t blocks = (a.Nq + kPerfBlockQ - 1) / kPerfBlockQ;
+  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), num(pl.Dvp), cp(a.M * pl.Dvp), ks(pl.Mp);
+  int64_t loaded = -1;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t bh = task / blocks, blk = task % blocks, b = bh / a.H, h = bh % a.H;
+    if (bh != loaded) {  // the (b, h) context, zero-padded to Dvp columns / Mp entries
+      for (int64_t j = 0; j < a.M; ++j) {
+        std::memcpy(cp.p + j * pl.Dvp, a.ctx + (bh * a.M + j) * a.Dv, sizeof(float) * a.Dv);
+        ks.p[j] = a.ksum[bh * a.M + j];
+      }
+      loaded = bh;
+    }
+    const int64_t n_end = (blk + 1) * kPerfBlockQ < a.Nq ? (blk + 1) * kPerfBlockQ : a.Nq;
+    for (int64_t n = blk * kPerfBlockQ; n < n_end; ++n) {
+      load_row(a.q, b, n, h, a.D, pl.dn, x.p);
+      features(pl, x.p, 0.f, true, u.p, phi.p);
+      std::memset(num.p, 0, sizeof(float) * pl.Dvp);
+      for (int64_t j = 0; j < a.M; ++j) axpy(phi.p[j], cp.p + j * pl.Dvp, num.p, pl.Dvp);
+      const float inv = 1.f / dot(phi.p, ks.p, pl.Mp);
+      float* o = a.out + ((b * a.Nq + n) * a.H + h) * a.Dv;
+      for (int64_t d = 0; d < a.Dv; ++d) o[d] = num.p[d] * inv;
+    }
+  }
+}
+
+}  // namespace lin
+
+inline void performer_forward(const PerformerArgs& a) {
+  lin::PerformerPlan pl;
+  pl.a = &a;
+  pl.Mp = lin::up(a.M, VecF::W);
+  pl.Dp = lin::up(a.D, VecF::W);
+  pl.Dvp = lin::up(a.Dv, VecF::W);
+  pl.dn = static_cast<float>(std::pow(static_cast<double>(a.D), -0.25));
+  lin::Buf pt(a.D * pl.Mp);
+  for (int64_t j = 0; j < a.M; ++j)
+    for (int64_t d = 0; d < a.D; ++d) pt.p[d * pl.Mp + j] = a.proj[j * a.D + d];
+  pl.pt = pt.p;
+  const int64_t BH = a.B * a.H;
+  if (a.softmax) {
+    a.parallel_for(BH, &pl, lin::key_max_body);
+    if (a.seed) {
+      const float mx = lin::row_max(a.stab, BH);
+      for (int64_t i = 0; i < BH; ++i) a.stab[i] = mx;
+    }
+  } else {
+    for (int64_t i = 0; i < BH; ++i) a.stab[i] = 0.f;
+  }
+  a.parallel_for(BH, &pl, lin::context_body);
+  a.parallel_for(BH * ((a.Nq + lin::kPerfBlockQ - 1) / lin::kPerfBlockQ), &pl, lin::output_body);
+}
