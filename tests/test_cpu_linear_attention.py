@@ -143,3 +143,22 @@ def test_bad_inputs_raise_clear_errors():
         cpu._C.nystrom_attention(q, k[..., :8], v, None, 4, 6, "clean")
     with pytest.raises(RuntimeError, match="mode"):
         cpu._C.nystrom_attention(q, k, v, None, 4, 6, "dirty")
+
+
+def test_any_strides_give_the_contiguous_result():
+    """Feature stride ≠ 1 (a (B, N, D, H) buffer seen as (B, N, H, D)) reads the same numbers."""
+    q, k, v = (torch.randn(2, 23, 16, 3).transpose(2, 3) for _ in range(3))
+    assert q.stride(3) != 1
+    proj = gaussian_orthogonal_random_matrix(20, 16)
+    conv = torch.randn(3, 1, 9, 1)
+    for value in ("v", "q"):
+        vv = v if value == "v" else None
+        strided = armour_kernels.performer_attention(q, k, vv, projection=proj, value=value, backend="cpu")
+        dense = armour_kernels.performer_attention(q.contiguous(), k.contiguous(), None if vv is None else v.contiguous(),
+                                                   projection=proj, value=value, backend="cpu")
+        torch.testing.assert_close(strided, dense)
+        strided = armour_kernels.nystrom_attention(q, k, vv, num_landmarks=5, value=value, conv_weight=conv,
+                                                   backend="cpu")
+        dense = armour_kernels.nystrom_attention(q.contiguous(), k.contiguous(), None if vv is None else v.contiguous(),
+                                                 num_landmarks=5, value=value, conv_weight=conv, backend="cpu")
+        torch.testing.assert_close(strided, dense)

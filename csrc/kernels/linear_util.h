@@ -25,7 +25,11 @@ struct Buf {
 // dst[0, len) = scale · row (b, n, h) of a strided fp32 (B, N, H, D) tensor; dst's tail stays as it was.
 inline void load_row(const Strided4& t, int64_t b, int64_t n, int64_t h, int64_t len, float scale, float* dst) {
   const float* src = static_cast<const float*>(t.ptr) + b * t.sb + n * t.sn + h * t.sh;
-  for (int64_t d = 0; d < len; ++d) dst[d] = scale * src[d * t.sd];
+  if (t.sd == 1) {
+    for (int64_t d = 0; d < len; ++d) dst[d] = scale * src[d];
+  } else {
+    for (int64_t d = 0; d < len; ++d) dst[d] = scale * src[d * t.sd];
+  }
 }
 
 // y[0, len) += a · x (len a multiple of W)
@@ -45,23 +49,61 @@ inline float dot(const float* a, const float* b, int64_t len) {
   return hsum(acc);
 }
 
-// C (rows × cols) = A (rows × K, row stride lda) · B (K × cols, row stride ldb); cols a multiple of W.
-inline void matmul(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t rows,
-                   int64_t K, int64_t cols) {
-  for (int64_t i = 0; i < rows; ++i) {
-    float* c = C + i * ldc;
-    for (int64_t j = 0; j < cols; j += VecF::W) VecF::zero().store(c + j);
-    for (int64_t k = 0; k < K; ++k) axpy(A[i * lda + k], B + k * ldb, c, cols);
+// y[j0, j0 + NV·W) (+)= Σ_{k<K} x[k] · B[k, j0 + …]: NV independent accumulators stay in registers.
+template <int NV>
+inline void row_gemv_block(const float* x, int64_t K, const float* B, int64_t ldb, float* y, bool accumulate) {
+  VecF acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = accumulate ? VecF::load(y + v * VecF::W) : VecF::zero();
+  for (int64_t k = 0; k < K; ++k) {
+    const VecF xk = VecF::set1(x[k]);
+    const float* b = B + k * ldb;
+    for (int v = 0; v < NV; ++v) acc[v] = fmadd(xk, VecF::load(b + v * VecF::W), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) acc[v].store(y + v * VecF::W);
+}
+
+// y[0, cols) (+)= x[0, K) · B (K × cols, row stride ldb); cols a multiple of W. The row-times-matrix
+// product every sweep is made of (features u = x·Pᵀ, scores q·k̃ᵀ, φ·ctx, p·V, the conv taps).
+inline void row_gemv(const float* x, int64_t K, const float* B, int64_t ldb, int64_t cols, float* y,
+                     bool accumulate) {
+  constexpr int kMaxNV = 8;
+  for (int64_t j = 0; j < cols; j += kMaxNV * VecF::W) {
+    const int64_t nv = (cols - j) / VecF::W < kMaxNV ? (cols - j) / VecF::W : kMaxNV;
+    switch (nv) {
+      case 1: row_gemv_block<1>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 2: row_gemv_block<2>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 3: row_gemv_block<3>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 4: row_gemv_block<4>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 5: row_gemv_block<5>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 6: row_gemv_block<6>(x, K, B + j, ldb, y + j, accumulate); break;
+      case 7: row_gemv_block<7>(x, K, B + j, ldb, y + j, accumulate); break;
+      default: row_gemv_block<8>(x, K, B + j, ldb, y + j, accumulate); break;
+    }
   }
 }
 
-// u[0, Mp) = x[0, D) · Pt (D × Mp, zero-padded columns): the random-feature projection of one row.
-inline void project(const float* x, const float* pt, int64_t D, int64_t Mp, float* u) {
-  for (int64_t j = 0; j < Mp; j += VecF::W) {
-    VecF acc = VecF::zero();
-    for (int64_t d = 0; d < D; ++d) acc = fmadd(VecF::set1(x[d]), VecF::load(pt + d * Mp + j), acc);
-    acc.store(u + j);
+// In place softmax of x[0, len) (len ≤ padded, padded a multiple of W; the lanes past len become 0).
+// Returns the natural log of the sum of exponentials.
+inline float softmax_row(float* x, int64_t len, int64_t padded) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < len; ++j) mx = x[j] > mx ? x[j] : mx;
+  for (int64_t j = len; j < padded; ++j) x[j] = -INFINITY;  // vexp(-inf) = 0
+  const VecF shift = VecF::set1(mx);
+  VecF sum = VecF::zero();
+  for (int64_t j = 0; j < padded; j += VecF::W) {
+    const VecF e = vexp(VecF::load(x + j) - shift);
+    e.store(x + j);
+    sum = sum + e;
   }
+  const float total = hsum(sum);
+  scale_inplace(1.f / total, x, padded);
+  return mx + std::log(total);
+}
+
+// C (rows × cols) = A (rows × K, row stride lda) · B (K × cols, row stride ldb); cols a multiple of W.
+inline void matmul(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc, int64_t rows,
+                   int64_t K, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) row_gemv(A + i * lda, K, B, ldb, cols, C + i * ldc, false);
 }
 
 inline float row_max(const float* u, int64_t len) {

@@ -114,39 +114,46 @@ constexpr int64_t kNysBlockK = 64;
 inline void landmark_value_body(void* ctx, int64_t begin, int64_t end) {
   const NystromPlan& pl = *static_cast<NystromPlan*>(ctx);
   const NystromArgs& a = *pl.a;
-  const int64_t M = a.M, Mp = pl.Mp, Dp = pl.Dp, Dvp = pl.Dvp;
+  const int64_t M = a.M, Mp = pl.Mp, Dvp = pl.Dvp;
+  constexpr int64_t BK = kNysBlockK;
   Buf z(M * Mp), az(M * Mp), t(M * Mp), u(M * Mp), ap(M * Mp);
-  Buf qlp(M * Dp), kb(kNysBlockK * Dp), vb(kNysBlockK * Dvp), s(kNysBlockK), w(M * Dvp), y(M * Dvp), mx(M), sum(M);
+  Buf row(pl.Dp), kt(a.D * BK), vb(BK * Dvp), s(BK), w(M * Dvp), y(M * Dvp), mx(M), sum(M);
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / a.H, h = bh % a.H;
+    const float* ql = a.ql + bh * M * a.D;
     razavi_pinv(pl, a.a2 + bh * M * M, pl.denom[bh], z.p, az.p, t.p, u.p, ap.p);
     for (int64_t i = 0; i < M; ++i) {
-      std::memcpy(qlp.p + i * Dp, a.ql + (bh * M + i) * a.D, sizeof(float) * a.D);
       mx.p[i] = -INFINITY;
       sum.p[i] = 0.f;
     }
     std::memset(w.p, 0, sizeof(float) * M * Dvp);
-    // W = softmax(q̃ kᵀ) v over the padded keys (zero rows score 0 and add nothing to W), online.
-    for (int64_t r0 = 0; r0 < pl.Np; r0 += kNysBlockK) {
-      const int64_t nb = pl.Np - r0 < kNysBlockK ? pl.Np - r0 : kNysBlockK;
+    // W = softmax(q̃ kᵀ) v over the padded keys (zero rows score 0 and add nothing to W), online
+    // over blocks of BK keys: kt holds the block transposed (D × BK), vb its values (BK × Dvp).
+    for (int64_t r0 = 0; r0 < pl.Np; r0 += BK) {
+      const int64_t nb = pl.Np - r0 < BK ? pl.Np - r0 : BK;
+      std::memset(kt.p, 0, sizeof(float) * a.D * BK);
       for (int64_t r = 0; r < nb; ++r) {
-        load_padded(pl, a.k, b, r0 + r, h, a.D, 1.f, kb.p + r * Dp);
+        load_padded(pl, a.k, b, r0 + r, h, a.D, 1.f, row.p);
+        for (int64_t d = 0; d < a.D; ++d) kt.p[d * BK + r] = row.p[d];
         load_padded(pl, a.v, b, r0 + r, h, a.Dv, 1.f, vb.p + r * Dvp);
       }
       for (int64_t i = 0; i < M; ++i) {
-        for (int64_t r = 0; r < nb; ++r) s.p[r] = dot(qlp.p + i * Dp, kb.p + r * Dp, Dp);
+        row_gemv(ql + i * a.D, a.D, kt.p, BK, BK, s.p, false);
+        for (int64_t r = nb; r < BK; ++r) s.p[r] = -INFINITY;
         const float bm = row_max(s.p, nb);
         const float m_new = bm > mx.p[i] ? bm : mx.p[i];
+        const VecF shift = VecF::set1(m_new);
+        VecF l = VecF::zero();
+        for (int64_t r = 0; r < BK; r += VecF::W) {
+          const VecF p = vexp(VecF::load(s.p + r) - shift);
+          p.store(s.p + r);
+          l = l + p;
+        }
         const float alpha = std::exp(mx.p[i] - m_new);  // exp(-inf) = 0 on the first block
         float* wi = w.p + i * Dvp;
         scale_inplace(alpha, wi, Dvp);
-        float l = sum.p[i] * alpha;
-        for (int64_t r = 0; r < nb; ++r) {
-          const float p = std::exp(s.p[r] - m_new);
-          l += p;
-          axpy(p, vb.p + r * Dvp, wi, Dvp);
-        }
-        sum.p[i] = l;
+        row_gemv(s.p, nb, vb.p, Dvp, Dvp, wi, true);
+        sum.p[i] = sum.p[i] * alpha + hsum(l);
         mx.p[i] = m_new;
       }
     }
@@ -165,37 +172,40 @@ constexpr int64_t kNysBlockQ = 64;
 inline void nystrom_output_body(void* ctx, int64_t begin, int64_t end) {
   const NystromPlan& pl = *static_cast<NystromPlan*>(ctx);
   const NystromArgs& a = *pl.a;
-  const int64_t M = a.M, Dp = pl.Dp, Dvp = pl.Dvp, half = a.K / 2;
+  const int64_t M = a.M, Mp = pl.Mp, Dvp = pl.Dvp, half = a.K / 2;
   const int64_t blocks = (a.N + kNysBlockQ - 1) / kNysBlockQ;
-  Buf klp(M * Dp), yp(M * Dvp), x(Dp), s(M), acc(Dvp), vr(Dvp);
+  // klt: k̃ᵀ (D × Mp); yp: Y (M × Dvp); vwin: the value rows the block's conv taps reach (zeros outside).
+  Buf klt(a.D * Mp), yp(M * Dvp), x(pl.Dp), s(Mp), acc(Dvp), vwin((kNysBlockQ + a.K) * Dvp);
   int64_t loaded = -1;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t bh = task / blocks, blk = task % blocks, b = bh / a.H, h = bh % a.H;
     if (bh != loaded) {
       for (int64_t i = 0; i < M; ++i) {
-        std::memcpy(klp.p + i * Dp, a.kl + (bh * M + i) * a.D, sizeof(float) * a.D);
+        for (int64_t d = 0; d < a.D; ++d) klt.p[d * Mp + i] = a.kl[(bh * M + i) * a.D + d];
         std::memcpy(yp.p + i * Dvp, a.y + (bh * M + i) * a.Dv, sizeof(float) * a.Dv);
       }
       loaded = bh;
     }
-    const int64_t n_end = (blk + 1) * kNysBlockQ < a.N ? (blk + 1) * kNysBlockQ : a.N;
-    for (int64_t n = blk * kNysBlockQ; n < n_end; ++n) {
-      load_row(a.q, b, n, h, a.D, pl.scale, x.p);
-      for (int64_t j = 0; j < M; ++j) s.p[j] = dot(x.p, klp.p + j * Dp, Dp);
-      softmax_inplace(s.p, M);
-      std::memset(acc.p, 0, sizeof(float) * Dvp);
-      for (int64_t j = 0; j < M; ++j) axpy(s.p[j], yp.p + j * Dvp, acc.p, Dvp);
-      if (a.conv) {  // residual depthwise conv along the sequence; the zero padding adds nothing
-        const float* wk = a.conv + h * a.K;
-        for (int64_t tap = 0; tap < a.K; ++tap) {
-          const int64_t src = n + tap - half;
-          if (src < 0 || src >= a.N) continue;
-          load_row(a.v, b, src, h, a.Dv, 1.f, vr.p);
-          axpy(wk[tap], vr.p, acc.p, Dvp);
+    const int64_t n0 = blk * kNysBlockQ;
+    const int64_t n_end = n0 + kNysBlockQ < a.N ? n0 + kNysBlockQ : a.N;
+    if (a.conv) {
+      for (int64_t src = n0 - half; src < n_end + half; ++src) {
+        float* dst = vwin.p + (src - n0 + half) * Dvp;
+        if (src < 0 || src >= a.N) {
+          std::memset(dst, 0, sizeof(float) * Dvp);
+        } else {
+          load_row(a.v, b, src, h, a.Dv, 1.f, dst);
         }
       }
-      float* o = a.out + ((b * a.N + n) * a.H + h) * a.Dv;
-      std::memcpy(o, acc.p, sizeof(float) * a.Dv);
+    }
+    for (int64_t n = n0; n < n_end; ++n) {
+      load_row(a.q, b, n, h, a.D, pl.scale, x.p);
+      row_gemv(x.p, a.D, klt.p, Mp, Mp, s.p, false);
+      softmax_row(s.p, M, Mp);
+      row_gemv(s.p, M, yp.p, Dvp, Dvp, acc.p, false);
+      // residual depthwise conv along the sequence: taps × the window rows n − half … n + half
+      if (a.conv) row_gemv(a.conv + h * a.K, a.K, vwin.p + (n - n0) * Dvp, Dvp, Dvp, acc.p, true);
+      std::memcpy(a.out + ((b * a.N + n) * a.H + h) * a.Dv, acc.p, sizeof(float) * a.Dv);
     }
   }
 }

@@ -20,7 +20,7 @@ struct PerformerPlan {
 // softmax: exp(u − ‖x‖²/2 − stab) + 1e-4, with stab the row max of u when `row_stab`.
 inline void features(const PerformerPlan& pl, const float* x, float stab, bool row_stab, float* u, float* phi) {
   const PerformerArgs& a = *pl.a;
-  project(x, pl.pt, a.D, pl.Mp, u);
+  row_gemv(x, a.D, pl.pt, pl.Mp, pl.Mp, u, false);
   if (a.softmax) {
     if (row_stab) stab = row_max(u, a.M);
     const VecF shift = VecF::set1(0.5f * dot(x, x, pl.Dp) + stab), eps = VecF::set1(1e-4f);
@@ -41,7 +41,7 @@ inline void key_max_body(void* ctx, int64_t begin, int64_t end) {
     float mx = -INFINITY;
     for (int64_t n = 0; n < a.Nk; ++n) {
       load_row(a.k, b, n, h, a.D, pl.dn, x.p);
-      project(x.p, pl.pt, a.D, pl.Mp, u.p);
+      row_gemv(x.p, a.D, pl.pt, pl.Mp, pl.Mp, u.p, false);
       const float r = row_max(u.p, a.M);
       mx = r > mx ? r : mx;
     }
@@ -49,20 +49,28 @@ inline void key_max_body(void* ctx, int64_t begin, int64_t end) {
   }
 }
 
+constexpr int64_t kPerfBlockK = 16;
+
+// ctx += Φᵀ V a block of kPerfBlockK keys at a time (each ctx row loaded / stored once per block).
 inline void context_body(void* ctx, int64_t begin, int64_t end) {
   const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
   const PerformerArgs& a = *pl.a;
-  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), vr(pl.Dvp), acc(a.M * pl.Dvp), ks(pl.Mp);
+  constexpr int64_t T = kPerfBlockK;
+  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), phit(a.M * T), vb(T * pl.Dvp), acc(a.M * pl.Dvp), ks(pl.Mp);
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / a.H, h = bh % a.H;
     std::memset(acc.p, 0, sizeof(float) * a.M * pl.Dvp);
     std::memset(ks.p, 0, sizeof(float) * pl.Mp);
-    for (int64_t n = 0; n < a.Nk; ++n) {
-      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
-      features(pl, x.p, a.stab[bh], false, u.p, phi.p);
-      load_row(a.v, b, n, h, a.Dv, 1.f, vr.p);
-      for (int64_t j = 0; j < a.M; ++j) axpy(phi.p[j], vr.p, acc.p + j * pl.Dvp, pl.Dvp);
-      axpy(1.f, phi.p, ks.p, pl.Mp);
+    for (int64_t n0 = 0; n0 < a.Nk; n0 += T) {
+      const int64_t nb = a.Nk - n0 < T ? a.Nk - n0 : T;
+      for (int64_t t = 0; t < nb; ++t) {
+        load_row(a.k, b, n0 + t, h, a.D, pl.dn, x.p);
+        features(pl, x.p, a.stab[bh], false, u.p, phi.p);
+        for (int64_t j = 0; j < a.M; ++j) phit.p[j * T + t] = phi.p[j];
+        axpy(1.f, phi.p, ks.p, pl.Mp);
+        load_row(a.v, b, n0 + t, h, a.Dv, 1.f, vb.p + t * pl.Dvp);
+      }
+      for (int64_t j = 0; j < a.M; ++j) row_gemv(phit.p + j * T, nb, vb.p, pl.Dvp, pl.Dvp, acc.p + j * pl.Dvp, true);
     }
     for (int64_t j = 0; j < a.M; ++j) {
       std::memcpy(a.ctx + (bh * a.M + j) * a.Dv, acc.p + j * pl.Dvp, sizeof(float) * a.Dv);
@@ -92,8 +100,7 @@ inline void output_body(void* ctx, int64_t begin, int64_t end) {
     for (int64_t n = blk * kPerfBlockQ; n < n_end; ++n) {
       load_row(a.q, b, n, h, a.D, pl.dn, x.p);
       features(pl, x.p, 0.f, true, u.p, phi.p);
-      std::memset(num.p, 0, sizeof(float) * pl.Dvp);
-      for (int64_t j = 0; j < a.M; ++j) axpy(phi.p[j], cp.p + j * pl.Dvp, num.p, pl.Dvp);
+      row_gemv(phi.p, a.M, cp.p, pl.Dvp, pl.Dvp, num.p, false);
       const float inv = 1.f / dot(phi.p, ks.p, pl.Mp);
       float* o = a.out + ((b * a.Nq + n) * a.H + h) * a.Dv;
       for (int64_t d = 0; d < a.Dv; ++d) o[d] = num.p[d] * inv;
