@@ -162,3 +162,21 @@ def test_any_strides_give_the_contiguous_result():
         dense = armour_kernels.nystrom_attention(q.contiguous(), k.contiguous(), None if vv is None else v.contiguous(),
                                                  num_landmarks=5, value=value, conv_weight=conv, backend="cpu")
         torch.testing.assert_close(strided, dense)
+
+
+def test_torch_compile_forward_and_backward():
+    """The CPU launchers honour the ops' fake kernels (shapes, contiguous gradients) under torch.compile."""
+    q, k, v = (torch.randn(2, 20, 2, 16, requires_grad=True) for _ in range(3))
+    proj = gaussian_orthogonal_random_matrix(20, 16)
+
+    def loss(q, k, v):
+        return (armour_kernels.performer_attention(q, k, v, projection=proj, backend="cpu").sum()
+                + armour_kernels.nystrom_attention(q, k, v, num_landmarks=4, mode="seed", backend="cpu").sum())
+
+    torch.compile(loss, fullgraph=True)(q, k, v).backward()
+    compiled = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    loss(q, k, v).backward()
+    for mine, eager in zip(compiled, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(mine, eager)

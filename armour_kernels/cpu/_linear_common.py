@@ -26,7 +26,8 @@ def recompute_grads(reference, dout, qkv, extra=()):
 
     qkv: the launcher's (q, k, v or None) in (B, N, H, D); extra: further differentiable inputs
     passed as they are (e.g. the conv weight), or None. The reference runs in float32 at least
-    (float64 stays float64). Returns one gradient per input, in its dtype (None for None).
+    (float64 stays float64). Returns one gradient per input, contiguous (as the ops' fake kernels say),
+    in its dtype (None for None).
     """
     work = torch.promote_types(dout.dtype, torch.float32)
     inputs = [*qkv, *extra]
@@ -41,5 +42,5 @@ def recompute_grads(reference, dout, qkv, extra=()):
     result = []
     for t, leaf in zip(inputs, leaves):
         g = None if leaf is None else next(grads)
-        result.append(None if t is None else (torch.zeros_like(t) if g is None else g.to(t.dtype)))
+        result.append(None if t is None else (t.new_zeros(t.shape) if g is None else g.to(t.dtype).contiguous()))
     return result
