@@ -27,6 +27,7 @@ namespace avx2 {
 #include "kernels/attention_kernel.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
+#include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
 }  // namespace avx2
 }  // namespace armour

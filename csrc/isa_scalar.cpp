@@ -27,6 +27,7 @@ using VecF = Scalar1<float>;
 #include "kernels/attention_kernel.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
+#include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
 }  // namespace scalar
 }  // namespace armour

@@ -64,9 +64,12 @@ void check_qk(const char* op, const at::Tensor& q, const at::Tensor& k) {
 
 }  // namespace
 
-std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
-                                          const at::Tensor& projection, const std::string& kernel,
-                                          const std::string& mode) {
+namespace {
+
+// Checks and describes the Performer inputs (forward and backward alike); proj keeps the fp32 copy alive.
+PerformerArgs describe_performer(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+                                 const at::Tensor& projection, const std::string& kernel, const std::string& mode,
+                                 at::Tensor* proj) {
   const char* op = "performer_attention";
   check_qk(op, q, k);
   const at::Tensor& val = value_of(op, q, k, v);
@@ -77,15 +80,32 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
                   projection.size(0) >= 1,
               "armour_kernels._C.", op, ": projection must be a CPU (m, D) tensor with D = ", q.size(3), ", got ",
               projection.sizes());
-  const at::Tensor proj = projection.to(at::kFloat).contiguous();
+  *proj = projection.to(at::kFloat).contiguous();
   PerformerArgs a;
   describe_qkv(a, q, k, val);
   a.Nq = q.size(1);
   a.Nk = k.size(1);
-  a.M = proj.size(0);
-  a.proj = proj.data_ptr<float>();
+  a.M = proj->size(0);
+  a.proj = proj->data_ptr<float>();
   a.softmax = kernel == "softmax";
   a.seed = mode == "seed";
+  return a;
+}
+
+float* f32_ptr(const at::Tensor& t, std::initializer_list<int64_t> shape, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.sizes().vec() == std::vector<int64_t>(shape),
+              "armour_kernels._C.performer_attention_backward: ", name, " must be contiguous float32 of shape ",
+              at::IntArrayRef(shape), " (as the forward returned it), got ", t.sizes());
+  return t.data_ptr<float>();
+}
+
+}  // namespace
+
+std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+                                          const at::Tensor& projection, const std::string& kernel,
+                                          const std::string& mode) {
+  at::Tensor proj;
+  PerformerArgs a = describe_performer(q, k, v, projection, kernel, mode, &proj);
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor out = at::empty({a.B, a.Nq, a.H, a.Dv}, f32);
   at::Tensor ctx = at::empty({a.B * a.H, a.M, a.Dv}, f32);
@@ -97,6 +117,36 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
   a.stab = stab.data_ptr<float>();
   current_linear_kernels().performer_forward(a);
   return {out, ctx, ksum, stab};
+}
+
+std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                           const std::optional<at::Tensor>& v, const at::Tensor& projection,
+                                           const at::Tensor& ctx, const at::Tensor& ksum, const at::Tensor& stab,
+                                           const std::string& kernel, const std::string& mode) {
+  at::Tensor proj;
+  PerformerArgs a = describe_performer(q, k, v, projection, kernel, mode, &proj);
+  TORCH_CHECK(!(a.softmax && a.seed), "armour_kernels._C.performer_attention_backward: softmax features in mode "
+              "'seed' (an attached global stabiliser) are not fused; the Python launcher recomputes that case");
+  check_f32_4d("performer_attention_backward", dout, "dout");
+  TORCH_CHECK(dout.size(0) == a.B && dout.size(1) == a.Nq && dout.size(2) == a.H && dout.size(3) == a.Dv,
+              "armour_kernels._C.performer_attention_backward: dout must be (B, Nq, H, Dv) = (", a.B, ", ", a.Nq,
+              ", ", a.H, ", ", a.Dv, "), got ", dout.sizes());
+  const int64_t BH = a.B * a.H;
+  a.ctx = f32_ptr(ctx, {BH, a.M, a.Dv}, "ctx");
+  a.ksum = f32_ptr(ksum, {BH, a.M}, "ksum");
+  a.stab = f32_ptr(stab, {BH}, "stab");
+  a.dout = strided4(dout);
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor dq = at::empty({a.B, a.Nq, a.H, a.D}, f32), dk = at::empty({a.B, a.Nk, a.H, a.D}, f32);
+  at::Tensor dv;
+  a.dq = dq.data_ptr<float>();
+  a.dk = dk.data_ptr<float>();
+  if (v.has_value() && v->defined()) {
+    dv = at::empty({a.B, a.Nk, a.H, a.Dv}, f32);
+    a.dv = dv.data_ptr<float>();
+  }
+  current_linear_kernels().performer_backward(a);
+  return {dq, dk, dv};
 }
 
 std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,

@@ -15,6 +15,12 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& projection, const std::string& kernel,
                                           const std::string& mode);
 
+// Gradients (dq, dk, dv or undefined for value "q") from the forward's ctx, ksum, stab; softmax "seed" refused.
+std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                           const std::optional<at::Tensor>& v, const at::Tensor& projection,
+                                           const at::Tensor& ctx, const at::Tensor& ksum, const at::Tensor& stab,
+                                           const std::string& kernel, const std::string& mode);
+
 // q, k (B, N, H, D) unpadded, q unscaled, v (B, N, H, Dv) or none (value "q"), float32, any strides;
 // conv_weight (H, 1, K, 1) or none. Returns {out (B, N, H, Dv), q̃, k̃ (B·H, m, D), W, Y (B·H, m, Dv),
 // lse3 (B·H, m)}, all float32.

@@ -103,6 +103,26 @@ def test_every_isa_path(isa):
                                         conv_weight=conv.double()).transpose(1, 2), torch.float32)
 
 
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("kernel, value", [("softmax", "q"), ("relu", "v")])
+def test_performer_fused_backward_every_isa(isa, kernel, value):
+    """The fused C++ backward (relu, softmax clean) on each ISA path, gradients vs float64 autograd."""
+    if isa not in cpu.supported_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    q, k, v = _qkv(2, 41, 2, 32, value)
+    proj = gaussian_orthogonal_random_matrix(40, 32)
+
+    def op(q, k, v):
+        return armour_kernels.performer_attention(q, k, v, projection=proj, kernel=kernel, value=value, backend="cpu")
+
+    def ref(q, k, v):
+        return performer_reference(_t(q), _t(k), _t(v), projection=proj.double(), kernel=kernel,
+                                   value=value).transpose(1, 2)
+
+    with cpu.use_isa(isa):
+        _grad_check(op, ref, (q, k, v), torch.float32)
+
+
 def test_bfloat16_input_computes_in_float32():
     q, k, v = _qkv(1, 33, 2, 16, "v", dtype=torch.bfloat16)
     proj = gaussian_orthogonal_random_matrix(20, 16)

@@ -2,8 +2,9 @@
 
 Forward: the fused C++ kernel (csrc/kernels/performer_kernel.h: key stabiliser pre-pass,
 Σφ(k)vᵀ and Σφ(k) in one pass, output pass; φ(q), φ(k) never materialised), float32.
-Backward: NOT fused — recompute through python_ref.performer under autograd (exact; see
-armour_kernels/cpu/_linear_common.py).
+Backward: the fused C++ kernel (csrc/kernels/performer_backward_kernel.h) for relu features and
+softmax features in mode "clean"; softmax in mode "seed" is NOT fused — recomputed through
+python_ref.performer under autograd (exact; see armour_kernels/cpu/_linear_common.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ def performer_forward(q, k, v, projection, *, kernel, mode, value):
 
 
 def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value):
-    """(dq, dk, dv or None) by autograd through python_ref (not a fused kernel; ctx/ksum/stab unused)."""
+    """(dq, dk, dv or None). Fused C++ kernel for relu features and softmax features in mode
+    "clean" (detached key stabiliser); softmax in mode "seed" (a global stabiliser attached to
+    autograd) is recomputed by autograd through python_ref instead — exact, not fused."""
+    if kernel == "relu" or mode == "clean":
+        dq, dk, dv = _require().performer_attention_backward(
+            f32(dout), f32(q), f32(k), f32(v) if value == "v" else None, projection, ctx, ksum, stab, kernel, mode)
+        return dq.to(q.dtype), dk.to(k.dtype), None if dv is None else dv.to(v.dtype)
     from python_ref.performer import performer_attention as reference
 
     proj = projection.detach().to(torch.promote_types(dout.dtype, torch.float32))

@@ -18,8 +18,14 @@ struct PerformerArgs {
   bool softmax = true;   // false: relu features
   bool seed = false;     // key stabiliser over the whole batch instead of per (b, h)
   ParallelFor parallel_for = nullptr;
-  // outputs, contiguous fp32: out (B, Nq, H, Dv), ctx (B·H, M, Dv), ksum (B·H, M), stab (B·H)
+  // forward outputs (backward inputs), contiguous fp32: out (B, Nq, H, Dv), ctx (B·H, M, Dv),
+  // ksum (B·H, M), stab (B·H)
   float *out = nullptr, *ctx = nullptr, *ksum = nullptr, *stab = nullptr;
+  // backward (softmax clean or relu: the key stabiliser is detached): dout (B, Nq, H, Dv) any strides;
+  // outputs contiguous fp32, zero-filled by the caller: dq (B, Nq, H, D), dk (B, Nk, H, D),
+  // dv (B, Nk, H, Dv) or null (value "q": the value gradient is added into dq, v aliases q)
+  Strided4 dout;
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr;
 };
 
 // Nyström forward. q, k (B, N, H, D), v (B, N, H, Dv): fp32, any strides, unpadded, q unscaled.
@@ -40,6 +46,7 @@ struct NystromArgs {
 struct LinearKernelTable {
   const char* name;
   void (*performer_forward)(const PerformerArgs&);
+  void (*performer_backward)(const PerformerArgs&);
   void (*nystrom_forward)(const NystromArgs&);
 };
 
@@ -50,7 +57,8 @@ const LinearKernelTable& current_linear_kernels();  // linear_dispatch.cpp; avx5
 
 #define ARMOUR_DEFINE_LINEAR_TABLE(ISA)                                                            \
   const LinearKernelTable& linear_kernels_##ISA() {                                                \
-    static const LinearKernelTable table{#ISA, &ISA::performer_forward, &ISA::nystrom_forward};    \
+    static const LinearKernelTable table{#ISA, &ISA::performer_forward, &ISA::performer_backward,    \
+                                         &ISA::nystrom_forward};                                 \
     return table;                                                                                  \
   }
 

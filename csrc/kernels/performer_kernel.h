@@ -110,17 +110,27 @@ inline void output_body(void* ctx, int64_t begin, int64_t end) {
 
 }  // namespace lin
 
-inline void performer_forward(const PerformerArgs& a) {
-  lin::PerformerPlan pl;
+namespace lin {
+
+// Padded sizes, dn, and Pᵀ (D × Mp) copied into `pt` (allocated by the caller: D·up(M, W) floats).
+inline PerformerPlan plan_performer(const PerformerArgs& a, float* pt) {
+  PerformerPlan pl;
   pl.a = &a;
-  pl.Mp = lin::up(a.M, VecF::W);
-  pl.Dp = lin::up(a.D, VecF::W);
-  pl.Dvp = lin::up(a.Dv, VecF::W);
+  pl.Mp = up(a.M, VecF::W);
+  pl.Dp = up(a.D, VecF::W);
+  pl.Dvp = up(a.Dv, VecF::W);
   pl.dn = static_cast<float>(std::pow(static_cast<double>(a.D), -0.25));
-  lin::Buf pt(a.D * pl.Mp);
   for (int64_t j = 0; j < a.M; ++j)
-    for (int64_t d = 0; d < a.D; ++d) pt.p[d * pl.Mp + j] = a.proj[j * a.D + d];
-  pl.pt = pt.p;
+    for (int64_t d = 0; d < a.D; ++d) pt[d * pl.Mp + j] = a.proj[j * a.D + d];
+  pl.pt = pt;
+  return pl;
+}
+
+}  // namespace lin
+
+inline void performer_forward(const PerformerArgs& a) {
+  lin::Buf pt(a.D * lin::up(a.M, VecF::W));
+  lin::PerformerPlan pl = lin::plan_performer(a, pt.p);
   const int64_t BH = a.B * a.H;
   if (a.softmax) {
     a.parallel_for(BH, &pl, lin::key_max_body);
@@ -132,5 +142,6 @@ inline void performer_forward(const PerformerArgs& a) {
     for (int64_t i = 0; i < BH; ++i) a.stab[i] = 0.f;
   }
   a.parallel_for(BH, &pl, lin::context_body);
-  a.parallel_for(BH * ((a.Nq + lin::kPerfBlockQ - 1) / lin::kPerfBlockQ), &pl, lin::output_body);
+  a.parallel_for(BH * ((a.Nq + lin::kPerfBlockQ - 1) / lin::kPerfBlockQ), &pl,
+                 lin::output_body);
 }
