@@ -42,7 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("performer_attention", &armour::performer_forward, "Performer forward: (out, ctx, ksum, stab)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("projection"), py::arg("kernel"), py::arg("mode"));
   m.def("performer_attention_backward", &armour::performer_backward,
-        "Performer backward (clean softmax / relu): (dq, dk, dv)", py::arg("dout"), py::arg("q"), py::arg("k"),
+        "Performer backward: (dq, dk, dv)", py::arg("dout"), py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("projection"), py::arg("ctx"), py::arg("ksum"), py::arg("stab"), py::arg("kernel"),
         py::arg("mode"));
   m.def("nystrom_attention", &armour::nystrom_forward, "Nystrom forward: (out, q_landmarks, k_landmarks, w, y, lse3)",

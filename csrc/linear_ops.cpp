@@ -125,8 +125,6 @@ std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Ten
                                            const std::string& kernel, const std::string& mode) {
   at::Tensor proj;
   PerformerArgs a = describe_performer(q, k, v, projection, kernel, mode, &proj);
-  TORCH_CHECK(!(a.softmax && a.seed), "armour_kernels._C.performer_attention_backward: softmax features in mode "
-              "'seed' (an attached global stabiliser) are not fused; the Python launcher recomputes that case");
   check_f32_4d("performer_attention_backward", dout, "dout");
   TORCH_CHECK(dout.size(0) == a.B && dout.size(1) == a.Nq && dout.size(2) == a.H && dout.size(3) == a.Dv,
               "armour_kernels._C.performer_attention_backward: dout must be (B, Nq, H, Dv) = (", a.B, ", ", a.Nq,

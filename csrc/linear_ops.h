@@ -15,7 +15,7 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& projection, const std::string& kernel,
                                           const std::string& mode);
 
-// Gradients (dq, dk, dv or undefined for value "q") from the forward's ctx, ksum, stab; softmax "seed" refused.
+// Gradients (dq, dk, dv or undefined for value "q") from the forward's ctx, ksum, stab.
 std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                            const std::optional<at::Tensor>& v, const at::Tensor& projection,
                                            const at::Tensor& ctx, const at::Tensor& ksum, const at::Tensor& stab,

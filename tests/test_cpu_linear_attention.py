@@ -104,19 +104,21 @@ def test_every_isa_path(isa):
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-@pytest.mark.parametrize("kernel, value", [("softmax", "q"), ("relu", "v")])
-def test_performer_fused_backward_every_isa(isa, kernel, value):
-    """The fused C++ backward (relu, softmax clean) on each ISA path, gradients vs float64 autograd."""
+@pytest.mark.parametrize("kernel, mode, value", [("softmax", "clean", "q"), ("softmax", "seed", "v"),
+                                                 ("relu", "clean", "v")])
+def test_performer_fused_backward_every_isa(isa, kernel, mode, value):
+    """The fused C++ backward on each ISA path (seed: the attached global stabiliser), vs float64 autograd."""
     if isa not in cpu.supported_isas():
         pytest.skip(f"this CPU has no {isa}")
     q, k, v = _qkv(2, 41, 2, 32, value)
     proj = gaussian_orthogonal_random_matrix(40, 32)
 
     def op(q, k, v):
-        return armour_kernels.performer_attention(q, k, v, projection=proj, kernel=kernel, value=value, backend="cpu")
+        return armour_kernels.performer_attention(q, k, v, projection=proj, kernel=kernel, mode=mode, value=value,
+                                                  backend="cpu")
 
     def ref(q, k, v):
-        return performer_reference(_t(q), _t(k), _t(v), projection=proj.double(), kernel=kernel,
+        return performer_reference(_t(q), _t(k), _t(v), projection=proj.double(), kernel=kernel, mode=mode,
                                    value=value).transpose(1, 2)
 
     with cpu.use_isa(isa):

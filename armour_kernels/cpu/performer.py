@@ -2,16 +2,12 @@
 
 Forward: the fused C++ kernel (csrc/kernels/performer_kernel.h: key stabiliser pre-pass,
 Σφ(k)vᵀ and Σφ(k) in one pass, output pass; φ(q), φ(k) never materialised), float32.
-Backward: the fused C++ kernel (csrc/kernels/performer_backward_kernel.h) for relu features and
-softmax features in mode "clean"; softmax in mode "seed" is NOT fused — recomputed through
-python_ref.performer under autograd (exact; see armour_kernels/cpu/_linear_common.py).
+Backward: the fused C++ kernel (csrc/kernels/performer_backward_kernel.h), every kernel and mode.
 """
 from __future__ import annotations
 
-import torch
-
 from . import _require
-from ._linear_common import f32, recompute_grads
+from ._linear_common import f32
 
 
 def performer_forward(q, k, v, projection, *, kernel, mode, value):
@@ -22,19 +18,7 @@ def performer_forward(q, k, v, projection, *, kernel, mode, value):
 
 
 def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value):
-    """(dq, dk, dv or None). Fused C++ kernel for relu features and softmax features in mode
-    "clean" (detached key stabiliser); softmax in mode "seed" (a global stabiliser attached to
-    autograd) is recomputed by autograd through python_ref instead — exact, not fused."""
-    if kernel == "relu" or mode == "clean":
-        dq, dk, dv = _require().performer_attention_backward(
-            f32(dout), f32(q), f32(k), f32(v) if value == "v" else None, projection, ctx, ksum, stab, kernel, mode)
-        return dq.to(q.dtype), dk.to(k.dtype), None if dv is None else dv.to(v.dtype)
-    from python_ref.performer import performer_attention as reference
-
-    proj = projection.detach().to(torch.promote_types(dout.dtype, torch.float32))
-
-    def run(q, k, v):
-        return reference(q, k, v, projection=proj, kernel=kernel, mode=mode, value=value)
-
-    dq, dk, dv = recompute_grads(run, dout, (q, k, v if value == "v" else None))
-    return dq, dk, dv
+    """(dq, dk, dv or None) from the fused C++ backward (seed mode's attached stabiliser included)."""
+    dq, dk, dv = _require().performer_attention_backward(
+        f32(dout), f32(q), f32(k), f32(v) if value == "v" else None, projection, ctx, ksum, stab, kernel, mode)
+    return dq.to(q.dtype), dk.to(k.dtype), None if dv is None else dv.to(v.dtype)
