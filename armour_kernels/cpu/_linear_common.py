@@ -1,13 +1,13 @@
 """What the CPU Nyström and Performer launchers share: fp32 inputs, and the backward by recompute.
 
-The C++ kernels (csrc/kernels/nystrom_kernel.h, performer_kernel.h) are forward-only and work
-in float32: bfloat16 / float16 inputs are converted on the way in and the output cast back.
+The C++ kernels (csrc/kernels/nystrom_kernel.h, performer_kernel.h, performer_backward_kernel.h)
+work in float32: bfloat16 / float16 inputs are converted on the way in and the results cast back.
 
-The backward is NOT a fused kernel: it recomputes the forward with the pure-PyTorch definition
-(python_ref) under autograd and differentiates it (torch.autograd.grad). It is exact (the
-definition's gradient, seed mode's batch-coupled stabiliser / pinv scaling included) but
-materialises what the fused forward avoids (φ(q), φ(k); A1, A3), so it costs eager-PyTorch
-time and memory.
+`recompute_grads` is the Nyström backward (Performer's is a fused C++ kernel): NOT a fused
+kernel, it recomputes the forward with the pure-PyTorch definition (python_ref) under autograd
+and differentiates it (torch.autograd.grad). It is exact (the definition's gradient, seed mode's
+batch-wide pinv scaling included) but materialises what the fused forward avoids (A1, A3), so it
+costs eager-PyTorch time and memory.
 """
 from __future__ import annotations
 
