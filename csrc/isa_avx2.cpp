@@ -15,6 +15,7 @@
 #include <new>
 
 #include "kernels/kernel_api.h"
+#include "kernels/linear_api.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi,bmi2")
@@ -24,6 +25,10 @@ namespace avx2 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx2.h"
 #include "kernels/attention_kernel.h"
+#include "kernels/linear_util.h"
+#include "kernels/performer_kernel.h"
+#include "kernels/performer_backward_kernel.h"
+#include "kernels/nystrom_kernel.h"
 }  // namespace avx2
 }  // namespace armour
 
@@ -31,4 +36,5 @@ namespace avx2 {
 
 namespace armour {
 ARMOUR_DEFINE_KERNEL_TABLE(avx2)
+ARMOUR_DEFINE_LINEAR_TABLE(avx2)
 }  // namespace armour

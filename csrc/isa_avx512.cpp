@@ -15,6 +15,7 @@
 #include <new>
 
 #include "kernels/kernel_api.h"
+#include "kernels/linear_api.h"
 
 // GCC 12 false positive inside its own _mm512_reduce_* intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -26,6 +27,10 @@ namespace avx512 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
+#include "kernels/linear_util.h"
+#include "kernels/performer_kernel.h"
+#include "kernels/performer_backward_kernel.h"
+#include "kernels/nystrom_kernel.h"
 }  // namespace avx512
 }  // namespace armour
 
@@ -33,4 +38,5 @@ namespace avx512 {
 
 namespace armour {
 ARMOUR_DEFINE_KERNEL_TABLE(avx512)
+ARMOUR_DEFINE_LINEAR_TABLE(avx512)
 }  // namespace armour

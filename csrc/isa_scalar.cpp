@@ -15,6 +15,7 @@
 #include <new>
 
 #include "kernels/kernel_api.h"
+#include "kernels/linear_api.h"
 
 #pragma GCC push_options
 
@@ -24,6 +25,10 @@ namespace scalar {
 #include "kernels/vec_scalar.h"
 using VecF = Scalar1<float>;
 #include "kernels/attention_kernel.h"
+#include "kernels/linear_util.h"
+#include "kernels/performer_kernel.h"
+#include "kernels/performer_backward_kernel.h"
+#include "kernels/nystrom_kernel.h"
 }  // namespace scalar
 }  // namespace armour
 
@@ -31,4 +36,5 @@ using VecF = Scalar1<float>;
 
 namespace armour {
 ARMOUR_DEFINE_KERNEL_TABLE(scalar)
+ARMOUR_DEFINE_LINEAR_TABLE(scalar)
 }  // namespace armour
