@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "models": "LeViT / DeiT-Ti inference and training throughput: timm eager / reparam / compile vs patched",
     "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
     "linear_act": "CPU Linear + bias + Hardswish op vs F.hardswish(F.linear): LeViT MLP shapes",
+    "summary": "SUMMARY.md of a results folder: headline ratios vs every peer, targets met or not",
 }
 
 

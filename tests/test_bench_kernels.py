@@ -57,3 +57,29 @@ def test_onnxruntime_peer_matches_torch():
     x = torch.randn(2, 3, 8, 8)
     out = OnnxRuntimeModel(model, x)(x)
     assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+
+
+def test_summary_of_a_results_folder(tmp_path):
+    from armour_kernels.benchmarks import summary
+    env = {"device": "Some CPU", "threads": 2, "torch": "x", "command": "armour-bench models"}
+
+    def model_row(model, variant, mode, img_per_s):
+        return {"model": model, "variant": variant, "mode": mode, "img_per_s": img_per_s}
+    models = {"environment": env, "settings": {"dtype": "fp32", "batch": 64, "patched_backend": "cpu"}, "rows": [
+        model_row("levit_128s", "regular", "timm-eager", 100.0),
+        model_row("levit_128s", "regular", "onnxruntime", 150.0),
+        model_row("levit_128s", "regular", "timm-compile", 120.0),
+        model_row("levit_128s", "regular", "patched-folded", 200.0),
+        model_row("deit_tiny", "regular", "timm-eager", 40.0), model_row("deit_tiny", "armour", "patched", 45.0)]}
+    row = dict(shape="DeiT-Ti", B=64, Nq=197, Nk=197, H=3, Dk=64, Dv=64, value="v", bias="none", status="ok")
+    kernel_rows = [dict(row, impl="armour_kernels", fwd_ms=10.0, fwd_bwd_ms=20.0, fwd_vs_sdpa=2.0, fwd_bwd_vs_sdpa=1.4),
+                   dict(row, impl="sdpa", fwd_ms=20.0, fwd_bwd_ms=28.0, fwd_vs_sdpa=1.0, fwd_bwd_vs_sdpa=1.0)]
+    kernels_report = {"environment": dict(env, command="armour-bench kernels"), "dtype": "fp32", "backend": "cpu",
+                      "rows": kernel_rows}
+    (tmp_path / "models-fp32.json").write_text(json.dumps(models))
+    (tmp_path / "kernels-cpu-fp32.json").write_text(json.dumps(kernels_report))
+    text = summary.summary(tmp_path)
+    assert "| LeViT-128S fp32 vs onnxruntime fp32 | 2 thr, batch 64 | 200.0 | 150.0 | 1.33× | 1.00× | yes |" in text
+    assert "| Armour-Ti fp32 vs timm DeiT-Ti eager | 2 thr, batch 64 | 45.0 | 40.0 | 1.12× | 1.25× | no |" in text
+    assert "| 2.00× | 20.0 / 28.0 | 1.40× | yes / no |" in text
+    assert "`armour-bench kernels`" in text and "`armour-bench models`" in text
