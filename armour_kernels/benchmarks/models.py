@@ -124,6 +124,9 @@ class OnnxRuntimeModel:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle onnxruntime threads spin-wait by default and take the cores from the PyTorch modes timed
+        # in between (interleaved): seen 5-10x slower timm rows on 2 cores. Sleeping threads are fair.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         with tempfile.TemporaryDirectory() as folder:
             path = to_onnx(model.float().cpu(), example.float().cpu(), f"{folder}/model.onnx", dynamic_batch=False)
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
