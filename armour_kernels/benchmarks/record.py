@@ -60,7 +60,8 @@ def _version(module: str):
 
 def environment(device) -> dict:
     env = {"device": device_name(device), "device_type": device_type(device), "cpu": cpu_model(),
-           "threads": torch.get_num_threads(), "python": platform.python_version()}
+           "threads": torch.get_num_threads(), "python": platform.python_version(),
+           "load_avg_1min": round(os.getloadavg()[0], 2)}  # other work on the machine while measuring
     for module in ("torch", "triton", "timm", "onnxruntime"):
         env[module] = _version(module)
     if torch.version.cuda:
@@ -78,7 +79,8 @@ def environment_lines(env: dict) -> list[str]:
     versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "timm", "onnxruntime", "python", "cuda")
                          if env.get(k))
     device = env["device"] + (f" (CPU kernels: {env['cpu_kernels_isa']})" if env.get("cpu_kernels_isa") else "")
-    return [f"Device: {device}, {env['threads']} threads  ", f"Versions: {versions}  ",
+    load = f" (load average {env['load_avg_1min']} at the start)" if "load_avg_1min" in env else ""
+    return [f"Device: {device}, {env['threads']} threads{load}  ", f"Versions: {versions}  ",
             f"Command: `{env['command']}`"]
 
 

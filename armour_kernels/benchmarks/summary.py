@@ -29,6 +29,7 @@ KERNEL_TARGETS = {"fwd_vs_sdpa": 1.3, "fwd_bwd_vs_sdpa": 1.5}
 
 def add_arguments(parser):
     parser.add_argument("--results", type=Path, default=None, help="results folder (default: this device's)")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended as a Notes section")
 
 
 def _fused(row):
@@ -118,6 +119,8 @@ def summary(folder: Path) -> str:
 def run(args) -> int:
     folder = args.results or record.results_dir("cpu")
     text = summary(Path(folder))
+    if args.notes is not None:
+        text += "\n## Notes\n\n" + args.notes.read_text()
     (Path(folder) / "SUMMARY.md").write_text(text)
     print(text)
     print(f"wrote {Path(folder) / 'SUMMARY.md'}")
