@@ -8,20 +8,27 @@ blocks) and value source, times the forward and forward+backward of
   - python_ref eager (materialises the N×N scores).
 Reports the median time in ms and TFLOP/s of useful work: forward 2·B·H·Nq·Nk·(Dk + Dv) flops
 (two products), forward+backward 3× that (the backward's four products, not counting the
-recomputation of the scores). Inputs in the (B, Nq, H, D) layout; SDPA and python_ref get
-transposed views of the same tensors, as in a timm model.
+recomputation of the scores), and each implementation's speed-up over SDPA. The implementations
+of one shape are timed interleaved, call by call (timing.interleaved_ms), so a shared machine's
+noise hurts them alike. q, k, v are strided views of one packed projection output, (B, N, H,
+Dk+Dk+Dv) as LeViT's qkv (self-attention shapes), in the (B, N, H, D) layout; SDPA and python_ref
+get transposed views of the same tensors, as in a timm model.
+
+CPU example (DeiT-Ti and LeViT-128S shapes, batch 64, 2 threads, written to bench/results/<device>/):
+    armour-bench kernels --device cpu --shapes DeiT-Ti,LeViT-128S --batch 64 --threads 2 \
+        --impls armour_kernels,sdpa --dtype bf16 --out auto
 """
 from __future__ import annotations
 
-import json
-import platform
-import statistics
+import contextlib
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from . import record
+from .timing import interleaved_ms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -32,7 +39,14 @@ def add_arguments(parser):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="default: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median reported)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for kernels-<device>-<dtype>.json / .md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for kernels-<device>-<dtype>.json / .md (`auto`: bench/results/<device>/)")
+    parser.add_argument("--shapes", default=None,
+                        help="comma-separated shape-name prefixes to keep, e.g. DeiT-Ti,LeViT-128S (default: all)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of every shape (default per shape)")
+    parser.add_argument("--impls", default=None, help="comma-separated subset of armour_kernels,sdpa,python_ref")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--isa", default=None, help="CPU kernels' ISA (avx2, avx512, avx512bf16; default: the best)")
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -74,11 +88,18 @@ def _levit_index(nq, nk, device):
 
 
 def make_inputs(batch, nq, nk, heads, dk, dv, bias, device, dtype):
-    """q, k, v in the (B, N, H, D) layout, and the LeViT table and index when the shape has a bias."""
+    """q, k, v in the (B, N, H, D) layout, and the LeViT table and index when the shape has a bias.
+
+    Self-attention shapes read q, k, v in place from one packed (B, N, H, Dk+Dk+Dv) tensor, as
+    a model does straight out of its qkv projection; cross shapes get separate tensors."""
     gen = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(batch, nq, heads, dk, device=device, dtype=dtype, generator=gen)
-    k = torch.randn(batch, nk, heads, dk, device=device, dtype=dtype, generator=gen)
-    v = torch.randn(batch, nk, heads, dv, device=device, dtype=dtype, generator=gen)
+    if nq == nk:
+        packed = torch.randn(batch, nq, heads, 2 * dk + dv, device=device, dtype=dtype, generator=gen)
+        q, k, v = packed.split([dk, dk, dv], dim=-1)
+    else:
+        q = torch.randn(batch, nq, heads, dk, device=device, dtype=dtype, generator=gen)
+        k = torch.randn(batch, nk, heads, dk, device=device, dtype=dtype, generator=gen)
+        v = torch.randn(batch, nk, heads, dv, device=device, dtype=dtype, generator=gen)
     table = index = None
     if bias == "table":
         index, entries = _levit_index(nq, nk, device)
@@ -117,33 +138,8 @@ def implementations(backend):
 
 # ----------------------------------------------------------------------------- timing
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, device, repeats):
-    fn()  # warm-up: compilation, autotuning, caches
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def time_case(impl, prepare, inputs, value, device, repeats):
-    """(forward ms, forward+backward ms) of one implementation."""
+def time_steps(impl, prepare, inputs, value):
+    """(forward, forward+backward) calls of one implementation."""
     q, k, v, table, index = inputs
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     table_leaf = table.detach().requires_grad_() if table is not None else None
@@ -161,7 +157,7 @@ def time_case(impl, prepare, inputs, value, device, repeats):
         out = run()
         out.backward(torch.ones_like(out))
 
-    return median_ms(forward, device, repeats), median_ms(forward_backward, device, repeats)
+    return forward, forward_backward
 
 
 # ----------------------------------------------------------------------------- driver
@@ -178,66 +174,94 @@ def run(args) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("armour-bench kernels: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    dtype = DTYPES[dtype_name]
     repeats = args.repeats or (3 if device == "cpu" else (10 if args.quick else 30))
     backend = _backend_for(device)
     impls = implementations(backend)
+    if args.impls:
+        impls = {name: impls[name] for name in args.impls.split(",")}
+    isa = contextlib.nullcontext()
+    if args.isa and backend == "cpu":
+        from .. import cpu
+        isa = cpu.use_isa(args.isa)
+    with isa:
+        env = record.environment(device)
+        rows = _measure(args, device, DTYPES[dtype_name], repeats, backend, impls)
+    report = dict(environment=env, dtype=dtype_name, repeats=repeats, backend=backend, rows=rows)
+    table = markdown(report)
+    print()
+    print(table)
+    out = record.resolve_out(args.out, device)
+    if out is not None:
+        stem = f"kernels-{device.split(':')[0]}-{dtype_name}{'-quick' if args.quick else ''}"
+        record.write_report(Path(out) / stem, report, table)
+    return 0
+
+
+def _selected_shapes(args, device):
+    keep = args.shapes.split(",") if args.shapes else None
+    for name, batch, *rest in shapes(args.quick, device.split(":")[0]):
+        if keep is None or any(name.startswith(prefix) for prefix in keep):
+            yield (name, args.batch or batch, *rest)
+
+
+def _measure(args, device, dtype, repeats, backend, impls):
     rows = []
-    for name, batch, nq, nk, heads, dk, dv, values, bias in shapes(args.quick, device.split(":")[0]):
+    for name, batch, nq, nk, heads, dk, dv, values, bias in _selected_shapes(args, device):
         for value in values:
             widths = {"q": dk, "k": dk, "v": dv}
             dtot = sum(widths[p] for p in value.split("+"))
             flops = 2 * batch * heads * nq * nk * (dk + dtot)  # q·kᵀ and P·value, 2 flops a multiply-add
             inputs = make_inputs(batch, nq, nk, heads, dk, dv, bias, device, dtype)
+            group, steps = [], {}
             for impl_name, (impl, prepare) in impls.items():
                 row = dict(shape=name, B=batch, Nq=nq, Nk=nk, H=heads, Dk=dk, Dv=dv, value=value,
                            bias=bias or "none", impl=impl_name)
+                group.append(row)
                 if impl_name == "armour_kernels" and backend is None:
                     row.update(status="unavailable (no CPU kernel built: armour_kernels._C)")
-                else:
-                    try:
-                        fwd, fwd_bwd = time_case(impl, prepare, inputs, value, device, repeats)
-                        row.update(status="ok", fwd_ms=fwd, fwd_bwd_ms=fwd_bwd,
-                                   fwd_tflops=flops / fwd / 1e9, fwd_bwd_tflops=3 * flops / fwd_bwd / 1e9)
-                    except torch.OutOfMemoryError:
-                        row.update(status="out of memory")
-                        torch.cuda.empty_cache()
-                    except (RuntimeError, NotImplementedError) as error:
-                        row.update(status=f"failed: {str(error).splitlines()[0][:120]}")
+                    continue
+                steps[impl_name, "fwd"], steps[impl_name, "fwd_bwd"] = time_steps(impl, prepare, inputs, value)
+            times = _time_group(steps, group, device, repeats)
+            for row in group:
+                if "status" not in row:
+                    fwd, fwd_bwd = times[row["impl"], "fwd"], times[row["impl"], "fwd_bwd"]
+                    row.update(status="ok", fwd_ms=fwd, fwd_bwd_ms=fwd_bwd,
+                               fwd_tflops=flops / fwd / 1e9, fwd_bwd_tflops=3 * flops / fwd_bwd / 1e9)
+            sdpa = next((r for r in group if r["impl"] == "sdpa" and r["status"] == "ok"), None)
+            for row in group:
+                if sdpa is not None and row["status"] == "ok":
+                    row.update(fwd_vs_sdpa=sdpa["fwd_ms"] / row["fwd_ms"],
+                               fwd_bwd_vs_sdpa=sdpa["fwd_bwd_ms"] / row["fwd_bwd_ms"])
                 rows.append(row)
                 print(_format_row(row), flush=True)
-    report = dict(command="armour-bench " + " ".join(sys.argv[1:]) if sys.argv else "armour-bench kernels",
-                  device=_device_name(device), dtype=dtype_name, repeats=repeats, versions=_versions(),
-                  backend=backend, rows=rows)
-    table = markdown(report)
-    print()
-    print(table)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = f"kernels-{device.split(':')[0]}-{dtype_name}{'-quick' if args.quick else ''}"
-        (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (args.out / f"{stem}.md").write_text(table + "\n")
-        print(f"wrote {args.out / stem}.json and .md")
-    return 0
+    return rows
 
 
-def _device_name(device):
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+def _time_group(steps, group, device, repeats):
+    """Median ms of every step, interleaved; an implementation that fails is left out (its row says why)."""
+    failed = {}
+    for (impl, _), step in steps.items():  # one untimed call each finds the failing ones
+        if impl in failed:
+            continue
+        try:
+            step()
+        except (RuntimeError, NotImplementedError) as error:
+            failed[impl] = ("out of memory" if isinstance(error, torch.OutOfMemoryError)
+                            else f"failed: {str(error).splitlines()[0][:120]}")
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    for row in group:
+        if row["impl"] in failed:
+            row["status"] = failed[row["impl"]]
+    steps = {key: step for key, step in steps.items() if key[0] not in failed}
+    return interleaved_ms(steps, device, repeats, warmup=1) if steps else {}
 
 
-def _versions():
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import triton
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    return versions
+def _ratio(row, key):
+    return f"{row[key]:.2f}×" if key in row else ""
 
 
 def _format_row(row):
@@ -245,23 +269,26 @@ def _format_row(row):
     if row["status"] != "ok":
         return f"{head} {row['status']}"
     return (f"{head} fwd {row['fwd_ms']:9.3f} ms {row['fwd_tflops']:7.3g} TFLOP/s   "
-            f"fwd+bwd {row['fwd_bwd_ms']:9.3f} ms {row['fwd_bwd_tflops']:7.3g} TFLOP/s")
+            f"fwd+bwd {row['fwd_bwd_ms']:9.3f} ms {row['fwd_bwd_tflops']:7.3g} TFLOP/s"
+            + (f"   vs sdpa: fwd {row['fwd_vs_sdpa']:.2f}x fwd+bwd {row['fwd_bwd_vs_sdpa']:.2f}x"
+               if "fwd_vs_sdpa" in row else ""))
 
 
 def markdown(report):
-    lines = [f"# armour-bench kernels — {report['device']}, {report['dtype']}", "",
-             f"Command: `{report['command']}`  ",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + "  ",
-             f"armour_kernels backend: {report['backend'] or 'none'}; median of {report['repeats']} runs; "
-             "TFLOP/s of useful work (forward 2·B·H·Nq·Nk·(Dk+Dv), fwd+bwd 3×).", "",
-             "| shape | B | Nq×Nk | H | Dk/Dv | value | bias | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# armour-bench kernels — {report['environment']['device']}, {report['dtype']}", "",
+             *record.environment_lines(report["environment"]),
+             f"armour_kernels backend: {report['backend'] or 'none'}; median of {report['repeats']} interleaved "
+             "runs; TFLOP/s of useful work (forward 2·B·H·Nq·Nk·(Dk+Dv), fwd+bwd 3×); "
+             "× = speed-up over SDPA.", "",
+             "| shape | B | Nq×Nk | H | Dk/Dv | value | bias | impl | fwd ms | fwd TFLOP/s | fwd × | fwd+bwd ms "
+             "| fwd+bwd TFLOP/s | fwd+bwd × |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r["status"] == "ok":
-            cells = (f"{r['fwd_ms']:.3f} | {r['fwd_tflops']:.3g} | {r['fwd_bwd_ms']:.3f} | "
-                     f"{r['fwd_bwd_tflops']:.3g}")
+            cells = (f"{r['fwd_ms']:.3f} | {r['fwd_tflops']:.3g} | {_ratio(r, 'fwd_vs_sdpa')} | "
+                     f"{r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.3g} | {_ratio(r, 'fwd_bwd_vs_sdpa')}")
         else:
-            cells = f"{r['status']} | | | "
+            cells = f"{r['status']} | | | | | "
         lines.append(f"| {r['shape']} | {r['B']} | {r['Nq']}×{r['Nk']} | {r['H']} | {r['Dk']}/{r['Dv']} | "
                      f"{r['value']} | {r['bias']} | {r['impl']} | {cells} |")
     return "\n".join(lines)

@@ -13,15 +13,14 @@ larger n measured. Inputs in the (B, N, H, D) layout; python_ref and SDPA get tr
 """
 from __future__ import annotations
 
-import json
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from . import record
+from .timing import median_ms
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 HEADS, DIM_HEAD, LANDMARKS, FEATURES, CONV_TAPS = 4, 32, 64, 110, 33
@@ -36,7 +35,8 @@ def add_arguments(parser):
                         help="Nyström landmark counts to time (default 64; the paper's Performer uses 110 features)")
     parser.add_argument("--max-n", type=int, default=65536, help="longest sequence of the sweep")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median reported)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for linear-<device>-<dtype>.json / .md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for linear-<device>-<dtype>.json / .md (`auto`: bench/results/<device>/)")
 
 
 def sweep(quick: bool, device: str, max_n: int):
@@ -95,23 +95,6 @@ def _extra(family, device, dtype):
     return gaussian_orthogonal_random_matrix(FEATURES, DIM_HEAD).to(device)
 
 
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, device, repeats):
-    fn()  # warm-up: compilation, autotuning, caches
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def measure(fn, inputs, extra, device, repeats):
     """(forward ms, forward+backward ms, peak extra MiB of forward+backward or None)."""
     leaves = [t.detach().requires_grad_() for t in inputs]
@@ -124,8 +107,8 @@ def measure(fn, inputs, extra, device, repeats):
         out = fn(*leaves, extra)
         out.backward(torch.ones_like(out))
 
-    fwd = median_ms(forward, device, repeats)
-    fwd_bwd = median_ms(forward_backward, device, repeats)
+    fwd = median_ms(forward, device, repeats, warmup=1)
+    fwd_bwd = median_ms(forward_backward, device, repeats, warmup=1)
     peak = None
     if device == "cuda":
         torch.cuda.synchronize()
@@ -161,17 +144,9 @@ def crossovers(rows):
     return result
 
 
-def _environment(device, dtype_name):
-    import triton
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
-    return dict(device=device, device_name=name, dtype=dtype_name, torch=torch.__version__,
-                triton=triton.__version__, python=platform.python_version(),
-                command="armour-bench linear " + " ".join(sys.argv[2:] if len(sys.argv) > 1 else []))
-
-
 def markdown(env, rows, cross):
-    lines = [f"# armour-bench linear — {env['device_name']} ({env['device']}), {env['dtype']}", "",
-             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}; command: `{env['command']}`", "",
+    lines = [f"# armour-bench linear — {env['device']} ({env['device_type']}), {env['dtype']}", "",
+             *record.environment_lines(env), "",
              "| family | m | shape | B | n | impl | fwd ms | fwd+bwd ms | peak MiB | status |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -221,12 +196,11 @@ def run(args) -> int:
                           f"fwd {row.get('fwd_ms', float('nan')):9.3f} ms  fwd+bwd "
                           f"{row.get('fwd_bwd_ms', float('nan')):9.3f} ms  {row['status']}", flush=True)
     cross = crossovers(rows)
-    env = _environment(device, dtype_name)
+    env = dict(record.environment(device), dtype=dtype_name)
     table = markdown(env, rows, cross)
     print(table)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"linear-{device}-{dtype_name}"
-        stem.with_suffix(".json").write_text(json.dumps(dict(environment=env, rows=rows, crossover=cross), indent=1))
-        stem.with_suffix(".md").write_text(table)
+    out = record.resolve_out(args.out, device)
+    if out is not None:
+        record.write_report(Path(out) / f"linear-{device}-{dtype_name}", dict(environment=env, rows=rows,
+                                                                              crossover=cross), table)
     return 0

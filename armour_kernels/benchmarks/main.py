@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .kernels import DTYPES, _device_name, _versions
+from . import record
+from .kernels import DTYPES
 from .timing import median_ms
 
 DEFAULT_OUT = Path("bench/out")
@@ -238,8 +239,9 @@ def run(args) -> int:
     device, dtype_name, dtype, batches, repeats, impls = settings(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device_name = _device_name(str(device))
-    print(f"armour-bench: {device_name}, {dtype_name}; " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
+    env = record.environment(device)
+    device_name = f"{env['device']} ({env['threads']} threads)" if device.type == "cpu" else env["device"]
+    print(f"armour-bench: {device_name}, {dtype_name}; " + record.environment_lines(env)[1].strip())
     if "compile" not in impls:
         print("  (torch.compile left out: pass --compile to include it; it takes ~1 min per model on a small CPU)")
 
@@ -260,7 +262,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = dict(device=device_name, device_type=device.type, dtype=dtype_name, versions=_versions(),
+    report = dict(device=device_name, device_type=device.type, dtype=dtype_name, environment=env,
                   batch_sizes=batches, repeats=repeats, impls=impls, tiny=bool(args.tiny),
                   checks=[c.as_dict() for c in checks], kernels_missing=missing, rows=rows)
     (out / "results.json").write_text(json.dumps(report, indent=1) + "\n")

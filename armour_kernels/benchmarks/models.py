@@ -5,16 +5,17 @@ For every LeViT size and attention variant it times inference (images / s) of
     timm-eager         timm `levit_*` as built (BatchNorm unfolded)          regular only
     timm-reparam       timm.utils.model.reparameterize_model (timm's BN fuse) regular only
     timm-compile       torch.compile of the reparameterised timm model       regular only
+    onnxruntime        the reparameterised timm model exported to ONNX, run  regular only
+                       by onnxruntime's CPU provider (intra-op threads = --threads; always fp32)
     ref-folded         python_ref LeViT, BatchNorm folded, plain PyTorch     armour / armour_plus
     ref-compile        torch.compile of ref-folded                           armour / armour_plus
     patched-folded     armour_kernels.patch + fold_batchnorm (the fused path) every variant
     patched-compile    torch.compile of patched-folded (fuses what is left)  every variant
 
-and, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
+All modes and variants of one model are timed interleaved, call by call (timing.interleaved_ms),
+so the ratios between them are fair on a shared machine. And, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
 eager model (`*-train`) and the patched one (`patched-train`). `--deit` adds DeiT-Ti (timm eager /
-compile) against Armour-Ti (python_ref armour, patched); `--vix` the Vision Xformers CIFAR-10 models
-ViT / ViN / ViP, regular and Armour (python_ref eager against patched, 32×32 images, batch
-`--vix-batch-size`, 64 by default; `--models ""` leaves LeViT out). GPU runs use AMP bf16 by default; CPU runs
+compile / onnxruntime) against Armour-Ti (python_ref armour, patched). GPU runs use AMP bf16 by default; CPU runs
 fp32 or bf16 (`--dtype`), with `--threads` (the LeViT paper's CPU setting is `--threads 1
 --batch-size 16`). Results: JSON + a markdown table (`--out PATH` writes PATH.json and PATH.md),
 with the device, library versions and the command line.
@@ -23,19 +24,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import sys
-import time
+import tempfile
 
 import torch
 
+from . import record
+from .timing import interleaved_ms
+
 LEVIT_MODELS = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
 VARIANTS = ("regular", "armour", "armour_plus")
-# Vision Xformers label → python_ref vix_cifar attention.
+INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "onnxruntime", "ref-folded", "ref-compile",
+                   "patched-folded", "patched-compile")
+PEERS = ("timm-eager", "timm-compile", "onnxruntime")  # the markdown table's ratio columns
+# Vision Xformers label → python_ref vix_cifar attention (`--vix`).
 VIX_MODELS = {"ViT": "softmax", "ViN": "nystrom", "ViP": "performer"}
-INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "ref-folded", "ref-compile", "patched-folded",
-                   "patched-compile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vix-batch-size", type=int, default=64, help="batch of the --vix models")
     parser.add_argument("--quick", action="store_true",
                         help="LeViT-128S only, small batch, few iterations (a smoke run)")
-    parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    parser.add_argument("--out", default=None,
+                        help="write OUT.json and OUT.md (`auto`: "
+                             "bench/results/<device>/models-<dtype>-threads<T>-batch<B>)")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -75,7 +79,8 @@ def _settings(args):
     iters = args.iters or (3 if args.quick else (20 if gpu else 5))
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (5 if gpu else 2))
     modes = (args.modes.split(",") if args.modes else
-             [m for m in INFERENCE_MODES if not (args.quick and not gpu and m.endswith("compile"))])
+             [m for m in INFERENCE_MODES if not (args.quick and not gpu and m.endswith("compile"))
+              and not (gpu and m == "onnxruntime")])
     unknown = set(modes) - set(INFERENCE_MODES)
     if unknown:
         raise SystemExit(f"armour-bench models: unknown mode(s) {sorted(unknown)}; choose from {INFERENCE_MODES}")
@@ -102,31 +107,6 @@ def _autocast(device, dtype):
     return torch.autocast(device.type, dtype=_TORCH_DTYPES[dtype])
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_interleaved(steps, device, iters, warmup):
-    """Median seconds per call of each step, the steps timed in turn call by call.
-
-    Interleaving spreads any drift of the machine's load (a shared CPU, GPU clocks) evenly over
-    the modes being compared, instead of favouring whichever ran in a quiet moment.
-    """
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    _sync(device)
-    times = {mode: [] for mode in steps}
-    for _ in range(iters):
-        for mode, step in steps.items():
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times[mode].append(time.perf_counter() - start)
-    return {mode: sorted(t)[len(t) // 2] for mode, t in times.items()}
-
-
 def _timm_levit(name):
     import timm
     return timm.create_model(name, pretrained=False)
@@ -139,7 +119,33 @@ def _ref_levit(name, variant):
 
 # ----------------------------------------------------------------------------- measurements
 
-def _inference_models(name, variant, modes, backend, device):
+class OnnxRuntimeModel:
+    """A torch model exported to ONNX (a temporary file) and run by an onnxruntime CPU session."""
+
+    def __init__(self, model, example):
+        import onnxruntime
+
+        from ..export import to_onnx
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle onnxruntime threads spin-wait by default and take the cores from the PyTorch modes timed
+        # in between (interleaved): seen 5-10x slower timm rows on 2 cores. Sleeping threads are fair.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        with tempfile.TemporaryDirectory() as folder:
+            path = to_onnx(model.float().cpu(), example.float().cpu(), f"{folder}/model.onnx", dynamic_batch=False)
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x):
+        return self.session.run(None, {"input": x.float().cpu().numpy()})[0]
+
+
+def _onnxruntime(build, batch):
+    return lambda: OnnxRuntimeModel(build(), torch.randn(batch, 3, 224, 224))
+
+
+def _inference_models(name, variant, modes, backend, device, batch):
     """(mode, model) pairs for one LeViT size and variant; models built lazily."""
     from timm.utils.model import reparameterize_model
 
@@ -171,9 +177,10 @@ def _inference_models(name, variant, modes, backend, device):
         "ref-compile": lambda: torch.compile(ref_fold(ref_model())),
         "patched-folded": lambda: patched_folded(),
         "patched-compile": lambda: torch.compile(patched_folded()),
+        "onnxruntime": _onnxruntime(lambda: reparameterize_model(timm_model()), batch),
     }
     for mode in modes:
-        if mode.startswith("timm") and variant != "regular":
+        if (mode.startswith("timm") or mode == "onnxruntime") and variant != "regular":
             continue  # timm has only the regular LeViT
         if mode.startswith("ref") and variant == "regular":
             continue  # the regular python_ref model is timm's, measured as timm-*
@@ -193,7 +200,7 @@ def _train_step(model, batch, device, dtype, size=224, classes=1000):
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device=device)
-    target = torch.randint(0, classes, (batch,), device=device)
+    target = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
         with _autocast(device, dtype):
@@ -209,27 +216,30 @@ def _error_text(exc):
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
-def _measure_group(rows, label, variant, entries, batch, device, dtype, iters, warmup):
-    """Build every (mode, build, make_step) of one model and variant, then time them interleaved."""
+def _measure_group(rows, label, entries, batch, device, dtype, iters, warmup):
+    """Build every (variant, mode, build, make_step) of one model, then time them all interleaved."""
     group, steps = [], {}
-    for mode, build, make_step in entries:
-        row = {"model": label, "variant": variant, "mode": mode, "batch": batch, "dtype": dtype}
+    for variant, mode, build, make_step in entries:
+        key = (variant, mode)
+        row = {"model": label, "variant": variant, "mode": mode, "batch": batch,
+               "dtype": "fp32" if mode == "onnxruntime" else dtype}
         group.append(row)
         try:
-            steps[mode] = make_step(build(), batch, device, dtype)
-            steps[mode]()  # a failing configuration must not lose the rest of the table
+            steps[key] = make_step(build(), batch, device, dtype)
+            steps[key]()  # a failing configuration must not lose the rest of the table
         except Exception as exc:
-            steps.pop(mode, None)
+            steps.pop(key, None)
             row["error"] = _error_text(exc)
     try:
-        seconds = _time_interleaved(steps, device, iters, warmup)
+        ms = interleaved_ms(steps, device, iters, warmup)
     except Exception as exc:
-        seconds = {}
+        ms = {}
         for row in group:
             row.setdefault("error", _error_text(exc))
     for row in group:
-        if row["mode"] in seconds:
-            row.update(ms_per_batch=seconds[row["mode"]] * 1e3, img_per_s=batch / seconds[row["mode"]])
+        key = (row["variant"], row["mode"])
+        if key in ms:
+            row.update(ms_per_batch=ms[key], img_per_s=batch / ms[key] * 1e3)
         rows.append(row)
         print(_row_text(row), flush=True)
     del steps
@@ -244,8 +254,8 @@ def _row_text(row):
             f"{row['ms_per_batch']:9.2f} ms/batch")
 
 
-def _deit_entries(backend, device, modes, train):
-    """DeiT-Ti (timm, regular) against Armour-Ti (python_ref armour, patched)."""
+def _deit_entries(backend, device, modes, train, batch):
+    """DeiT-Ti (timm, regular: eager, compile, onnxruntime) against Armour-Ti (python_ref armour, patched)."""
     import timm
 
     import armour_kernels
@@ -259,18 +269,82 @@ def _deit_entries(backend, device, modes, train):
     def armour_ti():
         return armour_kernels.patch(create_model(name, attention="armour").eval().to(device), backend=backend)
 
-    regular = [("timm-eager", timm_deit, _inference_step)]
+    entries = [("regular", "timm-eager", timm_deit, _inference_step)]
     if "timm-compile" in modes:
-        regular.append(("timm-compile", lambda: torch.compile(timm_deit()), _inference_step))
-    armour = [("patched", armour_ti, _inference_step)]
+        entries.append(("regular", "timm-compile", lambda: torch.compile(timm_deit()), _inference_step))
+    if "onnxruntime" in modes:
+        entries.append(("regular", "onnxruntime", _onnxruntime(timm_deit, batch), _inference_step))
+    entries.append(("armour", "patched", armour_ti, _inference_step))
     if train:
-        regular.append(("timm-train", timm_deit, _train_step))
-        armour.append(("patched-train", armour_ti, _train_step))
-    return [("regular", regular), ("armour", armour)]
+        entries.append(("regular", "timm-train", timm_deit, _train_step))
+        entries.append(("armour", "patched-train", armour_ti, _train_step))
+    return entries
+
+
+# ----------------------------------------------------------------------------- report
+
+def _markdown(env, settings, rows):
+    """One table; inference rows get their speed ratio over each peer of the same model (PEERS)."""
+    lines = [f"# armour-bench models — {env['device']}, {settings['dtype']}, batch {settings['batch']}", "",
+             *record.environment_lines(env),
+             f"Patched backend: {settings['patched_backend']}; median of {settings['iters']} interleaved "
+             f"iterations after {settings['warmup']} warm-up; onnxruntime always runs fp32.", "",
+             "| model | variant | mode | batch | dtype | img/s | ms/batch | " + " | ".join(f"vs {p}" for p in PEERS)
+             + " |", "|---|---|---|---:|---|---:|---:|" + "---:|" * len(PEERS)]
+    peers = {(r["model"], r["mode"]): r["img_per_s"] for r in rows if r["mode"] in PEERS and "img_per_s" in r}
+    train_base = {r["model"]: r["img_per_s"] for r in rows if r["mode"] == "timm-train" and "img_per_s" in r}
+    for r in rows:
+        head = f"| {r['model']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
+        if "error" in r:
+            lines.append(head + f"error: {r['error']} | |" + " |" * len(PEERS))
+            continue
+        if r["mode"].endswith("train"):  # a training step compares with the timm training step only
+            bases = [train_base.get(r["model"])] + [None] * (len(PEERS) - 1)
+        else:
+            bases = [peers.get((r["model"], p)) for p in PEERS]
+        ratios = " | ".join(f"{r['img_per_s'] / b:.2f}×" if b else "" for b in bases)
+        lines.append(head + f"{r['img_per_s']:.1f} | {r['ms_per_batch']:.2f} | {ratios} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    device, dtype, batch, iters, warmup, modes, models, variants = _settings(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backend = _patch_backend(args.backend, device)
+    env = record.environment(device)
+    print(f"# {env['device']} | torch {env['torch']} timm {env['timm']} | dtype {dtype} batch {batch} "
+          f"| {env['threads']} threads | patched backend {backend}", flush=True)
+    rows = []
+    for name in models:
+        entries = []
+        for variant in variants:
+            entries += [(variant, mode, build, _inference_step)
+                        for mode, build in _inference_models(name, variant, modes, backend, device, batch)]
+            if args.train:
+                eager = (lambda n=name: _timm_levit(n).to(device)) if variant == "regular" else \
+                    (lambda n=name, v=variant: _ref_levit(n, v).to(device))
+                entries.append((variant, "timm-train" if variant == "regular" else "ref-train", eager, _train_step))
+                entries.append((variant, "patched-train", _patched_trainable(eager, backend), _train_step))
+        _measure_group(rows, name, entries, batch, device, dtype, iters, warmup)
+    if args.deit:
+        _measure_group(rows, "deit_tiny", _deit_entries(backend, device, modes, args.train, batch), batch, device,
+                       dtype, iters, warmup)
+    if args.vix:
+        for label, entries in _vix_entries(backend, device, args.train):
+            _measure_group(rows, label, entries, args.vix_batch_size, device, dtype, iters, warmup)
+    settings = {"batch": batch, "dtype": dtype, "iters": iters, "warmup": warmup, "patched_backend": backend}
+    report = {"environment": env, "settings": settings, "rows": rows}
+    out = args.out
+    if out == "auto":
+        out = record.results_dir(device) / f"models-{dtype}-threads{env['threads']}-batch{batch}"
+    if out:
+        record.write_report(out, report, _markdown(env, settings, rows))
+    return 1 if rows and all("error" in r for r in rows) else 0
 
 
 def _vix_entries(backend, device, train):
-    """(label, variant, entries) of the Vision Xformers on CIFAR-10: python_ref eager against patched."""
+    """(label, entries) of the Vision Xformers on CIFAR-10: python_ref eager against patched."""
     import armour_kernels
     from python_ref.registry import create_model
 
@@ -281,6 +355,7 @@ def _vix_entries(backend, device, train):
         return _train_step(model, batch, device, dtype, size=model.img_size, classes=10)
 
     for label, attention in VIX_MODELS.items():
+        entries = []
         for variant in ("regular", "armour"):
             def eager(attention=attention, armour=variant == "armour"):
                 return create_model("vix_cifar", attention=attention, armour=armour).eval().to(device)
@@ -288,88 +363,10 @@ def _vix_entries(backend, device, train):
             def patched(build=eager):
                 return armour_kernels.patch(build(), backend=backend)
 
-            entries = [("eager", eager, infer), ("patched", patched, infer)]
+            entries += [(variant, "eager", eager, infer), (variant, "patched", patched, infer)]
             if train:
-                entries += [("eager-train", eager, learn), ("patched-train", patched, learn)]
-            yield label, variant, entries
-
-
-# ----------------------------------------------------------------------------- report
-
-def _environment(device, backend, threads):
-    import timm
-    import triton
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-           or platform.machine(),
-           "device_type": device.type, "torch": torch.__version__, "timm": timm.__version__,
-           "triton": triton.__version__, "python": platform.python_version(), "patched_backend": backend,
-           "threads": threads, "command": " ".join(["armour-bench"] + sys.argv[1:])}
-    if device.type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as f:
-                env["device"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-    return env
-
-
-def _markdown(env, rows):
-    lines = [f"# armour-bench models — {env['device']}", "",
-             "  ".join(f"{k}: `{v}`" for k, v in env.items()), "",
-             "| model | variant | mode | batch | dtype | img/s | ms/batch | vs eager |",
-             "|---|---|---|---:|---|---:|---:|---:|"]
-    # The baseline: timm eager (LeViT, DeiT), or python_ref eager where timm has no such model (ViX:
-    # its regular variant, measured first, as timm's is the regular LeViT).
-    eager = {}
-    for r in rows:
-        if r["mode"] in ("timm-eager", "timm-train", "eager", "eager-train") and "img_per_s" in r:
-            eager.setdefault((r["model"], r["mode"].endswith("train")), r["img_per_s"])
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
-                         f"error: {r['error']} | | |")
-            continue
-        base = eager.get((r["model"], r["mode"].endswith("train")))
-        ratio = f"{r['img_per_s'] / base:.2f}×" if base else ""
-        lines.append(f"| {r['model']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
-                     f"{r['img_per_s']:.1f} | {r['ms_per_batch']:.2f} | {ratio} |")
-    return "\n".join(lines) + "\n"
-
-
-def run(args) -> int:
-    device, dtype, batch, iters, warmup, modes, models, variants = _settings(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    backend = _patch_backend(args.backend, device)
-    env = _environment(device, backend, torch.get_num_threads())
-    print(f"# {env['device']} | torch {env['torch']} timm {env['timm']} | dtype {dtype} batch {batch} "
-          f"| patched backend {backend}", flush=True)
-    rows = []
-    for name in models:
-        for variant in variants:
-            entries = [(mode, build, _inference_step)
-                       for mode, build in _inference_models(name, variant, modes, backend, device)]
-            if args.train:
-                eager = (lambda n=name: _timm_levit(n).to(device)) if variant == "regular" else \
-                    (lambda n=name, v=variant: _ref_levit(n, v).to(device))
-                entries.append(("timm-train" if variant == "regular" else "ref-train", eager, _train_step))
-                entries.append(("patched-train", _patched_trainable(eager, backend), _train_step))
-            _measure_group(rows, name, variant, entries, batch, device, dtype, iters, warmup)
-    if args.deit:
-        for variant, entries in _deit_entries(backend, device, modes, args.train):
-            _measure_group(rows, "deit_tiny", variant, entries, batch, device, dtype, iters, warmup)
-    if args.vix:
-        for label, variant, entries in _vix_entries(backend, device, args.train):
-            _measure_group(rows, label, variant, entries, args.vix_batch_size, device, dtype, iters, warmup)
-    report = {"environment": env, "settings": {"batch": batch, "dtype": dtype, "iters": iters, "warmup": warmup},
-              "rows": rows}
-    if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(report, f, indent=2)
-        with open(args.out + ".md", "w") as f:
-            f.write(_markdown(env, rows))
-        print(f"wrote {args.out}.json and {args.out}.md")
-    return 1 if rows and all("error" in r for r in rows) else 0
+                entries += [(variant, "eager-train", eager, learn), (variant, "patched-train", patched, learn)]
+        yield label, entries
 
 
 def _patched_trainable(build, backend):

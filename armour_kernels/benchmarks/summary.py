@@ -1,0 +1,127 @@
+"""`armour-bench summary`: one readable table of the headline numbers of a results folder.
+
+Reads the `armour-bench kernels` and `armour-bench models` JSON reports in a results folder
+(default: this device's, bench/results/<device>/) and writes SUMMARY.md there: the attention
+op's speed-up over SDPA, each model's fused path against every peer measured in the same run
+(timm eager / reparameterised / torch.compile / onnxruntime fp32), and the CPU targets of
+project issue 6 with whether they are met. Nothing is timed here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import record
+
+PEERS = ("timm-eager", "timm-reparam", "timm-compile", "onnxruntime")
+LABELS = {("levit_128s", "regular"): "LeViT-128S", ("levit_128s", "armour"): "Armour-128S",
+          ("levit_128s", "armour_plus"): "Armour+-128S", ("levit_192", "regular"): "LeViT-192",
+          ("levit_192", "armour"): "Armour-192", ("levit_192", "armour_plus"): "Armour+-192",
+          ("deit_tiny", "armour"): "Armour-Ti"}
+# (what, model, variant, dtype, peer, at least) — issue 6's CPU targets, checked in every models run
+TARGETS = (("Armour-Ti fp32 vs timm DeiT-Ti eager", "deit_tiny", "armour", "fp32", "timm-eager", 1.25),
+           ("LeViT-128S fp32 vs onnxruntime fp32", "levit_128s", "regular", "fp32", "onnxruntime", 1.0),
+           ("LeViT-128S fp32 vs torch.compile", "levit_128s", "regular", "fp32", "timm-compile", 1.15),
+           ("LeViT-128S bf16 vs onnxruntime fp32", "levit_128s", "regular", "bf16", "onnxruntime", 2.0),
+           ("Armour-Ti bf16 vs onnxruntime fp32 (DeiT-Ti)", "deit_tiny", "armour", "bf16", "onnxruntime", 2.0))
+KERNEL_TARGETS = {"fwd_vs_sdpa": 1.3, "fwd_bwd_vs_sdpa": 1.5}
+
+
+def add_arguments(parser):
+    parser.add_argument("--results", type=Path, default=None, help="results folder (default: this device's)")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended as a Notes section")
+
+
+def _fused(row):
+    return row["mode"] in ("patched-folded", "patched") and "img_per_s" in row
+
+
+def models_section(report):
+    s, env = report["settings"], report["environment"]
+    rows = report["rows"]
+    peers = {(r["model"], r["mode"]): r["img_per_s"] for r in rows if r["mode"] in PEERS and "img_per_s" in r}
+    head = f"### Models: {s['dtype']}, {env['threads']} thread(s), batch {s['batch']}"
+    lines = [head, "", "| model (fused: patched + folded) | img/s | " + " | ".join(f"× {p}" for p in PEERS)
+             + " |", "|---|---:|" + "---:|" * len(PEERS)]
+    for r in rows:
+        if not _fused(r):
+            continue
+        base = "deit_tiny" if r["model"] == "deit_tiny" else r["model"]
+        cells = [f"{r['img_per_s'] / peers[(base, p)]:.2f}×" if (base, p) in peers else "–" for p in PEERS]
+        lines.append(f"| {LABELS.get((r['model'], r['variant']), r['model'])} | {r['img_per_s']:.1f} | "
+                     + " | ".join(cells) + " |")
+    names = {"levit_128s": "LeViT-128S", "levit_192": "LeViT-192", "deit_tiny": "DeiT-Ti"}
+    peer_line = "; ".join(f"{names.get(m, m)} {mode} {v:.1f}" for (m, mode), v in peers.items())
+    lines += ["", f"Peers (img/s, onnxruntime fp32): {peer_line}."]
+    return lines
+
+
+def targets_section(models):
+    lines = ["| target | run | ours img/s | peer img/s | ratio | needed | met |", "|---|---|---:|---:|---:|---:|---|"]
+    for what, model, variant, dtype, peer, need in TARGETS:
+        for report in models:
+            s = report["settings"]
+            if s["dtype"] != dtype:
+                continue
+            rows = report["rows"]
+            ours = next((r["img_per_s"] for r in rows if r["model"] == model and r["variant"] == variant
+                         and _fused(r)), None)
+            other = next((r["img_per_s"] for r in rows if r["model"] == model and r["mode"] == peer
+                          and "img_per_s" in r), None)
+            run = f"{report['environment']['threads']} thr, batch {s['batch']}"
+            if ours is None or other is None:
+                lines.append(f"| {what} | {run} | | | not measured | {need:.2f}× | – |")
+                continue
+            ratio = ours / other
+            lines.append(f"| {what} | {run} | {ours:.1f} | {other:.1f} | {ratio:.2f}× | {need:.2f}× | "
+                         f"{'yes' if ratio >= need else 'no'} |")
+    return lines
+
+
+def kernels_section(kernels):
+    lines = ["| dtype | shape (B, N, H, Dk/Dv) | value | bias | fwd ms (ours / SDPA) | fwd × | fwd+bwd ms "
+             "(ours / SDPA) | fwd+bwd × | targets met (fwd ≥ 1.3×, fwd+bwd ≥ 1.5×) |",
+             "|---|---|---|---|---|---:|---|---:|---|"]
+    for report in kernels:
+        rows = report["rows"]
+        for r in rows:
+            if r["impl"] != "armour_kernels" or "fwd_vs_sdpa" not in r:
+                continue
+            sdpa = next(x for x in rows if x["impl"] == "sdpa" and (x["shape"], x["value"]) == (r["shape"], r["value"]))
+            met = " / ".join("yes" if r[k] >= v else "no" for k, v in KERNEL_TARGETS.items())
+            lines.append(f"| {report['dtype']} | {r['shape']} ({r['B']}, {r['Nq']}×{r['Nk']}, {r['H']}, "
+                         f"{r['Dk']}/{r['Dv']}) | {r['value']} | {r['bias']} | {r['fwd_ms']:.1f} / {sdpa['fwd_ms']:.1f}"
+                         f" | {r['fwd_vs_sdpa']:.2f}× | {r['fwd_bwd_ms']:.1f} / {sdpa['fwd_bwd_ms']:.1f} | "
+                         f"{r['fwd_bwd_vs_sdpa']:.2f}× | {met} |")
+    return lines
+
+
+def summary(folder: Path) -> str:
+    reports = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    kernels = [r for r in reports if "backend" in r and "rows" in r and r["rows"] and "fwd_ms" in r["rows"][0]]
+    models = sorted((r for r in reports if "settings" in r and "patched_backend" in r.get("settings", {})),
+                    key=lambda r: (-r["environment"]["threads"], r["settings"]["dtype"] != "fp32"))
+    env = (models or kernels)[0]["environment"]
+    lines = [f"# Benchmark summary — {env['device']}", "", *record.environment_lines(env)[:2], "",
+             "Ratios are speeds (higher is better), every ratio between implementations timed interleaved in the "
+             "same process. Fused = `armour_kernels.patch` + `fold_batchnorm` (LeViT) on the C++ CPU kernels; "
+             "onnxruntime = the timm model (LeViT reparameterised) exported to ONNX, CPU provider, fp32, "
+             "intra-op threads = the run's threads.", "", "## Targets (project issue 6)", "",
+             *targets_section(models), "", "## Attention op vs SDPA", "", *kernels_section(kernels), "",
+             "## Models", ""]
+    for report in models:
+        lines += models_section(report) + [""]
+    lines += ["## Commands", ""]
+    lines += [f"- `{r['environment']['command']}`" for r in kernels + models]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    folder = args.results or record.results_dir("cpu")
+    text = summary(Path(folder))
+    if args.notes is not None:
+        text += "\n## Notes\n\n" + args.notes.read_text()
+    (Path(folder) / "SUMMARY.md").write_text(text)
+    print(text)
+    print(f"wrote {Path(folder) / 'SUMMARY.md'}")
+    return 0
