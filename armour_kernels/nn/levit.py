@@ -128,7 +128,17 @@ def _check_backend(backend):
 
 
 class _LevitAttentionBase(nn.Module):
-    """What both attention blocks share: the attention op call and the fused output projection."""
+    """What both attention blocks share: adopting the original, the attention op call, the fused output projection."""
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        _check_backend(backend)
+        _adopt(self, original)
+        self.backend = backend
+        self.num_heads = original.num_heads
+        self.key_dim = original.key_dim
+        self.scale = original.scale
+        self.use_conv = bool(getattr(original, "use_conv", False))
 
     def _attend(self, q, k, v, value):
         from ..ops.attention import attention
@@ -166,14 +176,7 @@ class LevitAttention(_LevitAttentionBase):
     """
 
     def __init__(self, original: nn.Module, backend: str = "auto", value: str | None = None):
-        super().__init__()
-        _check_backend(backend)
-        _adopt(self, original)
-        self.backend = backend
-        self.num_heads = original.num_heads
-        self.key_dim = original.key_dim
-        self.scale = original.scale
-        self.use_conv = bool(getattr(original, "use_conv", False))
+        super().__init__(original, backend)
         self.value = value or getattr(original, "value", None) or LEVIT_VALUES[getattr(original, "variant", "regular")]
         if self.value not in LEVIT_VALUES.values():
             raise ValueError(f"LevitAttention: value must be one of {tuple(LEVIT_VALUES.values())}, got {self.value!r}")
@@ -194,16 +197,6 @@ class LevitAttention(_LevitAttentionBase):
 
 class LevitAttentionDownsample(_LevitAttentionBase):
     """LeViT subsample attention: q from the stride-2 grid, k / v (width 4D) from the full grid."""
-
-    def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        _check_backend(backend)
-        _adopt(self, original)
-        self.backend = backend
-        self.num_heads = original.num_heads
-        self.key_dim = original.key_dim
-        self.scale = original.scale
-        self.use_conv = bool(getattr(original, "use_conv", False))
 
     def forward(self, x):
         kv = self._project_heads(self.kv, x)
