@@ -4,10 +4,7 @@ The interpreter tests check the numbers; this checks that the same source lowers
 Triton's GPU pipeline (TTIR → TTGIR → PTX → cubin with the bundled ptxas), which the
 interpreter never does. It runs in a subprocess because TRITON_INTERPRET must be unset there.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_compiled_script
 
 SCRIPT = r'''
 import triton
@@ -47,8 +44,4 @@ print("compiled")
 
 
 def test_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+    run_compiled_script(SCRIPT, timeout=300)

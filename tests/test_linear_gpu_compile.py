@@ -7,10 +7,7 @@ and checks each fits the H100's shared memory. The launchers run on CPU tensors 
 constexprs), so the signatures tested are the ones the launchers really use. In a subprocess:
 TRITON_INTERPRET must be unset there.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_compiled_script
 
 SCRIPT = r'''
 import torch
@@ -68,8 +65,4 @@ print("compiled", len(done))
 
 
 def test_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+    run_compiled_script(SCRIPT, timeout=600)
