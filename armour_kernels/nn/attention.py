@@ -11,7 +11,8 @@ and state-dict keys of timm's `Attention` / python_ref's DeiT `Attention` (`qkv`
 
 q, k and v are strided views of the projection output (B, N, n, H, D): nothing is copied
 between the projection GEMM and the attention kernel, and the kernel writes (B, N, H, D)
-contiguous, which is already the (B, N, C) input of `proj`.
+contiguous, which is already the (B, N, C) input of `proj`. On CPU, when no gradient is wanted,
+both projections run on oneDNN (armour_kernels.cpu.dense: ~2x ATen's fp32 GEMM on AMD CPUs).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch.nn as nn
 
 from python_ref.attention import DEIT_VARIANTS  # variant → (value source, key is query, mask diagonal)
 
+from ..cpu import dense
 from ..ops.attention import attention
 
 class FusedDeiTAttention(nn.Module):
@@ -70,7 +72,10 @@ class FusedDeiTAttention(nn.Module):
                                       "set attn_drop to 0 (DeiT's default) or use eval mode")
         batch, n, _ = x.shape
         projections = 3 if self.variant == "regular" else 2
-        parts = self.qkv(x).view(batch, n, projections, self.num_heads, self.head_dim)
+        fast = dense.serves(self.backend, x, self.qkv.weight, self.proj.weight) and not (
+            self.training and getattr(self.proj_drop, "p", 0.0) > 0)
+        packed = dense.linear(x, self.qkv.weight, self.qkv.bias) if fast else self.qkv(x)
+        parts = packed.view(batch, n, projections, self.num_heads, self.head_dim)
         value, key_is_query, mask_diagonal = DEIT_VARIANTS[self.variant]
         first, second = parts[:, :, 0], parts[:, :, 1]
         if self.variant == "regular":
@@ -80,7 +85,10 @@ class FusedDeiTAttention(nn.Module):
         else:
             q, k, v = first, second, None
         out = attention(q, k, v, value=value, scale=self.scale, mask_diagonal=mask_diagonal, backend=self.backend)
-        return self.proj_drop(self.proj(out.reshape(batch, n, self.num_heads * self.head_dim)))
+        out = out.reshape(batch, n, self.num_heads * self.head_dim)
+        if fast:
+            return dense.linear(out, self.proj.weight, self.proj.bias)
+        return self.proj_drop(self.proj(out))
 
     def extra_repr(self):
         return f"variant={self.variant!r}, num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._backend import BACKENDS
+from ..cpu import dense
 
 LEVIT_VALUES = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
 
@@ -67,11 +68,14 @@ def _kernel_backend(backend: str, device: torch.device, act_in: bool):
 def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
     """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
 
-    Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or
-    C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
+    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM, Hardswish after it as a
+    post-op. Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton
+    or C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
     activates its input tiles as they load, when no gradient is needed. Everything else
     ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
     """
+    if dense.serves(backend, x, weight, bias):
+        return dense.linear(F.hardswish(x) if act_in else x, weight, bias, "hardswish" if act_out else "none")
     kernel = _kernel_backend(backend, x.device, act_in)
     if kernel is not None:
         dtype = _compute_dtype(x)
@@ -150,11 +154,15 @@ class _LevitAttentionBase(nn.Module):
 
         Conv mode, folded: the 1×1 conv runs as a token-major GEMM, so each head's features are
         contiguous for the attention kernel (the conv's own output would put them N apart).
+        Folded, CPU inference: oneDNN's GEMM (armour_kernels.cpu.dense).
         """
-        folded = folded_projection(module) if self.use_conv and not self.training else None
+        folded = None if self.training else folded_projection(module)
         if folded is not None:
-            tokens = x.flatten(2).transpose(1, 2)
-            return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+            tokens = x.flatten(2).transpose(1, 2) if self.use_conv else x
+            if dense.serves(self.backend, tokens, *folded):
+                return dense.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+            if self.use_conv:
+                return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
         return _per_head(module(x), self.num_heads, self.use_conv)
 
     def _project_out(self, o: torch.Tensor, grid) -> torch.Tensor:
@@ -225,6 +233,9 @@ class LevitMlp(nn.Module):
         if self.training or first is None or second is None or not _is_hardswish(self.act):
             return self.ln2(self.drop(self.act(self.ln1(x))))
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
+        if dense.serves(self.backend, tokens, first[0], second[0]):
+            y = dense.mlp(tokens, first, "hardswish", second)
+            return y.permute(0, 3, 1, 2) if self.use_conv else y
         h = linear_act(tokens, *first, act_out=True, backend=self.backend)
         y = F.linear(h, second[0].to(h.dtype), None if second[1] is None else second[1].to(h.dtype))
         return y.permute(0, 3, 1, 2) if self.use_conv else y

@@ -1,7 +1,8 @@
-"""DeiT surgery: timm's ViT `Attention` and python_ref's DeiT `Attention` → FusedDeiTAttention.
+"""DeiT surgery: timm's ViT `Attention` / python_ref's DeiT `Attention` → FusedDeiTAttention, and
+timm's `Mlp` / python_ref's DeiT `Mlp` → FusedMlp.
 
-The fused module takes over the original's own `qkv`, `proj` and dropout submodules, so it
-shares their Parameters and has the same state-dict keys.
+The fused modules take over the original's own submodules (`qkv`, `proj`, `fc1`, `fc2`, dropouts),
+so they share their Parameters and have the same state-dict keys.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn as nn
 from python_ref.attention import DEIT_VARIANTS
 
 from ..nn.attention import FusedDeiTAttention
+from ..nn.mlp import FusedMlp
 from . import register
 
 
@@ -51,4 +53,22 @@ def convert_deit_attention(module: nn.Module, backend: str):
         return FusedDeiTAttention.wrap(module.qkv, module.proj, module.attn_drop, module.proj_drop,
                                        num_heads=module.num_heads, head_dim=module.head_dim, scale=module.scale,
                                        variant=module.variant, backend=backend)
+    return None
+
+
+def _mlp_classes():
+    import python_ref.deit
+    classes = [python_ref.deit.Mlp]
+    try:
+        from timm.layers.mlp import Mlp
+    except ImportError:
+        return classes
+    return classes + [Mlp]
+
+
+@register
+def convert_mlp(module: nn.Module, backend: str):
+    """timm `Mlp` and python_ref DeiT `Mlp`, matched by exact class (GluMlp, SwiGLU etc. are left alone)."""
+    if type(module) in _mlp_classes():
+        return FusedMlp(module, backend)
     return None

@@ -1,7 +1,7 @@
 """Surgery converters for LeViT: timm `levit_*` / `levit_conv_*` and python_ref LeViT (all variants).
 
-Three block types are swapped for the fused modules of armour_kernels.nn.levit: the attention
-core, the subsample attention and the MLP. Classes are matched exactly (not by duck typing), so
+Four block types are swapped for fused modules: the attention core, the subsample attention and
+the MLP (armour_kernels.nn.levit), and the convolution stem (armour_kernels.nn.levit_stem). Classes are matched exactly (not by duck typing), so
 a DeiT or other model's `Attention` is never taken for LeViT's.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ..nn.levit import LevitAttention, LevitAttentionDownsample, LevitMlp
+from ..nn.levit_stem import LevitStem
 from . import register
 
 # (module, class name) → fused module class. Modules that are not installed are skipped.
@@ -16,9 +17,11 @@ _KNOWN = {
     ("timm.models.levit", "Attention"): LevitAttention,
     ("timm.models.levit", "AttentionDownsample"): LevitAttentionDownsample,
     ("timm.models.levit", "LevitMlp"): LevitMlp,
+    ("timm.models.levit", "Stem16"): LevitStem,
     ("python_ref.levit", "Attention"): LevitAttention,
     ("python_ref.levit", "AttentionDownsample"): LevitAttentionDownsample,
     ("python_ref.levit", "LevitMlp"): LevitMlp,
+    ("python_ref.levit", "Stem16"): LevitStem,
 }
 _TABLE = None
 
