@@ -140,6 +140,23 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
 
 at::ScalarType acc_type(DType d) { return d == DType::f64 ? at::kDouble : at::kFloat; }
 
+// Forward with a LeViT table bias over a batch: the bias tile bias[h, idx[i, j]] is the same for
+// every image, so gather it once into a (H, Nq, Nk) array in the accumulation type and read it as
+// a dense bias broadcast over the batch (contiguous rows: vector adds) instead of one scalar
+// gather per score per image. Exact (a gather and a widening). ~0.6 MB for LeViT's 14x14 stage.
+void gather_table_once(AttentionArgs& a, const at::Tensor& table, const at::Tensor& index, at::Tensor* keep) {
+  const at::ScalarType acc = acc_type(a.dtype);
+  *keep = table.to(acc).index_select(1, index.reshape({-1})).view({a.H, a.Nq, a.Nk}).contiguous();
+  a.bias_kind = BiasKind::dense;
+  a.bias_dtype = a.dtype == DType::f64 ? DType::f64 : DType::f32;
+  a.bias = keep->data_ptr();
+  a.bias_sb = 0;
+  a.bias_sh = a.Nq * a.Nk;
+  a.bias_si = a.Nk;
+  a.bias_sj = 1;
+  a.index = nullptr;
+}
+
 }  // namespace
 
 std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
@@ -148,6 +165,7 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
                                           double scale, bool mask_diagonal) {
   at::Tensor dense_bias;
   AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *bias, *bias_index, &dense_bias);
   at::Tensor out = at::empty({a.B, a.Nq, a.H, a.Dv}, q.options());
   at::Tensor lse = at::empty({a.B, a.H, a.Nq}, q.options().dtype(acc_type(a.dtype)));
   a.out = out.data_ptr();
