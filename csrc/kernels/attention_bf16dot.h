@@ -18,9 +18,7 @@ inline void forward_bf16dot_tasks(const AttentionArgs& a, int64_t begin, int64_t
       pack_pairs_t(a.k, b, h, Nk, Dk, kt2.p, Nkp);
       v2.zero(Nkp * Dvp);  // V pairs: v2[(j / 2) * 2 Dvp + 2 c + j % 2] = V[j, c]
       for (int p = 0, col = 0; p < a.n_parts; col += a.part_width[p], ++p)
-        for (int64_t j = 0; j < Nk; ++j)
-          for (int64_t c = 0; c < a.part_width[p]; ++c)
-            v2.p[(j >> 1) * 2 * Dvp + 2 * (col + c) + (j & 1)] = bf16_bits(a.part[p], b, j, h, c);
+        pack_value_pairs(a.part[p], b, h, Nk, a.part_width[p], v2.p, Dvp, col);
       packed = bh;
     }
     const int64_t i0 = qb * kBlockQ, nr = min64(kBlockQ, Nq - i0);

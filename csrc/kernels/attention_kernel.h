@@ -166,6 +166,10 @@ void pack_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
   for (int64_t n = 0; n < cnt; ++n) {
     const T* src = base + (n0 + n) * t.sn;
     S* out = dst + n * ld + col0;
+    if (t.sd == 1) {  // unit stride (the usual packed projection): a loop the compiler vectorises
+      for (int64_t d = 0; d < D; ++d) out[d] = load_as<S>(src + d);
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) out[d] = load_as<S>(src + d * t.sd);
   }
 }
@@ -174,6 +178,13 @@ void pack_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
 template <class T, class S>
 void pack_cols(const Strided4& t, int64_t b, int64_t h, int64_t cnt, int64_t D, S* dst, int64_t ld, int64_t row0) {
   const T* base = static_cast<const T*>(t.ptr) + b * t.sb + h * t.sh;
+  if (t.sd == 1) {  // unit stride: each key row is one contiguous read (its writes stay in L1 scratch)
+    for (int64_t n = 0; n < cnt; ++n) {
+      const T* src = base + n * t.sn;
+      for (int64_t d = 0; d < D; ++d) dst[(row0 + d) * ld + n] = load_as<S>(src + d);
+    }
+    return;
+  }
   for (int64_t n = 0; n < cnt; ++n) {
     const T* src = base + n * t.sn;
     for (int64_t d = 0; d < D; ++d) dst[(row0 + d) * ld + n] = load_as<S>(src + d * t.sd);

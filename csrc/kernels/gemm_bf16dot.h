@@ -49,11 +49,50 @@ inline uint16_t bf16_bits(const Strided4& t, int64_t b, int64_t n, int64_t h, in
   return (static_cast<const bf16_t*>(t.ptr) + b * t.sb + n * t.sn + h * t.sh + d * t.sd)->bits;
 }
 
+inline const uint16_t* bf16_row(const Strided4& t, int64_t b, int64_t n, int64_t h) {
+  return &(static_cast<const bf16_t*>(t.ptr) + b * t.sb + n * t.sn + h * t.sh)->bits;
+}
+
 // Kᵀ-style pair packing of one (b, h): dst[(d / 2) * 2 ld + 2 n + d % 2] = t[b, n, h, d], n < cnt,
-// d < D (dst zeroed by the caller, so an odd D pairs its last feature with 0).
+// d < D (dst zeroed by the caller, so an odd D pairs its last feature with 0). With unit feature
+// stride a pair is one aligned 32-bit word of the row: a 32-bit transpose, one move per pair.
 inline void pack_pairs_t(const Strided4& t, int64_t b, int64_t h, int64_t cnt, int64_t D, uint16_t* dst, int64_t ld) {
+  if (t.sd == 1) {
+    const int64_t pairs = D / 2;
+    for (int64_t n = 0; n < cnt; ++n) {
+      const uint16_t* row = bf16_row(t, b, n, h);
+      for (int64_t e = 0; e < pairs; ++e) std::memcpy(dst + e * 2 * ld + 2 * n, row + 2 * e, 4);
+      if (D & 1) dst[pairs * 2 * ld + 2 * n] = row[D - 1];
+    }
+    return;
+  }
   for (int64_t n = 0; n < cnt; ++n)
     for (int64_t d = 0; d < D; ++d) dst[(d >> 1) * 2 * ld + 2 * n + (d & 1)] = bf16_bits(t, b, n, h, d);
+}
+
+// Value pair packing of columns [col, col + width) of one (b, h): dst[(j / 2) * 2 ld + 2 (col + c) + j % 2]
+// = t[b, j, h, c], j < cnt (dst zeroed by the caller: an odd cnt pairs its last key with 0). With unit
+// feature stride, 16 columns of two keys interleave in one vector: lo | hi << 16 per 32-bit lane.
+inline void pack_value_pairs(const Strided4& t, int64_t b, int64_t h, int64_t cnt, int64_t width, uint16_t* dst,
+                             int64_t ld, int64_t col) {
+  if (t.sd != 1) {
+    for (int64_t j = 0; j < cnt; ++j)
+      for (int64_t c = 0; c < width; ++c) dst[(j >> 1) * 2 * ld + 2 * (col + c) + (j & 1)] = bf16_bits(t, b, j, h, c);
+    return;
+  }
+  for (int64_t j = 0; j < cnt; j += 2) {
+    const uint16_t* r0 = bf16_row(t, b, j, h);
+    const uint16_t* r1 = j + 1 < cnt ? bf16_row(t, b, j + 1, h) : nullptr;
+    uint16_t* out = dst + (j >> 1) * 2 * ld + 2 * col;
+    for (int64_t c = 0; c < width; c += 16) {
+      const __mmask16 m = c + 16 <= width ? static_cast<__mmask16>(0xffff)
+                                          : static_cast<__mmask16>((1u << (width - c)) - 1u);
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + c));
+      const __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + c)), 16)
+                            : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(out + 2 * c, m, _mm512_or_si512(lo, hi));
+    }
+  }
 }
 
 // Row packing with an even row length ld (zero pad): dst[n * ld + d] = t[b, n0 + n, h, d].
@@ -61,6 +100,10 @@ inline void pack_bf16_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, 
                            int64_t ld) {
   for (int64_t n = 0; n < cnt; ++n) {
     dst[n * ld + ld - 1] = 0;
+    if (t.sd == 1) {
+      std::memcpy(dst + n * ld, bf16_row(t, b, n0 + n, h), static_cast<size_t>(D) * 2);
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) dst[n * ld + d] = bf16_bits(t, b, n0 + n, h, d);
   }
 }
