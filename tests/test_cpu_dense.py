@@ -205,18 +205,22 @@ def _randomised_deit(name, **kwargs):
     return model
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_patched_timm_deit_inference_unchanged(dtype):
-    model = _randomised_deit("deit_tiny_patch16_224", img_size=64, num_classes=10)
-    fused = patch(copy.deepcopy(model), backend="cpu")
-    assert sum(isinstance(m, FusedMlp) for m in fused.modules()) == 12
-    x = _rand(2, 3, 64, 64)
+def _assert_inference_unchanged(fused, model, x, dtype):
+    """fused(x) in inference (under bf16 autocast for bf16) against the unpatched model in float64."""
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     with torch.inference_mode(), autocast:
         got = fused(x)
     with torch.inference_mode():
         expected = model.double()(x.double())
     assert_close(got, expected, dtype, scale=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_patched_timm_deit_inference_unchanged(dtype):
+    model = _randomised_deit("deit_tiny_patch16_224", img_size=64, num_classes=10)
+    fused = patch(copy.deepcopy(model), backend="cpu")
+    assert sum(isinstance(m, FusedMlp) for m in fused.modules()) == 12
+    _assert_inference_unchanged(fused, model, _rand(2, 3, 64, 64), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -224,13 +228,7 @@ def test_patched_timm_levit_inference_unchanged(dtype):
     model = _randomise_bn(timm.create_model("levit_128s", img_size=64, num_classes=10)).eval()
     fused = fold_batchnorm(patch(copy.deepcopy(model), backend="cpu"))
     assert isinstance(fused.stem, LevitStem)
-    x = _rand(3, 3, 64, 64)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    with torch.inference_mode(), autocast:
-        got = fused(x)
-    with torch.inference_mode():
-        expected = model.double()(x.double())
-    assert_close(got, expected, dtype, scale=4)
+    _assert_inference_unchanged(fused, model, _rand(3, 3, 64, 64), dtype)
 
 
 def test_torch_compile_takes_the_plain_path():

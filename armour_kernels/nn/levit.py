@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._backend import BACKENDS
 from ..cpu import dense
+from .adopt import adopt
 
 LEVIT_VALUES = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
 
@@ -111,24 +111,8 @@ def _tokens_to_layout(t: torch.Tensor, conv: bool, grid) -> torch.Tensor:
     return t
 
 
-def _adopt(fused: nn.Module, original: nn.Module) -> None:
-    """Give `fused` the children, Parameters and buffers of `original` under the same names."""
-    for name, child in original.named_children():
-        fused.add_module(name, child)
-    for name, param in original.named_parameters(recurse=False):
-        fused.register_parameter(name, param)
-    for name, buf in original.named_buffers(recurse=False):
-        fused.register_buffer(name, buf, persistent=name not in original._non_persistent_buffers_set)
-    fused.train(original.training)
-
-
 def _is_hardswish(module) -> bool:
     return isinstance(module, nn.Hardswish)
-
-
-def _check_backend(backend):
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 class _LevitAttentionBase(nn.Module):
@@ -136,9 +120,7 @@ class _LevitAttentionBase(nn.Module):
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__()
-        _check_backend(backend)
-        _adopt(self, original)
-        self.backend = backend
+        adopt(self, original, backend)
         self.num_heads = original.num_heads
         self.key_dim = original.key_dim
         self.scale = original.scale
@@ -223,9 +205,7 @@ class LevitMlp(nn.Module):
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__()
-        _check_backend(backend)
-        _adopt(self, original)
-        self.backend = backend
+        adopt(self, original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
 
     def forward(self, x):

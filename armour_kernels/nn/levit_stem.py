@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .._backend import BACKENDS
 from ..cpu import dense
+from .adopt import adopt
 
 
 def _folded_conv(module: nn.Module):
@@ -35,13 +35,8 @@ class LevitStem(nn.Module):
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        for name, child in original.named_children():
-            self.add_module(name, child)
+        adopt(self, original, backend)
         self.stride = getattr(original, "stride", 16)
-        self.backend = backend
-        self.train(original.training)
 
     def _layers(self):
         """[(weight, bias, stride, padding, post-op)] when every conv is folded and every activation

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .._backend import BACKENDS
 from ..cpu import dense
+from .adopt import adopt
 
 
 class FusedMlp(nn.Module):
@@ -20,14 +20,9 @@ class FusedMlp(nn.Module):
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        for name, child in original.named_children():
-            self.add_module(name, child)
+        adopt(self, original, backend)
         if not hasattr(self, "norm"):
             self.norm = None
-        self.backend = backend
-        self.train(original.training)
 
     def _fusable(self) -> str | None:
         """The oneDNN post-op of `act` when fc1 → act → fc2 is all there is to compute, else None."""
