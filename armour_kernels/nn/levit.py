@@ -153,7 +153,10 @@ class _LevitAttentionBase(nn.Module):
         folded = folded_projection(self.proj.ln) if hasattr(self.proj, "ln") else None
         if folded is not None and not self.training and _is_hardswish(self.proj.act):
             weight, bias = folded
-            y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend)
+            if dense.serves(self.backend, tokens, weight, bias):  # o is the op's fresh output: activate in place
+                y = dense.linear(F.hardswish(tokens, inplace=True), weight, bias)
+            else:
+                y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend)
             return _tokens_to_layout(y, self.use_conv, grid)
         return self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
 
@@ -190,11 +193,21 @@ class LevitAttentionDownsample(_LevitAttentionBase):
 
     def forward(self, x):
         kv = self._project_heads(self.kv, x)
-        q_out = self.q(x)
+        q_out = self._project_queries(x)
         q = _per_head(q_out, self.num_heads, self.use_conv)
         D = self.key_dim
         o = self._attend(q, kv[..., :D], kv[..., D:], "v")
         return self._project_out(o, tuple(q_out.shape[2:]) if self.use_conv else None)
+
+    def _project_queries(self, x):
+        """q = Linear_BN(subsample(x)); folded, linear mode, CPU inference: the GEMM on oneDNN."""
+        *subsample, projection = self.q.children()
+        folded = None if self.training or self.use_conv else folded_projection(projection)
+        if folded is not None and dense.serves(self.backend, x, *folded):
+            for module in subsample:
+                x = module(x)
+            return dense.linear(x, *folded)
+        return self.q(x)
 
     def extra_repr(self):
         return f"num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
