@@ -10,6 +10,7 @@ inline void forward_bf16dot_tasks(const AttentionArgs& a, int64_t begin, int64_t
   const int64_t BK = round_up(min64(kBlockK, Nk), V::W);  // even, so P rows pair up
   Scratch<uint16_t> qs(kBlockQ * Dk2), kt2(Dk2 * Nkp), v2(Nkp * Dvp), pb(kBlockQ * BK);
   Scratch<float> s(kBlockQ * BK), o(kBlockQ * Dvp), m(kBlockQ), l(kBlockQ), diag(kBlockQ);
+  const bool fused = fused_scores_apply<V>(a);
   int64_t packed = -1;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % nqb, bh = t / nqb, b = bh / H, h = bh % H;
@@ -27,8 +28,12 @@ inline void forward_bf16dot_tasks(const AttentionArgs& a, int64_t begin, int64_t
     for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
       const int64_t bk = min64(kBlockK, Nk - j0), bkp = round_up(bk, V::W);
       gemm_with<Bf16DotKernel>(nr, bkp, Dk2 / 2, qs.p, Dk2, kt2.p + 2 * j0, 2 * Nkp, s.p, BK, false);
-      finish_scores<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, diag.p);
-      online_softmax_update<V>(nr, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      if (fused) {
+        fused_scores_softmax_update<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      } else {
+        finish_scores<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, diag.p);
+        online_softmax_update<V>(nr, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      }
       for (int64_t r = 0; r < nr; ++r)
         for (int64_t c = 0; c < bkp; c += V::W)
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.p + r * BK + c),

@@ -230,8 +230,34 @@ void finish_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int
 
 // ------------------------------------------------------------------ forward
 
-// Online softmax over one key block: row r of s (scores) becomes exp(s - m_new) in place, the
-// running max m and sum l are updated and the output row o is rescaled by exp(m_old - m_new).
+// One row's online-softmax step once the row max `blk` of this key block is known: the row becomes
+// exp(row - m_new) in place, the running max m and sum l are updated and the output row o is rescaled
+// by exp(m_old - m_new).
+template <class V>
+inline void softmax_row_update(typename V::S* row, int64_t bkp, typename V::S blk, typename V::S& m,
+                               typename V::S& l, typename V::S* orow, int64_t ldo) {
+  using S = typename V::S;
+  constexpr int W = V::W;
+  const S m_old = m;
+  const S m_new = blk > m_old ? blk : m_old;
+  const S m_use = m_new == neg_inf<S>() ? S(0) : m_new;  // all -inf so far: avoid inf - inf
+  const V vm = V::set1(m_use);
+  V sum = V::zero();
+  for (int64_t c = 0; c < bkp; c += W) {
+    V pexp = vexp(V::load(row + c) - vm);
+    pexp.store(row + c);
+    sum = sum + pexp;
+  }
+  const S alpha = std::exp(m_old - m_use);
+  l = l * alpha + hsum(sum);
+  m = m_new;
+  if (alpha != S(1)) {
+    const V va = V::set1(alpha);
+    for (int64_t c = 0; c < ldo; c += W) (V::load(orow + c) * va).store(orow + c);
+  }
+}
+
+// Online softmax over one key block of finished scores (finish_scores): a max pass, then the update.
 template <class V>
 void online_softmax_update(int64_t nr, int64_t bkp, typename V::S* s, int64_t lds, typename V::S* m,
                            typename V::S* l, typename V::S* o, int64_t ldo) {
@@ -241,24 +267,47 @@ void online_softmax_update(int64_t nr, int64_t bkp, typename V::S* s, int64_t ld
     S* row = s + r * lds;
     V mx = V::set1(neg_inf<S>());
     for (int64_t c = 0; c < bkp; c += W) mx = vmax(mx, V::load(row + c));
-    const S m_old = m[r], blk = hmax(mx);
-    const S m_new = blk > m_old ? blk : m_old;
-    const S m_use = m_new == neg_inf<S>() ? S(0) : m_new;  // all -inf so far: avoid inf - inf
-    const V vm = V::set1(m_use);
-    V sum = V::zero();
-    for (int64_t c = 0; c < bkp; c += W) {
-      V pexp = vexp(V::load(row + c) - vm);
-      pexp.store(row + c);
-      sum = sum + pexp;
+    softmax_row_update<V>(row, bkp, hmax(mx), m[r], l[r], o + r * ldo, ldo);
+  }
+}
+
+// The common forward case — no diagonal mask, float scores, no bias or a dense fp32 bias with unit key
+// stride (LeViT's table arrives here gathered into that form, see ops.cpp) — takes one fused pass for
+// scale + bias + key padding + row max instead of finish_scores' passes and the separate max pass.
+template <class V>
+bool fused_scores_apply(const AttentionArgs& a) {
+  if (a.mask_diagonal || sizeof(typename V::S) != sizeof(float)) return false;
+  return a.bias_kind == BiasKind::none ||
+         (a.bias_kind == BiasKind::dense && a.bias_dtype == DType::f32 && a.bias_sj == 1);
+}
+
+// Raw scores s (nr × bkp, bk real keys from j0) → scaled + biased, padding -inf, then the online
+// softmax update; the same arithmetic as finish_scores + online_softmax_update.
+template <class V>
+void fused_scores_softmax_update(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t j0,
+                                 int64_t bk, int64_t bkp, typename V::S* s, int64_t lds, typename V::S* m,
+                                 typename V::S* l, typename V::S* o, int64_t ldo) {
+  using S = typename V::S;
+  constexpr int W = V::W;
+  const S scale = static_cast<S>(a.scale);
+  const V vscale = V::set1(scale);
+  const int64_t full = bk / W * W;
+  for (int64_t r = 0; r < nr; ++r) {
+    S* row = s + r * lds;
+    const S* bp = a.bias_kind == BiasKind::dense
+                      ? static_cast<const S*>(a.bias) + b * a.bias_sb + h * a.bias_sh + (i0 + r) * a.bias_si + j0
+                      : nullptr;
+    V mx = V::set1(neg_inf<S>());
+    for (int64_t c = 0; c < full; c += W) {
+      V x = V::load(row + c) * vscale;
+      if (bp) x = x + V::load(bp + c);
+      x.store(row + c);
+      mx = vmax(mx, x);
     }
-    const S alpha = std::exp(m_old - m_use);
-    l[r] = l[r] * alpha + hsum(sum);
-    m[r] = m_new;
-    if (alpha != S(1)) {
-      const V va = V::set1(alpha);
-      S* orow = o + r * ldo;
-      for (int64_t c = 0; c < ldo; c += W) (V::load(orow + c) * va).store(orow + c);
-    }
+    for (int64_t c = full; c < bk; ++c) row[c] = row[c] * scale + (bp ? bp[c] : S(0));
+    for (int64_t c = bk; c < bkp; ++c) row[c] = neg_inf<S>();
+    if (full < bkp) mx = vmax(mx, V::load(row + full));
+    softmax_row_update<V>(row, bkp, hmax(mx), m[r], l[r], o + r * ldo, ldo);
   }
 }
 
@@ -311,6 +360,7 @@ void forward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
   const int64_t BK = round_up(min64(kBlockK, Nk), W);
   Scratch<S> qs(kBlockQ * Dk), kt(Dk * Nkp), vb(Nkp * Dvp), s(kBlockQ * BK), o(kBlockQ * Dvp);
   Scratch<S> m(kBlockQ), l(kBlockQ), diag(kBlockQ);
+  const bool fused = fused_scores_apply<V>(a);
   int64_t packed = -1;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t qb = t % nqb, bh = t / nqb, b = bh / H, h = bh % H;
@@ -328,8 +378,12 @@ void forward_tasks(const AttentionArgs& a, int64_t begin, int64_t end) {
     for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
       const int64_t bk = min64(kBlockK, Nk - j0), bkp = round_up(bk, W);
       gemm<V>(nr, bkp, Dk, qs.p, Dk, kt.p + j0, Nkp, s.p, BK, false);
-      finish_scores<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, diag.p);
-      online_softmax_update<V>(nr, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      if (fused) {
+        fused_scores_softmax_update<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      } else {
+        finish_scores<V>(a, b, h, i0, nr, j0, bk, bkp, s.p, BK, diag.p);
+        online_softmax_update<V>(nr, bkp, s.p, BK, m.p, l.p, o.p, Dvp);
+      }
       gemm<V>(nr, Dvp, bkp, s.p, BK, vb.p + j0 * Dvp, Dvp, o.p, Dvp, true);
     }
     store_rows<T>(a, b, h, i0, nr, o.p, Dvp, m.p, l.p, diag.p);
