@@ -42,6 +42,22 @@ def assert_close(actual, expected, dtype=None, scale=1.0, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol * mag * scale, rtol=rtol * scale, msg=msg or None)
 
 
+def assert_bad_argument(fn, args, change, error, match):
+    """fn(q, k, v, **rest) on `args` updated by `change` raises `error` with a message matching `match`."""
+    args = {**args, **change}
+    with pytest.raises(error, match=match):
+        fn(args.pop("q"), args.pop("k"), args.pop("v"), **args)
+
+
+def assert_no_cpu_kernel_error(op, call):
+    """Without the C++ op `op`, call() (backend "auto" on CPU tensors) is a clear error, not a slow path."""
+    from armour_kernels._backend import cpu_has_op
+    if cpu_has_op(op):
+        pytest.skip(f"the C++ extension provides {op}")
+    with pytest.raises(RuntimeError, match="no CPU kernel"):
+        call()
+
+
 def nan_like(t):
     """An output buffer pre-filled with NaN, so an unwritten element fails the comparison."""
     return torch.full_like(t, float("nan"))

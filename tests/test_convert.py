@@ -8,6 +8,7 @@ import python_ref
 from armour_kernels import armourize, fold_batchnorm, patch, unpatch
 from armour_kernels.nn.attention import FusedDeiTAttention
 from armour_kernels.nn.levit import LevitAttention
+from spec_counts import DEIT_COUNTS  # SPEC §2: (regular, two-projection)
 
 timm = pytest.importorskip("timm")
 
@@ -16,14 +17,6 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-DEIT_COUNTS = {  # SPEC §2: regular → two-projection
-    "deit_tiny_patch16_224": (5_717_416, 5_272_744),
-    "deit_small_patch16_224": (22_050_664, 20_276_584),
-    "deit_base_patch16_224": (86_567_656, 79_480_552),
-    "deit_tiny_distilled_patch16_224": (5_910_800, 5_466_128),
-    "deit_small_distilled_patch16_224": (22_436_432, 20_662_352),
-    "deit_base_distilled_patch16_224": (87_338_192, 80_251_088),
-}
 LEVIT_COUNTS = {  # SPEC §3: (unfolded training counts, folded counts), each regular / armour / armour_plus
     "levit_128s": ((7_777_058, 7_488_482, 7_199_906), (7_756_466, 7_468_818, 7_181_170)),
     "levit_384": ((39_128_836, 37_057_540, 34_986_244), (39_074_100, 37_006_260, 34_938_420)),

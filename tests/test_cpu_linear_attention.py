@@ -45,13 +45,8 @@ def _t(x):
     return None if x is None else x.transpose(1, 2)
 
 
-@pytest.mark.parametrize("kernel", ["softmax", "relu"])
-@pytest.mark.parametrize("mode", ["clean", "seed"])
-@pytest.mark.parametrize("value, n, nk, m", [("v", 37, 29, 24), ("q", 50, 50, 20), ("v", 1, 3, 7)])
-def test_performer_matches_reference(kernel, mode, value, n, nk, m):
-    q, k, v = _qkv(2, n, 3, 16, value, nk=nk)
-    proj = gaussian_orthogonal_random_matrix(m, 16)
-
+def _performer_pair(proj, kernel, mode, value):
+    """(the CPU op, the float64 python_ref definition) of one Performer configuration, both in (B, N, H, D)."""
     def op(q, k, v):
         return armour_kernels.performer_attention(q, k, v, projection=proj, kernel=kernel, mode=mode, value=value,
                                                   backend="cpu")
@@ -59,7 +54,17 @@ def test_performer_matches_reference(kernel, mode, value, n, nk, m):
     def ref(q, k, v):
         return performer_reference(_t(q), _t(k), _t(v), projection=proj.double(), kernel=kernel, mode=mode,
                                    value=value).transpose(1, 2)
+    return op, ref
 
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu"])
+@pytest.mark.parametrize("mode", ["clean", "seed"])
+@pytest.mark.parametrize("value, n, nk, m", [("v", 37, 29, 24), ("q", 50, 50, 20), ("v", 1, 3, 7)])
+def test_performer_matches_reference(kernel, mode, value, n, nk, m):
+    q, k, v = _qkv(2, n, 3, 16, value, nk=nk)
+    proj = gaussian_orthogonal_random_matrix(m, 16)
+
+    op, ref = _performer_pair(proj, kernel, mode, value)
     _grad_check(op, ref, (q, k, v), torch.float32)
 
 
@@ -113,14 +118,7 @@ def test_performer_fused_backward_every_isa(isa, kernel, mode, value):
     q, k, v = _qkv(2, 41, 2, 32, value)
     proj = gaussian_orthogonal_random_matrix(40, 32)
 
-    def op(q, k, v):
-        return armour_kernels.performer_attention(q, k, v, projection=proj, kernel=kernel, mode=mode, value=value,
-                                                  backend="cpu")
-
-    def ref(q, k, v):
-        return performer_reference(_t(q), _t(k), _t(v), projection=proj.double(), kernel=kernel, mode=mode,
-                                   value=value).transpose(1, 2)
-
+    op, ref = _performer_pair(proj, kernel, mode, value)
     with cpu.use_isa(isa):
         _grad_check(op, ref, (q, k, v), torch.float32)
 

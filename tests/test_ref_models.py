@@ -12,6 +12,7 @@ from python_ref import create_model, fold_batchnorm, summary_param_count
 from python_ref.attention import DEIT_VARIANTS
 from python_ref.levit import LEVIT_VARIANTS, BNLinear, ConvBN, LinearBN
 from python_ref.vix import VIX_ATTENTIONS
+from spec_counts import DEIT_COUNTS  # SPEC §2: (regular, two-projection)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +33,6 @@ def on_meta(name, **kwargs):
 
 # ----------------------------------------------------------------------------- parameter counts
 
-DEIT_COUNTS = {  # SPEC §2: (regular, every two-projection variant)
-    "deit_tiny_patch16_224": (5_717_416, 5_272_744),
-    "deit_small_patch16_224": (22_050_664, 20_276_584),
-    "deit_base_patch16_224": (86_567_656, 79_480_552),
-    "deit_tiny_distilled_patch16_224": (5_910_800, 5_466_128),
-    "deit_small_distilled_patch16_224": (22_436_432, 20_662_352),
-    "deit_base_distilled_patch16_224": (87_338_192, 80_251_088),
-}
 
 LEVIT_FOLDED = {  # SPEC §3, after BN folding: (regular, armour, armour_plus)
     "levit_128s": (7_756_466, 7_468_818, 7_181_170),

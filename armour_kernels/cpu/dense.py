@@ -50,9 +50,9 @@ def available() -> bool:
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype F.linear would compute in here (autocast's, when CPU autocast is on)."""
-    if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
-        return torch.get_autocast_dtype("cpu")
+    """The dtype F.linear would compute in here (autocast's, when autocast is on for x's device)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 
 
@@ -114,7 +114,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return y if residual is None else y + residual
 
 
-def _chunks(rows: int, width: int, itemsize: int) -> int:
+def _chunks(width: int, itemsize: int) -> int:
     """Rows per chunk so that a (rows, width) intermediate is about CHUNK_BYTES."""
     return max(64, CHUNK_BYTES // max(1, width * itemsize))
 
@@ -128,7 +128,7 @@ def mlp(x: torch.Tensor, fc1: tuple, act: str, fc2: tuple, residual: torch.Tenso
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
     res = None if residual is None else residual.reshape(-1, w2.shape[0])
     attr, algorithm = _ONEDNN_ACTS[act]
-    step = _chunks(rows.shape[0], w1.shape[0], rows.element_size())
+    step = _chunks(w1.shape[0], rows.element_size())
     outs = []
     for start in range(0, rows.shape[0], step):
         hidden = torch.ops.mkldnn._linear_pointwise(rows[start:start + step], w1, b1, attr, [], algorithm)
@@ -149,9 +149,10 @@ def conv_stem(x: torch.Tensor, layers: list) -> torch.Tensor:
     channels-last (B, C, H, W) — its `.flatten(2).transpose(1, 2)` tokens are contiguous.
     """
     dtype = compute_dtype(x)
-    params = [(w.to(dtype), _cast(b, dtype), stride, padding, _ONEDNN_ACTS[act]) for w, b, stride, padding, act in layers]
+    params = [(w.to(dtype), _cast(b, dtype), stride, padding, _ONEDNN_ACTS[act])
+              for w, b, stride, padding, act in layers]
     w0, _, s0, _, _ = params[0]
-    first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * torch.empty((), dtype=dtype).element_size()
+    first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
     images = max(1, CHUNK_BYTES // max(1, first_out))
     outs = []
     for chunk in x.split(images):

@@ -48,13 +48,6 @@ def folded_projection(module: nn.Module):
     return None
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype F.linear would compute in here (autocast's, when autocast is on)."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
 def _kernel_backend(backend: str, device: torch.device, act_in: bool):
     """"triton" / "cpu" when a fused Linear+Hardswish kernel serves this call, else None (PyTorch)."""
     from .._backend import cpu_has_op, resolve_backend
@@ -65,20 +58,22 @@ def _kernel_backend(backend: str, device: torch.device, act_in: bool):
     return None
 
 
-def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto"):
+def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto", x_is_scratch=False):
     """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
 
     CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM, Hardswish after it as a
-    post-op. Hardswish after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton
-    or C++ kernel, with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
+    post-op, Hardswish before it in place when the caller owns x (`x_is_scratch`). Hardswish
+    after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or C++ kernel,
+    with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
     activates its input tiles as they load, when no gradient is needed. Everything else
     ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
     """
     if dense.serves(backend, x, weight, bias):
-        return dense.linear(F.hardswish(x) if act_in else x, weight, bias, "hardswish" if act_out else "none")
+        x = F.hardswish(x, inplace=x_is_scratch) if act_in else x
+        return dense.linear(x, weight, bias, "hardswish" if act_out else "none")
     kernel = _kernel_backend(backend, x.device, act_in)
     if kernel is not None:
-        dtype = _compute_dtype(x)
+        dtype = dense.compute_dtype(x)
         cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
         if act_out and not act_in:
             from ..ops.linear_act import linear_hardswish
@@ -152,11 +147,8 @@ class _LevitAttentionBase(nn.Module):
         tokens = o.flatten(2)
         folded = folded_projection(self.proj.ln) if hasattr(self.proj, "ln") else None
         if folded is not None and not self.training and _is_hardswish(self.proj.act):
-            weight, bias = folded
-            if dense.serves(self.backend, tokens, weight, bias):  # o is the op's fresh output: activate in place
-                y = dense.linear(F.hardswish(tokens, inplace=True), weight, bias)
-            else:
-                y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend)
+            weight, bias = folded  # o is the op's fresh output: the input Hardswish may run in place
+            y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend, x_is_scratch=True)
             return _tokens_to_layout(y, self.use_conv, grid)
         return self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
 
