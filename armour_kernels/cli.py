@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "models": "LeViT / DeiT-Ti / ViX inference and training throughput: eager / reparam / compile vs patched",
     "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
     "linear_act": "CPU Linear + bias + Hardswish op vs F.hardswish(F.linear): LeViT MLP shapes",
+    "cubin": "offline: every Triton kernel compiled for an H100 (no GPU needed): registers, spills, shared memory",
     "summary": "SUMMARY.md of a results folder: headline ratios vs every peer, targets met or not",
 }
 

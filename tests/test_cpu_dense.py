@@ -54,7 +54,7 @@ def test_linear_matches_pytorch(shape, act, dtype):
 def test_linear_residual_and_no_bias(dtype):
     x, w, r = _rand(5, 40, 24, dtype=dtype), _rand(32, 24, seed=1, dtype=dtype), _rand(5, 40, 32, seed=3, dtype=dtype)
     with torch.inference_mode():
-        fused = dense.linear(x, w, None, residual=r)  # the binary post-op
+        fused = dense.linear(x, w, None, residual=r)
         after = dense.linear(x, w, None, "relu", residual=r)  # activation then add
     assert_close(fused, F.linear(x.double(), w.double()) + r.double(), dtype)
     assert_close(after, F.relu(F.linear(x.double(), w.double())) + r.double(), dtype)

@@ -48,44 +48,52 @@ def folded_projection(module: nn.Module):
     return None
 
 
-def _kernel_backend(backend: str, device: torch.device, act_in: bool):
-    """"triton" / "cpu" when a fused Linear+Hardswish kernel serves this call, else None (PyTorch)."""
+def _kernel_backend(backend: str, device: torch.device, triton_only: bool):
+    """"triton" / "cpu" when a fused Linear (+ Hardswish) kernel serves this call, else None (PyTorch).
+
+    The CPU kernel computes hardswish(x·Wᵀ + b) only: `triton_only` says the call needs more."""
     from .._backend import cpu_has_op, resolve_backend
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
-    if not act_in and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
+    if not triton_only and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
         return "cpu"
     return None
 
 
-def linear_act(x, weight, bias, *, act_in=False, act_out=False, backend="auto", x_is_scratch=False):
-    """act_out(act_in(x) @ weightᵀ + bias), act = Hardswish, on the path `backend` picks.
+def linear_act(x, weight, bias, *, act_in=False, act_out=False, residual=None, backend="auto", x_is_scratch=False):
+    """act_out(act_in(x) @ weightᵀ + bias) [+ residual], act = Hardswish, on the path `backend` picks.
 
-    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM, Hardswish after it as a
-    post-op, Hardswish before it in place when the caller owns x (`x_is_scratch`). Hardswish
-    after the GEMM (MLP): the public op armour_kernels.linear_hardswish (Triton or C++ kernel,
-    with autograd). Hardswish before the GEMM (attention proj): the Triton GEMM that
-    activates its input tiles as they load, when no gradient is needed. Everything else
-    ("reference", a CPU without the extension): PyTorch's GEMM and Hardswish.
+    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM, Hardswish after it and the
+    residual add as post-ops, Hardswish before it in place when the caller owns x (`x_is_scratch`).
+    CUDA (or the interpreter), no gradient wanted: the Triton GEMM, which activates its input
+    tiles as they load (attention proj), applies Hardswish in its epilogue (MLP) and adds the
+    residual there too. Hardswish after the GEMM with a gradient: the public op
+    armour_kernels.linear_hardswish (Triton or C++ kernel, with autograd). Everything else
+    ("reference", a CPU without the extension, training through proj): PyTorch's GEMM and Hardswish.
     """
     if dense.serves(backend, x, weight, bias):
         x = F.hardswish(x, inplace=x_is_scratch) if act_in else x
-        return dense.linear(x, weight, bias, "hardswish" if act_out else "none")
-    kernel = _kernel_backend(backend, x.device, act_in)
+        return dense.linear(x, weight, bias, "hardswish" if act_out else "none", residual=residual)
+    kernel = _kernel_backend(backend, x.device, act_in or not act_out)
     if kernel is not None:
         dtype = dense.compute_dtype(x)
         cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-        if act_out and not act_in:
-            from ..ops.linear_act import linear_hardswish
-            return linear_hardswish(*cast, backend=kernel)
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                     for t in (x, weight, bias, residual))
         if kernel == "triton" and not needs_grad:
             from ..ops.linear_act_infer import linear_act_infer
-            return linear_act_infer(*cast, act_in, act_out)
+            if residual is None or residual.dtype == dtype:
+                return linear_act_infer(*cast, act_in, act_out, residual)
+            return residual + linear_act_infer(*cast, act_in, act_out)  # promotes as `x + block(x)` would
+        if act_out and not act_in:
+            from ..ops.linear_act import linear_hardswish
+            y = linear_hardswish(*cast, backend=kernel)
+            return y if residual is None else y + residual
     if act_in:
         x = F.hardswish(x)
     y = F.linear(x, weight, bias)
-    return F.hardswish(y) if act_out else y
+    y = F.hardswish(y) if act_out else y
+    return y if residual is None else y + residual
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -104,6 +112,11 @@ def _tokens_to_layout(t: torch.Tensor, conv: bool, grid) -> torch.Tensor:
     if conv:
         return t.unflatten(1, grid).permute(0, 3, 1, 2)
     return t
+
+
+def _layout_to_tokens(t: torch.Tensor, conv: bool) -> torch.Tensor:
+    """The block's own layout → (B, N, C) tokens, a view (the inverse of `_tokens_to_layout`)."""
+    return t.flatten(2).transpose(1, 2) if conv else t
 
 
 def _is_hardswish(module) -> bool:
@@ -142,15 +155,19 @@ class _LevitAttentionBase(nn.Module):
                 return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
         return _per_head(module(x), self.num_heads, self.use_conv)
 
-    def _project_out(self, o: torch.Tensor, grid) -> torch.Tensor:
-        """o (B, N, H, Dv) from the op → Hardswish → proj, back in the block's layout."""
+    def _project_out(self, o: torch.Tensor, grid, residual=None) -> torch.Tensor:
+        """o (B, N, H, Dv) from the op → Hardswish → proj [+ residual], back in the block's layout.
+
+        Folded, eval: one GEMM that activates its input and adds the residual (the block input)."""
         tokens = o.flatten(2)
         folded = folded_projection(self.proj.ln) if hasattr(self.proj, "ln") else None
         if folded is not None and not self.training and _is_hardswish(self.proj.act):
             weight, bias = folded  # o is the op's fresh output: the input Hardswish may run in place
-            y = linear_act(tokens, weight, bias, act_in=True, backend=self.backend, x_is_scratch=True)
+            res = None if residual is None else _layout_to_tokens(residual, self.use_conv)
+            y = linear_act(tokens, weight, bias, act_in=True, residual=res, backend=self.backend, x_is_scratch=True)
             return _tokens_to_layout(y, self.use_conv, grid)
-        return self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
+        y = self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
+        return y if residual is None else residual + y
 
 
 class LevitAttention(_LevitAttentionBase):
@@ -166,7 +183,8 @@ class LevitAttention(_LevitAttentionBase):
         if self.value not in LEVIT_VALUES.values():
             raise ValueError(f"LevitAttention: value must be one of {tuple(LEVIT_VALUES.values())}, got {self.value!r}")
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """attn(x) [+ residual]: LevitBlock passes residual=x, so proj and the add are one GEMM."""
         grid = tuple(x.shape[2:]) if self.use_conv else None
         qkv = self._project_heads(self.qkv, x)
         D = self.key_dim
@@ -174,7 +192,7 @@ class LevitAttention(_LevitAttentionBase):
         v = None if self.value == "q+k" else qkv[..., 2 * D:]
         if self.value == "q+v" and v.shape[-1] == 0:
             raise ValueError("LevitAttention: value 'q+v' (armour) needs a v_half part in qkv")
-        return self._project_out(self._attend(q, k, v, self.value), grid)
+        return self._project_out(self._attend(q, k, v, self.value), grid, residual)
 
     def extra_repr(self):
         return f"value={self.value!r}, num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
@@ -213,17 +231,73 @@ class LevitMlp(nn.Module):
         adopt(self, original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """mlp(x) [+ residual]: the blocks pass residual=x, added in the second GEMM's epilogue."""
         first, second = folded_projection(self.ln1), folded_projection(self.ln2)
         if self.training or first is None or second is None or not _is_hardswish(self.act):
-            return self.ln2(self.drop(self.act(self.ln1(x))))
+            y = self.ln2(self.drop(self.act(self.ln1(x))))
+            return y if residual is None else residual + y
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
+        res = None if residual is None else (residual.permute(0, 2, 3, 1) if self.use_conv else residual)
         if dense.serves(self.backend, tokens, first[0], second[0]):
-            y = dense.mlp(tokens, first, "hardswish", second)
-            return y.permute(0, 3, 1, 2) if self.use_conv else y
-        h = linear_act(tokens, *first, act_out=True, backend=self.backend)
-        y = F.linear(h, second[0].to(h.dtype), None if second[1] is None else second[1].to(h.dtype))
+            y = dense.mlp(tokens, first, "hardswish", second, residual=res)
+        else:
+            h = linear_act(tokens, *first, act_out=True, backend=self.backend)
+            y = linear_act(h, *second, residual=res, backend=self.backend)
         return y.permute(0, 3, 1, 2) if self.use_conv else y
 
     def extra_repr(self):
         return f"backend={self.backend!r}"
+
+
+# ----------------------------------------------------------------------------- residual blocks
+
+def _drops(module) -> bool:
+    """True when a DropPath / Dropout actually drops (training with p > 0)."""
+    return module.training and getattr(module, "drop_prob", getattr(module, "p", 0.0)) > 0
+
+
+class LevitBlock(nn.Module):
+    """x + attn(x), then x + mlp(x), with each residual add done by the block's last GEMM.
+
+    Replaces timm / python_ref `LevitBlock` (same children, same state-dict keys). The children
+    are patched to the fused LevitAttention / LevitMlp, which take the residual; when DropPath
+    really drops (training with drop_path > 0), or a child is not a fused module, the block
+    runs the original `x + drop_path(f(x))`.
+    """
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        adopt(self, original, backend)
+
+    def forward(self, x):
+        if isinstance(self.attn, LevitAttention) and not _drops(self.drop_path1):
+            x = self.attn(x, residual=x)
+        else:
+            x = x + self.drop_path1(self.attn(x))
+        return _mlp_residual(self.mlp, self.drop_path2, x)
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"
+
+
+class LevitDownsampleBlock(nn.Module):
+    """Between stages: subsample attention (no residual), then x + mlp(x) with the add in the GEMM.
+
+    Replaces timm / python_ref `LevitDownsample` (same children, same state-dict keys)."""
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        adopt(self, original, backend)
+
+    def forward(self, x):
+        return _mlp_residual(self.mlp, self.drop_path, self.attn_downsample(x))
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"
+
+
+def _mlp_residual(mlp: nn.Module, drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(mlp, LevitMlp) and not _drops(drop_path):
+        return mlp(x, residual=x)
+    return x + drop_path(mlp(x))

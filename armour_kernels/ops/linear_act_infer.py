@@ -1,4 +1,4 @@
-"""Inference-only Linear + Hardswish (before or after the GEMM) as a torch custom op, Triton backend.
+"""Inference-only Linear + Hardswish (before or after the GEMM) [+ residual] as a torch custom op, Triton backend.
 
 `armour_kernels::linear_act_infer` wraps armour_kernels.triton.linear_act so that a patched,
 folded LeViT traces under torch.compile (the fake implementation gives the output's shape).
@@ -15,11 +15,12 @@ from torch import Tensor
 
 
 @torch.library.custom_op("armour_kernels::linear_act_infer", mutates_args=())
-def linear_act_infer(x: Tensor, weight: Tensor, bias: Optional[Tensor], act_in: bool, act_out: bool) -> Tensor:
+def linear_act_infer(x: Tensor, weight: Tensor, bias: Optional[Tensor], act_in: bool, act_out: bool,
+                     residual: Optional[Tensor] = None) -> Tensor:
     from ..triton.linear_act import linear_act_forward
-    return linear_act_forward(x, weight, bias, act_in=act_in, act_out=act_out)
+    return linear_act_forward(x, weight, bias, act_in=act_in, act_out=act_out, residual=residual)
 
 
 @linear_act_infer.register_fake
-def _linear_act_infer_fake(x, weight, bias, act_in, act_out):
+def _linear_act_infer_fake(x, weight, bias, act_in, act_out, residual=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -41,6 +41,20 @@ def _convert(module: nn.Module, backend: str):
     return None
 
 
+def _patch_children(parent: nn.Module, backend: str) -> int:
+    """Convert the children of `parent`, then recurse into what is there now: a fused block's
+    children (adopted from the original) are patched inside the fused block itself."""
+    replaced = 0
+    for name, child in list(parent.named_children()):
+        if _ORIGINAL not in child.__dict__:  # not already fused
+            fused = _convert(child, backend)
+            if fused is not None:
+                setattr(parent, name, fused)
+                child, replaced = fused, replaced + 1
+        replaced += _patch_children(child, backend)
+    return replaced
+
+
 def patch(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace every supported attention / block module of `model` by its fused form, in place.
 
@@ -50,15 +64,7 @@ def patch(model: nn.Module, backend: str = "auto") -> nn.Module:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _load_families()
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if _ORIGINAL in child.__dict__:
-                continue  # already fused
-            fused = _convert(child, backend)
-            if fused is not None:
-                setattr(parent, name, fused)
-                replaced += 1
+    replaced = _patch_children(model, backend)
     already = any(_ORIGINAL in m.__dict__ for m in model.modules())
     if replaced == 0 and not already:
         raise TypeError(f"armour_kernels.patch: found no module it can fuse in {type(model).__name__}")

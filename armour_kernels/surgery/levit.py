@@ -1,14 +1,15 @@
 """Surgery converters for LeViT: timm `levit_*` / `levit_conv_*` and python_ref LeViT (all variants).
 
-Four block types are swapped for fused modules: the attention core, the subsample attention and
-the MLP (armour_kernels.nn.levit), and the convolution stem (armour_kernels.nn.levit_stem). Classes are matched exactly (not by duck typing), so
+Six module types are swapped for fused ones: the residual blocks (whose adds move into the last
+GEMM of each branch), the attention core, the subsample attention and the MLP
+(armour_kernels.nn.levit), and the convolution stem (armour_kernels.nn.levit_stem). Classes are matched exactly (not by duck typing), so
 a DeiT or other model's `Attention` is never taken for LeViT's.
 """
 from __future__ import annotations
 
 import importlib
 
-from ..nn.levit import LevitAttention, LevitAttentionDownsample, LevitMlp
+from ..nn.levit import LevitAttention, LevitAttentionDownsample, LevitBlock, LevitDownsampleBlock, LevitMlp
 from ..nn.levit_stem import LevitStem
 from . import register
 
@@ -18,10 +19,14 @@ _KNOWN = {
     ("timm.models.levit", "AttentionDownsample"): LevitAttentionDownsample,
     ("timm.models.levit", "LevitMlp"): LevitMlp,
     ("timm.models.levit", "Stem16"): LevitStem,
+    ("timm.models.levit", "LevitBlock"): LevitBlock,
+    ("timm.models.levit", "LevitDownsample"): LevitDownsampleBlock,
     ("python_ref.levit", "Attention"): LevitAttention,
     ("python_ref.levit", "AttentionDownsample"): LevitAttentionDownsample,
     ("python_ref.levit", "LevitMlp"): LevitMlp,
     ("python_ref.levit", "Stem16"): LevitStem,
+    ("python_ref.levit", "LevitBlock"): LevitBlock,
+    ("python_ref.levit", "LevitDownsample"): LevitDownsampleBlock,
 }
 _TABLE = None
 

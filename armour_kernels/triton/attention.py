@@ -56,22 +56,28 @@ def _tile(base, offs_a, offs_b, stride_a, stride_b, lim_a, lim_b):
 
 
 @triton.jit
-def _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale,
+def _scores(a, b_mat, rows, cols, b, h, NQ, NK, qk_scale,
             Bias, BiasIdx, KeepDiag, sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
             BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr):
-    """One (BLOCK_M, BLOCK_N) tile of scores in log2 units: (s·q·kᵀ + bias)·log2(e), masked to -inf."""
-    s = tl.dot(q, kT, input_precision=PREC) * qk_scale
-    inside = (offs_m[:, None] < NQ) & (offs_n[None, :] < NK)
+    """A tile of scores a·b_mat in log2 units, (s·q·kᵀ + bias)·log2(e), masked to -inf.
+
+    `rows` / `cols` are the query index i and key index j of each tile element, broadcastable
+    to the tile: (offs_m[:, None], offs_n[None, :]) for a query-major tile (a = q, b_mat = kᵀ),
+    (offs_m[None, :], offs_n[:, None]) for a key-major one (a = k, b_mat = qᵀ), which the dK/dV
+    kernel uses so that no register tile has to be transposed.
+    """
+    s = tl.dot(a, b_mat, input_precision=PREC) * qk_scale
+    inside = (rows < NQ) & (cols < NK)
     if BIAS == 1:  # dense (B, H, Nq, Nk) through strides
-        ptrs = Bias + b * sbb + h * sbh + offs_m[:, None] * sbm + offs_n[None, :] * sbn
+        ptrs = Bias + b * sbb + h * sbh + rows * sbm + cols * sbn
         s += tl.load(ptrs, mask=inside, other=0.0).to(tl.float32) * 1.4426950408889634
     if BIAS == 2:  # LeViT: table (H, R) gathered through idx (Nq, Nk)
-        idx = tl.load(BiasIdx + offs_m[:, None] * sim + offs_n[None, :] * sin, mask=inside, other=0)
+        idx = tl.load(BiasIdx + rows * sim + cols * sin, mask=inside, other=0)
         s += tl.load(Bias + h * sbh + idx * sbn, mask=inside, other=0.0).to(tl.float32) * 1.4426950408889634
-    valid = offs_n[None, :] < NK
+    valid = cols < NK
     if MASK_DIAG:
-        keep = tl.load(KeepDiag + b * sfb + h * sfh + offs_m, mask=offs_m < NQ, other=0)
-        valid = valid & ((offs_m[:, None] != offs_n[None, :]) | (keep[:, None] != 0))
+        keep = tl.load(KeepDiag + b * sfb + h * sfh + rows, mask=rows < NQ, other=0)
+        valid = valid & ((rows != cols) | (keep != 0))
     return tl.where(valid, s, float("-inf"))
 
 
@@ -108,7 +114,7 @@ def _attention_fwd_kernel(
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kT = _tile(K, offs_dk, offs_n, skd, skn, DQK, NK)
-        s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
+        s = _scores(q, kT, offs_m[:, None], offs_n[None, :], b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row that has seen only -inf so far: subtract 0 instead, so exp2 gives 0, not NaN.
@@ -174,40 +180,42 @@ def _attention_bwd_dkdv_kernel(
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
 
+    # Key-major throughout (the tiles are (keys, queries), as in the Triton tutorial's backward):
+    # Pᵀ and dSᵀ come out of their dots already transposed, so every transpose below is of a
+    # tile loaded from memory (free: a shared-memory view), never of a register tile.
     k = _tile(K + b * skb + h * skh, offs_n, offs_dk, skn, skd, NK, DQK)
-    kT = tl.trans(k)
-    v1T = _tile(V1 + b * s1b + h * s1h, offs_d1, offs_n, s1d, s1n, D1, NK)
+    v1 = _tile(V1 + b * s1b + h * s1h, offs_n, offs_d1, s1n, s1d, NK, D1)
     dk = tl.zeros((BLOCK_N, BLOCK_DK), tl.float32)
     dv1 = tl.zeros((BLOCK_N, BLOCK_D1), tl.float32)
     dv2 = tl.zeros((BLOCK_N, BLOCK_D2), tl.float32)
     if P2 != 0:
-        v2T = _tile(V2 + b * s2b + h * s2h, offs_d2, offs_n, s2d, s2n, D2, NK)
+        v2 = _tile(V2 + b * s2b + h * s2h, offs_n, offs_d2, s2n, s2d, NK, D2)
     for start_m in range(0, NQ, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < NQ
-        q = _tile(Q, offs_m, offs_dk, sqn, sqd, NQ, DQK)
-        s = _scores(q, kT, offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
-                    sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
+        qT = _tile(Q, offs_dk, offs_m, sqd, sqn, DQK, NQ)
+        sT = _scores(k, qT, offs_m[None, :], offs_n[:, None], b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
+                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         lse2 = tl.load(Lse + bh * NQ + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(Delta + bh * NQ + offs_m, mask=row_ok, other=0.0)
-        p = tl.where(row_ok[:, None], tl.exp2(s - lse2[:, None]), 0.0)
+        pT = tl.where(row_ok[None, :], tl.exp2(sT - lse2[None, :]), 0.0)
         do1 = _tile(DO, offs_m, offs_d1, sdn, sdd, NQ, D1)
-        dv1 += tl.dot(tl.trans(p.to(do1.dtype)), do1, input_precision=PREC)
-        dp = tl.dot(do1, v1T, input_precision=PREC)
+        dv1 += tl.dot(pT.to(do1.dtype), do1, input_precision=PREC)
+        dpT = tl.dot(v1, tl.trans(do1), input_precision=PREC)
         if P2 != 0:
             do2 = _tile(DO + D1 * sdd, offs_m, offs_d2, sdn, sdd, NQ, D2)
-            dv2 += tl.dot(tl.trans(p.to(do2.dtype)), do2, input_precision=PREC)
-            dp += tl.dot(do2, v2T, input_precision=PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+            dv2 += tl.dot(pT.to(do2.dtype), do2, input_precision=PREC)
+            dpT += tl.dot(v2, tl.trans(do2), input_precision=PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT), input_precision=PREC)
         if NEED_DBIAS:
-            inside = row_ok[:, None] & (offs_n[None, :] < NK)
+            inside = row_ok[None, :] & (offs_n[:, None] < NK)
             if BIAS == 1:  # full (B, H, Nq, Nk) fp32, contiguous
-                ptrs = DBias + (bh * NQ + offs_m[:, None]).to(tl.int64) * NK + offs_n[None, :]
-                tl.store(ptrs, ds, mask=inside)
+                ptrs = DBias + (bh * NQ + offs_m[None, :]).to(tl.int64) * NK + offs_n[:, None]
+                tl.store(ptrs, dsT, mask=inside)
             if BIAS == 2:  # reduced into the (H, R) table
-                idx = tl.load(BiasIdx + offs_m[:, None] * sim + offs_n[None, :] * sin, mask=inside, other=0)
-                tl.atomic_add(DBias + h * dtable_stride + idx, ds, mask=inside)
+                idx = tl.load(BiasIdx + offs_m[None, :] * sim + offs_n[:, None] * sin, mask=inside, other=0)
+                tl.atomic_add(DBias + h * dtable_stride + idx, dsT, mask=inside)
 
     # Route the value-path gradients to the tensor each part was read from.
     dk = dk * sm_scale
@@ -265,7 +273,7 @@ def _attention_bwd_dq_kernel(
     for start_n in range(0, NK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _tile(K, offs_n, offs_dk, skn, skd, NK, DQK)
-        s = _scores(q, tl.trans(k), offs_m, offs_n, b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
+        s = _scores(q, tl.trans(k), offs_m[:, None], offs_n[None, :], b, h, NQ, NK, qk_scale, Bias, BiasIdx, KeepDiag,
                     sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, BIAS, MASK_DIAG, PREC)
         p = tl.where(row_ok[:, None], tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do1, _tile(V1, offs_d1, offs_n, s1d, s1n, D1, NK), input_precision=PREC)
@@ -299,19 +307,28 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-def _configs():
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-            for m, n, w, s in [(128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (128, 32, 4, 3),
-                               (64, 32, 4, 2), (32, 32, 4, 2)]]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen offline from the sm_90 cubins (ptxas -v, bf16,
+# tools/ptxas_report.py): each list keeps configs that compile without register spills and with
+# wgmma for head dims 16–64, plus narrower ones that still fit at 128–256 (see `_prune`).
+# The dK/dV kernel's tiles are key-major, so there BLOCK_N is the wgmma M dimension.
+_FWD_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)]
+_DKDV_CONFIGS = [(64, 64, 8, 3), (64, 64, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 4, 3),
+                 (64, 32, 8, 3), (128, 32, 8, 3), (32, 32, 4, 2)]
+_DQ_CONFIGS = [(64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 32, 8, 3), (64, 32, 8, 3),
+               (32, 128, 8, 3), (16, 64, 4, 3), (32, 32, 4, 2)]
+
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
 _KEY = ["NQ", "NK", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
-_fwd_tuned = triton.autotune(_configs(), key=_KEY + ["HAS_P2"], prune_configs_by={"early_config_prune": _prune})(
-    _attention_fwd_kernel)
-_dkdv_tuned = triton.autotune(_configs(), key=_KEY + ["P1", "P2", "NEED_DBIAS"], reset_to_zero=["DBias"],
+_fwd_tuned = triton.autotune(_configs(_FWD_CONFIGS), key=_KEY + ["HAS_P2"],
+                             prune_configs_by={"early_config_prune": _prune})(_attention_fwd_kernel)
+_dkdv_tuned = triton.autotune(_configs(_DKDV_CONFIGS), key=_KEY + ["P1", "P2", "NEED_DBIAS"], reset_to_zero=["DBias"],
                               prune_configs_by={"early_config_prune": _prune})(_attention_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_configs(), key=_KEY + ["P1", "P2"], prune_configs_by={"early_config_prune": _prune})(
-    _attention_bwd_dq_kernel)
+_dq_tuned = triton.autotune(_configs(_DQ_CONFIGS), key=_KEY + ["P1", "P2"],
+                            prune_configs_by={"early_config_prune": _prune})(_attention_bwd_dq_kernel)
 
 # Under the interpreter (CPU tensors): one small fixed tile, so tests stay fast.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}

@@ -1,10 +1,13 @@
 """Triton GEMM with Hardswish folded into it: LeViT's folded `Linear_BN` + activation in one launch.
 
-y = act_out(act_in(x) · Wᵀ + b), W in nn.Linear layout (N, K). Two LeViT patterns:
+y = act_out(act_in(x) · Wᵀ + b) [+ r], W in nn.Linear layout (N, K). Two LeViT patterns:
 
     linear_hardswish_forward  act_out: MLP first layer (Linear_BN → Hardswish), stem-free GEMMs
     hardswish_linear_forward  act_in:  attention `proj` (Hardswish → Linear_BN), applied to the
                               x tile as it is loaded, so the activated tensor never goes to memory
+
+The optional residual r (LeViT's x + block(x)) is added in the epilogue, so a block's output
+projection and its residual add are one launch (`proj` + residual, MLP `ln2` + residual).
 
 After BN folding (armour_kernels.fold) the bias `b` carries the BatchNorm. Forward only: these are
 inference kernels (training keeps BatchNorm in batch-statistics mode, which cannot be folded).
@@ -27,10 +30,10 @@ def _hardswish(x):
 
 @triton.jit
 def _linear_act_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, ACT_IN: tl.constexpr, ACT_OUT: tl.constexpr, IEEE_FP32: tl.constexpr,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT_IN: tl.constexpr, ACT_OUT: tl.constexpr, IEEE_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row blocks share each column block of W while it is in L2.
@@ -67,8 +70,12 @@ def _linear_act_kernel(
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     if ACT_OUT:
         acc = _hardswish(acc)
+    inside = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_RES:
+        r_ptrs = r_ptr + rm[:, None].to(tl.int64) * stride_rm + rn[None, :] * stride_rn
+        acc += tl.load(r_ptrs, mask=inside, other=0.0).to(tl.float32)
     y_ptrs = y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 def _gpu_configs():
@@ -78,13 +85,13 @@ def _gpu_configs():
             for bm, bn, bk, s, w in shapes]
 
 
-_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=["N", "K", "HAS_BIAS", "ACT_IN", "ACT_OUT"])(
+_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=["N", "K", "HAS_BIAS", "HAS_RES", "ACT_IN", "ACT_OUT"])(
     _linear_act_kernel)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check(x, weight, bias):
+def _check(x, weight, bias, residual):
     if x.dtype not in _DTYPES:
         raise TypeError(f"linear_act: x must be float32/float16/bfloat16, got {x.dtype}")
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
@@ -95,30 +102,35 @@ def _check(x, weight, bias):
                         f"{'' if bias is None else ', ' + str(bias.dtype)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"linear_act: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    devices = {x.device, weight.device} | ({bias.device} if bias is not None else set())
+    if residual is not None and (residual.shape != (*x.shape[:-1], weight.shape[0]) or residual.dtype != x.dtype):
+        raise ValueError(f"linear_act: residual must be {x.dtype} of shape {(*x.shape[:-1], weight.shape[0])}, got "
+                         f"{residual.dtype} {tuple(residual.shape)}")
+    devices = {x.device, weight.device} | {t.device for t in (bias, residual) if t is not None}
     if len(devices) != 1:
         raise RuntimeError(f"linear_act: tensors on different devices: {devices}")
 
 
-def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False):
-    """y = act_out(act_in(x) @ weight.T + bias) with act = Hardswish; x (..., K) any strides."""
-    _check(x, weight, bias)
+def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False, residual=None):
+    """y = act_out(act_in(x) @ weight.T + bias) [+ residual] with act = Hardswish; x, residual any strides."""
+    _check(x, weight, bias, residual)
     lead, K, N = x.shape[:-1], x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, K)  # a view whenever the leading dims can merge; strides go to the kernel
     M = x2.shape[0]
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     if M == 0 or N == 0:
         return y.view(*lead, N)
+    r2 = residual.reshape(-1, N) if residual is not None else y  # y: a dummy pointer, never read
     if K == 0:
         y.zero_()
         if bias is not None:
             y += bias
-        return (torch.nn.functional.hardswish(y) if act_out else y).view(*lead, N)
+        y = torch.nn.functional.hardswish(y) if act_out else y
+        return (y + r2 if residual is not None else y).view(*lead, N)
     b = bias if bias is not None else y  # dummy pointer, never read
     ieee = x.dtype == torch.float32 and (triton_interpreting() or not torch.backends.cuda.matmul.allow_tf32)
-    args = (x2, weight, b, y, M, N, K, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
-            y.stride(0), y.stride(1))
-    flags = dict(HAS_BIAS=bias is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
+    args = (x2, weight, b, r2, y, M, N, K, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+            r2.stride(0), r2.stride(1), y.stride(0), y.stride(1))
+    flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
     if triton_interpreting():
         # Few, large programs: the interpreter's cost is per program and per loop step.
         bm = min(64, max(16, triton.next_power_of_2(M)))

@@ -45,6 +45,11 @@ PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128
 # softmaxes must be fp32 (SPEC §4), and with d = 32 these kernels are bound by memory, not by FLOPs.
 DOT_PRECISION = "ieee"
 _PROGRAMS_TARGET = 512
+# Warps for the kernels that hold fp32 (landmark × feature) or (landmark × landmark) tiles: at
+# the default 4, ptxas spills them to local memory on sm_90 (the pinv kernel: 39.6 KB per
+# thread; A3·v, the backward kernels: 1–19 KB); at 8 they (nearly) fit in registers.
+# Measured offline with `armour-bench cubin` (bench/results/offline-sm90/).
+_WIDE_WARPS = 8
 
 
 @triton.jit
@@ -369,7 +374,7 @@ def _a3v(ql, k, v, pad, cfg, block_n):
     _a3v_kernel[(bh, l_blocks, splits)](ql, k, v, acc, run_max, run_sum, n, H, m, D, dv, pad, per_split,
                                         *_strides(k), *_strides(v), BLOCK_L=block_l, BLOCK_N=block_n,
                                         BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"],
-                                        PRECISION=cfg["PRECISION"])
+                                        PRECISION=cfg["PRECISION"], num_warps=_WIDE_WARPS)
     top = run_max.amax(dim=1, keepdim=True)
     weight = torch.exp(run_max - top)
     total = (run_sum * weight).sum(dim=1)
@@ -383,7 +388,7 @@ def _pinv_times(ql, kl, w, iterations, mode, cfg):
     dv = w.shape[2]
     if m > PINV_MAX_M:
         return razavi_pinv(_landmark_a2(ql, kl), iterations, mode) @ w
-    warps = 4 if cfg["BLOCK_M"] <= 64 else 8
+    warps = _WIDE_WARPS
     seed = mode == "seed"
     maxima = torch.empty(bh, 2, device=ql.device, dtype=torch.float32)
     if seed:  # pre-pass: every (b, h)'s maxima, then the global ones
@@ -478,7 +483,7 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     _bwd_query_kernel[(bh, splits)](q, v, dout, kl, y, ql, dq, dq, dy, dkl1, dwt,
                                     n, H, m, D, dv_dim, pad, group, scale, ksize, per_split,
                                     *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                    WRITE_DQ=False, **common, num_stages=stages)
+                                    WRITE_DQ=False, **common, num_stages=stages, num_warps=_WIDE_WARPS)
     # 2. the m×m part in PyTorch
     dql2, dkl2, dwv = _pinv_backward(ql, kl, w, dy.sum(dim=1), pinv_iterations, mode, B, H)
     dkl = (dkl1.sum(dim=1) + dkl2).contiguous()
@@ -492,13 +497,13 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
                                   *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
                                   HAS_CONV=has_conv, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"],
                                   BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"],
-                                  num_stages=stages)
+                                  num_stages=stages, num_warps=_WIDE_WARPS)
     dql = (dql2 + dql3.sum(dim=1)).contiguous()
     # 4. query side again: dq (+ dv when the query is the value)
     _bwd_query_kernel[(bh, n_blocks)](q, v, dout, kl, y, dql, dv, dq, dy, dkl1, dwt,
                                       n, H, m, D, dv_dim, pad, group, scale, ksize, 1,
                                       *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                      WRITE_DQ=True, **common, num_stages=1)
+                                      WRITE_DQ=True, **common, num_stages=1, num_warps=_WIDE_WARPS)
     dconv = None
     if has_conv:
         dconv = dwt.sum(dim=1).view(B, H, ksize).sum(dim=0).view(H, 1, ksize, 1).to(conv_weight.dtype)

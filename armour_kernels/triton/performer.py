@@ -302,13 +302,17 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
 
 
 def _config(n, m, d, dv):
-    """Block sizes: features are processed BLOCK_F at a time, so any m fits on chip."""
+    """Block sizes: features are processed BLOCK_F at a time, so any m fits on chip.
+
+    64 features per chunk on 8 warps: at 128 (or on 4 warps) ptxas spills the fp32 feature tiles
+    on sm_90 (the backward kernels: 0.3–1.9 KB per thread at the paper's d = 32, m = 110, against
+    0–0.5 KB here; `armour-bench cubin`, bench/results/offline-sm90/)."""
     block_d = max(16, triton.next_power_of_2(d))
-    block_f = min(max(16, triton.next_power_of_2(m)), 128 if block_d <= 32 else 64)
+    block_f = min(max(16, triton.next_power_of_2(m)), 64)
     block_n = min(64, max(16, triton.next_power_of_2(n)))
     cfg = dict(BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_D=block_d, BLOCK_DV=max(16, triton.next_power_of_2(dv)),
                PRECISION=DOT_PRECISION)
-    return cfg, (4 if block_f <= 64 else 8), triton.cdiv(m, block_f)
+    return cfg, (8 if block_f == 64 else 4), triton.cdiv(m, block_f)
 
 
 def _splits(n_blocks, programs):

@@ -1,0 +1,134 @@
+"""`armour-bench cubin`: every Triton kernel compiled for an H100 (sm_90) without a GPU, and what it costs.
+
+For each representative problem (DeiT / LeViT attention shapes, head dims 16–256, LeViT MLP
+GEMMs, the Nyström and Performer paper configs) the real launchers run on CPU tensors under
+`armour_kernels.triton.cubin.compiling_launches`, so every config the autotuner could pick is
+compiled with the signature it would really get, and ptxas reports registers, spills and shared
+memory. A kernel/problem whose configs all spill is where GPU time is most likely lost; the
+report marks the best config of each (the first spill-free one in the autotuner's order). Not a timing: a check a
+CPU-only machine can make, and the reason the config lists in triton/attention.py are what they are.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import record
+
+ATTENTION_CASES = [  # label, batch, nq, nk, heads, d_qk, d_v, value, bias, mask_diagonal
+    ("DeiT-Ti Armour", 2, 197, 197, 3, 64, 0, "q", None, False),
+    ("DeiT-Ti regular", 2, 197, 197, 3, 64, 64, "v", None, False),
+    ("shared_qk_nodiag d=64", 2, 197, 197, 3, 64, 64, "v", None, True),
+    ("Armour d=32", 2, 1024, 1024, 4, 32, 0, "q", None, False),
+    ("Armour d=128", 2, 1024, 1024, 4, 128, 0, "q", None, False),
+    ("Armour d=256", 2, 256, 256, 2, 256, 0, "q", None, False),
+    ("LeViT armour q+v 16/16+32 table", 2, 196, 196, 4, 16, 32, "q+v", "table", False),
+    ("LeViT subsample 16/64 table", 2, 49, 196, 8, 16, 64, "v", "table", False),
+    ("dense bias d=64", 2, 197, 197, 3, 64, 64, "v", "dense", False),
+]
+
+
+def _attention_case(dtype, batch, nq, nk, heads, dqk, dv, value, bias, mask_diagonal):
+    from ..triton.attention import attention_backward, attention_forward
+    q = torch.randn(batch, nq, heads, dqk, dtype=dtype)
+    k = torch.randn(batch, nk, heads, dqk, dtype=dtype)
+    v = torch.randn(batch, nk, heads, dv, dtype=dtype) if dv else None
+    table = index = None
+    if bias == "table":
+        table, index = torch.randn(heads, nk, dtype=dtype), torch.randint(0, nk, (nq, nk))
+    elif bias == "dense":
+        table = torch.randn(batch, heads, nq, nk, dtype=dtype)
+    kw = dict(value=value, scale=None, mask_diagonal=mask_diagonal)
+    out, lse = attention_forward(q, k, v, table, index, **kw)
+    attention_backward(torch.randn_like(out), q, k, v, table, index, out, lse, need_dbias=bias is not None, **kw)
+
+
+def _linear_act_case(dtype):
+    from ..triton.linear_act import hardswish_linear_forward, linear_hardswish_forward
+    for rows, cin, cout in ((256 * 196, 128, 256), (256 * 49, 256, 512)):  # LeViT-128S MLP, stage 1 and 2
+        x, w, b = torch.randn(rows, cin, dtype=dtype), torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
+        linear_hardswish_forward(x, w, b)
+        hardswish_linear_forward(x, w, b)
+
+
+def _linear_attention_case(dtype):
+    from python_ref.performer import gaussian_orthogonal_random_matrix
+    from ..triton.nystrom import nystrom_backward, nystrom_forward
+    from ..triton.performer import performer_backward, performer_forward
+    q, k, v = (torch.randn(2, 1025, 4, 32, dtype=dtype) for _ in range(3))  # the Vision Xformers config
+    conv = torch.randn(4, 1, 33, 1)
+    for value in ("v", "q"):
+        out, saved = nystrom_forward(q, k, v, conv, num_landmarks=64, mode="clean", value=value)
+        nystrom_backward(torch.randn_like(out), q, k, v, conv, saved, num_landmarks=64, mode="clean", value=value)
+    projection = gaussian_orthogonal_random_matrix(110, 32)
+    for kernel in ("softmax", "relu"):
+        out, ctx, ksum, stab = performer_forward(q, k, v, projection, kernel=kernel, mode="clean", value="v")
+        performer_backward(torch.randn_like(out), q, k, v, projection, ctx, ksum, stab, kernel=kernel, mode="clean",
+                           value="v")
+
+
+def add_arguments(parser):
+    parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--arch", type=int, default=90, help="compute capability to compile for (90: H100/H200)")
+    parser.add_argument("--only", default=None, help="substring of the problem labels to run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for cubin-sm<arch>.json / .md (`auto`: bench/results/offline-sm<arch>/)")
+
+
+def problems(dtype):
+    """(label, thunk) for every problem the report compiles."""
+    items = [(case[0], (lambda case=case: _attention_case(dtype, *case[1:]))) for case in ATTENTION_CASES]
+    items.append(("LeViT-128S MLP / proj GEMMs", lambda: _linear_act_case(dtype)))
+    items.append(("Nyström / Performer n=1025 d=32", lambda: _linear_attention_case(dtype)))
+    return items
+
+
+def _best(rows):
+    """The first spill-free config in the launcher's own (preference) order, else the least spilling."""
+    return min(rows, key=lambda r: r["spill_bytes"])
+
+
+def markdown(env, results, arch) -> str:
+    lines = [f"# Triton kernels compiled for sm_{arch} (no GPU): registers, spills, shared memory", "",
+             *record.environment_lines(env), "",
+             "Per problem and kernel: how many configs compiled, how many spill, and the best one (the first "
+             "spill-free one in the autotuner's order, else the least spilling). Spills are per-thread bytes stored to local memory.", "",
+             "| problem | kernel | configs | spilling | best config | warps/stages | regs | spill B | smem KiB | wgmma |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, rows in results.items():
+        for kernel in dict.fromkeys(r["kernel"] for r in rows):
+            mine = [r for r in rows if r["kernel"] == kernel]
+            best = _best(mine)
+            lines.append(f"| {label} | {kernel} | {len(mine)} | {sum(r['spill_bytes'] > 0 for r in mine)} | "
+                         f"{best['config'] or '-'} | {best['num_warps']}/{best['num_stages']} | {best['registers']} | "
+                         f"{best['spill_bytes']} | {best['shared_bytes'] / 1024:.0f} | {best['wgmma']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    from ..triton.cubin import compiling_launches
+    os.environ.pop("TRITON_INTERPRET", None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    env = dict(record.environment("cpu"), device=f"none (offline compile for sm_{args.arch}, {args.dtype})")
+    results = {}
+    for label, thunk in problems(dtype):
+        if args.only and args.only not in label:
+            continue
+        record_ = []
+        with compiling_launches(record_, arch=args.arch):
+            thunk()
+        results[label] = [r.as_dict() for r in record_]
+        worst = max(r.spill_bytes for r in record_)
+        print(f"{label}: {len(record_)} compiles, {sum(r.spill_bytes > 0 for r in record_)} spilling "
+              f"(worst {worst} B)", flush=True)
+    table = markdown(env, results, args.arch)
+    print(table)
+    out = args.out
+    if out is not None and str(out) == "auto":
+        out = record.RESULTS_ROOT / f"offline-sm{args.arch}"
+    if out is not None:
+        record.write_report(Path(out) / f"cubin-sm{args.arch}-{args.dtype}", dict(environment=env, results=results),
+                            table)
+    return 0

@@ -1,0 +1,142 @@
+"""Compile the Triton kernels for an NVIDIA GPU on a machine without one, and read what they cost.
+
+Triton lowers TTIR → TTGIR → PTX → cubin with the ptxas it bundles; no driver or GPU is needed.
+The interpreter (TRITON_INTERPRET=1) checks the numbers but never runs this pipeline, so this is
+how a CPU-only machine learns that a kernel builds for an H100 at all, and roughly how well:
+`ptxas -v` gives registers per thread and the bytes spilled to local memory (the usual reason a
+Triton config is slow), the cubin's shared memory must fit the SM, and the PTX shows whether the
+matrix products became Hopper `wgmma` (warp-group, asynchronous) or the older `mma.sync`.
+
+`compiling_launches()` is a context manager under which every `kernel[grid](...)` launch, plain or
+autotuned, compiles instead of running: the launchers run on CPU tensors exactly as they would
+on CUDA ones, so the signatures and constexprs compiled are the ones they really use. Each
+autotuned launch compiles the configs its pruner keeps. Must run with TRITON_INTERPRET unset.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
+
+H100_SHARED_BYTES = 232448  # shared memory one block may use on sm_90 (227 KiB)
+_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
+                  torch.int64: "*i64", torch.int32: "*i32", torch.int8: "*i8", torch.bool: "*i1"}
+
+
+@dataclass(frozen=True)
+class CubinStats:
+    kernel: str
+    config: str            # the tile-size constexprs, e.g. "M=64 N=64" for BLOCK_M, BLOCK_N
+    num_warps: int
+    num_stages: int
+    registers: int         # per thread (255 is the most a thread can have)
+    spill_bytes: int       # spill stores to local memory, per thread
+    shared_bytes: int
+    wgmma: int             # Hopper warp-group MMA instructions in the PTX
+    mma_sync: int          # pre-Hopper warp MMA instructions
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _ptxas() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill-store bytes) that `ptxas -v` reports for this PTX."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        result = subprocess.run([_ptxas(), "-v", "--gpu-name", gpu, f.name, "-o", os.devnull],
+                                capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    registers = re.search(r"Used (\d+) registers", result.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", result.stderr)
+    return int(registers.group(1)), int(spills.group(1)) if spills else 0
+
+
+def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_warps: int, num_stages: int,
+                  arch: int = 90) -> CubinStats:
+    """Compile `fn` for sm_`arch` and measure it (see the module docstring)."""
+    kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": num_warps, "num_stages": num_stages})
+    ptx = kernel.asm["ptx"]
+    registers, spills = _ptxas_usage(ptx, arch)
+    # The tile sizes name a config; feature-dim blocks (BLOCK_D*) follow from the problem.
+    config = " ".join(f"{k[6:]}={v}" for k, v in constexprs.items() if k.startswith("BLOCK_") and not k.startswith("BLOCK_D"))
+    return CubinStats(kernel=fn.__name__, config=config, num_warps=num_warps, num_stages=num_stages,
+                      registers=registers, spill_bytes=spills, shared_bytes=kernel.metadata.shared,
+                      wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
+
+
+def _signature(fn: JITFunction, bound: dict) -> tuple[dict, dict]:
+    """Triton signature and constexprs of a launch, from the values actually passed."""
+    signature, constexprs = {}, {}
+    for p in fn.params:
+        value = bound[p.name] if p.name in bound else p.default
+        if p.is_constexpr:
+            signature[p.name], constexprs[p.name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[p.name] = _POINTER_TYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[p.name] = "i1"
+        elif isinstance(value, int):
+            signature[p.name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        else:
+            signature[p.name] = "fp32"
+    return signature, constexprs
+
+
+@contextmanager
+def compiling_launches(record: list, *, arch: int = 90, max_configs: int | None = None):
+    """Inside: launches compile for sm_`arch` instead of running; each compile's CubinStats is
+    appended to `record` (a repeated launch is compiled once). `max_configs` caps how many of an
+    autotuned launch's pruned configs compile (the first ones of its list)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("compiling_launches needs TRITON_INTERPRET unset (the interpreter never compiles)")
+    seen = set()
+
+    def compile_once(fn, bound, num_warps, num_stages):
+        signature, constexprs = _signature(fn, bound)
+        key = (fn.__name__, str(signature), str(constexprs), num_warps, num_stages)
+        if key not in seen:
+            seen.add(key)
+            record.append(compile_stats(fn, signature, constexprs, num_warps=num_warps, num_stages=num_stages,
+                                        arch=arch))
+
+    def plain(self, grid):
+        def launch(*args, num_warps=4, num_stages=3, **kwargs):
+            compile_once(self, dict(zip(self.arg_names, args), **kwargs), num_warps, num_stages)
+        return launch
+
+    def tuned(self, grid):
+        def launch(*args, **kwargs):
+            bound = dict(zip(self.arg_names, args), **kwargs)
+            self.nargs = bound  # what the pruner reads, as in Autotuner.run
+            configs = self.prune_configs(kwargs)[:max_configs]
+            for config in configs:
+                compile_once(self.fn, {**bound, **config.kwargs}, config.num_warps, config.num_stages)
+        return launch
+
+    saved = JITFunction.__getitem__, Autotuner.__getitem__
+    JITFunction.__getitem__, Autotuner.__getitem__ = plain, tuned
+    try:
+        yield record
+    finally:
+        JITFunction.__getitem__, Autotuner.__getitem__ = saved
+
+
+__all__ = ["CubinStats", "H100_SHARED_BYTES", "compile_stats", "compiling_launches"]
