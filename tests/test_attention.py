@@ -106,6 +106,14 @@ def test_matches_reference(case):
     run_case(value, nq, nk, dk, dv, dtype, bias, mask, key_is_query)
 
 
+@pytest.mark.parametrize("slots", [2, 32])
+def test_table_gradient_over_a_batch(monkeypatch, slots):
+    """Images add into partial tables b % slots (fewer than the batch too), summed after the kernel."""
+    from armour_kernels.triton import attention as triton_attention
+    monkeypatch.setattr(triton_attention, "TABLE_GRAD_SLOTS", slots)
+    run_case("q+v", 49, 49, 16, 32, torch.float32, "table", batch=3)
+
+
 def test_diagonal_kept_when_no_other_key_is_finite():
     """Rows whose off-diagonal bias is all -inf keep their diagonal (forward and gradients)."""
     batch, n, heads, d = 1, 9, 2, 16

@@ -24,7 +24,7 @@ for problem, dtype, run in {PROBLEMS}:
     assert record, problem
     for stats in record:
         assert stats.shared_bytes <= H100_SHARED_BYTES, (problem, stats)
-        if {NO_SPILL} and stats.kernel.startswith("_attention"):
+        if {NO_SPILL} and stats.kernel.startswith("attention."):
             assert stats.spill_bytes == 0, (problem, stats)
 print("compiled", sum(1 for _ in record))
 '''

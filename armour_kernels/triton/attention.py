@@ -44,6 +44,10 @@ VALUE_PARTS = {"v": (SRC_V, SRC_NONE), "q": (SRC_Q, SRC_NONE), "k": (SRC_K, SRC_
 # Bias forms.
 BIAS_NONE, BIAS_DENSE, BIAS_TABLE = 0, 1, 2
 MAX_HEAD_DIM = 256
+# The LeViT table gradient is a scatter-add of B·Nq·Nk scores into H·R entries (R ≈ Nk): every
+# entry takes ~B·Nq atomic adds. Images b go to partial tables b % TABLE_GRAD_SLOTS, summed after
+# the kernel, so those adds contend on 32× as many addresses; the partials are only 32·H·R floats.
+TABLE_GRAD_SLOTS = 32
 
 
 # ----------------------------------------------------------------------------- device helpers
@@ -163,7 +167,7 @@ def _attention_bwd_dkdv_kernel(
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride,
+        H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride, dtable_slots,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, NEED_DBIAS: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -213,9 +217,10 @@ def _attention_bwd_dkdv_kernel(
             if BIAS == 1:  # full (B, H, Nq, Nk) fp32, contiguous
                 ptrs = DBias + (bh * NQ + offs_m[None, :]).to(tl.int64) * NK + offs_n[:, None]
                 tl.store(ptrs, dsT, mask=inside)
-            if BIAS == 2:  # reduced into the (H, R) table
+            if BIAS == 2:  # reduced into the (H, R) table: this batch's slot of the (slots, H, R) partials
                 idx = tl.load(BiasIdx + offs_m[None, :] * sim + offs_n[:, None] * sin, mask=inside, other=0)
-                tl.atomic_add(DBias + h * dtable_stride + idx, dsT, mask=inside)
+                slot = (b % dtable_slots) * H + h
+                tl.atomic_add(DBias + slot * dtable_stride + idx, dsT, mask=inside)
 
     # Route the value-path gradients to the tensor each part was read from.
     dk = dk * sm_scale
@@ -458,11 +463,13 @@ def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scal
     dk_ = _empty(k.shape, k.dtype, dev)
     dv = _empty(v.shape, v.dtype, dev) if SRC_V in pb.codes else None
     dbias = None
+    slots = min(batch, TABLE_GRAD_SLOTS) if bias_index is not None else 1
     if need_dbias and bias is not None:  # the table gradient is accumulated with atomics: starts at 0
-        dbias = (torch.zeros(bias.shape, dtype=torch.float32, device=dev) if bias_index is not None
+        dbias = (torch.zeros((slots, *bias.shape), dtype=torch.float32, device=dev) if bias_index is not None
                  else _empty((batch, heads, nq, nk), torch.float32, dev))
+    table_grad = dbias is not None and bias_index is not None
     if batch * heads * max(nq, nk) == 0:
-        return dq.zero_(), dk_.zero_(), dv.zero_() if dv is not None else None, dbias
+        return dq.zero_(), dk_.zero_(), dv.zero_() if dv is not None else None, dbias.sum(0) if table_grad else dbias
     delta = _empty((batch, heads, nq), torch.float32, dev)
     dq_acc = _empty(q.shape, torch.float32, dev) if pb.codes[0] == SRC_Q else dq
     do_strides = _strides4(dout)
@@ -475,14 +482,14 @@ def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scal
         shared = (*pb.strides, *do_strides, heads, nq, nk, dk, n["D1"], n["D2"], pb.scale * LOG2E, pb.scale)
         # Never alias a live buffer here: the autotuner zeroes this argument (reset_to_zero).
         dbias_arg = dbias if dbias is not None else torch.empty(1, dtype=torch.float32, device=dev)
-        dtable_stride = dbias.stride(0) if dbias is not None and bias_index is not None else 0
+        dtable_stride = dbias.stride(1) if table_grad else 0
         routing = dict(P1=pb.codes[0], P2=pb.codes[1], **pb.constexprs)
         _launch(_attention_bwd_dkdv_kernel, _dkdv_tuned, "BLOCK_N", nk, batch * heads,
                 q, k, *pb.parts, *pb.bias_ptrs, dout, lse, delta, dk_, dv if dv is not None else dk_, dq_acc,
-                dbias_arg, *shared, dtable_stride, NEED_DBIAS=dbias is not None, **routing)
+                dbias_arg, *shared, dtable_stride, slots, NEED_DBIAS=dbias is not None, **routing)
         _launch(_attention_bwd_dq_kernel, _dq_tuned, "BLOCK_M", nq, batch * heads,
                 q, k, *pb.parts, *pb.bias_ptrs, dout, lse, delta, dq, dq_acc, *shared, **routing)
-    return dq, dk_, dv, dbias
+    return dq, dk_, dv, dbias.sum(0) if table_grad else dbias
 
 
 __all__ = ["attention_forward", "attention_backward", "MAX_HEAD_DIM", "VALUE_PARTS"]

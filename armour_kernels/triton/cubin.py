@@ -35,7 +35,7 @@ _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16
 
 @dataclass(frozen=True)
 class CubinStats:
-    kernel: str
+    kernel: str            # "<family module>.<kernel name>", e.g. "attention._attention_fwd_kernel"
     config: str            # the tile-size constexprs, e.g. "M=64 N=64" for BLOCK_M, BLOCK_N
     num_warps: int
     num_stages: int
@@ -77,7 +77,8 @@ def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_war
     registers, spills = _ptxas_usage(ptx, arch)
     # The tile sizes name a config; feature-dim blocks (BLOCK_D*) follow from the problem.
     config = " ".join(f"{k[6:]}={v}" for k, v in constexprs.items() if k.startswith("BLOCK_") and not k.startswith("BLOCK_D"))
-    return CubinStats(kernel=fn.__name__, config=config, num_warps=num_warps, num_stages=num_stages,
+    family = fn.__module__.rsplit(".", 1)[-1]  # nystrom._output_kernel vs performer._output_kernel
+    return CubinStats(kernel=f"{family}.{fn.__name__}", config=config, num_warps=num_warps, num_stages=num_stages,
                       registers=registers, spill_bytes=spills, shared_bytes=kernel.metadata.shared,
                       wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
 
