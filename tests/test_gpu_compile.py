@@ -51,3 +51,16 @@ def test_linear_act_nystrom_performer_compile_for_sm90():
     problems = ('[("linear_act", "bfloat16", _linear_act_case), ("linear_act fp32", "float32", _linear_act_case), '
                 '("nystrom / performer", "bfloat16", _linear_attention_case)]')
     run_compiled_script(_script(problems, no_spill=False), timeout=600)
+
+
+def test_report_names_the_first_spill_free_config():
+    """`armour-bench cubin`'s table: per kernel, the count of spilling configs and the best one."""
+    from armour_kernels.benchmarks.cubin import markdown
+
+    def row(config, spill, warps=8):
+        return dict(kernel="attention.k", config=config, num_warps=warps, num_stages=3, registers=255,
+                    spill_bytes=spill, shared_bytes=32768, wgmma=8, mma_sync=0)
+
+    env = dict(device="none", threads=2, command="armour-bench cubin", torch="2.11")
+    table = markdown(env, {"problem": [row("M=128 N=64", 96), row("M=64 N=64", 0), row("M=32 N=32", 0, 4)]}, 90)
+    assert "| problem | attention.k | 3 | 1 | M=64 N=64 | 8/3 | 255 | 0 | 32 | 8 |" in table

@@ -338,6 +338,18 @@ def test_patched_model_train_and_eval(make, backend):
         assert_close(fold_batchnorm(fused)(x), reference, torch.float32, msg="folded eval output")
 
 
+def test_patched_folded_model_compiles_fullgraph():
+    """The inference path (fused GEMMs with Hardswish / residual epilogues, the attention op) traces
+    under torch.compile(fullgraph=True) through the custom ops' fake implementations."""
+    model = tiny_timm().eval()
+    x = images(2, 64)
+    with torch.no_grad():
+        reference = model(x)
+        fused = fold_batchnorm(patch(copy.deepcopy(model), backend="triton"))
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        assert_close(compiled(x), reference, torch.float32)
+
+
 def test_patched_full_size_model_eval():
     model = timm_levit("levit_128s").eval()  # all LeViT-128S widths and depths, 64×64 input
     x = images(1, 64)
