@@ -60,6 +60,15 @@ def _tile(base, offs_a, offs_b, stride_a, stride_b, lim_a, lim_b):
 
 
 @triton.jit
+def _program(H, BLOCK: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
+    """Where a program works: grid (row blocks, B·H) → bh, b, h, its rows and the feature offsets."""
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return bh, b, bh % H, offs, tl.arange(0, BLOCK_DK), tl.arange(0, BLOCK_D1), tl.arange(0, BLOCK_D2)
+
+
+@triton.jit
 def _scores(a, b_mat, rows, cols, b, h, NQ, NK, qk_scale,
             Bias, BiasIdx, KeepDiag, sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
             BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr):
@@ -98,14 +107,7 @@ def _attention_fwd_kernel(
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_P2: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_d1 = tl.arange(0, BLOCK_D1)
-    offs_d2 = tl.arange(0, BLOCK_D2)
+    bh, b, h, offs_m, offs_dk, offs_d1, offs_d2 = _program(H, BLOCK_M, BLOCK_DK, BLOCK_D1, BLOCK_D2)
     K += b * skb + h * skh
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
@@ -150,11 +152,7 @@ def _attention_fwd_kernel(
 def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sdh, sdd,
                                      H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
-    h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, offs_m, offs_d, _, _ = _program(H, BLOCK_M, BLOCK_D, BLOCK_D, BLOCK_D)
     o = _tile(Out + b * sob + h * soh, offs_m, offs_d, son, 1, NQ, DTOT).to(tl.float32)
     do = _tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdn, sdd, NQ, DTOT).to(tl.float32)
     tl.store(Delta + bh * NQ + offs_m, tl.sum(o * do, 1), mask=offs_m < NQ)
@@ -173,14 +171,7 @@ def _attention_bwd_dkdv_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     """One key block: dK = s·dSᵀ·Q, the value-path gradients Pᵀ·dO of both parts, the bias gradient."""
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
-    h = bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_d1 = tl.arange(0, BLOCK_D1)
-    offs_d2 = tl.arange(0, BLOCK_D2)
+    bh, b, h, offs_n, offs_dk, offs_d1, offs_d2 = _program(H, BLOCK_N, BLOCK_DK, BLOCK_D1, BLOCK_D2)
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
 
@@ -255,14 +246,7 @@ def _attention_bwd_dq_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     """One query block: dQ = s·dS·K (+ the value-path part the key-block kernel left in DQAcc)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)  # int64 offsets: a batch stride times b can pass 2**31
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_d1 = tl.arange(0, BLOCK_D1)
-    offs_d2 = tl.arange(0, BLOCK_D2)
+    bh, b, h, offs_m, offs_dk, offs_d1, offs_d2 = _program(H, BLOCK_M, BLOCK_DK, BLOCK_D1, BLOCK_D2)
     row_ok = offs_m < NQ
     K += b * skb + h * skh
     V1 += b * s1b + h * s1h

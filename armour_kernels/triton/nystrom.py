@@ -39,12 +39,12 @@ import triton.language as tl
 from python_ref.nystrom import razavi_pinv  # the m×m part done in PyTorch IS the definition
 
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+from ._split import split_block, split_program, split_sizes
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
 # Every dot is exact IEEE fp32 (no TF32), whatever the input dtype: the m×m work and the landmark
 # softmaxes must be fp32 (SPEC §4), and with d = 32 these kernels are bound by memory, not by FLOPs.
 DOT_PRECISION = "ieee"
-_PROGRAMS_TARGET = 512
 # Warps for the kernels that hold fp32 (landmark × feature) or (landmark × landmark) tiles: at
 # the default 4, ptxas spills them to local memory on sm_90 (the pinv kernel: 39.6 KB per
 # thread; A3·v, the backward kernels: 1–19 KB); at 8 they (nearly) fit in registers.
@@ -248,9 +248,7 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
     WRITE_DQ: dq for each row, with the landmark term dq̃[group]/l (and, ARMOUR, the value
     gradient dvq already computed by the key pass).
     """
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b, h = bh // H, bh % H
+    bh, split, b, h = split_program(H)
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
     taps = tl.arange(0, BLOCK_K)
@@ -258,7 +256,7 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
     dkl = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     dw = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for i in range(0, blocks_per_split):
-        rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         qs, kl, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale,
                                      sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
         do = _tile(do_ptr + b * sdob + h * sdoh, rows, dvs, rows < n, DV, sdon, sdod)
@@ -295,9 +293,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
                     HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv per key row and the partial dq̃ = Σ dS3·k of this split (A3 recomputed from its lse)."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b, h = bh // H, bh % H
+    bh, split, b, h = split_program(H)
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
     marks = tl.arange(0, BLOCK_M)
@@ -307,7 +303,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
     rs = tl.load(rs_ptr + bh * m + marks, mask=marks < m, other=0.0)
     dql = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for i in range(0, blocks_per_split):
-        rows = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         k, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, rows, n, D, DV,
                              skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
         a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
@@ -341,11 +337,6 @@ def _config(n, m, d, dv):
     return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
 
 
-def _splits(n_blocks, programs):
-    """Split one reduction over n_blocks token blocks across programs: (splits, blocks per split)."""
-    per_split = triton.cdiv(n_blocks, max(1, min(n_blocks, triton.cdiv(_PROGRAMS_TARGET, programs))))
-    return triton.cdiv(n_blocks, per_split), per_split
-
 
 def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
@@ -367,7 +358,7 @@ def _a3v(ql, k, v, pad, cfg, block_n):
     bh, m, dv = B * H, ql.shape[1], v.shape[3]
     block_l = min(cfg["BLOCK_M"], 64)
     l_blocks = triton.cdiv(m, block_l)
-    splits, per_split = _splits(triton.cdiv(n, block_n), bh * l_blocks)
+    splits, per_split = split_sizes(triton.cdiv(n, block_n), bh * l_blocks)
     acc = torch.empty(bh, splits, m, dv, device=k.device, dtype=torch.float32)
     run_max = torch.empty(bh, splits, m, device=k.device, dtype=torch.float32)
     run_sum = torch.empty_like(run_max)
@@ -469,7 +460,7 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
     block_k = max(16, triton.next_power_of_2(ksize))
     n_blocks = triton.cdiv(n, block_n)
-    splits, per_split = _splits(n_blocks, bh)
+    splits, per_split = split_sizes(n_blocks, bh)
     dev, f32 = q.device, torch.float32
     # Above 128 landmarks the fp32 (m, d) operands are large: no multi-buffering (shared memory).
     stages = 1 if cfg["BLOCK_M"] > 128 else 2

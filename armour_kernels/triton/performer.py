@@ -31,10 +31,10 @@ import triton
 import triton.language as tl
 
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+from ._split import split_block, split_program, split_sizes
 
 SOFTMAX_EPS = 1e-4
 RELU_EPS = 1e-3
-_PROGRAMS_TARGET = 512  # programs per reduction launch before splitting stops paying
 # Exact IEEE fp32 dots whatever the input dtype: a TF32 projection would put ~1e-3·|u| errors into
 # the exponent of every feature; with d = 32 the kernels are bound by memory, not by FLOPs.
 DOT_PRECISION = "ieee"
@@ -128,16 +128,13 @@ def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, n, H, m, D
                     SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """Partial S = Σ φ(k)ᵀv and z = Σ φ(k) of one feature chunk (axis 2) over one split of the keys (axis 1)."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
+    bh, split, b, h = split_program(H)
     c = tl.program_id(2)
-    b, h = bh // H, bh % H
     stab = tl.load(stab_ptr + bh) if SOFTMAX else 0.0
     ctx = tl.zeros((BLOCK_F, BLOCK_DV), dtype=tl.float32)
     ksum = tl.zeros((BLOCK_F,), dtype=tl.float32)
     for i in range(0, blocks_per_split):
-        row0 = (split * blocks_per_split + i) * BLOCK_N
-        rows = row0 + tl.arange(0, BLOCK_N)
+        row0, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         k = _load_rows(k_ptr + b * skb + h * skh, row0, n, skn, skd, D, BLOCK_N, BLOCK_D)
         v = _load_rows(v_ptr + b * svb + h * svh, row0, n, svn, svd, DV, BLOCK_N, BLOCK_DV)
         _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PRECISION)
@@ -232,16 +229,13 @@ def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, row_ptr, dctx_ptr, dksum_ptr,
                              SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
     """Partial dS = Σ φ(q)ᵀ dO/den and dz = −Σ φ(q)·δ of one feature chunk (axis 2) over one split of rows."""
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
+    bh, split, b, h = split_program(H)
     c = tl.program_id(2)
-    b, h = bh // H, bh % H
     plane = tl.num_programs(0) * n
     dctx = tl.zeros((BLOCK_F, BLOCK_DV), dtype=tl.float32)
     dksum = tl.zeros((BLOCK_F,), dtype=tl.float32)
     for i in range(0, blocks_per_split):
-        row0 = (split * blocks_per_split + i) * BLOCK_N
-        rows = row0 + tl.arange(0, BLOCK_N)
+        row0, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D)
         stab = tl.load(row_ptr + bh * n + rows, mask=rows < n, other=0.0)
         den = tl.load(row_ptr + plane + bh * n + rows, mask=rows < n, other=1.0)
@@ -315,11 +309,6 @@ def _config(n, m, d, dv):
     return cfg, (8 if block_f == 64 else 4), triton.cdiv(m, block_f)
 
 
-def _splits(n_blocks, programs):
-    """How many programs share one reduction over n_blocks token blocks: (splits, blocks per split)."""
-    per_split = triton.cdiv(n_blocks, max(1, min(n_blocks, triton.cdiv(_PROGRAMS_TARGET, programs))))
-    return triton.cdiv(n_blocks, per_split), per_split
-
 
 def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
@@ -348,7 +337,7 @@ def _reduce(kernel, args, strides, x, n, m, chunks, dv, cfg, warps, **flags):
     """Run a (B·H, split, feature chunk) reduction kernel over x's n rows; sum its partials to
     (B·H, m, dv) and (B·H, m). Both such kernels take (rows, P, …, mat_out, vec_out, n, H, m, D, DV, dn, …)."""
     bh = x.shape[0] * x.shape[2]
-    splits, per_split = _splits(triton.cdiv(n, cfg["BLOCK_N"]), bh * chunks)
+    splits, per_split = split_sizes(triton.cdiv(n, cfg["BLOCK_N"]), bh * chunks)
     feats = chunks * cfg["BLOCK_F"]
     mat = torch.empty(bh, splits, feats, cfg["BLOCK_DV"], device=x.device, dtype=torch.float32)
     vec = torch.empty(bh, splits, feats, device=x.device, dtype=torch.float32)
