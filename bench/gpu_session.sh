@@ -2,6 +2,8 @@
 # The GPU validation of issues #3-#5 in a few device calls (a lent H100 / H200; each call ≤ 10 min).
 #
 #   bench/gpu_session.sh tests     # the whole test suite on CUDA (bf16, large shapes), log to $OUT
+#                                  # (every new shape autotunes: if one call is too short, split it,
+#                                  #  e.g. `tests tests/test_attention.py tests/test_levit.py`, then the rest)
 #   bench/gpu_session.sh kernels   # armour-bench kernels: attention vs SDPA(q, k, q) / float mask, bf16
 #   bench/gpu_session.sh models    # armour-bench models: LeViT family + DeiT-Ti, AMP bf16, batch 2048, train step
 #                                  # (torch.compile of every model may not fit one call: add --models levit_128s)
