@@ -114,6 +114,24 @@ def test_table_gradient_over_a_batch(monkeypatch, slots):
     run_case("q+v", 49, 49, 16, 32, torch.float32, "table", batch=3)
 
 
+@pytest.mark.parametrize("entries", [13, 40000])
+def test_table_index_narrowed_for_the_kernel(entries):
+    """The kernel reads the index as int16 (or int32 past 32768 table entries): same answer, same gradient."""
+    from armour_kernels.triton.attention import _compact_index
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 7, 2, 16, generator=gen).to(DEVICE).requires_grad_() for _ in range(3))
+    table = torch.randn(2, entries, generator=gen).to(DEVICE).requires_grad_()
+    index = torch.randint(0, entries, (7, 7), generator=gen).to(DEVICE)
+    assert _compact_index(index, entries).dtype == (torch.int16 if entries <= 2 ** 15 else torch.int32)
+    out = attention(q, k, v, bias=table, bias_index=index, backend="triton")
+    expected = reference(q, k, v, "v", table, index)
+    assert_close(out, expected, torch.float32)
+    dout = torch.randn(out.shape, generator=gen).to(DEVICE)
+    got = torch.autograd.grad(out, table, dout)[0]
+    want = torch.autograd.grad(expected, table, dout)[0]
+    assert_close(got, want, torch.float32)
+
+
 def test_diagonal_kept_when_no_other_key_is_finite():
     """Rows whose off-diagonal bias is all -inf keep their diagonal (forward and gradients)."""
     batch, n, heads, d = 1, 9, 2, 16

@@ -30,7 +30,7 @@ from triton.runtime.jit import JITFunction
 
 H100_SHARED_BYTES = 232448  # shared memory one block may use on sm_90 (227 KiB)
 _POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
-                  torch.int64: "*i64", torch.int32: "*i32", torch.int8: "*i8", torch.bool: "*i1"}
+                  torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.int8: "*i8", torch.bool: "*i1"}
 
 
 @dataclass(frozen=True)
