@@ -386,9 +386,9 @@ def _compact_index(bias_index, entries: int):
     """The table index in the narrowest integer type that holds it.
 
     Every program reads the index tile of its scores, so one call loads B·H·Nq·Nk index entries
-    (all the same Nq·Nk, from L2): at LeViT-128S's first stage, batch 2048, int64 would be 3.2 GB
-    of L2 reads per attention call against 0.2 GB of q, k, v. int16 is a quarter of that; the
-    table itself (H·R values) stays in L1.
+    (all the same Nq·Nk, from L2): at LeViT-128S's first stage, batch 2048, int64 would be 2.5 GB
+    of L2 reads per attention call against 0.2 GB of q, k, v (0.4 GB as the programs read them).
+    int16 is a quarter of that; the table itself (H·R values) stays in L1.
     """
     return bias_index.to(torch.int16 if entries <= 2 ** 15 else torch.int32)
 
