@@ -13,7 +13,7 @@ from conftest import run_compiled_script
 
 SCRIPT = r'''
 import torch
-from armour_kernels.benchmarks.cubin import ATTENTION_CASES, _attention_case, _linear_act_case, _linear_attention_case
+from armour_kernels.benchmarks.cubin import ATTENTION_CASES, attention_case, linear_act_case, linear_attention_case
 from armour_kernels.triton.cubin import H100_SHARED_BYTES, compiling_launches
 
 CASES = {case[0]: case for case in ATTENTION_CASES}
@@ -37,19 +37,19 @@ def _script(problems: str, no_spill: bool) -> str:
 @pytest.mark.parametrize("case", ["DeiT-Ti Armour", "LeViT armour q+v 16/16+32 table", "LeViT subsample 16/64 table",
                                   "shared_qk_nodiag d=64"])
 def test_attention_compiles_for_sm90_without_spills(case):
-    problems = f'[("{case}", "bfloat16", lambda dtype: _attention_case(dtype, *CASES["{case}"][1:]))]'
+    problems = f'[("{case}", "bfloat16", lambda dtype: attention_case(dtype, *CASES["{case}"][1:]))]'
     run_compiled_script(_script(problems, no_spill=True), timeout=300)
 
 
 def test_wide_head_dims_and_fp16_compile_for_sm90():
-    problems = ('[("Armour d=256", "float16", lambda dtype: _attention_case(dtype, *CASES["Armour d=256"][1:])), '
-                '("dense bias d=64", "float32", lambda dtype: _attention_case(dtype, *CASES["dense bias d=64"][1:]))]')
+    problems = ('[("Armour d=256", "float16", lambda dtype: attention_case(dtype, *CASES["Armour d=256"][1:])), '
+                '("dense bias d=64", "float32", lambda dtype: attention_case(dtype, *CASES["dense bias d=64"][1:]))]')
     run_compiled_script(_script(problems, no_spill=False), timeout=300)
 
 
 def test_linear_act_nystrom_performer_compile_for_sm90():
-    problems = ('[("linear_act", "bfloat16", _linear_act_case), ("linear_act fp32", "float32", _linear_act_case), '
-                '("nystrom / performer", "bfloat16", _linear_attention_case)]')
+    problems = ('[("linear_act", "bfloat16", linear_act_case), ("linear_act fp32", "float32", linear_act_case), '
+                '("nystrom / performer", "bfloat16", linear_attention_case)]')
     run_compiled_script(_script(problems, no_spill=False), timeout=600)
 
 

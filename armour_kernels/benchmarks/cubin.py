@@ -30,7 +30,7 @@ ATTENTION_CASES = [  # label, batch, nq, nk, heads, d_qk, d_v, value, bias, mask
 ]
 
 
-def _attention_case(dtype, batch, nq, nk, heads, dqk, dv, value, bias, mask_diagonal):
+def attention_case(dtype, batch, nq, nk, heads, dqk, dv, value, bias, mask_diagonal):
     from ..triton.attention import attention_backward, attention_forward
     q = torch.randn(batch, nq, heads, dqk, dtype=dtype)
     k = torch.randn(batch, nk, heads, dqk, dtype=dtype)
@@ -45,7 +45,7 @@ def _attention_case(dtype, batch, nq, nk, heads, dqk, dv, value, bias, mask_diag
     attention_backward(torch.randn_like(out), q, k, v, table, index, out, lse, need_dbias=bias is not None, **kw)
 
 
-def _linear_act_case(dtype):
+def linear_act_case(dtype):
     from ..triton.linear_act import hardswish_linear_forward, linear_hardswish_forward
     for rows, cin, cout in ((256 * 196, 128, 256), (256 * 49, 256, 512)):  # LeViT-128S MLP, stage 1 and 2
         x, w, b = torch.randn(rows, cin, dtype=dtype), torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
@@ -53,7 +53,7 @@ def _linear_act_case(dtype):
         hardswish_linear_forward(x, w, b)
 
 
-def _linear_attention_case(dtype):
+def linear_attention_case(dtype):
     from python_ref.performer import gaussian_orthogonal_random_matrix
     from ..triton.nystrom import nystrom_backward, nystrom_forward
     from ..triton.performer import performer_backward, performer_forward
@@ -79,9 +79,9 @@ def add_arguments(parser):
 
 def problems(dtype):
     """(label, thunk) for every problem the report compiles."""
-    items = [(case[0], (lambda case=case: _attention_case(dtype, *case[1:]))) for case in ATTENTION_CASES]
-    items.append(("LeViT-128S MLP / proj GEMMs", lambda: _linear_act_case(dtype)))
-    items.append(("Nyström / Performer n=1025 d=32", lambda: _linear_attention_case(dtype)))
+    items = [(case[0], (lambda case=case: attention_case(dtype, *case[1:]))) for case in ATTENTION_CASES]
+    items.append(("LeViT-128S MLP / proj GEMMs", lambda: linear_act_case(dtype)))
+    items.append(("Nyström / Performer n=1025 d=32", lambda: linear_attention_case(dtype)))
     return items
 
 

@@ -2,7 +2,8 @@
 
 The fused module gets the original's children, Parameters and buffers under the same names (the
 same objects: no copies), so state-dict keys match, a checkpoint loads into either, and training
-after `armour_kernels.patch` shows in the original after `unpatch`.
+after `armour_kernels.patch` shows in the original after `unpatch`. `Adopted` is the base class
+of the fused modules that are built this way.
 """
 from __future__ import annotations
 
@@ -27,3 +28,14 @@ def adopt(fused: nn.Module, original: nn.Module, backend: str) -> None:
         fused.register_buffer(name, buf, persistent=name not in original._non_persistent_buffers_set)
     fused.backend = backend
     fused.train(original.training)
+
+
+class Adopted(nn.Module):
+    """Base of the fused modules built from an original: adopts it (see `adopt`) and shows `backend`."""
+
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__()
+        adopt(self, original, backend)
+
+    def extra_repr(self):
+        return f"backend={self.backend!r}"

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cpu import dense
-from .adopt import adopt
+from .adopt import Adopted
 
 LEVIT_VALUES = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
 
@@ -63,8 +63,9 @@ def _kernel_backend(backend: str, device: torch.device, triton_only: bool):
 def linear_act(x, weight, bias, *, act_in=False, act_out=False, residual=None, backend="auto", x_is_scratch=False):
     """act_out(act_in(x) @ weightᵀ + bias) [+ residual], act = Hardswish, on the path `backend` picks.
 
-    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM, Hardswish after it and the
-    residual add as post-ops, Hardswish before it in place when the caller owns x (`x_is_scratch`).
+    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM with Hardswish after it as a
+    post-op, the residual added in place into its output, Hardswish before it in place when the
+    caller owns x (`x_is_scratch`).
     CUDA (or the interpreter), no gradient wanted: the Triton GEMM, which activates its input
     tiles as they load (attention proj), applies Hardswish in its epilogue (MLP) and adds the
     residual there too. Hardswish after the GEMM with a gradient: the public op
@@ -123,12 +124,11 @@ def _is_hardswish(module) -> bool:
     return isinstance(module, nn.Hardswish)
 
 
-class _LevitAttentionBase(nn.Module):
+class _LevitAttentionBase(Adopted):
     """What both attention blocks share: adopting the original, the attention op call, the fused output projection."""
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
+        super().__init__(original, backend)
         self.num_heads = original.num_heads
         self.key_dim = original.key_dim
         self.scale = original.scale
@@ -148,7 +148,7 @@ class _LevitAttentionBase(nn.Module):
         """
         folded = None if self.training else folded_projection(module)
         if folded is not None:
-            tokens = x.flatten(2).transpose(1, 2) if self.use_conv else x
+            tokens = _layout_to_tokens(x, self.use_conv)
             if dense.serves(self.backend, tokens, *folded):
                 return dense.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
             if self.use_conv:
@@ -223,12 +223,11 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         return f"num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
 
 
-class LevitMlp(nn.Module):
+class LevitMlp(Adopted):
     """LeViT MLP: Linear_BN → Hardswish → Linear_BN; folded + eval: one fused GEMM, then one GEMM."""
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
+        super().__init__(original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
 
     def forward(self, x, residual=None):
@@ -246,9 +245,6 @@ class LevitMlp(nn.Module):
             y = linear_act(h, *second, residual=res, backend=self.backend)
         return y.permute(0, 3, 1, 2) if self.use_conv else y
 
-    def extra_repr(self):
-        return f"backend={self.backend!r}"
-
 
 # ----------------------------------------------------------------------------- residual blocks
 
@@ -257,7 +253,7 @@ def _drops(module) -> bool:
     return module.training and getattr(module, "drop_prob", getattr(module, "p", 0.0)) > 0
 
 
-class LevitBlock(nn.Module):
+class LevitBlock(Adopted):
     """x + attn(x), then x + mlp(x), with each residual add done by the block's last GEMM.
 
     Replaces timm / python_ref `LevitBlock` (same children, same state-dict keys). The children
@@ -266,10 +262,6 @@ class LevitBlock(nn.Module):
     runs the original `x + drop_path(f(x))`.
     """
 
-    def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
-
     def forward(self, x):
         if isinstance(self.attn, LevitAttention) and not _drops(self.drop_path1):
             x = self.attn(x, residual=x)
@@ -277,24 +269,14 @@ class LevitBlock(nn.Module):
             x = x + self.drop_path1(self.attn(x))
         return _mlp_residual(self.mlp, self.drop_path2, x)
 
-    def extra_repr(self):
-        return f"backend={self.backend!r}"
 
-
-class LevitDownsampleBlock(nn.Module):
+class LevitDownsampleBlock(Adopted):
     """Between stages: subsample attention (no residual), then x + mlp(x) with the add in the GEMM.
 
     Replaces timm / python_ref `LevitDownsample` (same children, same state-dict keys)."""
 
-    def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
-
     def forward(self, x):
         return _mlp_residual(self.mlp, self.drop_path, self.attn_downsample(x))
-
-    def extra_repr(self):
-        return f"backend={self.backend!r}"
 
 
 def _mlp_residual(mlp: nn.Module, drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor:

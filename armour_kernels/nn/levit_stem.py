@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..cpu import dense
-from .adopt import adopt
+from .adopt import Adopted
 
 
 def _folded_conv(module: nn.Module):
@@ -30,12 +30,11 @@ def _folded_conv(module: nn.Module):
     return conv.weight, conv.bias, conv.stride, conv.padding
 
 
-class LevitStem(nn.Module):
+class LevitStem(Adopted):
     """Conv pairs and activations run in order; folded + CPU inference: one fused oneDNN chain."""
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
+        super().__init__(original, backend)
         self.stride = getattr(original, "stride", 16)
 
     def _layers(self):
@@ -60,6 +59,3 @@ class LevitStem(nn.Module):
         for child in self.children():
             x = child(x)
         return x
-
-    def extra_repr(self):
-        return f"backend={self.backend!r}"

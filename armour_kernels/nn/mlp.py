@@ -12,15 +12,14 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..cpu import dense
-from .adopt import adopt
+from .adopt import Adopted
 
 
-class FusedMlp(nn.Module):
+class FusedMlp(Adopted):
     """fc1 → act → drop1 → norm → fc2 → drop2 (timm `Mlp` semantics; python_ref's has no `norm`)."""
 
     def __init__(self, original: nn.Module, backend: str = "auto"):
-        super().__init__()
-        adopt(self, original, backend)
+        super().__init__(original, backend)
         if not hasattr(self, "norm"):
             self.norm = None
 
@@ -42,6 +41,3 @@ class FusedMlp(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         return self.drop2(self.fc2(h))
-
-    def extra_repr(self):
-        return f"backend={self.backend!r}"

@@ -337,7 +337,6 @@ def _config(n, m, d, dv):
     return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
 
 
-
 def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
@@ -379,16 +378,15 @@ def _pinv_times(ql, kl, w, iterations, mode, cfg):
     dv = w.shape[2]
     if m > PINV_MAX_M:
         return razavi_pinv(_landmark_a2(ql, kl), iterations, mode) @ w
-    warps = _WIDE_WARPS
     seed = mode == "seed"
     maxima = torch.empty(bh, 2, device=ql.device, dtype=torch.float32)
     if seed:  # pre-pass: every (b, h)'s maxima, then the global ones
         _pinv_kernel[(bh,)](ql, kl, w, w, maxima, m, D, dv, iterations, MAXIMA_ONLY=True, SEED=False,
-                            **cfg, num_warps=warps)
+                            **cfg, num_warps=_WIDE_WARPS)
         maxima = maxima.amax(dim=0).contiguous()
     y = torch.empty(bh, m, dv, device=ql.device, dtype=torch.float32)
     _pinv_kernel[(bh,)](ql, kl, w, y, maxima, m, D, dv, iterations, MAXIMA_ONLY=False, SEED=seed,
-                        **cfg, num_warps=warps)
+                        **cfg, num_warps=_WIDE_WARPS)
     return y
 
 
