@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "linear_act": "CPU Linear + bias + Hardswish op vs F.hardswish(F.linear): LeViT MLP shapes",
     "cubin": "offline: every Triton kernel compiled for an H100 (no GPU needed): registers, spills, shared memory",
     "summary": "SUMMARY.md of a results folder: headline ratios vs every peer, targets met or not",
+    "export": "an AOTInductor package (.pt2) of a timm model, optimized (folded, fused, cast), ready to serve",
 }
 
 

@@ -1,8 +1,10 @@
 """The one way the benchmarks record where they ran and write their results.
 
-`environment(device)`: device name, CPU model, thread count, library versions (torch, triton,
-timm, onnxruntime, python, CUDA), the CPU kernels' ISA and the command line, as a dict that goes
-into every JSON report and heads every markdown table (`environment_lines`).
+`environment(device)`: device name, CPU model and flags, thread count, load average, library
+versions (torch, oneDNN, MKL, triton, timm, onnx, onnxruntime, openvino, python, CUDA), the CPU
+kernels' ISA and the command line, as a dict that goes into every JSON report and heads every
+markdown table (`environment_lines`).
+`busy_warning()`: a line to print when the load average says other work shares the CPU.
 `write_report(stem, report, markdown)`: writes stem.json and stem.md (folders created).
 `results_dir(device)`: the committed results folder of this device, bench/results/<device-slug>/
 (e.g. cpu-amd-epyc-2core, h100): one folder per device.
@@ -53,17 +55,58 @@ def results_dir(device) -> Path:
 
 def _version(module: str):
     try:
-        return importlib.import_module(module).__version__
+        version = importlib.import_module(module).__version__
     except Exception:  # not installed, or broken: the report says so instead of failing
         return None
+    return version.split("-")[0]  # openvino: "2026.4.1-22982-<hash>-releases/2026/4"
+
+
+PEER_MODULES = ("timm", "onnx", "onnxruntime", "openvino")
+
+
+def _built_with(pattern: str):
+    """A version from torch's build configuration (oneDNN, MKL), or None."""
+    match = re.search(pattern, torch.__config__.show())
+    return match.group(1) if match else None
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which kernels run (from /proc/cpuinfo; empty elsewhere)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [flag for flag in wanted if flag in flags]
+
+
+def load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def busy_warning(threshold: float = 0.5) -> str | None:
+    """A warning line when the 1-minute load average is above `threshold` per CPU (else None)."""
+    load, cpus = load_average(), os.cpu_count() or 1
+    if load is None or load <= threshold * cpus:
+        return None
+    return (f"warning: the machine is busy (load average {load:.1f} on {cpus} CPUs): other work shares the "
+            "cores, so times are noisy and slower; the ratios (timed interleaved) hold better. Rerun on a quiet "
+            "machine for published numbers.")
 
 
 def environment(device) -> dict:
     env = {"device": device_name(device), "device_type": device_type(device), "cpu": cpu_model(),
-           "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "load_avg_1min": round(os.getloadavg()[0], 2)}  # other work on the machine while measuring
-    for module in ("torch", "triton", "timm", "onnxruntime"):
+           "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
+           "python": platform.python_version(),
+           "load_avg_1min": load_average()}  # other work on the machine while measuring
+    for module in ("torch", "triton") + PEER_MODULES:
         env[module] = _version(module)
+    env["onednn"] = _built_with(r"MKL-DNN v([\d.]+)")
+    env["mkl"] = _built_with(r"Math Kernel Library Version ([\d.]+)")
     if torch.version.cuda:
         env["cuda"] = torch.version.cuda
     if device_type(device) == "cpu":
@@ -76,10 +119,12 @@ def environment(device) -> dict:
 
 def environment_lines(env: dict) -> list[str]:
     """Markdown lines: device, versions, command."""
-    versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "timm", "onnxruntime", "python", "cuda")
+    versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "onednn", "triton", *PEER_MODULES, "python", "cuda")
                          if env.get(k))
     device = env["device"] + (f" (CPU kernels: {env['cpu_kernels_isa']})" if env.get("cpu_kernels_isa") else "")
-    load = f" (load average {env['load_avg_1min']} at the start)" if "load_avg_1min" in env else ""
+    if env.get("cpu_flags"):
+        device += f", flags {' '.join(env['cpu_flags'])}"
+    load = f" (load average {env['load_avg_1min']} at the start)" if env.get("load_avg_1min") is not None else ""
     return [f"Device: {device}, {env['threads']} threads{load}  ", f"Versions: {versions}  ",
             f"Command: `{env['command']}`"]
 
@@ -98,4 +143,4 @@ def write_report(stem, report: dict, markdown: str) -> None:
 
 
 __all__ = ["environment", "environment_lines", "write_report", "results_dir", "device_slug", "device_name",
-           "resolve_out"]
+           "resolve_out", "busy_warning", "cpu_flags", "load_average"]

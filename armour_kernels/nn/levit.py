@@ -55,7 +55,8 @@ def _kernel_backend(backend: str, device: torch.device, triton_only: bool):
     from .._backend import cpu_has_op, resolve_backend
     if backend == "triton" or (backend == "auto" and device.type == "cuda"):
         return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
-    if not triton_only and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
+    if not triton_only and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish") \
+            and not torch.compiler.is_compiling():  # compiled: F.linear, which inductor prepacks and fuses
         return "cpu"
     return None
 

@@ -1,0 +1,156 @@
+"""Serving a model: `optimize` (a compiled copy, ready to call) and AOTInductor packages.
+
+`optimize(model, example_inputs, dtype=...)` returns a model ready to serve:
+
+1. a deep copy in eval mode (the model given is left as it was),
+2. LeViT's BatchNorms folded into their projections (`fold_batchnorm`, exact, in fp32),
+3. the fused modules patched in (`patch`): attention runs as the custom op
+   `armour_kernels::attention_fwd`, which has a fake implementation, so inductor calls it
+   directly from its generated code (no graph break: it compiles with fullgraph=True),
+4. the weights cast once to `dtype` and frozen (no gradients),
+5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
+   inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
+   layouts on CPU). Under compilation the fused modules hand their dense layers to PyTorch's
+   `F.linear` / convolutions (armour_kernels.cpu.dense.serves is false while compiling), which
+   is what lets inductor prepack them and fuse the bias, activation and residual around them.
+   The example inputs are run once, so the compilation happens here and not at the first request.
+
+The served model takes inputs in any floating dtype and returns outputs in the input's dtype
+(the cast to `dtype` is inside the compiled graph). Inductor's generated C++ kernels are built
+for the thread count in use when compiling (torch.get_num_threads()): call `optimize` with the
+thread count you serve with. The batch size of `example_inputs` is compiled statically; another
+batch size compiles again on first use (dynamic=True compiles one graph for every batch size,
+usually a little slower per call).
+
+`export_package(model, example_inputs, path, dtype=...)` writes the same prepared model as an
+AOTInductor package (torch.export + torch._inductor.aoti_compile_and_package): a .pt2 file that
+runs without the Python model code. `load_package(path)` loads it (importing armour_kernels,
+which registers the custom ops the package calls, is what makes a fresh process able to run it).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .fold import fold_batchnorm
+from .surgery import patch
+
+SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class ServingModel(nn.Module):
+    """The prepared model behind `optimize` / `export_package`: casts inputs to the weights' dtype
+    and outputs back to the input's dtype (inside the compiled graph, where both casts fuse)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.to(self.dtype))
+        return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(x.dtype), out)
+
+
+def _as_tuple(example_inputs) -> tuple:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: str = "auto") -> ServingModel:
+    """The eager serving model: a deep copy, eval, BatchNorms folded, fused modules patched in,
+    weights cast to `dtype`, no gradients. `model` is not changed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"armour_kernels.optimize: expected an nn.Module, got {type(model).__name__}")
+    if dtype not in SERVING_DTYPES:
+        raise ValueError(f"armour_kernels.optimize: dtype must be one of {SERVING_DTYPES}, got {dtype}")
+    model = copy.deepcopy(model).eval()
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        fold_batchnorm(model)  # before the cast: the fold is computed in float64, rounded once
+    patch(model, backend=backend)
+    model.requires_grad_(False)
+    return ServingModel(model.to(dtype), dtype).eval()
+
+
+def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_autotune: bool = False) -> dict:
+    """The inductor configuration `optimize` compiles with (see the module docstring).
+
+    freezing: weights become constants, folded and prepacked once.
+    cpp_wrapper: the graph's host code in C++ instead of Python. On the Sapphire Rapids CI-class
+    machine it measured no faster for LeViT-128S / Armour-Ti at batch 1 (the wrapper's Python is
+    ~1 µs per kernel; the custom attention op is called back into Python either way) and adds
+    compile time, so it is off by default.
+    max_autotune: benchmarks inductor's C++ GEMM templates against MKL / oneDNN per GEMM (CPU);
+    several minutes of compilation for a few percent at batch 1 (docs/benchmarks.md), off by default.
+    """
+    options = {"freezing": True}
+    if cpp_wrapper:
+        options["cpp_wrapper"] = True
+    if max_autotune:
+        options["max_autotune"] = True
+        if device.type == "cpu":
+            options["max_autotune_gemm_backends"] = "CPP,ATEN"
+    return options
+
+
+def _device_of(model: nn.Module, example: tuple) -> torch.device:
+    for t in example:
+        if isinstance(t, torch.Tensor):
+            return t.device
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
+             cpp_wrapper: bool = False, max_autotune: bool = False, dynamic: bool = False) -> nn.Module:
+    """A compiled copy of `model` ready to serve (see the module docstring); `model` is not changed.
+
+    example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
+    compiled in unless dynamic=True). dtype: torch.float32 or torch.bfloat16 (float16 on GPU).
+    backend: the armour_kernels backend of the fused modules ("auto": the C++ kernels on CPU,
+    Triton on CUDA). Returns the torch.compile'd module; call it under torch.inference_mode()
+    or torch.no_grad() (it has no gradients either way).
+    """
+    example = _as_tuple(example_inputs)
+    serving = prepare(model, dtype=dtype, backend=backend)
+    device = _device_of(serving, example)
+    compiled = torch.compile(serving, fullgraph=True, dynamic=dynamic,
+                             options=inductor_options(device, cpp_wrapper=cpp_wrapper, max_autotune=max_autotune))
+    with torch.no_grad():
+        compiled(*example)  # compile now, not on the first request
+    return compiled
+
+
+def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,
+                   backend: str = "auto", dynamic_batch: bool = False) -> Path:
+    """Write `model`, prepared as for `optimize`, to the AOTInductor package `path` (.pt2); returns the path.
+
+    The package holds the compiled graph and the (folded, cast) weights; the fused attention is a
+    call of the registered custom op. Load it with `load_package` (after `import armour_kernels`).
+    dynamic_batch: one package for every batch size (dimension 0 of every input) instead of the
+    example's.
+    """
+    example = _as_tuple(example_inputs)
+    serving = prepare(model, dtype=dtype, backend=backend)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in example)
+    with torch.no_grad():
+        program = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = _device_of(serving, example)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                             inductor_configs=inductor_options(device))
+    return path
+
+
+def load_package(path):
+    """Load an AOTInductor package written by `export_package`: a callable taking the example's inputs."""
+    return torch._inductor.aoti_load_package(str(path))
+
+
+__all__ = ["optimize", "prepare", "export_package", "load_package", "ServingModel", "inductor_options"]
