@@ -37,6 +37,7 @@ def main(argv=None) -> int:
         argv = ["main"] + argv  # no subcommand: the main job, with its flags
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what the reports record as the command
     command = args.command
     module = importlib.import_module(f"armour_kernels.benchmarks.{command}")
     return module.run(args)

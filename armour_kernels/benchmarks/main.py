@@ -452,7 +452,7 @@ def run(args) -> int:
 
     s = settings(args)
     threads_before = torch.get_num_threads()
-    env = record.environment(s.device)
+    env = record.environment(s.device, getattr(args, "argv", None))
     print(f"armour-bench: {env['device']}, {','.join(s.dtypes)}; " + record.environment_lines(env)[1].strip())
     warning = record.busy_warning()
     if warning:

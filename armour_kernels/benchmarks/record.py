@@ -98,7 +98,8 @@ def busy_warning(threshold: float = 0.5) -> str | None:
             "machine for published numbers.")
 
 
-def environment(device) -> dict:
+def environment(device, argv: list | None = None) -> dict:
+    """argv: the `armour-bench` arguments (default: this process's command line)."""
     env = {"device": device_name(device), "device_type": device_type(device), "cpu": cpu_model(),
            "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(), "threads": torch.get_num_threads(),
            "python": platform.python_version(),
@@ -112,8 +113,11 @@ def environment(device) -> dict:
     if device_type(device) == "cpu":
         from .. import cpu
         env["cpu_kernels_isa"] = cpu.isa()
-    script = Path(sys.argv[0]).name if sys.argv else ""
-    env["command"] = " ".join((["armour-bench"] if script in ("armour-bench", "cli.py") else [script]) + sys.argv[1:])
+    if argv is not None:
+        env["command"] = " ".join(["armour-bench", *argv])
+    else:
+        script = Path(sys.argv[0]).name if sys.argv else ""
+        env["command"] = " ".join((["armour-bench"] if script in ("armour-bench", "cli.py") else [script]) + sys.argv[1:])
     return env
 
 

@@ -138,7 +138,7 @@ def rounds_for(budget_s: float, round_s: float, min_rounds: int = MIN_ROUNDS, ma
     """Rounds of `round_s` seconds that fit in `budget_s`, within [min_rounds, max_rounds]."""
     if round_s <= 0:
         return max_rounds
-    return int(max(min_rounds, min(max_rounds, budget_s // round_s)))
+    return int(max(min_rounds, min(max_rounds, budget_s / round_s + 1e-9)))
 
 
 def interleaved(fns: dict, device, *, budget_s: float = 2.0, warmup: int = 2, min_rounds: int = MIN_ROUNDS,
