@@ -2,6 +2,8 @@
 import argparse
 import json
 
+import pytest
+
 from armour_kernels.benchmarks import kernels
 
 
@@ -36,7 +38,8 @@ def test_interleaved_timing_and_record(tmp_path):
     calls = []
     times = timing.interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 3,
                                   warmup=1)
-    assert set(times) == {"a", "b"} and calls[2:] == ["a", "b"] * 3  # warm-up, then call by call in turn
+    # warm-up, then call by call in turn, the order rotating from round to round (no position bias)
+    assert set(times) == {"a", "b"} and calls[2:] == ["a", "b", "b", "a", "a", "b"]
     assert timing.median_ms(lambda: None, "cpu", 2) >= 0
     slug = record.device_slug("cpu")
     assert slug.startswith("cpu-") and slug.endswith("core") and " " not in slug
@@ -47,16 +50,22 @@ def test_interleaved_timing_and_record(tmp_path):
     assert record.environment_lines(env)[2].startswith("Command: `")
 
 
-def test_onnxruntime_peer_matches_torch():
+@pytest.mark.parametrize("peer", ["onnxruntime", "openvino"])
+def test_onnx_peers_match_torch(peer):
     import torch
 
-    from armour_kernels.benchmarks.models import OnnxRuntimeModel
+    from armour_kernels.benchmarks import peers
+    pytest.importorskip(peer)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardswish(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 5)).eval()
     x = torch.randn(2, 3, 8, 8)
-    out = OnnxRuntimeModel(model, x)(x)
-    assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+    onnx = peers.OnnxFile(model, x)
+    build = peers.onnxruntime_session if peer == "onnxruntime" else peers.openvino_model
+    out = build(onnx, x, torch.float32)(x)
+    onnx.close()
+    out = out[0] if peer == "openvino" else out
+    assert torch.allclose(torch.as_tensor(out), model(x), atol=1e-5)
 
 
 def test_summary_of_a_results_folder(tmp_path):
