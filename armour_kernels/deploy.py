@@ -4,6 +4,7 @@
 
 1. a deep copy in eval mode (the model given is left as it was),
 2. LeViT's BatchNorms folded into their projections (`fold_batchnorm`, exact, in fp32),
+   and its attention bias tables gathered once into dense biases (`dense_attention_biases`),
 3. the fused modules patched in (`patch`): attention runs as the custom op
    `armour_kernels::attention_fwd`, which has a fake implementation, so inductor calls it
    directly from its generated code (no graph break: it compiles with fullgraph=True),
@@ -19,8 +20,8 @@ The served model takes inputs in any floating dtype and returns outputs in the i
 (the cast to `dtype` is inside the compiled graph). Inductor's generated C++ kernels are built
 for the thread count in use when compiling (torch.get_num_threads()): call `optimize` with the
 thread count you serve with. The batch size of `example_inputs` is compiled statically; another
-batch size compiles again on first use (dynamic=True compiles one graph for every batch size,
-usually a little slower per call).
+batch size compiles again on first use (dynamic_batch=True compiles one graph for every batch
+size; the example's batch must then be > 1, as torch.compile specialises sizes 0 and 1).
 
 `export_package(model, example_inputs, path, dtype=...)` writes the same prepared model as an
 AOTInductor package (torch.export + torch._inductor.aoti_compile_and_package): a .pt2 file that
@@ -59,9 +60,11 @@ def _as_tuple(example_inputs) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
-def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: str = "auto") -> ServingModel:
+def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
+            dense_biases: bool = True) -> ServingModel:
     """The eager serving model: a deep copy, eval, BatchNorms folded, fused modules patched in,
-    weights cast to `dtype`, no gradients. `model` is not changed."""
+    LeViT bias tables gathered (`dense_biases`), weights cast to `dtype`, no gradients.
+    `model` is not changed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"armour_kernels.optimize: expected an nn.Module, got {type(model).__name__}")
     if dtype not in SERVING_DTYPES:
@@ -71,19 +74,52 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
         fold_batchnorm(model)  # before the cast: the fold is computed in float64, rounded once
     patch(model, backend=backend)
     model.requires_grad_(False)
+    if dense_biases:
+        dense_attention_biases(model)
     return ServingModel(model.to(dtype), dtype).eval()
+
+
+def dense_attention_biases(model: nn.Module) -> int:
+    """Gather each fused LeViT attention's bias table once into the dense bias it stands for, in place.
+
+    The fused LeViT attention passes its (H, R) table and (Nq, Nk) index to the kernel, which
+    gathers bias[h, index[i, j]] score by score — and checks the index range — on every call.
+    For a frozen model the gathered (H, Nq, Nk) bias is a constant (exact: a gather), so the
+    served copy carries that instead: the kernel then adds contiguous bias rows (vector adds,
+    broadcast over the batch), no index is read or checked, and under torch.compile with
+    freezing it is one more folded constant. Measured on the Sapphire Rapids CI-class machine,
+    1 thread: LeViT-128S's attention at batch 1 went from ~1.2 ms to ~0.85 ms per image; at
+    batch 64 no change (the kernel already gathers once per call there). The tables are at most
+    a few MB (LeViT-384: H·N² = 6·196² floats in the first stage). Returns how many were gathered.
+    """
+    from .nn.levit import LevitAttention, LevitAttentionDownsample
+    gathered = 0
+    for module in model.modules():
+        if not isinstance(module, (LevitAttention, LevitAttentionDownsample)):
+            continue
+        index = getattr(module, "attention_bias_idxs", None)
+        if index is None:
+            continue
+        with torch.no_grad():
+            dense = module.attention_biases[:, index].contiguous()
+        del module.attention_biases  # the Parameter: a constant buffer takes its place
+        module.register_buffer("attention_biases", dense, persistent=False)
+        module.attention_bias_idxs = None
+        gathered += 1
+    return gathered
 
 
 def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_autotune: bool = False) -> dict:
     """The inductor configuration `optimize` compiles with (see the module docstring).
 
-    freezing: weights become constants, folded and prepacked once.
-    cpp_wrapper: the graph's host code in C++ instead of Python. On the Sapphire Rapids CI-class
-    machine it measured no faster for LeViT-128S / Armour-Ti at batch 1 (the wrapper's Python is
-    ~1 µs per kernel; the custom attention op is called back into Python either way) and adds
-    compile time, so it is off by default.
-    max_autotune: benchmarks inductor's C++ GEMM templates against MKL / oneDNN per GEMM (CPU);
-    several minutes of compilation for a few percent at batch 1 (docs/benchmarks.md), off by default.
+    freezing: weights become constants, folded and prepacked once (fp32: MKL packed GEMMs, the
+    fastest of MKL / oneDNN / ATen at LeViT's batch-1 shapes on Sapphire Rapids; bf16: oneDNN
+    with bias / activation fused).
+    cpp_wrapper: the graph's host code in C++ instead of Python. Measured on the Sapphire Rapids
+    CI-class machine (LeViT-128S, batch 1, 1 thread, interleaved, loaded machine): no clear
+    difference (per-round ratio IQR 0.82-1.05x), and more compile time: off by default.
+    max_autotune: inductor's C++ GEMM templates (epilogues fused) benchmarked against MKL per
+    GEMM: no clear difference either (0.90-1.12x) for much longer compiles: off by default.
     """
     options = {"freezing": True}
     if cpp_wrapper:
@@ -103,24 +139,66 @@ def _device_of(model: nn.Module, example: tuple) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+class OptimizedModel(nn.Module):
+    """What `optimize` returns: the torch.compile'd serving model, compiled under its inductor options.
+
+    Dynamo reads `torch._inductor.config.freezing` while it traces (parameters become graph
+    constants only then) and inductor while it compiles, so the options must be set around the
+    call that compiles, not passed to torch.compile (`torch.compile(options={"freezing": True})`
+    silently does not freeze, torch 2.11). Setting them around every call costs ~10-30 µs, so
+    only a call with inputs of a shape / dtype not seen before (which compiles) runs under them.
+    """
+
+    def __init__(self, model: nn.Module, options: dict, *, fullgraph: bool = True):
+        super().__init__()
+        self.model = model
+        self.options = dict(options)
+        # dynamic=None: static shapes unless an input's dimension is marked dynamic (compile_frozen)
+        self.compiled = torch.compile(model, fullgraph=fullgraph, dynamic=None)
+        self._compiled_for = set()
+
+    def forward(self, *args):
+        key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
+        if key in self._compiled_for:
+            return self.compiled(*args)
+        with torch._inductor.config.patch(self.options):
+            out = self.compiled(*args)
+        self._compiled_for.add(key)
+        return out
+
+
+def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph: bool = True,
+                   dynamic_batch: bool = False) -> OptimizedModel:
+    """torch.compile `model` with the inductor `options` (see OptimizedModel) and compile it now on the example.
+
+    dynamic_batch: one graph for every batch size (dimension 0 of the example's tensors symbolic;
+    the other dimensions stay static: LeViT's bias tables fix the resolution anyway)."""
+    compiled = OptimizedModel(model, options, fullgraph=fullgraph)
+    example = _as_tuple(example_inputs)
+    if dynamic_batch:
+        example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)  # leave the caller's unmarked
+        for t in example:
+            if isinstance(t, torch.Tensor) and t.shape[0] > 1:
+                torch._dynamo.mark_dynamic(t, 0)
+    with torch.no_grad():  # freezing applies to inference graphs only
+        compiled(*example)
+    return compiled
+
+
 def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
-             cpp_wrapper: bool = False, max_autotune: bool = False, dynamic: bool = False) -> nn.Module:
+             cpp_wrapper: bool = False, max_autotune: bool = False, dynamic_batch: bool = False) -> nn.Module:
     """A compiled copy of `model` ready to serve (see the module docstring); `model` is not changed.
 
     example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
-    compiled in unless dynamic=True). dtype: torch.float32 or torch.bfloat16 (float16 on GPU).
+    compiled in unless dynamic_batch=True; with it, use a batch > 1). dtype: torch.float32 or torch.bfloat16 (float16 on GPU).
     backend: the armour_kernels backend of the fused modules ("auto": the C++ kernels on CPU,
-    Triton on CUDA). Returns the torch.compile'd module; call it under torch.inference_mode()
-    or torch.no_grad() (it has no gradients either way).
+    Triton on CUDA). Call the result under torch.inference_mode() or torch.no_grad() (it has no
+    gradients either way).
     """
     example = _as_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend)
-    device = _device_of(serving, example)
-    compiled = torch.compile(serving, fullgraph=True, dynamic=dynamic,
-                             options=inductor_options(device, cpp_wrapper=cpp_wrapper, max_autotune=max_autotune))
-    with torch.no_grad():
-        compiled(*example)  # compile now, not on the first request
-    return compiled
+    options = inductor_options(_device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
+    return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch)
 
 
 def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,
@@ -153,4 +231,5 @@ def load_package(path):
     return torch._inductor.aoti_load_package(str(path))
 
 
-__all__ = ["optimize", "prepare", "export_package", "load_package", "ServingModel", "inductor_options"]
+__all__ = ["optimize", "prepare", "export_package", "load_package", "ServingModel", "OptimizedModel",
+           "compile_frozen", "inductor_options", "dense_attention_biases"]

@@ -80,24 +80,30 @@ def test_optimize_levit_fp32_same_outputs_original_untouched():
         got = optimized(x)
     assert got.dtype == torch.float32
     assert_close(got, expected, torch.float32)
+    ops = {e.key for e in prof.key_averages()}
     # inductor's code calls the registered custom op itself (no graph break back into eager Python)
-    assert any(e.key == "armour_kernels::attention_fwd" for e in prof.key_averages())
+    assert "armour_kernels::attention_fwd" in ops
+    # frozen: every GEMM runs on a weight prepacked at compile time, none through ATen's addmm / mm
+    assert {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops and not {"aten::addmm", "aten::mm"} & ops, ops
     assert_unchanged(model, before)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()), "the original was folded"
     assert not model.training
 
 
-def test_optimize_armour_ti_bf16():
+def test_optimize_armour_ti_bf16_dynamic_batch():
     model = small_armour_ti()
     before = snapshot(model)
     x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        expected = model(x)
-    optimized = armour_kernels.optimize(model, x, dtype=torch.bfloat16)
-    with torch.no_grad():
-        got = optimized(x)
-    assert got.dtype == torch.float32  # served in the input's dtype, computed in bf16
-    assert_close(got, expected, torch.bfloat16, scale=2.0)
+    optimized = armour_kernels.optimize(model, x, dtype=torch.bfloat16, dynamic_batch=True)
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    for batch in (3, 5, 2):  # one graph serves every batch size: no recompilation
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = model(x)
+            got = optimized(x)
+        assert got.dtype == torch.float32  # served in the input's dtype, computed in bf16
+        assert_close(got, expected, torch.bfloat16, scale=2.0)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
     assert_unchanged(model, before)
     assert next(model.parameters()).dtype == torch.float32
 

@@ -90,7 +90,10 @@ def test_settings_defaults(monkeypatch):
     assert "timm compile" not in quick.impls and "ours optimize" in quick.impls and quick.budget_s < s.budget_s
     assert "timm compile" in _parse("--quick", "--compile").impls
     assert not set(main_job.COMPILED) & set(_parse("--no-compile").impls)
+    assert s.dynamic_batch(16, 2) and s.dynamic_batch(64, 2) and not s.dynamic_batch(1, 1)  # one compile for 16, 64
+    assert s.compile_batched and not quick.compile_batched
     assert _parse("--cases", "1x1,64x2").cases == [(1, 1), (64, 2)]
+    assert not _parse("--cases", "1x1,64x2").dynamic_batch(64, 2)  # alone at its thread count: static
     assert _parse("--batch-sizes", "1,8", "--threads", "1,2").cases == [(1, 1), (8, 1), (1, 2), (8, 2)]
 
 

@@ -23,9 +23,11 @@
 5. Writes <stem>.json (every sample summary, the environment, the command), <stem>.md and a plot
    with error bars (<stem>.png; without matplotlib one line says so and the rest is written).
 
-Expected time on a 2-core CPU: about 5 min (most of it torch.compile: two compilations per model
-and case); `--quick` (batch 1 on 1 thread and 64 on 2 threads, LeViT-128S and Armour-Ti, no timm
-compile, shorter budgets) about 2 min; `--no-compile` leaves out both compiled rows.
+The compiled rows are compiled once per model and thread count: statically at batch 1, and as one
+batch-dynamic graph shared by batch 16 and 64 (their rows say `dynamic_batch`). Most of the run is
+torch.compile (8 compilations of ~20-40 s on 2 cores) and OpenVINO / ONNX builds; `--quick` (batch 1
+on 1 thread and 64 on 2 threads, compiled rows at batch 1 only, no timm compile, 1 s budgets) needs
+2 compilations; `--no-compile` none.
 ARMOUR_BENCH_TINY=1 (or --tiny) shrinks the models to 32×32 images and one block per stage
 (a seconds-long smoke run; the tests use it).
 """
@@ -108,6 +110,12 @@ class Settings:
     budget_s: float
     min_rounds: int
     tiny: bool
+    compile_batched: bool = True    # compiled rows at batch > 1 too (--quick: batch 1 only)
+
+    def dynamic_batch(self, batch: int, threads) -> bool:
+        """Compile one batch-dynamic graph shared by the batch > 1 cases of this thread count, when
+        there are several (one compilation instead of one per batch size: the default run's time)."""
+        return batch > 1 and sum(1 for b, t in self.cases if b > 1 and t == threads) > 1
 
 
 def _cases(args, cpu: bool) -> list:
@@ -142,9 +150,10 @@ def settings(args) -> Settings:
     impls = [i for i in IMPLS if with_compile or i not in COMPILED]
     if args.quick and args.compile is None:
         impls.remove("timm compile")
-    budget = args.budget if args.budget is not None else (0.2 if args.tiny else (1.0 if args.quick else 3.0))
+    budget = args.budget if args.budget is not None else (0.2 if args.tiny else (1.0 if args.quick else 2.0))
     groups = ALL_GROUPS if args.all else GROUPS
-    return Settings(device, dtypes, _cases(args, cpu), impls, groups, budget, max(args.repeats or 5, 2), args.tiny)
+    return Settings(device, dtypes, _cases(args, cpu), impls, groups, budget, max(args.repeats or 5, 2), args.tiny,
+                    compile_batched=not args.quick or bool(args.compile))
 
 
 # ----------------------------------------------------------------------------- models
@@ -184,16 +193,16 @@ def _entries(group: Group, impls, ours_models: dict) -> list:
     return entries
 
 
-def _build(impl: str, model, example, dtype, onnx_holder: dict):
+def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: bool = False):
     """The callable of one (impl, model), or raises peers.Unavailable."""
     if impl == "timm eager":
         return peers.timm_eager(model, example, dtype)
     if impl == "ours eager":
         return _ours_eager(model, example, dtype)
     if impl == "timm compile":
-        return peers.timm_compile(model, example, dtype)
+        return peers.timm_compile(model, example, dtype, dynamic_batch=dynamic_batch)
     if impl == "ours optimize":
-        return peers.ours_optimize(model, example, dtype)
+        return peers.ours_optimize(model, example, dtype, dynamic_batch=dynamic_batch)
     if "onnx" not in onnx_holder:  # one export shared by onnxruntime and openvino
         try:
             onnx_holder["onnx"] = peers.OnnxFile(model, example)
@@ -221,8 +230,11 @@ def _error_text(error: Exception) -> str:
 
 
 def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name: str, batch: int, threads,
-                 progress: Progress) -> list:
-    """Build every implementation of one case, time them interleaved; one row each."""
+                 progress: Progress, compiled: dict | None = None) -> list:
+    """Build every implementation of one case, time them interleaved; one row each.
+
+    compiled: the group's batch-dynamic compiled models by (impl, model, threads), shared between cases."""
+    compiled = {} if compiled is None else compiled
     dtype, size = DTYPES[dtype_name], (32 if s.tiny else 224)
     if threads:
         torch.set_num_threads(threads)
@@ -235,9 +247,22 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
         progress.step(f"{where}: building {impl} ({label})")
         row = dict(group=group.peer, model=label, impl=impl, batch=batch, threads=threads,
                    dtype="fp32" if impl == "onnxruntime" else dtype_name)
+        if impl in COMPILED and batch > 1 and not s.compile_batched:
+            row["status"] = "compiled at batch 1 only in --quick"
+            rows.append(row)
+            continue
+        dynamic = impl in COMPILED and s.dynamic_batch(batch, threads)
+        if dynamic:
+            row["dynamic_batch"] = True  # one graph for this thread count's batch sizes
         start = time.perf_counter()
         try:
-            fn = _build(impl, model.to(s.device), example, dtype, onnx)
+            key = (impl, label, threads)
+            if dynamic and key in compiled:
+                fn = compiled[key]
+            else:
+                fn = _build(impl, model.to(s.device), example, dtype, onnx, dynamic_batch=dynamic)
+                if dynamic:
+                    compiled[key] = fn
             with torch.no_grad():
                 fn(example)  # a failing configuration must not lose the rest of the table
             fns[(impl, label)] = fn
@@ -443,8 +468,10 @@ def plot(rows: list, path: Path, title: str) -> str | None:
 # ----------------------------------------------------------------------------- driver
 
 def _steps(s: Settings) -> int:
-    per_case = sum(len(_entries(g, s.impls, dict(g.ours))) + 1 + (g.peer.startswith("LeViT")) for g in s.groups)
-    return len(s.dtypes) * len(s.cases) * per_case
+    """Progress steps: a build per implementation, a timing per case, a profile per batch-1 LeViT case."""
+    per_case = sum(len(_entries(g, s.impls, dict(g.ours))) + 1 for g in s.groups)
+    profiles = sum(1 for g in s.groups if g.peer.startswith("LeViT")) * sum(1 for b, _ in s.cases if b == 1)
+    return len(s.dtypes) * (len(s.cases) * per_case + (profiles if s.device.type == "cpu" else 0))
 
 
 def run(args) -> int:
@@ -477,10 +504,13 @@ def run(args) -> int:
             for dtype_name in s.dtypes:
                 for group in s.groups:
                     base, ours_models = build_models(group, s.tiny)
+                    compiled = {}
                     for batch, threads in s.cases:
-                        for row in measure_case(group, base, ours_models, s, dtype_name, batch, threads, progress):
+                        for row in measure_case(group, base, ours_models, s, dtype_name, batch, threads, progress,
+                                                compiled):
                             row["dtype_run"] = dtype_name
                             rows.append(row)
+                    del compiled
     finally:
         torch.set_num_threads(threads_before)
     add_ratios(rows)

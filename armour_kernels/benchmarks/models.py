@@ -157,8 +157,9 @@ def _optimized(build, batch, device):
 
 
 def _freezing_compile(model, device):
-    from ..deploy import inductor_options
-    return torch.compile(model, options=inductor_options(device))
+    """torch.compile with freezing; compiled on first call (under the options, see deploy.OptimizedModel)."""
+    from ..deploy import OptimizedModel, inductor_options
+    return OptimizedModel(model, inductor_options(device), fullgraph=False)
 
 
 def _inference_models(name, variant, modes, backend, device, batch):

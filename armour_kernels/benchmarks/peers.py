@@ -1,7 +1,8 @@
 """The implementations a user would pick to serve a model, each built as a callable `run(x)`.
 
     timm eager      the model as PyTorch runs it (LeViT: BatchNorm folded, as for every peer)
-    ours eager      armour_kernels.deploy.prepare: folded, patched onto the fused kernels, cast
+    ours eager      patch + fold_batchnorm (armour_kernels.deploy.prepare without the dense
+                    bias tables): the fused model as a user runs it eagerly, cast
     timm compile    torch.compile (inductor) with freezing, of the timm model
     ours optimize   armour_kernels.optimize: the above plus torch.compile with freezing
     onnxruntime     the (folded) timm model exported to ONNX, CPU provider, intra-op threads =
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..deploy import ServingModel, inductor_options, optimize, prepare
+from ..deploy import ServingModel, compile_frozen, inductor_options, optimize, prepare
 
 INSTALL_HINT = "pip install 'armour_kernels[bench]'"
 PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -55,19 +56,18 @@ def timm_eager(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
 
 
 def ours_eager(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
-    return prepare(model, dtype=dtype)
+    """`patch` + `fold_batchnorm`, as a user runs the fused model eagerly (the bias tables as they are)."""
+    return prepare(model, dtype=dtype, dense_biases=False)
 
 
-def timm_compile(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
+def timm_compile(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False):
     """torch.compile (inductor, freezing) of the model as PyTorch runs it; compiled on the example."""
-    compiled = torch.compile(timm_eager(model, example, dtype), options=inductor_options(example.device))
-    with torch.no_grad():
-        compiled(example)
-    return compiled
+    return compile_frozen(timm_eager(model, example, dtype), example, inductor_options(example.device),
+                          fullgraph=False, dynamic_batch=dynamic_batch)
 
 
-def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
-    return optimize(model, example, dtype=dtype)
+def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False):
+    return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch)
 
 
 class OnnxFile:
