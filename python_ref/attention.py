@@ -60,10 +60,18 @@ def attention_scores(q, k, *, scale=None, bias=None, mask_diagonal=False):
     return scores
 
 
+def attention_probs(scores):
+    """softmax over the keys, with one addition: a row with no finite score (every key masked to -inf
+    by the bias) has no weights at all — all zeros, so its output is 0 and no gradient flows from it
+    (PyTorch's scaled_dot_product_attention does the same; softmax alone would give NaN)."""
+    empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
 def attention(q, k, v=None, *, value="v", scale=None, bias=None, mask_diagonal=False):
     """softmax(scale·q·kᵀ + bias)·value, per head. Shapes (B, H, N, D); bias broadcasts to (B, H, Nq, Nk)."""
     scores = attention_scores(q, k, scale=scale, bias=bias, mask_diagonal=mask_diagonal)
-    return torch.softmax(scores, dim=-1) @ value_tensor(q, k, v, value)
+    return attention_probs(scores) @ value_tensor(q, k, v, value)
 
 
 def attention_lse(q, k, *, scale=None, bias=None, mask_diagonal=False):

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from ..backend import interpreting as triton_interpreting
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 
 LOG2E = 1.4426950408889634
