@@ -1,7 +1,7 @@
 """`armourize`: turn a regular DeiT or LeViT (timm or python_ref) into its Armour form to fine-tune.
 
 The conversion keeps the weights a pretrained model already has and drops the ones the Armour
-form no longer needs (SPEC §2–§3):
+form no longer needs (docs/attention.md, docs/levit.md):
 
 - DeiT (`qkv = Linear(C, 3C)` laid out [q | k | v]): "armour" and "shared_kv" keep the W_Q and
   W_K rows (and biases) → Linear(C, 2C) [q | k]; "shared_qk" / "shared_qk_nodiag" keep W_Q and

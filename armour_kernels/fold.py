@@ -1,4 +1,4 @@
-"""Fold LeViT's BatchNorms into the neighbouring Linear / Conv2d for inference (SPEC §3).
+"""Fold LeViT's BatchNorms into the neighbouring Linear / Conv2d for inference (docs/levit.md).
 
 LeViT pairs every projection with a BatchNorm: `Linear_BN` / `Conv2d_BN` (timm `LinearNorm`,
 `ConvNorm`; python_ref `Linear_BN`) normalise *after* the projection, `BN_Linear` (timm

@@ -2,7 +2,7 @@
 
 Layout is FlashAttention's (B, N, H, D), any strides: q, k and v may be views straight into a
 packed projection such as qkv(x).view(B, N, 3, H, D)[:, :, i]. The value matrix is chosen by
-`value` (SPEC §2/§3): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
+`value` (docs/attention.md): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
 
 `armour_kernels::attention_fwd` / `attention_bwd` are torch custom ops with fake (meta)
 implementations and a registered autograd formula, so `torch.compile(fullgraph=True)` traces
@@ -232,7 +232,7 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
 
 
 def armour_attention(q: Tensor, k: Tensor, **kwargs) -> Tensor:
-    """Armour attention softmax(s·q·kᵀ)·q (SPEC §2): `attention` with value="q", no v."""
+    """Armour attention softmax(s·q·kᵀ)·q (docs/attention.md): `attention` with value="q", no v."""
     return attention(q, k, value="q", **kwargs)
 
 

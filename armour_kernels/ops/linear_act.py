@@ -1,6 +1,6 @@
 """Linear + bias + Hardswish as one op: hardswish(x @ weightᵀ + bias).
 
-LeViT's MLP first layer (after BatchNorm folding) and its stem GEMMs end in Hardswish (SPEC §3).
+LeViT's MLP first layer (after BatchNorm folding) and its stem GEMMs end in Hardswish (docs/levit.md).
 The op is a torch custom op (works under torch.compile) with a fake (meta) implementation and
 an autograd formula in plain PyTorch; the backward recomputes the pre-activation with one GEMM
 instead of saving it, so the fused forward never writes it to memory.
