@@ -1,6 +1,6 @@
 """DeiT attention blocks on the fused op: one packed projection, the kernel reads q/k/v in place.
 
-`FusedDeiTAttention(variant=...)` covers every attention of SPEC §2 with the parameter names
+`FusedDeiTAttention(variant=...)` covers every attention of docs/attention.md with the parameter names
 and state-dict keys of timm's `Attention` / python_ref's DeiT `Attention` (`qkv`, `proj`):
 
     regular            qkv = Linear(C, 3C) → [q | k | v]   softmax(s·qkᵀ)·v
@@ -92,7 +92,7 @@ class FusedDeiTAttention(nn.Module):
 
 
 class ArmourAttention(FusedDeiTAttention):
-    """Armour attention (SPEC §2): qkv = Linear(C, 2C) → softmax(s·qkᵀ)·q → proj."""
+    """Armour attention (docs/attention.md): qkv = Linear(C, 2C) → softmax(s·qkᵀ)·q → proj."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, head_dim: int | None = None, backend: str = "auto"):

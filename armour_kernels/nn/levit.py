@@ -118,7 +118,7 @@ class _LevitAttentionBase(Adopted):
 
 
 class LevitAttention(_LevitAttentionBase):
-    """LeViT attention block core (no residual) for all three variants (SPEC §3).
+    """LeViT attention block core (no residual) for all three variants (docs/levit.md).
 
     The packed projection gives per head [q D, k D, third]; third is v (2D, regular), v_half
     (D, armour: value concat(q, v_half)) or nothing (armour_plus: value concat(q, k)).

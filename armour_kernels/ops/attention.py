@@ -2,7 +2,7 @@
 
 Layout is FlashAttention's (B, N, H, D), any strides: q, k and v may be views straight into a
 packed projection such as qkv(x).view(B, N, 3, H, D)[:, :, i]. The value matrix is chosen by
-`value` (SPEC §2/§3): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
+`value` (docs/attention.md): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
 
 `armour_kernels::attention_fwd` / `attention_bwd` are torch custom ops with fake (meta)
 implementations and a registered autograd formula, so `torch.compile(fullgraph=True)` traces

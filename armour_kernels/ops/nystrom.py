@@ -110,7 +110,7 @@ def _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight):
 def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_landmarks: int,
                       pinv_iterations: int = 6, mode: str = "clean", value: str = "v",
                       conv_weight: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
-    """Nyström attention (SPEC §4) of q, k, v (B, N, H, D) straight out of a bias-free projection.
+    """Nyström attention (docs/nystrom.md) of q, k, v (B, N, H, D) straight out of a bias-free projection.
 
     q is NOT pre-scaled (the op scales by d^-1/2) and any N works: the op front-pads with zero
     rows to a multiple of num_landmarks exactly like nystrom-attention 0.0.14 and returns the

@@ -95,7 +95,7 @@ def _check(q, k, v, projection, kernel, mode, value):
 def performer_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, projection: Tensor,
                         kernel: str = "softmax", mode: str = "clean", value: str = "v",
                         backend: str = "auto") -> Tensor:
-    """FAVOR+ attention φ(q)(φ(k)ᵀv) / (φ(q)·Σₙφ(k)) (SPEC §5), layout (B, N, H, D) → (B, Nq, H, Dv).
+    """FAVOR+ attention φ(q)(φ(k)ᵀv) / (φ(q)·Σₙφ(k)) (docs/performer.md), layout (B, N, H, D) → (B, Nq, H, Dv).
 
     projection: the (m, d) random-feature matrix (a fixed buffer, no gradient).
     kernel: "softmax" (positive random features) or "relu" (generalised kernel).
