@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 
 from .backend import BACKENDS, backends, use_backend
-from .convert import armourize
 from .fold import fold_batchnorm
 from .ops.attention import armour_attention, attention
 from .ops.linear_act import linear_act, linear_hardswish
@@ -20,18 +19,22 @@ from .surgery import patch, unpatch
 
 __version__ = "0.1.0"
 
-# Imported on first access: `triton` and `timm` pull in large packages.
+# Imported on first access: `triton` and `timm` pull in large packages, and the model-level
+# submodules (nn, armourize) the python_ref model definitions, which the kernels never need.
 _LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery")
+_LAZY_FUNCTIONS = {"armourize": "convert"}
 
 
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_FUNCTIONS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_FUNCTIONS))
 
 
 __all__ = ["__version__", "BACKENDS", "backends", "use_backend", "attention", "armour_attention",

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from torch.utils.weak import WeakTensorKeyDictionary
+
 from . import _require
 
 # Target size of one chunk's intermediate (MLP hidden rows, stem first-conv output): small enough
@@ -46,8 +48,56 @@ def available(dtype: torch.dtype) -> bool:
     return _AVAILABLE and (dtype == torch.float32 or (dtype == torch.bfloat16 and _BF16))
 
 
-def _cast(t, dtype):
-    return None if t is None else t.to(dtype)
+# ----------------------------------------------------------------------------- weights, prepared once
+
+# Parameter → ((its version, its storage, dtype), the weight in dtype in oneDNN's own blocked layout).
+# Handing oneDNN a plain weight makes it reorder (and, under autocast, cast) the weight on every
+# call; for bf16 on AMX that reorder cost as much as the GEMM itself at LeViT's shapes.
+_PACKED = WeakTensorKeyDictionary()
+_CAST = WeakTensorKeyDictionary()
+
+
+def _key(t: torch.Tensor, dtype: torch.dtype):
+    # In-place updates (optimizer steps, load_state_dict, `with torch.no_grad(): w.add_(…)`) move the
+    # version counter; assigning `.data` moves the storage. Writing through `w.data[...]` does
+    # neither: call clear_weight_cache() after such a write.
+    return t._version, t.untyped_storage().data_ptr(), t.storage_offset(), dtype
+
+
+def packed_weight(weight: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
+    """`weight` (out, in) cast to `dtype` and reordered for oneDNN, made once per parameter version.
+
+    Inference tensors (made under torch.inference_mode) have no version counter: they are prepared
+    on every call."""
+    key = None if weight.is_inference() else _key(weight, dtype)
+    hit = _PACKED.get(weight) if key is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), max(1, rows))
+    if key is not None:
+        _PACKED[weight] = (key, packed)
+    return packed
+
+
+def cast_once(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`t` in `dtype` (a bias, a conv weight), cast once per parameter version."""
+    if t is None or t.dtype == dtype:
+        return t
+    if t.is_inference():
+        return t.to(dtype)
+    key = _key(t, dtype)
+    hit = _CAST.get(t)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    cast = t.detach().to(dtype)
+    _CAST[t] = (key, cast)
+    return cast
+
+
+def clear_weight_cache() -> None:
+    """Forget every prepared weight (they are rebuilt on the next call)."""
+    _PACKED.clear()
+    _CAST.clear()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, dtype: torch.dtype,
@@ -59,7 +109,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     AMD EPYC CI machine, and slower in fp32), else promoted as `y + residual` would be.
     """
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
-    w, b = weight.to(dtype), _cast(bias, dtype)
+    w, b = packed_weight(weight, dtype, rows.shape[0]), cast_once(bias, dtype)
     out_shape = (*x.shape[:-1], weight.shape[0])
     attr, algorithm = ONEDNN_ACTIVATIONS[act]
     y = torch.ops.mkldnn._linear_pointwise(rows, w, b, attr, [], algorithm).view(out_shape)
@@ -83,18 +133,20 @@ def mlp(x: torch.Tensor, fc1: tuple, act: str, fc2: tuple, dtype: torch.dtype,
     """fc2(act(fc1(x))) [+ residual], in row chunks: the hidden activation of a chunk stays in cache
     and is never materialised for the whole batch. fc1 / fc2: (weight, bias). Exact (row-independent)."""
     (w1, b1), (w2, b2) = fc1, fc2
-    w1, b1, w2, b2 = w1.to(dtype), _cast(b1, dtype), w2.to(dtype), _cast(b2, dtype)
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
     res = None if residual is None else residual.reshape(-1, w2.shape[0])
     attr, algorithm = ONEDNN_ACTIVATIONS[act]
     step = _chunks(w1.shape[0], rows.element_size())
+    out_features = w2.shape[0]
+    w1, w2 = packed_weight(w1, dtype, min(step, rows.shape[0])), packed_weight(w2, dtype, min(step, rows.shape[0]))
+    b1, b2 = cast_once(b1, dtype), cast_once(b2, dtype)
     outs = []
     for start in range(0, rows.shape[0], step):
         hidden = torch.ops.mkldnn._linear_pointwise(rows[start:start + step], w1, b1, attr, [], algorithm)
         out = torch.ops.mkldnn._linear_pointwise(hidden, w2, b2, "none", [], "")
         outs.append(_add_residual(out, None if res is None else res[start:start + step]))  # while in cache
     y = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return y.view(*x.shape[:-1], w2.shape[0])
+    return y.view(*x.shape[:-1], out_features)
 
 
 def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tensor:
@@ -104,7 +156,7 @@ def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tenso
     batch is cut so that the first layer's output per chunk is about CHUNK_BYTES. The result is
     channels-last (B, C, H, W) — its `.flatten(2).transpose(1, 2)` tokens are contiguous.
     """
-    params = [(w.to(dtype), _cast(b, dtype), stride, padding, ONEDNN_ACTIVATIONS[act])
+    params = [(cast_once(w, dtype), cast_once(b, dtype), stride, padding, ONEDNN_ACTIVATIONS[act])
               for w, b, stride, padding, act in layers]
     w0, _, s0, _, _ = params[0]
     first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
@@ -137,5 +189,5 @@ def linear_hardswish_forward(x, weight, bias=None, *, gemm="auto"):
     return C.linear_hardswish(x, weight, bias, gemm)
 
 
-__all__ = ["available", "linear", "mlp", "conv_chain", "linear_hardswish_forward", "ONEDNN_ACTIVATIONS",
-           "CHUNK_BYTES"]
+__all__ = ["available", "linear", "mlp", "conv_chain", "linear_hardswish_forward", "packed_weight", "cast_once",
+           "clear_weight_cache", "ONEDNN_ACTIVATIONS", "CHUNK_BYTES"]

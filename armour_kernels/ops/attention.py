@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from ..backend import select
+from ..backend import select, wants_grad
 from ..constants import MAX_HEAD_DIM, VALUE_SOURCES
 from ._empty import zeros_of
 
@@ -51,15 +51,20 @@ def _dense_bias(bias, bias_index, q, k):
 
 # ----------------------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("armour_kernels::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor],
-                  bias_index: Optional[Tensor], value: str, scale: float, mask_diagonal: bool,
-                  backend: str) -> tuple[Tensor, Tensor]:
-    if bias_index is not None:  # here, not in `attention`: this body also runs under torch.compile
+def _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
+    """The kernel call: (out, lse). Runs at call time, also under torch.compile (as the op's body)."""
+    if bias_index is not None:
         check_index_range(bias_index, bias.shape[1])
     forward, _ = _launchers(backend)
     return forward(q, k, v, _dense_bias(bias, bias_index, q, k), bias_index,
                    value=value, scale=scale, mask_diagonal=mask_diagonal)
+
+
+@torch.library.custom_op("armour_kernels::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor],
+                  bias_index: Optional[Tensor], value: str, scale: float, mask_diagonal: bool,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    return _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend)
 
 
 @attention_fwd.register_fake
@@ -265,7 +270,10 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
     if q.dtype not in KERNEL_DTYPES[backend]:
         raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES[backend]}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
-    out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
+    if torch.compiler.is_compiling() or wants_grad(q, k, v, bias):
+        out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
+    else:  # eager inference: the kernel without the custom op's dispatch (tens of µs a call)
+        out, _ = _forward(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
     return out
 
 
