@@ -12,7 +12,7 @@
 5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
    layouts on CPU). Under compilation the fused modules hand their dense layers to PyTorch's
-   `F.linear` / convolutions (armour_kernels.cpu.dense.serves is false while compiling), which
+   `F.linear` / convolutions (ops.linear_act leaves oneDNN to inductor while compiling), which
    is what lets inductor prepack them and fuse the bias, activation and residual around them.
    The example inputs are run once, so the compilation happens here and not at the first request.
 

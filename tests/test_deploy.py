@@ -14,7 +14,7 @@ import torch
 
 import armour_kernels
 import python_ref
-from armour_kernels._backend import cpu_has_op
+from armour_kernels.backend import cpu_has_op
 from armour_kernels.deploy import prepare
 from conftest import assert_close
 

@@ -216,7 +216,7 @@ def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: b
 
 
 def _ours_eager(model, example, dtype):
-    from .._backend import cpu_has_op
+    from ..backend import cpu_has_op
     if example.device.type == "cpu" and not cpu_has_op("attention"):
         raise peers.Unavailable("C++ extension not built")
     return peers.ours_eager(model, example, dtype)

@@ -18,7 +18,7 @@ so Armour ("q") never has a dV tensor, and the concat of "q+v" / "q+k" is never 
 
 Bias: none; dense (B, H, Nq, Nk) through strides (stride 0 for broadcast dims); or the LeViT
 table (H, R) gathered in-kernel as table[h, idx[i, j]].
-Diagonal mask (SPEC §2 `shared_qk_nodiag`): scores[i, i] = -inf unless the row has no other
+Diagonal mask (docs/attention.md, `shared_qk_nodiag`): scores[i, i] = -inf unless the row has no other
 finite key; which rows keep their diagonal is worked out on the host (`_keep_diagonal`), so the
 forward and both backward kernels agree on one mask.
 """
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from ..backend import interpreting as triton_interpreting
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 
 LOG2E = 1.4426950408889634
@@ -297,7 +297,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen offline from the sm_90 cubins (ptxas -v, bf16,
-# tools/ptxas_report.py): each list keeps configs that compile without register spills and with
+# armour_kernels/triton/cubin.py): each list keeps configs that compile without register spills and with
 # wgmma for head dims 16–64, plus narrower ones that still fit at 128–256 (see `_prune`).
 # The dK/dV kernel's tiles are key-major, so there BLOCK_N is the wgmma M dimension.
 _FWD_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)]

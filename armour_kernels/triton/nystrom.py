@@ -1,4 +1,4 @@
-"""Fused Nyström attention kernels, forward and backward (SPEC §4, nystrom-attention 0.0.14).
+"""Fused Nyström attention kernels, forward and backward (docs/nystrom.md, nystrom-attention 0.0.14).
 
 Per (batch, head), on the front-padded sequence of np = n + p rows (p zero rows in front so m
 divides np; l = np / m rows per landmark), with qs = q·d^-1/2:
@@ -43,7 +43,7 @@ from ._split import split_block, split_program, split_sizes
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
 # Every dot is exact IEEE fp32 (no TF32), whatever the input dtype: the m×m work and the landmark
-# softmaxes must be fp32 (SPEC §4), and with d = 32 these kernels are bound by memory, not by FLOPs.
+# softmaxes must be fp32 (docs/nystrom.md), and with d = 32 these kernels are bound by memory, not by FLOPs.
 DOT_PRECISION = "ieee"
 # Warps for the kernels that hold fp32 (landmark × feature) or (landmark × landmark) tiles: at
 # the default 4, ptxas spills them to local memory on sm_90 (the pinv kernel: 39.6 KB per

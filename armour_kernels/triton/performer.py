@@ -1,4 +1,4 @@
-"""Fused Performer (FAVOR+) attention kernels, forward and backward (SPEC §5).
+"""Fused Performer (FAVOR+) attention kernels, forward and backward (docs/performer.md).
 
 Per (batch, head), with u = dn·x·Pᵀ (dn = d^-1/4) and the features φ computed on chip:
   softmax kernel: φ(x) = exp(u − ‖x‖²dn²/2 − stab) + 1e-4   (query stab: row max of u;
