@@ -31,6 +31,7 @@ which registers the custom ops the package calls, is what makes a fresh process 
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
 
 import torch
@@ -154,7 +155,7 @@ class OptimizedModel(nn.Module):
         self.model = model
         self.options = dict(options)
         # dynamic=None: static shapes unless an input's dimension is marked dynamic (compile_frozen)
-        self.compiled = torch.compile(model, fullgraph=fullgraph, dynamic=None)
+        self.compiled = torch.compile(_own_entry_point(model), fullgraph=fullgraph, dynamic=None)
         self._compiled_for = set()
 
     def forward(self, *args):
@@ -165,6 +166,21 @@ class OptimizedModel(nn.Module):
             out = self.compiled(*args)
         self._compiled_for.add(key)
         return out
+
+
+def _own_entry_point(model: nn.Module):
+    """A function calling `model`, with a code object of its own.
+
+    Dynamo keeps compiled graphs per code object, and with freezing each graph is guarded on the
+    identity of the module whose weights it holds as constants. Compiling `model` itself would put
+    every optimized model of a process (all ServingModels share ServingModel.forward) in one cache:
+    each call would test the guards of the models compiled before it (~20 µs each), and past
+    torch._dynamo.config.recompile_limit (8) models the next one would silently run eagerly."""
+    def serve(*args):
+        return model(*args)
+
+    code = serve.__code__.replace(co_name=f"serve_{type(model).__name__}_{id(model):x}")
+    return types.FunctionType(code, serve.__globals__, code.co_name, None, serve.__closure__)
 
 
 def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph: bool = True,

@@ -166,3 +166,23 @@ def test_prepare_leaves_the_model_as_it_was():
     assert next(served.parameters()).dtype == torch.bfloat16 and not next(served.parameters()).requires_grad
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in served.modules())
 
+
+
+def test_many_optimized_models_each_stay_compiled_and_frozen():
+    """Every compiled model has its own Dynamo cache: the 9th (past the recompile limit of 8 that one
+    shared code object would hit) is still compiled, with its weights frozen and prepacked."""
+    from torch.profiler import profile
+
+    from armour_kernels.deploy import ServingModel, compile_frozen, inductor_options
+    models = []
+    for _ in range(torch._dynamo.config.recompile_limit + 1):
+        plain = ServingModel(torch.nn.Linear(8, 4).eval().requires_grad_(False), torch.float32)
+        models.append((plain, compile_frozen(plain, torch.randn(2, 8), inductor_options(torch.device("cpu")))))
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        for plain, compiled in models:
+            torch.testing.assert_close(compiled(x), plain(x))
+        with profile() as prof:
+            models[-1][1](x)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::addmm" not in ops and {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops, ops
