@@ -89,8 +89,9 @@ def dense_attention_biases(model: nn.Module) -> int:
     served copy carries that instead: the kernel then adds contiguous bias rows (vector adds,
     broadcast over the batch), no index is read or checked, and under torch.compile with
     freezing it is one more folded constant. Measured on the Sapphire Rapids CI-class machine,
-    1 thread: LeViT-128S's attention at batch 1 went from ~1.2 ms to ~0.85 ms per image; at
-    batch 64 no change (the kernel already gathers once per call there). The tables are at most
+    1 thread, batch 1: the attention kernel calls of LeViT-128S take ~0.85 ms instead of ~1.2 ms
+    (standalone), about 3% of the optimized model's call; at batch 64 no change (the kernel
+    already gathers once per call there). The tables are at most
     a few MB (LeViT-384: H·N² = 6·196² floats in the first stage). Returns how many were gathered.
     """
     from .nn.levit import LevitAttention, LevitAttentionDownsample
@@ -117,10 +118,12 @@ def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_aut
     fastest of MKL / oneDNN / ATen at LeViT's batch-1 shapes on Sapphire Rapids; bf16: oneDNN
     with bias / activation fused).
     cpp_wrapper: the graph's host code in C++ instead of Python. Measured on the Sapphire Rapids
-    CI-class machine (LeViT-128S, batch 1, 1 thread, interleaved, loaded machine): no clear
-    difference (per-round ratio IQR 0.82-1.05x), and more compile time: off by default.
+    CI-class machine (LeViT-128S, batch 1, 1 thread, interleaved, load average ~4): no clear
+    difference, ours or timm's (per-round ratio IQR 0.79-1.10x): off by default.
     max_autotune: inductor's C++ GEMM templates (epilogues fused) benchmarked against MKL per
-    GEMM: no clear difference either (0.90-1.12x) for much longer compiles: off by default.
+    GEMM at compile time: 1.06x (1.04-1.08) on that machine for LeViT-128S at batch 1, for a
+    first compilation of ~2 minutes instead of ~30 s (cached afterwards): off by default, worth
+    it for a model compiled once and served long (`armour-bench export --max-autotune`).
     """
     options = {"freezing": True}
     if cpp_wrapper:
@@ -218,7 +221,7 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
 
 
 def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,
-                   backend: str = "auto", dynamic_batch: bool = False) -> Path:
+                   backend: str = "auto", dynamic_batch: bool = False, max_autotune: bool = False) -> Path:
     """Write `model`, prepared as for `optimize`, to the AOTInductor package `path` (.pt2); returns the path.
 
     The package holds the compiled graph and the (folded, cast) weights; the fused attention is a
@@ -238,7 +241,7 @@ def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype
     path.parent.mkdir(parents=True, exist_ok=True)
     device = _device_of(serving, example)
     torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                             inductor_configs=inductor_options(device))
+                                             inductor_configs=inductor_options(device, max_autotune=max_autotune))
     return path
 
 

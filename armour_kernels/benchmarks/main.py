@@ -93,6 +93,8 @@ def add_arguments(parser):
                                help="include timm compile even with --quick")
     compile_group.add_argument("--no-compile", dest="compile", action="store_false",
                                help="leave out both compiled rows (timm compile, ours optimize)")
+    parser.add_argument("--max-autotune", action="store_true",
+                        help="ours optimize with max_autotune=True (inductor's GEMM templates; minutes more to compile)")
     parser.add_argument("--all", action="store_true", help="also DeiT-Ti fused, Armour-128S and Armour+-128S")
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("ARMOUR_BENCH_TINY", "0") not in ("", "0"),
                         help="tiny models (32×32 images, one block per stage): a seconds-long smoke run")
@@ -111,6 +113,7 @@ class Settings:
     min_rounds: int
     tiny: bool
     compile_batched: bool = True    # compiled rows at batch > 1 too (--quick: batch 1 only)
+    max_autotune: bool = False      # ours optimize(max_autotune=True)
 
     def dynamic_batch(self, batch: int, threads) -> bool:
         """Compile one batch-dynamic graph shared by the batch > 1 cases of this thread count, when
@@ -153,7 +156,7 @@ def settings(args) -> Settings:
     budget = args.budget if args.budget is not None else (0.2 if args.tiny else (1.0 if args.quick else 2.0))
     groups = ALL_GROUPS if args.all else GROUPS
     return Settings(device, dtypes, _cases(args, cpu), impls, groups, budget, max(args.repeats or 5, 2), args.tiny,
-                    compile_batched=not args.quick or bool(args.compile))
+                    compile_batched=not args.quick or bool(args.compile), max_autotune=args.max_autotune)
 
 
 # ----------------------------------------------------------------------------- models
@@ -193,7 +196,8 @@ def _entries(group: Group, impls, ours_models: dict) -> list:
     return entries
 
 
-def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: bool = False):
+def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: bool = False,
+           max_autotune: bool = False):
     """The callable of one (impl, model), or raises peers.Unavailable."""
     if impl == "timm eager":
         return peers.timm_eager(model, example, dtype)
@@ -202,7 +206,7 @@ def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: b
     if impl == "timm compile":
         return peers.timm_compile(model, example, dtype, dynamic_batch=dynamic_batch)
     if impl == "ours optimize":
-        return peers.ours_optimize(model, example, dtype, dynamic_batch=dynamic_batch)
+        return peers.ours_optimize(model, example, dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune)
     if "onnx" not in onnx_holder:  # one export shared by onnxruntime and openvino
         try:
             onnx_holder["onnx"] = peers.OnnxFile(model, example)
@@ -247,6 +251,8 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
         progress.step(f"{where}: building {impl} ({label})")
         row = dict(group=group.peer, model=label, impl=impl, batch=batch, threads=threads,
                    dtype="fp32" if impl == "onnxruntime" else dtype_name)
+        if impl == "ours optimize" and s.max_autotune:
+            row["max_autotune"] = True
         if impl in COMPILED and batch > 1 and not s.compile_batched:
             row["status"] = "compiled at batch 1 only in --quick"
             rows.append(row)
@@ -260,7 +266,8 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
             if dynamic and key in compiled:
                 fn = compiled[key]
             else:
-                fn = _build(impl, model.to(s.device), example, dtype, onnx, dynamic_batch=dynamic)
+                fn = _build(impl, model.to(s.device), example, dtype, onnx, dynamic_batch=dynamic,
+                            max_autotune=s.max_autotune)
                 if dynamic:
                     compiled[key] = fn
             with torch.no_grad():

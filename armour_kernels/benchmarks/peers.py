@@ -66,8 +66,9 @@ def timm_compile(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dy
                           fullgraph=False, dynamic_batch=dynamic_batch)
 
 
-def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False):
-    return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch)
+def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False,
+                  max_autotune: bool = False):
+    return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune)
 
 
 class OnnxFile:
