@@ -15,7 +15,7 @@ import torch
 import armour_kernels
 import python_ref
 from armour_kernels.backend import cpu_has_op
-from armour_kernels.deploy import prepare
+from armour_kernels.deploy import ChannelsLastOutput, prepare
 from conftest import assert_close
 
 pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
@@ -165,6 +165,10 @@ def test_prepare_leaves_the_model_as_it_was():
     assert_unchanged(model, before)
     assert next(served.parameters()).dtype == torch.bfloat16 and not next(served.parameters()).requires_grad
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in served.modules())
+    assert isinstance(served.model.stem, ChannelsLastOutput)  # contiguous tokens for the first stage's GEMMs
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(served(x), prepare(model.eval(), dtype=torch.bfloat16, dense_biases=False)(x), torch.bfloat16)
 
 
 
