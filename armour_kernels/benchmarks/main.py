@@ -377,20 +377,22 @@ def table(rows: list) -> str:
     for row in rows:
         cases.setdefault(_case_text(row), []).append(row)
     for title, case in cases.items():
-        lines = []
+        lines, status = [], {}
         for r in case:
             if "img_per_s" in r:
                 lines.append([r["impl"], r["model"], f"{r['img_per_s']:.1f}",
                               f"{r['img_per_s_low']:.1f}-{r['img_per_s_high']:.1f}", f"{r['median_ms']:.2f}",
                               _ratio_text(r.get("optimize_vs_this"))])
-            else:
-                lines.append([r["impl"], r["model"], r["status"], "", "", ""])
-        widths = [max(len(h), *(len(l[i]) for l in lines if len(l[i]) < 40)) for i, h in enumerate(header)]
+            else:  # a row without a timing: its reason, written across the number columns
+                status[len(lines)] = r["status"]
+                lines.append([r["impl"], r["model"], "", "", "", ""])
+        widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
 
-        def fmt(cols):
-            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) if i < 5 else c for i, (c, w) in
-                             enumerate(zip(cols, widths))).rstrip()
-        block = [title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines]
+        def fmt(cols, note=None):
+            cells = [c.ljust(w) if i < 2 else c.rjust(w) if i < 5 else c for i, (c, w) in enumerate(zip(cols, widths))]
+            return "  ".join(cells[:2] + [note] if note else cells).rstrip()
+        block = [title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(l, status.get(i)) for i, l in
+                                                                          enumerate(lines)]
         eager = [r for r in case if r["impl"] == "ours eager" and r.get("vs_timm_eager")]
         block += [f"  {r['model']} ours eager vs timm eager: {_ratio_text(r['vs_timm_eager'])}" for r in eager]
         blocks.append("\n".join(block))
