@@ -1,7 +1,8 @@
 // Torch side of the CPU Nyström kernels (docs/nystrom.md): checks, outputs, and the order of the
-// passes (kernels/nystrom_kernel.h, nystrom_backward_kernel.h) with the (B·H, m, ·)-sized work
-// between them in ATen: the m×m softmax A2 and pinv (nystrom_pinv.cpp), merging the per-split
-// online softmaxes of W = A3·v, and summing per-split gradient partials.
+// passes (kernels/nystrom_kernel.h, nystrom_pinv_kernel.h, nystrom_backward_kernel.h) with the
+// (B·H, m, ·)-sized work between them in ATen: the m×m softmax A2 and the pinv's scale
+// (nystrom_pinv.cpp), merging the per-split online softmaxes of W = A3·v, and summing per-split
+// gradient partials.
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -39,6 +40,7 @@ NystromArgs describe_nystrom(const char* op, const at::Tensor& q, const at::Tens
   a.k = strided4(k);
   a.v = strided4(val);
   a.p.splits = choose_splits(a.p.B * a.p.H, a.N);
+  a.iterations = static_cast<int>(pinv_iterations);
   if (conv_weight.has_value() && conv_weight->defined()) {
     const at::Tensor& w = *conv_weight;
     TORCH_CHECK(w.device().is_cpu() && w.dim() == 4 && w.size(0) == a.p.H && w.size(1) == 1 && w.size(3) == 1 &&
@@ -72,7 +74,8 @@ std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k
   a.kl = kl.data_ptr<float>();
   kernels.nystrom_landmarks(a);
 
-  const at::Tensor z = linear::razavi_pinv(landmark_softmax(ql, kl), pinv_iterations, mode == "seed", nullptr);
+  const at::Tensor a2 = landmark_softmax(ql, kl);
+  const linear::PinvScale scale = linear::pinv_scale(a2, mode == "seed");
 
   at::Tensor part_max = at::empty({T, M}, f32), part_sum = at::empty({T, M}, f32);
   at::Tensor part_acc = at::empty({T, M, a.p.Dv}, f32);
@@ -89,9 +92,15 @@ std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k
                            .contiguous();
   const at::Tensor lse = (top.squeeze(1) + sum.log()).contiguous();
 
-  const at::Tensor y = at::bmm(z, w).contiguous();
-  at::Tensor out = at::empty({a.p.B, a.N, a.p.H, a.p.Dv}, f32);
+  // Y = pinv(A2)·W
+  at::Tensor y = at::empty({BH, M, a.p.Dv}, f32);
+  a.a2 = a2.data_ptr<float>();
+  a.denom = scale.denom.data_ptr<float>();
+  a.w = w.data_ptr<float>();
   a.y = y.data_ptr<float>();
+  kernels.nystrom_pinv(a);
+
+  at::Tensor out = at::empty({a.p.B, a.N, a.p.H, a.p.Dv}, f32);
   a.out = out.data_ptr<float>();
   kernels.nystrom_output(a);
   return {out, ql, kl, w, y, lse};
@@ -132,15 +141,21 @@ std::vector<at::Tensor> nystrom_backward(const at::Tensor& dout, const at::Tenso
   a.part_dyt = part_dyt.data_ptr<float>();
   a.part_dklt = part_dklt.data_ptr<float>();
   kernels.nystrom_query_grad(a);
-  const at::Tensor dy = sum_splits(part_dyt, BH, S).transpose(1, 2);
+  const at::Tensor dy = sum_splits(part_dyt, BH, S).transpose(1, 2).contiguous();
   at::Tensor dkl = sum_splits(part_dklt, BH, S).transpose(1, 2).mul(a.scale);
 
-  // the m×m part: Y = Z W, Z = pinv(A2), A2 = softmax(q̃ k̃ᵀ)
+  // the m×m part: Y = Z W, Z = pinv(A2) (the iterations per (b, h), their scale here), A2 = softmax(q̃ k̃ᵀ)
   const at::Tensor a2 = landmark_softmax(ql, kl);
-  linear::PinvTrace trace;
-  const at::Tensor z = linear::razavi_pinv(a2, pinv_iterations, seed, &trace);
-  const at::Tensor dw = at::bmm(z.transpose(1, 2), dy).contiguous();
-  const at::Tensor da2 = linear::razavi_pinv_backward(a2, trace, seed, at::bmm(dy, w.transpose(1, 2)));
+  const linear::PinvScale scale = linear::pinv_scale(a2, seed);
+  at::Tensor dw = at::empty({BH, M, Dv}, f32), da2 = at::empty({BH, M, M}, f32), dc = at::empty({BH}, f32);
+  a.a2 = a2.data_ptr<float>();
+  a.denom = scale.denom.data_ptr<float>();
+  a.dy = dy.data_ptr<float>();
+  a.dw = dw.data_ptr<float>();
+  a.da2 = da2.data_ptr<float>();
+  a.dc = dc.data_ptr<float>();
+  kernels.nystrom_pinv_grad(a);
+  da2.add_(linear::pinv_scale_backward(a2, scale, dc, seed));
   const at::Tensor ds2 = a2 * (da2 - (a2 * da2).sum(-1, /*keepdim=*/true));
   at::Tensor dql = at::bmm(ds2, kl);
   dkl = dkl.baddbmm(ds2.transpose(1, 2), ql).contiguous();
@@ -148,7 +163,6 @@ std::vector<at::Tensor> nystrom_backward(const at::Tensor& dout, const at::Tenso
 
   // 2. keys: dk, dv, and per split dq̃ᵀ, the conv weight's gradient
   at::Tensor part_dqlt = at::empty({T, D, M}, f32), part_dconv = at::empty({T, a.K > 0 ? a.K : 1}, f32);
-  a.dw = dw.data_ptr<float>();
   a.delta = delta.data_ptr<float>();
   a.dkl = dkl.data_ptr<float>();
   a.part_dqlt = part_dqlt.data_ptr<float>();

@@ -76,19 +76,26 @@ struct NystromArgs {
   float *ql = nullptr, *kl = nullptr;
   // key pass (in: ql; out per task: part_max, part_sum (T, M), part_acc (T, M, Dv)) of W = A3·v
   float *part_max = nullptr, *part_sum = nullptr, *part_acc = nullptr;
-  // output pass (in: kl, y (B·H, M, Dv) = pinv(A2)·W; out: out (B, N, H, Dv) contiguous)
-  const float* y = nullptr;
+  // pinv pass, per (b, h) (in: a2 = A2 (B·H, M, M), denom (B·H) the scale c of Z₀ = A2ᵀ / c,
+  // w (B·H, M, Dv) = A3·v; out: y = pinv(A2)·W (B·H, M, Dv))
+  int iterations = 6;
+  const float *a2 = nullptr, *denom = nullptr, *w = nullptr;
+  float* y = nullptr;
+  // output pass (in: kl, y; out: out (B, N, H, Dv) contiguous)
   float* out = nullptr;
   // backward, dout (B, N, H, Dv) any strides; outputs contiguous:
   //   query pass (in: kl, y; out: dq ← scale·dS1·k̃, per task part_dyt (T, Dv, M) = Σ dOᵀA1,
   //     part_dklt (T, D, M) = Σ qᵀdS1 (unscaled));
-  //   key pass (in: ql, lse (B·H, M), w, dw (B·H, M, Dv), delta (B·H, M) = rowsum(dW∘W),
+  //   pinv pass, per (b, h) (in: a2, denom, w, dy (B·H, M, Dv); out: dw (B·H, M, Dv), da2
+  //     (B·H, M, M) through the iterations and Z₀ = A2ᵀ / c at fixed c, dc (B·H) = ∂L/∂c);
+  //   key pass (in: ql, lse (B·H, M), dw, delta (B·H, M) = rowsum(dW∘W),
   //     dkl (B·H, M, D) the whole k̃ gradient; out: dk, dv (or += dq for value "q"),
   //     per task part_dqlt (T, D, M) = Σ kᵀdS3, part_dconv (T, K));
   //   landmark pass (in: dql (B·H, M, D) the whole q̃ gradient; out: dq += scale / group · dq̃[landmark]).
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *part_dyt = nullptr, *part_dklt = nullptr, *part_dqlt = nullptr, *part_dconv = nullptr;
-  const float *lse = nullptr, *w = nullptr, *dw = nullptr, *delta = nullptr, *dkl = nullptr, *dql = nullptr;
+  float *dw = nullptr, *da2 = nullptr, *dc = nullptr;
+  const float *dy = nullptr, *lse = nullptr, *delta = nullptr, *dkl = nullptr, *dql = nullptr;
 };
 
 struct LinearKernelTable {
@@ -100,8 +107,10 @@ struct LinearKernelTable {
   void (*performer_stab_grad)(const PerformerArgs&);
   void (*nystrom_landmarks)(const NystromArgs&);
   void (*nystrom_key_forward)(const NystromArgs&);
+  void (*nystrom_pinv)(const NystromArgs&);
   void (*nystrom_output)(const NystromArgs&);
   void (*nystrom_query_grad)(const NystromArgs&);
+  void (*nystrom_pinv_grad)(const NystromArgs&);
   void (*nystrom_key_grad)(const NystromArgs&);
   void (*nystrom_landmark_grad)(const NystromArgs&);
 };
@@ -117,8 +126,9 @@ const LinearKernelTable& current_linear_kernels();  // linear_dispatch.cpp; avx5
                                          &ISA::performer_context,     &ISA::performer_output,                \
                                          &ISA::performer_query_grad,  &ISA::performer_key_grad,              \
                                          &ISA::performer_stab_grad,   &ISA::nystrom_landmarks,               \
-                                         &ISA::nystrom_key_forward,   &ISA::nystrom_output,                  \
-                                         &ISA::nystrom_query_grad,    &ISA::nystrom_key_grad,                \
+                                         &ISA::nystrom_key_forward,   &ISA::nystrom_pinv,                    \
+                                         &ISA::nystrom_output,        &ISA::nystrom_query_grad,              \
+                                         &ISA::nystrom_pinv_grad,     &ISA::nystrom_key_grad,                \
                                          &ISA::nystrom_landmark_grad};                                      \
     return table;                                                                                            \
   }

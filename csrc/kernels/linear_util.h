@@ -118,6 +118,15 @@ inline float max_n(const float* x, int64_t len) {
   return r;
 }
 
+// Max of x[0, len) with x[len, padded) set to −inf first (padded a multiple of W): whole vectors
+// only, no scalar tail (a dependent chain of scalar max ops costs as much as the vector part).
+inline float max_padded(float* x, int64_t len, int64_t padded) {
+  for (int64_t j = len; j < padded; ++j) x[j] = -INFINITY;
+  VecF m = VecF::load(x);
+  for (int64_t j = VecF::W; j < padded; j += VecF::W) m = vmax(m, VecF::load(x + j));
+  return hmax(m);
+}
+
 // dst (rows × cols, row stride ldd) = srcᵀ where src is (cols × rows, row stride lds); small
 // per-(b, h) operands only.
 inline void transpose_into(const float* src, int64_t lds, int64_t cols, int64_t rows, float scale, float* dst,
@@ -129,8 +138,7 @@ inline void transpose_into(const float* src, int64_t lds, int64_t cols, int64_t 
 // In place softmax of x[0, len) (padded a multiple of W, ≥ len; the lanes past len become 0).
 // Returns the natural log of the sum of exponentials.
 inline float softmax_row(float* x, int64_t len, int64_t padded) {
-  for (int64_t j = len; j < padded; ++j) x[j] = -INFINITY;  // vexp(-inf) = 0
-  const float mx = max_n(x, padded);
+  const float mx = max_padded(x, len, padded);  // the padding lanes −inf: vexp gives 0 there
   const VecF shift = VecF::set1(mx);
   VecF sum = VecF::zero();
   for (int64_t j = 0; j < padded; j += VecF::W) {
@@ -198,6 +206,23 @@ inline void load_window(const Strided4& t, int64_t b, int64_t h, int64_t n0, int
       load_row(t, b, src, h, cols, 1.f, dst);
     }
   }
+}
+
+// Whether rows of t can be read in place as whole vectors: unit feature stride and `cols` a
+// multiple of W (then the residual conv reads its taps' rows without copying them).
+inline bool rows_in_place(const Strided4& t, int64_t cols) { return t.sd == 1 && cols % VecF::W == 0; }
+
+// out[0, cols) (+)= Σ_t taps[t] · x[n + t − half] over the taps whose row lies in [0, N): the
+// depthwise conv along the sequence at output row n, reading the rows of head h in place
+// (rows_in_place(x, cols)).
+inline void conv_row_in_place(const float* taps, int64_t K, const Strided4& x, int64_t b, int64_t h, int64_t n,
+                              int64_t N, int64_t cols, float* out, bool add) {
+  const int64_t half = K / 2, t0 = imax(0, half - n), t1 = imin(K, N - n + half);
+  if (t1 <= t0) {
+    if (!add) std::memset(out, 0, sizeof(float) * cols);
+    return;
+  }
+  row_gemv(taps + t0, t1 - t0, row_ptr(x, b, n + t0 - half, h), x.sn, cols, out, add);
 }
 
 // out[r] (+)= Σ_t taps[t] · win[r + t] for r < rows: the depthwise conv of a loaded window;

@@ -3,14 +3,15 @@
 // real rows and dS = A∘(dA − rowsum(A∘dA)) for each softmax:
 //   1. nystrom_query_grad   A1 = softmax(qs k̃ᵀ) again; dA1 = dO Yᵀ → dS1;
 //                           dq ← D^-1/2 dS1 k̃, and per split dYᵀ = Σ dOᵀA1, dk̃ᵀ = Σ qᵀdS1;
-//   [torch: dY → dZ = dY Wᵀ, dW = Zᵀ dY; the pinv's backward through its iterations and
-//    scaling; A2's softmax → dq̃, dk̃ (nystrom_pinv.cpp, nystrom_ops.cpp); δ3 = rowsum(dW∘W)]
-//   2. nystrom_key_grad     A3ᵀ = exp(k q̃ᵀ − lse3) (keys × landmarks, the layout that reads k
+//   2. nystrom_pinv_grad    per (b, h): Z's iterations again, dZ = dY Wᵀ, dW = Zᵀ dY, and back
+//                           through the iterations to dA2 (nystrom_pinv_kernel.h);
+//   [torch: dA2 through the pinv's scale; A2's softmax → dq̃, dk̃; δ3 = rowsum(dW∘W)]
+//   3. nystrom_key_grad     A3ᵀ = exp(k q̃ᵀ − lse3) (keys × landmarks, the layout that reads k
 //                           and v in place); dA3ᵀ = v dWᵀ, dS3ᵀ = A3ᵀ∘(dA3ᵀ − δ3);
 //                           dk = dS3ᵀ q̃ + dk̃[landmark] / l, dv = A3ᵀ dW + the conv's transpose
 //                           applied to dO (value "q": added into dq), and per split
 //                           dq̃ᵀ = Σ kᵀdS3ᵀ and the conv weight's gradient;
-//   3. nystrom_landmark_grad dq += D^-1/2 dq̃[landmark] / l (dq̃ complete only after pass 2).
+//   4. nystrom_landmark_grad dq += D^-1/2 dq̃[landmark] / l (dq̃ complete only after pass 3).
 // The padded keys have k = v = 0: they add nothing to dq̃ and their dk, dv are dropped, so the
 // key pass skips them (δ3 = rowsum(A3∘dA3) over all keys = dW·W includes them exactly).
 #pragma once
@@ -100,9 +101,22 @@ inline void nys_key_grad_body(void* ctx, int64_t begin, int64_t end) {
       const int64_t ld_dst = p.H * (a.dv ? Dv : D);
       float* dst = dst_base + ((t.b * a.N + j0) * p.H + t.h) * (a.dv ? Dv : D);
       p.gemm(nb, Dv, M, s.p, Mp, dw, Dv, dst, ld_dst, a.dv == nullptr);  // dv (+)= A3ᵀ dW
-      if (a.conv) {
-        // dv[j] += Σ_t w[t] dO[j − t + half] = the conv with reversed taps over dO;
-        // dw[t] += Σ_j v[j]·dO[j − t + half] (window row j − j0 + 2·half − t).
+      // dv[j] += Σ_t w[t] dO[j − t + half] = the conv with reversed taps over dO;
+      // dw[t] += Σ_j v[j]·dO[j − t + half]
+      if (a.conv && rows_in_place(a.dout, Dv) && rows_in_place(a.v, Dv)) {
+        for (int64_t r = 0; r < nb; ++r)
+          conv_row_in_place(rtaps.p, a.K, a.dout, t.b, t.h, j0 + r, a.N, Dv, dst + r * ld_dst, true);
+        for (int64_t tap = 0; tap < a.K; ++tap) {
+          VecF sum = VecF::zero();
+          const int64_t r0 = imax(0, tap - half - j0), r1 = imin(nb, a.N + tap - half - j0);
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* vr = row_ptr(a.v, t.b, j0 + r, t.h);
+            const float* o = row_ptr(a.dout, t.b, j0 + r - tap + half, t.h);
+            for (int64_t c = 0; c < Dv; c += VecF::W) sum = fmadd(VecF::load(vr + c), VecF::load(o + c), sum);
+          }
+          dconv.p[tap] += hsum(sum);
+        }
+      } else if (a.conv) {  // through a zero-padded window (window row j − j0 + 2·half − t)
         load_window(a.dout, t.b, t.h, j0, j0 + nb, half, a.N, Dv, owin.p, Dvp);
         conv_rows(rtaps.p, a.K, owin.p, Dvp, nb, Dv, dst, ld_dst, true, acc.p);
         for (int64_t r = 0; r < nb; ++r) load_row(a.v, t.b, j0 + r, t.h, Dv, 1.f, vwin.p + r * Dvp);

@@ -2,12 +2,14 @@
 // runs them in order, with the m×m work between them in ATen:
 //   1. nystrom_landmarks    q̃ = landmark means of q·D^-1/2, k̃ = of k (the front padding counts
 //                           as zero rows in the means without being stored);
-//   [torch: A2 = softmax(q̃k̃ᵀ), Z = pinv(A2)]
+//   [torch: A2 = softmax(q̃k̃ᵀ) and the scale c of the pinv's first iterate]
 //   2. nystrom_key_forward  W = A3·v, A3 = softmax(q̃kᵀ), as an online softmax over key blocks,
-//                           partial per split (the torch side merges them, and forms Y = Z·W);
-//                           the p padded keys score 0 and carry value 0: they start split 0 at
-//                           running max 0, running sum p;
-//   3. nystrom_output       out = softmax(q·D^-1/2 k̃ᵀ)·Y + the depthwise residual conv of v.
+//                           partial per split (the torch side merges them); the p padded keys
+//                           score 0 and carry value 0: they start split 0 at running max 0,
+//                           running sum p;
+//   3. nystrom_pinv         per (b, h): Z = pinv(A2) by Razavi's iterations, Y = Z·W
+//                           (nystrom_pinv_kernel.h);
+//   4. nystrom_output       out = softmax(q·D^-1/2 k̃ᵀ)·Y + the depthwise residual conv of v.
 // (A1 Z)(A3 v) = A1 (Z W): A1 (n×m) and A3 (m×n) only ever exist one block of tokens at a time.
 // Each block's products are GEMM calls (a.p.gemm); the tokens are read in place when their rows
 // are unit-stride. The backward passes are in nystrom_backward_kernel.h (included at the end).
@@ -23,16 +25,23 @@ inline void nys_landmarks_body(void* ctx, int64_t begin, int64_t end) {
   const LinearPlan& p = a.p;
   const int64_t D = p.D, Dp = up(D, VecF::W);
   Buf row(Dp), sq(Dp), sk(Dp);
+  // adds row n of x to sum, in place when its features are unit-stride
+  auto add_row = [&](const Strided4& x, int64_t b, int64_t n, int64_t h, float* sum) {
+    if (x.sd == 1) {
+      axpy_n(1.f, row_ptr(x, b, n, h), sum, D);
+    } else {
+      load_row(x, b, n, h, D, 1.f, row.p);
+      axpy_n(1.f, row.p, sum, D);
+    }
+  };
   for (int64_t task = begin; task < end; ++task) {
     const Task t = task_of(p, task, p.M, 1);  // a split of the landmarks
     for (int64_t i = t.begin; i < t.end; ++i) {
       std::memset(sq.p, 0, sizeof(float) * Dp);
       std::memset(sk.p, 0, sizeof(float) * Dp);
       for (int64_t n = imax(0, i * a.group - a.pad); n < (i + 1) * a.group - a.pad; ++n) {
-        load_row(a.q, t.b, n, t.h, D, 1.f, row.p);
-        axpy_n(1.f, row.p, sq.p, Dp);
-        load_row(a.k, t.b, n, t.h, D, 1.f, row.p);
-        axpy_n(1.f, row.p, sk.p, Dp);
+        add_row(a.q, t.b, n, t.h, sq.p);
+        add_row(a.k, t.b, n, t.h, sk.p);
       }
       float* ql = a.ql + (t.bh * p.M + i) * D;
       float* kl = a.kl + (t.bh * p.M + i) * D;
@@ -110,7 +119,10 @@ inline void nys_output_body(void* ctx, int64_t begin, int64_t end) {
       p.gemm(nb, M, D, q.p, q.ld, kts.p, Mp, s.p, Mp, false);  // S1 = q D^-1/2 k̃ᵀ
       for (int64_t r = 0; r < nb; ++r) softmax_row(s.p + r * Mp, M, Mp);
       float* o = a.out + ((t.b * a.N + i0) * p.H + t.h) * Dv;
-      if (a.conv) {
+      if (a.conv && rows_in_place(a.v, Dv)) {
+        for (int64_t r = 0; r < nb; ++r)
+          conv_row_in_place(a.conv + t.h * a.K, a.K, a.v, t.b, t.h, i0 + r, a.N, Dv, o + r * p.H * Dv, false);
+      } else if (a.conv) {
         load_window(a.v, t.b, t.h, i0, i0 + nb, half, a.N, Dv, vwin.p, Dvp);
         conv_rows(a.conv + t.h * a.K, a.K, vwin.p, Dvp, nb, Dv, o, p.H * Dv, false, acc.p);
       }
@@ -133,4 +145,6 @@ inline void nystrom_output(const NystromArgs& a) {
   a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_output_body);
 }
 
-#include "nystrom_backward_kernel.h"  // isa_*.cpp include this header only
+// isa_*.cpp include this header only
+#include "nystrom_pinv_kernel.h"
+#include "nystrom_backward_kernel.h"

@@ -27,13 +27,13 @@ inline void scaled_projection(const PerformerArgs& a, float* pdn, float* pdnt, i
   if (pdnt) transpose_into(pdn, a.p.D, a.p.M, a.p.D, 1.f, pdnt, Mp);
 }
 
-// Row r of u (Mp wide) → φ into phi (padding lanes 0). softmax: exp(u − half_norm − stab) + 1e-4,
+// Row r of u (Mp wide) → φ into phi (padding lanes 0; phi may be u itself). softmax: exp(u − half_norm − stab) + 1e-4,
 // relu: max(u, 0) + 1e-3. Row stabiliser (queries): stab = max of the row's u.
-inline void feature_row(const PerformerArgs& a, const float* u, float half_norm, float stab, bool row_stab,
-                        float* phi, int64_t Mp) {
+inline void feature_row(const PerformerArgs& a, float* u, float half_norm, float stab, bool row_stab, float* phi,
+                        int64_t Mp) {
   const int64_t M = a.p.M;
   if (a.softmax) {
-    if (row_stab) stab = max_n(u, M);
+    if (row_stab) stab = max_padded(u, M, Mp);  // u's padding lanes become −inf: unused past M
     const VecF shift = VecF::set1(half_norm + stab), eps = VecF::set1(1e-4f);
     for (int64_t j = 0; j < Mp; j += VecF::W) (vexp(VecF::load(u + j) - shift) + eps).store(phi + j);
   } else {
