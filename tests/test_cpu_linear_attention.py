@@ -299,3 +299,26 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_linear_benchmark_smoke(tmp_path, monkeypatch):
+    """`armour-bench linear` runs end to end on CPU (one tiny shape, one round, two thread counts)."""
+    import argparse
+    import json
+
+    from armour_kernels.benchmarks import linear_attention
+    monkeypatch.setattr(linear_attention, "sweep", lambda *args: [("seq", 1, 40)])
+    parser = argparse.ArgumentParser()
+    linear_attention.add_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--repeats", "1", "--threads", "1,2", "--landmarks", "8",
+                              "--out", str(tmp_path)])
+    assert linear_attention.run(args) == 0
+    report = json.loads((tmp_path / "linear-cpu-fp32.json").read_text())
+    rows = report["rows"]
+    assert {(r["family"], r["impl"]) for r in rows} == {(f, i) for f in ("nystrom", "performer")
+                                                       for i in ("armour_kernels", "python_ref", "sdpa")}
+    assert all(r["status"] == "ok" and r["fwd_ms"] > 0 for r in rows)
+    ours = [r for r in rows if r["impl"] == "armour_kernels"]
+    assert all(r["fwd_bwd_vs_python_ref"] > 0 and r["fwd_vs_sdpa"] > 0 for r in ours)
+    assert {r["threads"] for r in rows} <= {1, 2} and report["targets"]
+    assert "load_avg_1min_end" in report["environment"]
