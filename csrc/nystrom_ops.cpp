@@ -84,13 +84,18 @@ std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k
   a.part_acc = part_acc.data_ptr<float>();
   kernels.nystrom_key_forward(a);
   // Merge the splits' online softmaxes: rescale each to the common max (split 0 always has keys).
-  const at::Tensor mx = part_max.view({BH, a.p.splits, M});
-  const at::Tensor top = mx.amax(1, /*keepdim=*/true);
-  const at::Tensor f = (mx - top).exp_();
-  const at::Tensor sum = (part_sum.view({BH, a.p.splits, M}) * f).sum(1);
-  const at::Tensor w = ((part_acc.view({BH, a.p.splits, M, a.p.Dv}) * f.unsqueeze(-1)).sum(1) / sum.unsqueeze(-1))
-                           .contiguous();
-  const at::Tensor lse = (top.squeeze(1) + sum.log()).contiguous();
+  at::Tensor w, lse;
+  if (a.p.splits == 1) {
+    w = part_acc / part_sum.unsqueeze(-1);
+    lse = part_max + part_sum.log();
+  } else {
+    const at::Tensor mx = part_max.view({BH, a.p.splits, M});
+    const at::Tensor top = mx.amax(1, /*keepdim=*/true);
+    const at::Tensor f = (mx - top).exp_();
+    const at::Tensor sum = (part_sum.view({BH, a.p.splits, M}) * f).sum(1);
+    w = ((part_acc.view({BH, a.p.splits, M, a.p.Dv}) * f.unsqueeze(-1)).sum(1) / sum.unsqueeze(-1)).contiguous();
+    lse = (top.squeeze(1) + sum.log()).contiguous();
+  }
 
   // Y = pinv(A2)·W
   at::Tensor y = at::empty({BH, M, a.p.Dv}, f32);

@@ -62,12 +62,16 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
   at::Tensor ctx, ksum, stab;
   if (a.softmax) {
     const at::Tensor mx = part_max.view({BH, S});
-    const at::Tensor top = mx.amax(1);  // max of u per (b, h)
+    const at::Tensor top = S == 1 ? part_max : mx.amax(1);  // max of u per (b, h)
     stab = a.seed ? top.max().expand({BH}).contiguous() : top;
-    const at::Tensor f = (mx - stab.unsqueeze(1)).exp_();  // e^(M_split − stab)
-    ctx = (part_ctx.view({BH, S, M, Dv}) * f.view({BH, S, 1, 1})).sum(1) +
-          1e-4 * sum_splits(part_vsum, BH, S).unsqueeze(1);
-    ksum = (part_ksum.view({BH, S, M}) * f.unsqueeze(-1)).sum(1) + 1e-4 * static_cast<double>(a.Nk);
+    at::Tensor sum_ev = part_ctx, sum_e = part_ksum;  // one split at its own maximum: factor 1
+    if (S > 1 || a.seed) {
+      const at::Tensor f = (mx - stab.unsqueeze(1)).exp_();  // e^(M_split − stab)
+      sum_ev = (part_ctx.view({BH, S, M, Dv}) * f.view({BH, S, 1, 1})).sum(1);
+      sum_e = (part_ksum.view({BH, S, M}) * f.unsqueeze(-1)).sum(1);
+    }
+    ctx = sum_ev + 1e-4 * sum_splits(part_vsum, BH, S).unsqueeze(1);
+    ksum = sum_e + 1e-4 * static_cast<double>(a.Nk);
   } else {
     ctx = sum_splits(part_ctx, BH, S);
     ksum = sum_splits(part_ksum, BH, S);
