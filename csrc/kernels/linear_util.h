@@ -40,6 +40,12 @@ inline Task task_of(const LinearPlan& p, int64_t task, int64_t n, int64_t block)
   return {bh, bh / p.H, bh % p.H, split, imin(n, first * block), imin(n, last * block)};
 }
 
+// Runs body over every task (b, h, split) of a pass.
+template <class Args>
+inline void run_tasks(const Args& a, ParallelBody body) {
+  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<Args*>(&a), body);
+}
+
 inline const float* row_ptr(const Strided4& t, int64_t b, int64_t n, int64_t h) {
   return static_cast<const float*>(t.ptr) + b * t.sb + n * t.sn + h * t.sh;
 }
@@ -135,18 +141,23 @@ inline void transpose_into(const float* src, int64_t lds, int64_t cols, int64_t 
     for (int64_t r = 0; r < rows; ++r) dst[r * ldd + c] = scale * src[c * lds + r];
 }
 
+// x ← exp(x − shift) over [0, padded) (a multiple of W); returns the sum.
+inline float exp_shifted(float* x, float shift, int64_t padded) {
+  const VecF sv = VecF::set1(shift);
+  VecF sum = VecF::zero();
+  for (int64_t j = 0; j < padded; j += VecF::W) {
+    const VecF e = vexp(VecF::load(x + j) - sv);
+    e.store(x + j);
+    sum = sum + e;
+  }
+  return hsum(sum);
+}
+
 // In place softmax of x[0, len) (padded a multiple of W, ≥ len; the lanes past len become 0).
 // Returns the natural log of the sum of exponentials.
 inline float softmax_row(float* x, int64_t len, int64_t padded) {
   const float mx = max_padded(x, len, padded);  // the padding lanes −inf: vexp gives 0 there
-  const VecF shift = VecF::set1(mx);
-  VecF sum = VecF::zero();
-  for (int64_t j = 0; j < padded; j += VecF::W) {
-    const VecF e = vexp(VecF::load(x + j) - shift);
-    e.store(x + j);
-    sum = sum + e;
-  }
-  const float total = hsum(sum);
+  const float total = exp_shifted(x, mx, padded);
   scale_inplace(1.f / total, x, padded);
   return mx + std::log(total);
 }

@@ -160,13 +160,13 @@ inline void nys_landmark_grad_body(void* ctx, int64_t begin, int64_t end) {
 }  // namespace lin
 
 inline void nystrom_query_grad(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_query_grad_body);
+  lin::run_tasks(a, lin::nys_query_grad_body);
 }
 
 inline void nystrom_key_grad(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_key_grad_body);
+  lin::run_tasks(a, lin::nys_key_grad_body);
 }
 
 inline void nystrom_landmark_grad(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_landmark_grad_body);
+  lin::run_tasks(a, lin::nys_landmark_grad_body);
 }

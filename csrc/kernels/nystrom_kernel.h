@@ -78,16 +78,10 @@ inline void nys_key_forward_body(void* ctx, int64_t begin, int64_t end) {
         for (int64_t j = nb; j < KBp; ++j) si[j] = -INFINITY;
         const float bm = max_n(si, KBp);
         const float m_new = bm > mx.p[i] ? bm : mx.p[i];
-        const VecF shift = VecF::set1(m_new);
-        VecF l = VecF::zero();
-        for (int64_t j = 0; j < KBp; j += VecF::W) {
-          const VecF e = vexp(VecF::load(si + j) - shift);
-          e.store(si + j);
-          l = l + e;
-        }
+        const float l = exp_shifted(si, m_new, KBp);
         const float alpha = std::exp(mx.p[i] - m_new);  // 0 on the first block (−inf)
         if (alpha != 1.f) scale_inplace(alpha, acc.p + i * Dvp, Dvp);
-        sum.p[i] = sum.p[i] * alpha + hsum(l);
+        sum.p[i] = sum.p[i] * alpha + l;
         mx.p[i] = m_new;
       }
       const Rows v = rows_of(a.v, t.b, j0, t.h, nb, Dv, vcopy.p);
@@ -134,15 +128,15 @@ inline void nys_output_body(void* ctx, int64_t begin, int64_t end) {
 }  // namespace lin
 
 inline void nystrom_landmarks(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_landmarks_body);
+  lin::run_tasks(a, lin::nys_landmarks_body);
 }
 
 inline void nystrom_key_forward(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_key_forward_body);
+  lin::run_tasks(a, lin::nys_key_forward_body);
 }
 
 inline void nystrom_output(const NystromArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<NystromArgs*>(&a), lin::nys_output_body);
+  lin::run_tasks(a, lin::nys_output_body);
 }
 
 // isa_*.cpp include this header only

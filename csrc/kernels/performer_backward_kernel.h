@@ -181,13 +181,13 @@ inline void perf_stab_grad_body(void* ctx, int64_t begin, int64_t end) {
 }  // namespace lin
 
 inline void performer_query_grad(const PerformerArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<PerformerArgs*>(&a), lin::perf_query_grad_body);
+  lin::run_tasks(a, lin::perf_query_grad_body);
 }
 
 inline void performer_key_grad(const PerformerArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<PerformerArgs*>(&a), lin::perf_key_grad_body);
+  lin::run_tasks(a, lin::perf_key_grad_body);
 }
 
 inline void performer_stab_grad(const PerformerArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<PerformerArgs*>(&a), lin::perf_stab_grad_body);
+  lin::run_tasks(a, lin::perf_stab_grad_body);
 }

@@ -147,9 +147,9 @@ inline void perf_output_body(void* ctx, int64_t begin, int64_t end) {
 }  // namespace lin
 
 inline void performer_context(const PerformerArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<PerformerArgs*>(&a), lin::perf_context_body);
+  lin::run_tasks(a, lin::perf_context_body);
 }
 
 inline void performer_output(const PerformerArgs& a) {
-  a.p.parallel_for(a.p.B * a.p.H * a.p.splits, const_cast<PerformerArgs*>(&a), lin::perf_output_body);
+  lin::run_tasks(a, lin::perf_output_body);
 }
