@@ -61,10 +61,14 @@ from ._precision import EXACT, dot, dot_native, precisions
 from ._split import split_block, split_program, split_sizes
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
-# Warps for the kernels that hold fp32 (landmark × feature) or (landmark × landmark) tiles: at
-# the default 4, ptxas spills them to local memory on sm_90; at 8 they (nearly) fit in registers.
-# Measured offline with `armour-bench cubin` (bench/results/offline-sm90/).
+# Warps and stages, from the sm_90 compile report (`armour-bench cubin`, bench/results/offline-sm90/,
+# m = 64, d = 32, with the launch specialisation): the kernels that hold fp32 (landmark × feature)
+# tiles run spill-free on 8 warps (the output kernel: 74 registers, 0 B spilled at 8 warps / 2
+# stages; it spilled 1.7 KB per thread at the default 4 warps with IEEE fp32 dots). The pinv kernel
+# keeps five m×m fp32 tiles live across its iterations and spills a little at any width: 48 B at
+# 4 warps, 92 B at 8, 1.2 KB at 16, so it runs on 4.
 _WIDE_WARPS = 8
+_PINV_WARPS = 4
 _OUTPUT_STAGES = 2  # the output kernel has no key loop to pipeline: fewer buffers, fewer registers
 
 
@@ -420,11 +424,11 @@ def _pinv_times(ql, kl, w, iterations, mode, cfg):
     blocks = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PREC_EXACT=EXACT)
     if seed:  # pre-pass: every (b, h)'s maxima, then the global ones
         _pinv_kernel[flat_grid(bh)](ql, kl, w, w, maxima, bh, m, D, dv, iterations, MAXIMA_ONLY=True, SEED=False,
-                                    **blocks, num_warps=_WIDE_WARPS)
+                                    **blocks, num_warps=_PINV_WARPS)
         maxima = maxima.amax(dim=0).contiguous()
     y = torch.empty(bh, m, dv, device=ql.device, dtype=torch.float32)
     _pinv_kernel[flat_grid(bh)](ql, kl, w, y, maxima, bh, m, D, dv, iterations, MAXIMA_ONLY=False, SEED=seed,
-                                **blocks, num_warps=_WIDE_WARPS)
+                                **blocks, num_warps=_PINV_WARPS)
     return y
 
 
