@@ -66,9 +66,12 @@ from ._grid import flat_grid, flat_program_id
 # entry takes ~B·Nq atomic adds. Images b go to partial tables b % TABLE_GRAD_SLOTS, summed after
 # the kernel, so those adds contend on 32× as many addresses; the partials are only 32·H·R floats.
 TABLE_GRAD_SLOTS = 32
-# The deterministic bias gradient reduces the batch into at most this many slot planes (each one
-# program column's own), bounded so the slots take at most REDUCE_SLOT_ELEMENTS fp32 values.
+# The deterministic bias gradient reduces the batch into slot planes (each owned by one column of
+# programs, for parallelism): at most REDUCE_SLOTS of them, each summing at least
+# IMAGES_PER_SLOT images (so the slots are at most an eighth of a (B, H, Nq, Nk) gradient), and
+# at most REDUCE_SLOT_ELEMENTS fp32 values in all.
 REDUCE_SLOTS = 32
+IMAGES_PER_SLOT = 8
 REDUCE_SLOT_ELEMENTS = 2 ** 24
 
 
@@ -706,7 +709,7 @@ class _BiasGradPlan:
 
 
 def _reduce_slots(batch, plane_elements):
-    return max(1, min(batch, REDUCE_SLOTS, REDUCE_SLOT_ELEMENTS // max(1, plane_elements)))
+    return max(1, min(batch // IMAGES_PER_SLOT, REDUCE_SLOTS, REDUCE_SLOT_ELEMENTS // max(1, plane_elements)))
 
 
 def _bias_grad_plan(q, k, bias, bias_index, need_dbias) -> _BiasGradPlan:
