@@ -114,6 +114,16 @@ def _block_of(ROWS, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _query_program(NQ, H, BLOCK_M: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr,
+                   BLOCK_D2: tl.constexpr):
+    """(bh, b, h, query rows, feature offsets) of a program of the forward / dQ grids; bh ≥ B·H
+    marks a padding program (the kernel returns)."""
+    bh, blk = _block_of(NQ, BLOCK_M)
+    return (bh, bh // H, (bh % H).to(tl.int32), blk * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_DK),
+            tl.arange(0, BLOCK_D1), tl.arange(0, BLOCK_D2))
+
+
+@triton.jit
 def _scores(a, b_mat, rows, cols, b, h, NQ, NK, qk_scale,
             Bias, BiasIdx, KeepDiag, sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
             BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr):
@@ -152,15 +162,9 @@ def _attention_fwd_kernel(
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_P2: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
-    bh, blk = _block_of(NQ, BLOCK_M)
+    bh, b, h, offs_m, offs_dk, offs_d1, offs_d2 = _query_program(NQ, H, BLOCK_M, BLOCK_DK, BLOCK_D1, BLOCK_D2)
     if bh >= BH:  # a padding program of a stacked grid
         return
-    b = bh // H
-    h = (bh % H).to(tl.int32)
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_d1 = tl.arange(0, BLOCK_D1)
-    offs_d2 = tl.arange(0, BLOCK_D2)
     K += b * skb + h * skh
     V1 += b * s1b + h * s1h
     V2 += b * s2b + h * s2h
@@ -207,13 +211,9 @@ def _attention_fwd_kernel(
 def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sdh, sdd,
                                      BH, H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
-    bh, blk = _block_of(NQ, BLOCK_M)
+    bh, b, h, offs_m, offs_d, _, _ = _query_program(NQ, H, BLOCK_M, BLOCK_D, BLOCK_D, BLOCK_D)
     if bh >= BH:
         return
-    b = bh // H
-    h = (bh % H).to(tl.int32)
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     o = _tile(Out + b * sob + h * soh, offs_m, offs_d, son, 1, NQ, DTOT).to(tl.float32)
     do = _tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdn, sdd, NQ, DTOT).to(tl.float32)
     tl.store(Delta + bh * NQ + offs_m, tl.sum(o * do, 1), mask=offs_m < NQ)
@@ -316,37 +316,30 @@ def _attention_bwd_dkdv_kernel(
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     """One key block: dK = s·dSᵀ·Q, the value-path gradients Pᵀ·dO of both parts, the bias gradient.
 
-    A program's unit is one (b, h), except with DBIAS = ACCUMULATE (deterministic reduction):
-    there it is one (slot, output head) plane of the reduced gradient, and the program runs its
-    MEMBERS (b, h) one after another in a fixed order: b = slot + t·(slots), h = head + hh.
+    A program's unit is one (b, h) (HO = H), except with DBIAS = ACCUMULATE (deterministic
+    reduction): there it is one (slot, output head) plane of the reduced gradient, and the program
+    runs its MEMBERS (b, h) one after another in a fixed order: b = slot + t·(slots), h = head + hh.
     """
     unit, blk = _block_of(NK, BLOCK_N)
     if unit >= UNITS:
         return
     offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    if DBIAS == GRAD_ACCUMULATE:
-        slot = unit // HO
-        head = (unit % HO).to(tl.int32)
-        for member in range(0, MEMBERS):
-            b = slot + (member // MH) * (UNITS // HO)
-            h = head + (member % MH).to(tl.int32)
-            if b < B:
-                _dkdv_head(Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DK, DV, DQAcc, DBias,
-                           DBias + slot * gb + head * gh,
-                           sqb, sqn, sqh, sqd, skb, skn, skh, skd, s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
-                           sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, sdb, sdn, sdh, sdd,
-                           b, h, offs_n, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride, dtable_slots,
-                           P1, P2, BIAS, MASK_DIAG, DBIAS, PREC, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_D1, BLOCK_D2)
+    # One (b, h) per program (HO = H, MEMBERS = MH = 1: the loop runs once), or, for ACCUMULATE,
+    # the members of one reduced plane in a fixed order.
+    slot = unit // HO
+    head = (unit % HO).to(tl.int32)
+    for member in range(0, MEMBERS):
+        b = slot + (member // MH) * (UNITS // HO)
+        h = head + (member % MH).to(tl.int32)
+        if b < B:
+            _dkdv_head(Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DK, DV, DQAcc, DBias,
+                       DBias + slot * gb + head * gh,
+                       sqb, sqn, sqh, sqd, skb, skn, skh, skd, s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
+                       sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, sdb, sdn, sdh, sdd,
+                       b, h, offs_n, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride, dtable_slots,
+                       P1, P2, BIAS, MASK_DIAG, DBIAS, PREC, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_D1, BLOCK_D2)
+        if DBIAS == GRAD_ACCUMULATE:
             tl.debug_barrier()  # the next member reads back what this one stored
-    else:
-        b = unit // H
-        h = (unit % H).to(tl.int32)
-        _dkdv_head(Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DK, DV, DQAcc, DBias,
-                   DBias + b * gb + h * gh,
-                   sqb, sqn, sqh, sqd, skb, skn, skh, skd, s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
-                   sbb, sbh, sbm, sbn, sim, sin, sfb, sfh, sdb, sdn, sdh, sdd,
-                   b, h, offs_n, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, dtable_stride, dtable_slots,
-                   P1, P2, BIAS, MASK_DIAG, DBIAS, PREC, BLOCK_M, BLOCK_N, BLOCK_DK, BLOCK_D1, BLOCK_D2)
 
 
 @triton.jit(do_not_specialize=_BUCKETS)
@@ -362,15 +355,9 @@ def _attention_bwd_dq_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
     """One query block: dQ = s·dS·K (+ the value-path part the key-block kernel left in DQAcc)."""
-    bh, blk = _block_of(NQ, BLOCK_M)
+    bh, b, h, offs_m, offs_dk, offs_d1, offs_d2 = _query_program(NQ, H, BLOCK_M, BLOCK_DK, BLOCK_D1, BLOCK_D2)
     if bh >= BH:
         return
-    b = bh // H
-    h = (bh % H).to(tl.int32)
-    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_d1 = tl.arange(0, BLOCK_D1)
-    offs_d2 = tl.arange(0, BLOCK_D2)
     row_ok = offs_m < NQ
     K += b * skb + h * skh
     V1 += b * s1b + h * s1h
@@ -699,7 +686,7 @@ class _BiasGradPlan:
     mode: BiasGrad
     buffer: torch.Tensor  # what the kernel writes (DBias)
     units: int            # programs per key block
-    ho: int = 1           # output heads per slot (ACCUMULATE)
+    ho: int               # heads per slot: H, or the reduced planes' heads (ACCUMULATE)
     members: int = 1      # (b, h) per program (ACCUMULATE)
     mh: int = 1           # heads per program (ACCUMULATE)
     gb: int = 0           # gradient plane strides: batch (or slot), head
@@ -717,31 +704,32 @@ def _bias_grad_plan(q, k, bias, bias_index, need_dbias) -> _BiasGradPlan:
     nk, dev = k.shape[1], q.device
     units = batch * heads
     if not need_dbias or bias is None:
-        return _BiasGradPlan(BiasGrad.NONE, torch.empty(1, dtype=torch.float32, device=dev), units)
+        return _BiasGradPlan(BiasGrad.NONE, torch.empty(1, dtype=torch.float32, device=dev), units, heads)
     deterministic = torch.are_deterministic_algorithms_enabled()
     plane = nq * nk
     if bias_index is not None:
         if not deterministic:
             slots = min(batch, TABLE_GRAD_SLOTS)
             buffer = _zeros((slots, *bias.shape), torch.float32, dev)
-            return _BiasGradPlan(BiasGrad.TABLE_ATOMIC, buffer, units, table_stride=buffer.stride(1), table_slots=slots)
+            return _BiasGradPlan(BiasGrad.TABLE_ATOMIC, buffer, units, heads, table_stride=buffer.stride(1),
+                                 table_slots=slots)
         reduce_b, reduce_h = batch > 1, False  # the reduced dense gradient (1, H, Nq, Nk), then a segment sum
     else:
         b4, h4 = _as_4d(bias).shape[:2]
         reduce_b, reduce_h = b4 == 1 and batch > 1, h4 == 1 and heads > 1
         if not (reduce_b or reduce_h):
             buffer = _empty((batch if b4 > 1 else 1, heads if h4 > 1 else 1, nq, nk), torch.float32, dev)
-            return _BiasGradPlan(BiasGrad.STORE, buffer, units, gb=buffer.stride(0) if batch > 1 else 0,
+            return _BiasGradPlan(BiasGrad.STORE, buffer, units, heads, gb=buffer.stride(0) if batch > 1 else 0,
                                  gh=buffer.stride(1) if heads > 1 else 0)
     ho = 1 if reduce_h else heads
     if not deterministic:
         buffer = _zeros((1 if reduce_b else batch, ho, nq, nk), torch.float32, dev)
-        return _BiasGradPlan(BiasGrad.ATOMIC, buffer, units, gb=0 if reduce_b else ho * plane,
+        return _BiasGradPlan(BiasGrad.ATOMIC, buffer, units, heads, gb=0 if reduce_b else ho * plane,
                              gh=0 if reduce_h else plane)
     slots = _reduce_slots(batch, ho * plane) if reduce_b else batch
     buffer = _zeros((slots, ho, nq, nk), torch.float32, dev)
     mh = heads if reduce_h else 1
-    return _BiasGradPlan(BiasGrad.ACCUMULATE, buffer, slots * ho, ho=ho, members=triton.cdiv(batch, slots) * mh,
+    return _BiasGradPlan(BiasGrad.ACCUMULATE, buffer, slots * ho, ho, members=triton.cdiv(batch, slots) * mh,
                          mh=mh, gb=ho * plane, gh=0 if reduce_h else plane)
 
 
