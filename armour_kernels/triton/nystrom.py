@@ -29,24 +29,17 @@ the split partials, merging the split A3 softmax, rowsum(dW∘W), the conv-weigh
 Programs: one flat int64 index per launch (`_grid.flat_grid`), so B·H is not capped by CUDA's
 grid axes and b·stride, bh·m·d offsets cannot wrap at 2**31.
 
-Precision (`_precision`): every dot runs on tensor cores with fp32 accumulation.
-  m×m (A2, the six pinv iterations, Z·W)     3×TF32 always: ≈ fp32 (each product's dropped
-                                             lo·lo term is ~2^-22 relative; fp32 is 2^-24)
-  scores q̃·kᵀ, qs·k̃ᵀ (they feed exp)         fp32 inputs 3×TF32; 16-bit inputs TF32 (the
-                                             16-bit values are exact in TF32, q̃ / k̃ are
-                                             rounded to 10 mantissa bits: |Δs| ≲ 2^-11·Σ|q̃ᵢkᵢ|)
-  A3·v, A1ᵀ·dO (probabilities × a 16-bit     native bf16 / fp16 (P rounded to the input type,
-  input)                                     2^-9 / 2^-12 relative, as FlashAttention's P·V)
-  every other product                        fp32 inputs: 3×TF32, or TF32 when
-                                             torch.backends.cuda.matmul.allow_tf32; 16-bit
-                                             inputs TF32
-Expected error against the fp64 reference (derived, not measured: the interpreter computes
-every dot in fp32, and no GPU has been lent yet): fp32 inputs ≈ the old IEEE path (≲ 1e-5
-relative; the test tolerance is 2e-4); with allow_tf32, ~1e-3 relative on the value path;
-bf16 / fp16 inputs: dominated by rounding the output to the input type (2^-9 / 2^-12
-relative), the 6e-2 / 2e-2 test tolerances hold with a wide margin. The landmark softmaxes and
-the pinv stay fp32-accurate in every case. The on-chip pinv handles m ≤ PINV_MAX_M (64, the
-paper's m); larger m runs the m×m iterations in PyTorch (fp32) instead.
+Precision (`_precision`, which gives the emulated error): every dot runs on tensor cores with
+fp32 accumulation. The m×m work (A2, the six pinv iterations, Z·W) and the score products
+q̃·kᵀ, qs·k̃ᵀ (they feed exp) run in 3×TF32 (≈ fp32) for every input dtype; A3·v and A1ᵀ·dO
+(probabilities × a 16-bit input) natively in bf16 / fp16; every other product in TF32 for
+16-bit inputs, and for fp32 inputs in 3×TF32, or TF32 when torch.backends.cuda.matmul.allow_tf32.
+Expected error against the fp64 reference: fp32 inputs as the old IEEE path (‖Δ‖/‖ref‖ ~1e-7;
+~1e-5 with allow_tf32, emulated); bf16 / fp16 inputs: the rounding of the output and of P to
+the input type (2^-9 / 2^-12 relative) dominates. Not yet measured on a GPU.
+
+The on-chip pinv handles m ≤ PINV_MAX_M (64, the paper's m); larger m runs the m×m iterations
+in PyTorch (fp32) instead.
 """
 from __future__ import annotations
 
@@ -124,11 +117,11 @@ def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, BH, H, m, D, pad, group, sca
 
 @triton.jit
 def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
-               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_SCORE: tl.constexpr):
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
     """k (fp32) and v (stored type) tiles of one block of keys and the landmark scores q̃·kᵀ (−inf past the last key)."""
     k = _tile(k_ptr, keys, tl.arange(0, BLOCK_D), keys < n, D, skn, skd).to(tl.float32)
     v = _tile(v_ptr, keys, tl.arange(0, BLOCK_DV), keys < n, DV, svn, svd)
-    s = dot(ql, tl.trans(k), PREC_SCORE)
+    s = dot(ql, tl.trans(k), PREC_EXACT)
     return k, v, tl.where(keys[None, :] < n, s, float("-inf"))
 
 
@@ -136,7 +129,7 @@ def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
 def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, BH, n, H, m, D, DV, pad, blocks_per_split,
                 L_BLOCKS, SPLITS, skb, skn, skh, skd, svb, svn, svh, svd,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DV: tl.constexpr, PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """Partial online softmax of A3 = softmax(q̃ kᵀ) times v over one split of the keys."""
     pid = flat_program_id()
     bh = pid // (L_BLOCKS * SPLITS)
@@ -157,7 +150,7 @@ def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, BH, n, H, m, D,
     for i in range(0, blocks_per_split):
         keys = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         _, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, keys, n, D, DV,
-                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_SCORE)
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_EXACT)
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # an all-padding block
         alpha = tl.exp(run_max - safe_max)
@@ -218,13 +211,13 @@ def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, BH, m, D, DV, iterati
 
 @triton.jit
 def _query_block(q_ptr, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
-                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_SCORE: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
     """qs rows (fp32), k̃, Y and A1 = softmax(qs k̃ᵀ) for one block of query rows."""
     cols = tl.arange(0, BLOCK_D)
     qs = _tile(q_ptr, rows, cols, rows < n, D, sqn, sqd).to(tl.float32) * scale
     kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
     y = _small(y_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
-    a1 = _softmax_rows(dot(qs, tl.trans(kl), PREC_SCORE), tl.arange(0, BLOCK_M)[None, :] < m)
+    a1 = _softmax_rows(dot(qs, tl.trans(kl), PREC_EXACT), tl.arange(0, BLOCK_M)[None, :] < m)
     return qs, kl, y, a1
 
 
@@ -250,7 +243,7 @@ def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, BH, n, H, m, D, 
                    sqb, sqn, sqh, sqd, svb, svn, svh, svd, sob, son, soh, sod,
                    HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                   PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     blocks = tl.cdiv(n, BLOCK_N)
     pid = flat_program_id()
     bh = pid // blocks
@@ -259,7 +252,7 @@ def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, BH, n, H, m, D, 
     b, h = bh // H, (bh % H).to(tl.int32)
     rows = (pid % blocks).to(tl.int32) * BLOCK_N + tl.arange(0, BLOCK_N)
     _, _, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
-                               BLOCK_M, BLOCK_D, BLOCK_DV, PREC_SCORE)
+                               BLOCK_M, BLOCK_D, BLOCK_DV, PREC_EXACT)
     out = dot(a1, y, PREC_VALUE)
     if HAS_CONV:
         out += _conv_rows(v_ptr + b * svb + h * svh, w_ptr, h, rows, n, DV, svn, svd, KSIZE, 1, BLOCK_N, BLOCK_DV)
@@ -276,7 +269,7 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
                       WRITE_DQ: tl.constexpr, HAS_CONV: tl.constexpr, ARMOUR: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                      PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """The query side of the backward; see the module docstring for the two phases.
 
     REDUCE (WRITE_DQ False): partial dY (m×dv), dk̃ (m×d) and dconv_w (KSIZE) per split.
@@ -295,7 +288,7 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
     for i in range(0, blocks_per_split):
         _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         qs, kl, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale,
-                                     sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PREC_SCORE)
+                                     sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PREC_EXACT)
         do = _tile(do_ptr + b * sdob + h * sdoh, rows, dvs, rows < n, DV, sdon, sdod)
         da1 = dot(do, tl.trans(y), PREC_VALUE)
         ds1 = a1 * (da1 - tl.sum(a1 * da1, axis=1)[:, None])
@@ -330,7 +323,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
                     sdkb, sdkn, sdkh, sdkd, sdvb, sdvn, sdvh, sdvd,
                     HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                    PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """dk, dv per key row and the partial dq̃ = Σ dS3·k of this split (A3 recomputed from its lse)."""
     bh, split, b, h = split_program(H, SPLITS)
     if bh >= BH:
@@ -346,7 +339,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
     for i in range(0, blocks_per_split):
         _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         k, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, rows, n, D, DV,
-                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_SCORE)
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_EXACT)
         a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
         da3 = dot(dwv, tl.trans(v), PREC_VALUE)
         ds3 = a3 * (da3 - rs[:, None])
@@ -404,7 +397,7 @@ def _a3v(ql, k, v, pad, cfg, block_n, prec):
     _a3v_kernel[flat_grid(bh * l_blocks * splits)](
         ql, k, v, acc, run_max, run_sum, bh, n, H, m, D, dv, pad, per_split, l_blocks, splits,
         *_strides(k), *_strides(v), BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=cfg["BLOCK_D"],
-        BLOCK_DV=cfg["BLOCK_DV"], PREC_SCORE=prec["PREC_SCORE"], PREC_VALUE=prec["PREC_VALUE"],
+        BLOCK_DV=cfg["BLOCK_DV"], PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"],
         num_warps=_WIDE_WARPS)
     top = run_max.amax(dim=1, keepdim=True)
     weight = torch.exp(run_max - top)
@@ -471,7 +464,7 @@ def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, m
     out = torch.empty(B, n, H, dv, device=q.device, dtype=q.dtype)
     _output_kernel[flat_grid(bh * triton.cdiv(n, block_n))](
         q, v, kl, y, weight, out, bh, n, H, m, D, dv, scale, ksize, *_strides(q), *_strides(v), *_strides(out),
-        HAS_CONV=has_conv, BLOCK_N=block_n, **cfg, PREC_SCORE=prec["PREC_SCORE"], PREC_VALUE=prec["PREC_VALUE"],
+        HAS_CONV=has_conv, BLOCK_N=block_n, **cfg, PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"],
         num_warps=_WIDE_WARPS, num_stages=_OUTPUT_STAGES)
     return out, (ql, kl, w, y, lse)
 
@@ -517,7 +510,7 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     dev, f32 = q.device, torch.float32
     # Above 128 landmarks the fp32 (m, d) operands are large: no multi-buffering (shared memory).
     stages = 1 if cfg["BLOCK_M"] > 128 else 2
-    precs = dict(PREC_SCORE=prec["PREC_SCORE"], PREC_VALUE=prec["PREC_VALUE"])
+    precs = dict(PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"])
     common = dict(HAS_CONV=has_conv, ARMOUR=armour, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
                   BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], **precs)
     # 1. query side, reductions: dY, dk̃ (A1 path), dconv_w

@@ -25,19 +25,14 @@ launcher to the single (token, feature) that holds the maximum.
 Programs: one flat int64 index per launch (`_grid.flat_grid`), so B·H is not capped by CUDA's
 grid axes and b·stride, bh·n, bh·m·dv offsets cannot wrap at 2**31.
 
-Precision (`_precision`): every dot runs on tensor cores with fp32 accumulation.
-  u = x·Pᵀ (feeds exp)                 fp32 inputs 3×TF32 (≈ fp32: the dropped lo·lo term is
-                                       ~2^-22 relative); 16-bit inputs TF32 (x exact, P rounded
-                                       to 10 mantissa bits: |Δu| ≲ 2^-11·dn·Σ|xᵢPᵢ|, which moves
-                                       φ by the same relative amount)
-  φ(k)ᵀ·v (features × 16-bit input)    native bf16 / fp16 (φ rounded to the input type)
-  every other product                  fp32 inputs: 3×TF32, or TF32 when
-                                       torch.backends.cuda.matmul.allow_tf32; 16-bit inputs TF32
-Expected error against the fp64 reference (derived, not measured: the interpreter computes every
-dot in fp32, and no GPU has been lent yet): fp32 inputs ≈ the old IEEE path (≲ 1e-5 relative;
-test tolerance 2e-4); with allow_tf32 ~1e-3 relative; bf16 / fp16 inputs: dominated by
-rounding φ and the output to the input type (2^-9 / 2^-12 relative), inside the 6e-2 / 2e-2
-test tolerances.
+Precision (`_precision`, which gives the emulated error): every dot runs on tensor cores with
+fp32 accumulation. The projection u = x·Pᵀ feeds exp, so it runs in 3×TF32 (≈ fp32) for every
+input dtype (TF32 there would cost ~1e-3 relative error in the output, emulated); φ(k)ᵀ·v runs
+natively in bf16 / fp16 for 16-bit inputs; every other product in TF32 for 16-bit inputs, and
+for fp32 inputs in 3×TF32, or TF32 when torch.backends.cuda.matmul.allow_tf32. Expected error
+against the fp64 reference: fp32 inputs as the old IEEE path (‖Δ‖/‖ref‖ ~1e-7); bf16 / fp16
+inputs: the rounding of φ and the output to the input type (2^-9 / 2^-12 relative) dominates.
+Not yet measured on a GPU.
 """
 from __future__ import annotations
 
@@ -89,13 +84,13 @@ def _feature_grad(g, x, u, phi, proj, dn, valid, SOFTMAX: tl.constexpr, PREC_VAL
 
 
 @triton.jit
-def _chunk(x, p_ptr, c, rows, n, m, D, dn, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PREC_SCORE: tl.constexpr):
+def _chunk(x, p_ptr, c, rows, n, m, D, dn, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, PREC_EXACT: tl.constexpr):
     """Feature chunk c (features c·BLOCK_F …): its rows of P, u = (dn·x)·Pᵀ, and which (row, feature) exist."""
     feats = c * BLOCK_F + tl.arange(0, BLOCK_F)
     cols = tl.arange(0, BLOCK_D)
     proj = tl.load(p_ptr + feats[:, None] * D + cols[None, :], mask=(feats[:, None] < m) & (cols[None, :] < D),
                    other=0.0)
-    u = dot(x, tl.trans(proj), PREC_SCORE) * dn
+    u = dot(x, tl.trans(proj), PREC_EXACT) * dn
     return proj, u, (rows[:, None] < n) & (feats[None, :] < m)
 
 
@@ -141,7 +136,7 @@ def _reduction_program(H, SPLITS, CHUNKS):
 def _key_max_kernel(k_ptr, p_ptr, part_ptr, BH, n, H, m, D, dn,
                     skb, skn, skh, skd,
                     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PREC_SCORE: tl.constexpr):
+                    PREC_EXACT: tl.constexpr):
     bh, blk = _row_block(n, BLOCK_N)
     if bh >= BH:
         return
@@ -150,7 +145,7 @@ def _key_max_kernel(k_ptr, p_ptr, part_ptr, BH, n, H, m, D, dn,
     k = _load_rows(k_ptr + b * skb + h * skh, blk * BLOCK_N, n, skn, skd, D, BLOCK_N, BLOCK_D).to(tl.float32)
     best = float("-inf")
     for c in range(0, tl.cdiv(m, BLOCK_F)):
-        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         best = tl.maximum(best, tl.max(tl.max(tl.where(valid, u, float("-inf")), axis=1), axis=0))
     tl.store(part_ptr + bh * tl.cdiv(n, BLOCK_N) + blk, best)
 
@@ -160,7 +155,7 @@ def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, BH, n, H, 
                     SPLITS, CHUNKS, skb, skn, skh, skd, svb, svn, svh, svd,
                     SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                    PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """Partial S = Σ φ(k)ᵀv and z = Σ φ(k) of one feature chunk over one split of the keys."""
     bh, split, c, b, h = _reduction_program(H, SPLITS, CHUNKS)
     if bh >= BH:
@@ -172,7 +167,7 @@ def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, BH, n, H, 
         row0, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         k = _load_rows(k_ptr + b * skb + h * skh, row0, n, skn, skd, D, BLOCK_N, BLOCK_D).to(tl.float32)
         v = _load_rows(v_ptr + b * svb + h * svh, row0, n, svn, svd, DV, BLOCK_N, BLOCK_DV)
-        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         phi = _features(k, u, dn, stab, valid, SOFTMAX)
         ctx += dot_native(tl.trans(phi), v, PREC_VALUE)
         ksum += tl.sum(phi, axis=0)
@@ -183,19 +178,19 @@ def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, BH, n, H, 
 def _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
                  SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                 PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """Per query row: the stabiliser (max of u over all features), φ(q)·S and φ(q)·z — two sweeps over the chunks."""
     stab = tl.zeros((BLOCK_N,), dtype=tl.float32)
     if SOFTMAX:
         stab = stab + float("-inf")
         for c in range(0, tl.cdiv(m, BLOCK_F)):
-            _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+            _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
             stab = tl.maximum(stab, tl.max(tl.where(valid, u, float("-inf")), axis=1))
         stab = tl.where(rows < n, stab, 0.0)  # padded rows: keep them finite
     num = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
     den = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for c in range(0, tl.cdiv(m, BLOCK_F)):
-        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
         ctx, ksum = _load_chunk(ctx_ptr, ksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
         num += dot(phi, ctx, PREC_VALUE)
@@ -208,7 +203,7 @@ def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, BH, n, H, m, D, DV,
                    sqb, sqn, sqh, sqd, sob, son, soh, sod,
                    SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                   PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     bh, blk = _row_block(n, BLOCK_N)
     if bh >= BH:
         return
@@ -217,7 +212,7 @@ def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, BH, n, H, m, D, DV,
     rows = row0 + tl.arange(0, BLOCK_N)
     q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D).to(tl.float32)
     _, num, den = _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
-                               SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PREC_SCORE, PREC_VALUE)
+                               SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PREC_EXACT, PREC_VALUE)
     dvs = tl.arange(0, BLOCK_DV)
     tl.store(out_ptr + b * sob + h * soh + rows[:, None] * son + dvs[None, :] * sod,
              (num / den[:, None]).to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
@@ -229,7 +224,7 @@ def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, stab
                            sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod, sdqb, sdqn, sdqh, sdqd,
                            SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                           PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                           PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """dq per query row; also stores each row's stabiliser, den = φ(q)·z and δ = (dO·out)/den
     ((B·H, n) fp32 each) for the reduction kernel."""
     bh, blk = _row_block(n, BLOCK_N)
@@ -240,7 +235,7 @@ def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, stab
     rows = row0 + tl.arange(0, BLOCK_N)
     q = _load_rows(q_ptr + b * sqb + h * sqh, row0, n, sqn, sqd, D, BLOCK_N, BLOCK_D).to(tl.float32)
     stab, num, den = _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
-                                  SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PREC_SCORE, PREC_VALUE)
+                                  SOFTMAX, BLOCK_N, BLOCK_F, BLOCK_D, BLOCK_DV, PREC_EXACT, PREC_VALUE)
     # out recomputed in fp32, not read back: a 16-bit stored out would spoil the
     # cancellation in G = (dO·Sᵀ − (dO·out)·z)/den.
     out = num / den[:, None]
@@ -249,7 +244,7 @@ def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, stab
     delta = tl.sum(do_den * out, axis=1)
     dq = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for c in range(0, tl.cdiv(m, BLOCK_F)):
-        proj, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        proj, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
         ctx, ksum = _load_chunk(ctx_ptr, ksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
         g = dot(do_den, tl.trans(ctx), PREC_VALUE) - delta[:, None] * ksum[None, :]
@@ -269,7 +264,7 @@ def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, stab_ptr, den_ptr, delta_ptr,
                              sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
                              SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                             PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                             PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """Partial dS = Σ φ(q)ᵀ dO/den and dz = −Σ φ(q)·δ of one feature chunk over one split of rows."""
     bh, split, c, b, h = _reduction_program(H, SPLITS, CHUNKS)
     if bh >= BH:
@@ -284,7 +279,7 @@ def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, stab_ptr, den_ptr, delta_ptr,
         delta = tl.load(delta_ptr + bh * n + rows, mask=rows < n, other=0.0)
         do = _load_rows(do_ptr + b * sdob + h * sdoh, row0, n, sdon, sdod, DV, BLOCK_N, BLOCK_DV).to(tl.float32)
         do_den = do / den[:, None]
-        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         phi = _features(q, u, dn, stab[:, None], valid, SOFTMAX)
         dctx += dot(tl.trans(phi), do_den, PREC_VALUE)
         dksum -= tl.sum(phi * delta[:, None], axis=0)
@@ -299,7 +294,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
                     SOFTMAX: tl.constexpr, ACCUMULATE_DV: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    PREC_SCORE: tl.constexpr, PREC_VALUE: tl.constexpr):
+                    PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """dk, dv per key row. ACCUMULATE_DV (value="q"): dv_ptr is dq, already holding the query-path
     gradient; add to it."""
     bh, blk = _row_block(n, BLOCK_N)
@@ -317,7 +312,7 @@ def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, 
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
     gsum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for c in range(0, tl.cdiv(m, BLOCK_F)):
-        proj, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_SCORE)
+        proj, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
         phi = _features(k, u, dn, stab, valid, SOFTMAX)
         dctx, dksum = _load_chunk(dctx_ptr, dksum_ptr, bh, c, m, DV, BLOCK_F, BLOCK_DV)
         g = dot(v, tl.trans(dctx), PREC_VALUE) + dksum[None, :]
@@ -349,7 +344,7 @@ def _config(n, m, d, dv, dtype):
     block_n = min(64, max(16, triton.next_power_of_2(n)))
     prec = precisions(dtype)
     cfg = dict(BLOCK_N=block_n, BLOCK_F=block_f, BLOCK_D=block_d, BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-               PREC_SCORE=prec["PREC_SCORE"], PREC_VALUE=prec["PREC_VALUE"])
+               PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"])
     return cfg, (8 if block_f == 64 else 4), triton.cdiv(m, block_f)
 
 
@@ -364,7 +359,7 @@ def _key_block_maxima(k, proj, dn, cfg, warps):
     part = torch.empty(B * H, n_blocks, device=k.device, dtype=torch.float32)
     _key_max_kernel[flat_grid(B * H * n_blocks)](k, proj, part, B * H, n, H, proj.shape[0], D, dn, *_strides(k),
                                                  BLOCK_N=cfg["BLOCK_N"], BLOCK_F=cfg["BLOCK_F"],
-                                                 BLOCK_D=cfg["BLOCK_D"], PREC_SCORE=cfg["PREC_SCORE"],
+                                                 BLOCK_D=cfg["BLOCK_D"], PREC_EXACT=cfg["PREC_EXACT"],
                                                  num_warps=warps)
     return part
 
