@@ -307,3 +307,31 @@ print("compiled")
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
+
+
+def test_config_pruner_follows_the_compile_report():
+    """The pruner's shared-memory model reproduces the sm_90 report's figures without a bias, and
+    per problem it keeps the report's spill-free wgmma configs and drops what cannot fit."""
+    est = ta._estimates
+    assert est("fwd", 128, 64, 8, 3, 64, 64, 0, 2)[0] == 64 * 1024     # DeiT-Ti, measured 64 KiB
+    assert est("fwd", 64, 64, 4, 3, 256, 256, 0, 2)[0] == 224 * 1024   # d = 256, measured 224 KiB
+    assert est("dkdv", 64, 64, 8, 3, 64, 64, 0, 2)[0] // 1024 == 64    # measured 65 KiB (+ scratch)
+
+    def kept(kernel, tuned, dk, d1, d2=0, bias=0, dtype=torch.bfloat16):
+        meta = dict(BLOCK_DK=dk, BLOCK_D1=d1, BLOCK_D2=d2, HAS_P2=d2 > 0, P2=int(d2 > 0), BIAS=bias,
+                    Q=torch.empty(1, dtype=dtype))
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in ta._pruner(kernel)(tuned.configs, meta)]
+
+    for kernel, tuned, configs in (("fwd", ta._fwd_tuned, ta._FWD_CONFIGS), ("dkdv", ta._dkdv_tuned, ta._DKDV_CONFIGS),
+                                   ("dq", ta._dq_tuned, ta._DQ_CONFIGS)):
+        assert kept(kernel, tuned, 64, 64)[0] == configs[0]                # the report's first choice survives
+        assert kept(kernel, tuned, 16, 16, 32, bias=2)[0] == configs[0]    # at the LeViT shapes too
+    assert kept("fwd", ta._fwd_tuned, 64, 64) == ta._FWD_CONFIGS                      # DeiT: every config
+    assert (128, 64, 8, 3) not in kept("fwd", ta._fwd_tuned, 256, 256)                # 256 KiB: over the SM
+    assert (64, 64, 4, 3) in kept("fwd", ta._fwd_tuned, 256, 256)                     # 224 KiB: fits
+    assert (128, 128, 8, 3) not in kept("fwd", ta._fwd_tuned, 16, 16, 32, bias=2)     # spills with the table
+    assert (64, 32, 8, 3) in kept("dkdv", ta._dkdv_tuned, 256, 256)                   # d = 256: the spill-free one
+    assert (64, 32, 8, 3) not in kept("dkdv", ta._dkdv_tuned, 16, 64, bias=2)         # mma.sync + bias: spills
+    assert (128, 128, 8, 3) in kept("fwd", ta._fwd_tuned, 128, 128)                   # 224 KiB in bf16
+    assert (128, 128, 8, 3) not in kept("fwd", ta._fwd_tuned, 128, 128, dtype=torch.float32)  # twice that in fp32

@@ -417,26 +417,66 @@ def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles too wide for shared memory / registers at large head dims (d up to 256)."""
-    meta = {**named_args, **kwargs}
-    has_second = meta.get("HAS_P2", False) or meta.get("P2", 0) != 0
-    width = meta["BLOCK_DK"] + meta["BLOCK_D1"] + (meta["BLOCK_D2"] if has_second else 0)
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_M"] * width <= 128 * 320 and c.kwargs["BLOCK_N"] * width <= 64 * 320]
-    return kept or configs[-1:]
+SHARED_MEMORY_BYTES = 232448  # what one program may use on sm_90 (227 KiB)
+REGISTER_BUDGET = 192         # estimated live fp32 values per thread (`_estimates`) before ptxas spills
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen offline from the sm_90 cubins (`armour-bench
-# cubin`, bench/results/offline-sm90/: ptxas -v on kernels compiled with the launch specialisation
-# a real launch gets): each list keeps configs that compile without register spills and with
-# wgmma for head dims 16–64, plus narrower ones that still fit at 128–256 (see `_prune`).
+def _estimates(kernel, block_m, block_n, warps, stages, dk, dv, bias, element):
+    """(shared bytes, live fp32 values per thread) of one config: the model behind `_pruner`.
+
+    Shared memory: the streamed operand tiles, one buffer per pipeline stage, plus the resident
+    tile (and a bias / index tile per stage); it reproduces the compiled figures exactly without
+    a bias and over-estimates with one. Registers: the fp32 accumulators of the resident rows plus
+    the score-sized tiles (scores, probabilities, dS; the bias and its index), 1.5 values per
+    element. Both fitted to the sm_90 compile report (bench/results/offline-sm90/), as are the
+    limits above."""
+    extra = stages * block_m * block_n * 2 if bias else 0
+    if kernel == "dkdv":  # key-major: BLOCK_N keys resident, query blocks streamed
+        shared = element * (stages * block_m * (dk + dv) + block_n * (dk + dv)) + extra
+        resident, streamed, accumulated = block_n, block_m, dk + dv
+    else:
+        resident_width = dk if kernel == "fwd" else dk + dv
+        shared = element * (stages * block_n * (dk + dv) + block_m * resident_width) + extra
+        resident, streamed, accumulated = block_m, block_n, dv if kernel == "fwd" else dk
+    live = (resident * accumulated + 1.5 * (1 + bias) * resident * streamed) / (32 * warps)
+    return shared, live
+
+
+def _pruner(kernel):
+    """The autotuner's early prune for one kernel: keep the configs that fit the SM's shared memory
+    and whose estimated registers fit, and, with a bias, no 8-warp config whose MMA rows are fewer
+    than 64 (it falls back from wgmma to mma.sync and spills the bias tiles)."""
+    def prune(configs, named_args, **kwargs):
+        meta = {**named_args, **kwargs}
+        has_second = meta.get("HAS_P2", False) or meta.get("P2", 0) != 0
+        dk, dv = meta["BLOCK_DK"], meta["BLOCK_D1"] + (meta["BLOCK_D2"] if has_second else 0)
+        bias = int(meta["BIAS"])
+        element = meta["Q"].element_size()
+        kept = []
+        for config in configs:
+            m, n, warps = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps
+            shared, live = _estimates(kernel, m, n, warps, config.num_stages, dk, dv, bias, element)
+            mma_rows = n if kernel == "dkdv" else m
+            if shared <= SHARED_MEMORY_BYTES and live <= REGISTER_BUDGET and not (warps == 8 and mma_rows < 64 and bias):
+                kept.append(config)
+        return kept or configs[-1:]
+    return prune
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), in order of preference. Derived from the sm_90 compile
+# report (`armour-bench cubin`, bench/results/offline-sm90/), compiled with the launch
+# specialisation a real launch gets: every entry is spill-free with wgmma at the DeiT / LeViT
+# shapes (head dims 16–64) or at d = 128, except the mma.sync fallbacks at the end; the 128×128
+# tiles fit only without a bias (`_pruner` drops what does not fit a given problem). Left out
+# after the report: fwd 128×64 on 4 warps and dK/dV 128×32 (spill with a bias), dQ and dK/dV
+# 32×128 on 4 warps and dK/dV 128×128 (spill everywhere).
 # The dK/dV kernel's tiles are key-major, so there BLOCK_N is the wgmma M dimension.
-_FWD_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)]
-_DKDV_CONFIGS = [(64, 64, 8, 3), (64, 64, 8, 2), (32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 4, 3),
-                 (64, 32, 8, 3), (128, 32, 8, 3), (32, 32, 4, 2)]
-_DQ_CONFIGS = [(64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 32, 8, 3), (64, 32, 8, 3),
-               (32, 128, 8, 3), (16, 64, 4, 3), (32, 32, 4, 2)]
+_FWD_CONFIGS = [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 128, 4, 3),
+                (128, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2)]
+_DKDV_CONFIGS = [(64, 64, 8, 3), (64, 64, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (32, 64, 4, 3), (16, 64, 4, 3),
+                 (64, 64, 4, 3), (32, 32, 4, 2), (64, 32, 8, 3)]
+_DQ_CONFIGS = [(64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+               (64, 32, 8, 3), (16, 64, 4, 3), (32, 32, 4, 2)]
 
 
 def _configs(shapes):
@@ -452,13 +492,13 @@ DKDV_KEY = _KEY + ["P1", "P2", "DBIAS"]
 DQ_KEY = _KEY + ["P1", "P2"]
 
 
-def _tuned(kernel, configs, key, **kwargs):
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **kwargs)(kernel)
+def _tuned(kernel, name, configs, key, **kwargs):
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _pruner(name)}, **kwargs)(kernel)
 
 
-_fwd_tuned = _tuned(_attention_fwd_kernel, _configs(_FWD_CONFIGS), FWD_KEY)
-_dkdv_tuned = _tuned(_attention_bwd_dkdv_kernel, _configs(_DKDV_CONFIGS), DKDV_KEY, reset_to_zero=["DBias"])
-_dq_tuned = _tuned(_attention_bwd_dq_kernel, _configs(_DQ_CONFIGS), DQ_KEY)
+_fwd_tuned = _tuned(_attention_fwd_kernel, "fwd", _configs(_FWD_CONFIGS), FWD_KEY)
+_dkdv_tuned = _tuned(_attention_bwd_dkdv_kernel, "dkdv", _configs(_DKDV_CONFIGS), DKDV_KEY, reset_to_zero=["DBias"])
+_dq_tuned = _tuned(_attention_bwd_dq_kernel, "dq", _configs(_DQ_CONFIGS), DQ_KEY)
 
 # Under the interpreter (CPU tensors): one small fixed tile, so tests stay fast.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
