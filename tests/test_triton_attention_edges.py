@@ -76,6 +76,7 @@ def test_masked_rows_leave_other_gradients_unchanged():
     n, heads = 21, 2
     bias = torch.randn(heads, n, n, generator=torch.Generator().manual_seed(2))
     bias[:, 4] = NEG
+    bias = bias.to(DEVICE)
     q, k, v = _leaves(2, n, heads, 16, torch.float32)
     out = attention(q, k, v, bias=bias, backend="triton")
     dout = torch.randn_like(out)
@@ -108,7 +109,7 @@ def test_fully_masked_rows_through_the_levit_table(deterministic):
 
 def test_lse_is_plus_inf_for_an_empty_row():
     q, k, v = (t.detach() for t in _leaves(1, 9, 1, 16, torch.float32))
-    bias = torch.zeros(9, 9)
+    bias = torch.zeros(9, 9, device=DEVICE)
     bias[2] = NEG
     out, lse = ta.attention_forward(q, k, v, bias, None, value="v", scale=None, mask_diagonal=False)
     assert lse[0, 0, 2] == float("inf") and torch.isfinite(lse[0, 0, torch.arange(9) != 2]).all()
@@ -148,7 +149,7 @@ def test_broadcast_bias_gradient_never_materialises_the_batch(monkeypatch, deter
     """Peak memory of the backward: nothing as large as (B, H, Nq, Nk) is allocated for a (H, Nq, Nk) bias."""
     batch, n, heads = 8, 21, 2
     q, k, v = (t.detach() for t in _leaves(batch, n, heads, 16, torch.float32))
-    bias = torch.randn(heads, n, n)
+    bias = torch.randn(heads, n, n, device=DEVICE)
     out, lse = ta.attention_forward(q, k, v, bias, None, value="v", scale=None, mask_diagonal=False)
     sizes = _allocations(monkeypatch)
     torch.use_deterministic_algorithms(deterministic)
@@ -185,9 +186,9 @@ def test_deterministic_algorithms_select_the_owned_slot_reduction(monkeypatch, b
     batch, n, heads = 3, 21, 2
     q, k, v = (t.detach() for t in _leaves(batch, n, heads, 16, torch.float32))
     index = None
-    bias = torch.randn(heads, n, n)
+    bias = torch.randn(heads, n, n, device=DEVICE)
     if bias_kind == "table":
-        bias, index = torch.randn(heads, 13), torch.randint(0, 13, (n, n))
+        bias, index = torch.randn(heads, 13, device=DEVICE), torch.randint(0, 13, (n, n), device=DEVICE)
     out, lse = ta.attention_forward(q, k, v, bias, index, value="v", scale=None, mask_diagonal=False)
     dout = torch.randn_like(out)
     seen = _launches(monkeypatch)
@@ -248,7 +249,7 @@ def test_wide_table_keeps_int32_through_the_kernels():
     table = torch.randn(heads, entries, generator=gen)
     index = torch.randint(32768, entries, (n, n), generator=gen)
     index[0, 0] = entries - 1
-    _check("v", table, index=index, n=n)
+    _check("v", table, index=index.to(DEVICE), n=n)
 
 
 def test_narrowed_index_cached_per_tensor_version():
