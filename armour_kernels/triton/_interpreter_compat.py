@@ -12,7 +12,7 @@ anyway): a GPU process never touches Triton's internals.
 """
 from __future__ import annotations
 
-from .._backend import triton_interpreting
+from ..backend import interpreting as triton_interpreting
 
 
 def _index(self):

@@ -56,7 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from ..backend import interpreting as triton_interpreting
 from ..constants import MAX_HEAD_DIM, VALUE_PARTS, BiasKind, ValueSource
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._constants import BIAS_DENSE, BIAS_TABLE, LN2, LOG2E, SRC_K, SRC_NONE, SRC_Q, SRC_V

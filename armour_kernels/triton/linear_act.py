@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import triton_interpreting
+from ..backend import interpreting as triton_interpreting
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._grid import flat_grid, flat_program_id
 

@@ -1,4 +1,4 @@
-// Interface of the CPU Nyström and Performer forward kernels (SPEC §4, §5), kept apart from
+// Interface of the CPU Nyström and Performer forward kernels (docs/nystrom.md, docs/performer.md), kept apart from
 // kernel_api.h (the attention family) so the two families evolve independently. Same rules as
 // kernel_api.h: plain data only (fp32 pointers + element strides), no torch header, one table per ISA.
 #pragma once

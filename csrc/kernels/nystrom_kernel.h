@@ -1,4 +1,4 @@
-// Nyström attention forward on CPU (SPEC §4), fused like the Triton kernels. Per (b, h):
+// Nyström attention forward on CPU (docs/nystrom.md), fused like the Triton kernels. Per (b, h):
 //   A. landmarks q̃ (scaled), k̃ (means over groups of l = padded_n / m tokens, the front padding
 //      counted as zero rows without being stored), A2 = softmax(q̃k̃ᵀ) and its max row / column
 //      abs-sums (seed mode: maxima over the whole batch, reduced on the host thread);

@@ -1,4 +1,4 @@
-// Performer (FAVOR+) forward on CPU (SPEC §5), fused like the Triton kernels: the features φ(x)
+// Performer (FAVOR+) forward on CPU (docs/performer.md), fused like the Triton kernels: the features φ(x)
 // of one token are computed in registers / a one-row buffer and used at once, φ(q), φ(k) (n×m)
 // never exist in memory. Three sweeps:
 //   1. key stabiliser M = max of u = (dn·k)Pᵀ per (b, h) (softmax only; seed: max over all),
