@@ -56,10 +56,13 @@ LINEAR_ATTENTION_VALUES = ("v", "q")  # "q": the Armour form, the query is the v
 MODES = ("seed", "clean")  # seed: batch-wide statistics as the paper's code; clean: per (batch, head)
 PERFORMER_KERNELS = ("softmax", "relu")
 
+# The Linear + activation family (docs/linear_act.md): activations the fused layers apply.
+ACTIVATIONS = ("none", "hardswish", "relu", "gelu", "gelu_tanh", "silu")
+
 MAX_HEAD_DIM = 256
 
 LOG2E = 1.0 / math.log(2.0)  # the kernels work in exp2: exp(x) = exp2(x·log2 e)
 LN2 = math.log(2.0)
 
 __all__ = ["ValueSource", "BiasKind", "VALUE_PARTS", "VALUE_SOURCES", "DEIT_VARIANTS", "LEVIT_VALUES",
-           "LINEAR_ATTENTION_VALUES", "MODES", "PERFORMER_KERNELS", "MAX_HEAD_DIM", "LOG2E", "LN2"]
+           "LINEAR_ATTENTION_VALUES", "MODES", "PERFORMER_KERNELS", "ACTIVATIONS", "MAX_HEAD_DIM", "LOG2E", "LN2"]

@@ -1,7 +1,7 @@
 """`armourize`: turn a regular DeiT or LeViT (timm or python_ref) into its Armour form to fine-tune.
 
 The conversion keeps the weights a pretrained model already has and drops the ones the Armour
-form no longer needs (SPEC §2–§3):
+form no longer needs (docs/attention.md, docs/levit.md):
 
 - DeiT (`qkv = Linear(C, 3C)` laid out [q | k | v]): "armour" and "shared_kv" keep the W_Q and
   W_K rows (and biases) → Linear(C, 2C) [q | k]; "shared_qk" / "shared_qk_nodiag" keep W_Q and
@@ -27,6 +27,7 @@ from python_ref import deit as ref_deit
 from python_ref import levit as ref_levit
 
 from .surgery import patch, unpatch
+from .surgery.match import ClassTable
 
 DEIT_TARGETS = ("armour", "shared_kv", "shared_qk", "shared_qk_nodiag")
 LEVIT_TARGETS = ("armour", "armour_plus")
@@ -93,19 +94,6 @@ def _slice_rows(module: nn.Module, rows: torch.Tensor) -> nn.Module:
 
 # ----------------------------------------------------------------------------- DeiT
 
-def _timm_deit_attention_class():
-    try:
-        from timm.layers.attention import Attention as TimmAttention
-    except ImportError:
-        return None
-    return TimmAttention
-
-
-def _is_deit_attention(module) -> bool:
-    timm_cls = _timm_deit_attention_class()
-    return (timm_cls is not None and type(module) is timm_cls) or isinstance(module, ref_deit.Attention)
-
-
 def _armour_deit_attention(old: nn.Module, variant: str) -> nn.Module:
     if getattr(old, "variant", "regular") != "regular":
         raise ValueError(f"armourize: the model already has {old.variant!r} attention; start from a regular one")
@@ -129,19 +117,6 @@ def _armour_deit_attention(old: nn.Module, variant: str) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- LeViT
-
-def _timm_levit_attention_class():
-    try:
-        from timm.models.levit import Attention as TimmLevitAttention
-    except ImportError:
-        return None
-    return TimmLevitAttention
-
-
-def _is_levit_attention(module) -> bool:
-    timm_cls = _timm_levit_attention_class()
-    return (timm_cls is not None and type(module) is timm_cls) or type(module) is ref_levit.Attention
-
 
 def _armour_levit_attention(old: nn.Module, variant: str) -> nn.Module:
     if getattr(old, "variant", "regular") != "regular":
@@ -170,14 +145,18 @@ def _armour_levit_attention(old: nn.Module, variant: str) -> nn.Module:
 
 # ----------------------------------------------------------------------------- public
 
-def _replace(model: nn.Module, recognise, build) -> int:
-    replaced = 0
+# The regular attentions armourize rewrites (exact classes, surgery/match.py).
+_ATTENTIONS = ClassTable()
+_ATTENTIONS.add(("timm.layers.attention:Attention", "python_ref.deit:Attention", "armour_kernels.convert:Attention"),
+               "deit")
+_ATTENTIONS.add(("timm.models.levit:Attention", "python_ref.levit:Attention"), "levit")
+
+
+def _replace(model: nn.Module, family: str, build) -> None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if recognise(child):
+            if _ATTENTIONS.get(child) == family:
                 setattr(parent, name, build(child))
-                replaced += 1
-    return replaced
 
 
 def armourize(model: nn.Module, variant: str = "armour", *, backend: str | None = "auto") -> nn.Module:
@@ -193,16 +172,16 @@ def armourize(model: nn.Module, variant: str = "armour", *, backend: str | None 
     if not isinstance(model, nn.Module):
         raise TypeError(f"armourize: expected an nn.Module, got {type(model).__name__}")
     model = unpatch(copy.deepcopy(model))  # a fused input goes back to its plain modules first
-    has_deit = any(_is_deit_attention(m) for m in model.modules())
-    has_levit = any(_is_levit_attention(m) for m in model.modules())
+    families = {_ATTENTIONS.get(m) for m in model.modules()}
+    has_deit, has_levit = "deit" in families, "levit" in families
     if has_deit:
         if variant not in DEIT_TARGETS:
             raise ValueError(f"armourize: variant {variant!r} is for LeViT; DeiT supports {DEIT_TARGETS}")
-        _replace(model, _is_deit_attention, lambda m: _armour_deit_attention(m, variant))
+        _replace(model, "deit", lambda m: _armour_deit_attention(m, variant))
     elif has_levit:
         if variant not in LEVIT_TARGETS:
             raise ValueError(f"armourize: variant {variant!r} is for DeiT; LeViT supports {LEVIT_TARGETS}")
-        _replace(model, _is_levit_attention, lambda m: _armour_levit_attention(m, variant))
+        _replace(model, "levit", lambda m: _armour_levit_attention(m, variant))
     else:
         raise TypeError(f"armourize: {type(model).__name__} has no DeiT (timm / python_ref ViT Attention) or "
                         "LeViT attention to convert")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._backend import BACKENDS
+from .backend import BACKENDS
 from .surgery import unpatch
 
 

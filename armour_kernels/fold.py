@@ -1,4 +1,4 @@
-"""Fold LeViT's BatchNorms into the neighbouring Linear / Conv2d for inference (SPEC §3).
+"""Fold LeViT's BatchNorms into the neighbouring Linear / Conv2d for inference (docs/levit.md).
 
 LeViT pairs every projection with a BatchNorm: `Linear_BN` / `Conv2d_BN` (timm `LinearNorm`,
 `ConvNorm`; python_ref `Linear_BN`) normalise *after* the projection, `BN_Linear` (timm
@@ -28,6 +28,7 @@ import torch.nn as nn
 
 _PROJECTIONS = (nn.Linear, nn.Conv2d, nn.Conv1d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_FOLDED = "_armour_bn_folded"  # marks a pair whose BatchNorm this function replaced
 
 
 def _bn_affine(bn: nn.modules.batchnorm._BatchNorm):
@@ -109,11 +110,17 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     Works on timm `levit_*` (linear mode), `levit_conv_*` (1×1-conv mode) and python_ref LeViT
     models, whatever their attention variant. The model must be in eval mode: a training-mode
     BatchNorm normalises with batch statistics, which no fixed weight reproduces. Folding a
-    folded model changes nothing. A BatchNorm that is not paired with a projection is an error.
+    folded model changes nothing. A BatchNorm that is not paired with a projection is an error,
+    and so is a model that has no BatchNorm to fold and never had one (like `patch`, it says so
+    rather than silently doing nothing).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fold_batchnorm expects an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"fold_batchnorm: model must be a torch.nn.Module, got {type(model).__name__}")
     norms = [m for m in model.modules() if isinstance(m, _NORMS)]
+    if not norms:
+        if any(_FOLDED in m.__dict__ for m in model.modules()):
+            return model
+        raise TypeError(f"fold_batchnorm: found no BatchNorm to fold in {type(model).__name__}")
     if any(m.training for m in norms) or (norms and model.training):
         raise RuntimeError("fold_batchnorm: the model is in training mode; BatchNorm folding uses the "
                            "running statistics and is only exact for inference — call model.eval() first")
@@ -129,6 +136,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         else:
             _fold_norm_after(proj, bn)
         setattr(module, norm_name, nn.Identity())
+        module.__dict__[_FOLDED] = True
         folded.add(id(bn))
     left = [type(m).__name__ for m in norms if id(m) not in folded]
     if left:
@@ -144,8 +152,3 @@ def _clear_attention_bias_caches(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(getattr(m, "attention_bias_cache", None), dict):
             m.attention_bias_cache = {}
-
-
-def is_folded(model: nn.Module) -> bool:
-    """True when no BatchNorm is left in `model`."""
-    return not any(isinstance(m, _NORMS) for m in model.modules())

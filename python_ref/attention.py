@@ -4,7 +4,7 @@ Layout is PyTorch's (B, H, N, D): one row per token, one (N, D) matrix per head.
 Everything here is plain PyTorch and works in float64, so tests can compute the
 "true" answer at high precision. Nothing here is fast on purpose.
 
-SPEC §2 (DeiT family) and §3 (LeViT generalised Armour):
+docs/attention.md (DeiT family) and docs/levit.md (LeViT generalised Armour):
 
     value="v"    softmax(s·QKᵀ + bias)·V          regular (also shared_qk: pass k=q)
     value="q"    softmax(s·QKᵀ + bias)·Q          Armour: the query is the value
@@ -18,7 +18,7 @@ import torch
 
 VALUE_SOURCES = ("v", "q", "k", "q+v", "q+k")
 
-# The attention variants of SPEC §2, as (value source, q is k, mask diagonal).
+# The attention variants of docs/attention.md, as (value source, q is k, mask diagonal).
 DEIT_VARIANTS = {
     "regular": ("v", False, False),
     "armour": ("q", False, False),
@@ -41,7 +41,7 @@ def value_tensor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, value
 
 
 def attention_scores(q, k, *, scale=None, bias=None, mask_diagonal=False):
-    """s·QKᵀ + bias, with the diagonal set to -inf where asked (SPEC §2, `shared_qk_nodiag`).
+    """s·QKᵀ + bias, with the diagonal set to -inf where asked (docs/attention.md, `shared_qk_nodiag`).
 
     A row whose only finite score is on the diagonal keeps its diagonal: the paper's
     rule for a query with no other valid key (N = 1, say).
@@ -60,10 +60,18 @@ def attention_scores(q, k, *, scale=None, bias=None, mask_diagonal=False):
     return scores
 
 
+def attention_probs(scores):
+    """softmax over the keys, with one addition: a row with no finite score (every key masked to -inf
+    by the bias) has no weights at all — all zeros, so its output is 0 and no gradient flows from it
+    (PyTorch's scaled_dot_product_attention does the same; softmax alone would give NaN)."""
+    empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+
+
 def attention(q, k, v=None, *, value="v", scale=None, bias=None, mask_diagonal=False):
     """softmax(scale·q·kᵀ + bias)·value, per head. Shapes (B, H, N, D); bias broadcasts to (B, H, Nq, Nk)."""
     scores = attention_scores(q, k, scale=scale, bias=bias, mask_diagonal=mask_diagonal)
-    return torch.softmax(scores, dim=-1) @ value_tensor(q, k, v, value)
+    return attention_probs(scores) @ value_tensor(q, k, v, value)
 
 
 def attention_lse(q, k, *, scale=None, bias=None, mask_diagonal=False):
@@ -73,7 +81,7 @@ def attention_lse(q, k, *, scale=None, bias=None, mask_diagonal=False):
 
 
 def deit_attention(q, k, v=None, *, variant="regular", scale=None):
-    """The DeiT attention variants of SPEC §2 by name.
+    """The DeiT attention variants of docs/attention.md by name.
 
     `shared_qk*` use q as the key (pass k=None or anything: it is ignored)."""
     if variant not in DEIT_VARIANTS:
@@ -87,7 +95,7 @@ def deit_attention(q, k, v=None, *, variant="regular", scale=None):
 # ----------------------------------------------------------------------------- LeViT
 
 def levit_bias_index(resolution: int, stride: int = 1) -> torch.Tensor:
-    """LeViT's relative-position index: idx[i, j] = |dy|·res + |dx| (SPEC §3).
+    """LeViT's relative-position index: idx[i, j] = |dy|·res + |dx| (docs/levit.md).
 
     Queries sit on the grid subsampled by `stride` (1: the same grid as the keys),
     keys on the full `resolution`×`resolution` grid. Returns int64 (Nq, Nk).
@@ -109,7 +117,7 @@ def levit_bias(attention_biases: torch.Tensor, bias_index: torch.Tensor) -> torc
 def levit_attention(q, k, v=None, *, attention_biases, bias_index, value="v", scale=None):
     """LeViT attention core (before Hardswish and `proj`): softmax(s·qkᵀ + table[idx])·value.
 
-    value="v" is LeViT, "q+v" the generalised `armour`, "q+k" `armour_plus` (SPEC §3).
+    value="v" is LeViT, "q+v" the generalised `armour`, "q+k" `armour_plus` (docs/levit.md).
     """
     bias = levit_bias(attention_biases, bias_index)
     return attention(q, k, v, value=value, scale=scale, bias=bias)

@@ -1,4 +1,4 @@
-"""DeiT (timm `deit_*_patch16_224`, `deit_*_distilled_patch16_224`) with the attention variants of SPEC §2.
+"""DeiT (timm `deit_*_patch16_224`, `deit_*_distilled_patch16_224`) with the attention variants of docs/attention.md.
 
 With attention="regular" the state dict has exactly timm 1.0.31's keys and shapes, so
 `model.load_state_dict(timm_model.state_dict())` works strictly and gives the same output.
@@ -183,7 +183,7 @@ class DeiT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# timm's configurations of the DeiT models (SPEC §2).
+# timm's configurations of the DeiT models (docs/models.md).
 DEIT_CONFIGS = {
     "deit_tiny_patch16_224": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "deit_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),

@@ -1,4 +1,4 @@
-"""Exact BatchNorm folding for the python_ref LeViT models (SPEC §3).
+"""Exact BatchNorm folding for the python_ref LeViT models (docs/levit.md).
 
 In eval mode a BatchNorm is the affine map y = (x − μ)·s + β with s = γ/√(σ² + ε), so
     Linear_BN / Conv2d_BN:  w' = w·s (per output channel),    b' = β − μ·s

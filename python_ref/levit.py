@@ -1,4 +1,4 @@
-"""LeViT (timm `levit_*`, linear mode) with the generalised Armour attention of SPEC §3.
+"""LeViT (timm `levit_*`, linear mode) with the generalised Armour attention of docs/levit.md.
 
 With attention="regular" the state dict has exactly timm 1.0.31's keys and shapes (the
 `attention_bias_idxs` buffers are non-persistent, as in timm), so a timm checkpoint loads
@@ -22,7 +22,7 @@ import torch.nn as nn
 from .attention import levit_attention, levit_bias_index
 from .layers import DropPath, check_image
 
-# attention name → the value source of python_ref.attention (SPEC §3).
+# attention name → the value source of python_ref.attention (docs/levit.md).
 LEVIT_VARIANTS = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
 
 
@@ -312,7 +312,7 @@ class Levit(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# timm's configurations of the LeViT models (SPEC §3).
+# timm's configurations of the LeViT models (docs/levit.md).
 LEVIT_CONFIGS = {
     "levit_128s": dict(embed_dim=(128, 256, 384), key_dim=16, num_heads=(4, 6, 8), depth=(2, 3, 4)),
     "levit_128": dict(embed_dim=(128, 256, 384), key_dim=16, num_heads=(4, 8, 12), depth=(4, 4, 4)),

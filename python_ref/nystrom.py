@@ -1,4 +1,4 @@
-"""Reference Nyström attention (SPEC §4), as lucidrains `nystrom-attention` 0.0.14 computes it.
+"""Reference Nyström attention (docs/nystrom.md), as lucidrains `nystrom-attention` 0.0.14 computes it.
 
 Layout (B, H, N, D). The caller passes the unpadded q, k, v straight out of the
 projection (q NOT yet scaled); this function front-pads, scales q, and trims, so that
@@ -14,7 +14,7 @@ MODES = ("seed", "clean")
 
 
 def razavi_pinv(a: torch.Tensor, iterations: int = 6, mode: str = "clean") -> torch.Tensor:
-    """Iterative Moore–Penrose pseudo-inverse of the (…, m, m) matrix `a` (SPEC §4 step 4).
+    """Iterative Moore–Penrose pseudo-inverse of the (…, m, m) matrix `a` (docs/nystrom.md, step 5).
 
     Z₀ = aᵀ / (max row-abs-sum · max col-abs-sum); Z ← ¼ Z (13I − aZ(15I − aZ(7I − aZ))).
     mode "seed": the two maxima over the whole batch (the paper's code, batch-dependent);
@@ -57,7 +57,7 @@ def nystrom_attention(q, k, v=None, *, num_landmarks, pinv_iterations=6, mode="c
 
     value="q" is the Armour form: the (unscaled) query is the value.
     conv_weight: the (H, 1, K, 1) weight of the residual Conv2d(h, h, (K, 1), groups=h), or None.
-    The m×m work and the three softmaxes run in float32 at least (SPEC §4).
+    The m×m work and the three softmaxes run in float32 at least (docs/nystrom.md).
     """
     if value not in ("v", "q"):
         raise ValueError(f"value must be 'v' or 'q', got {value!r}")

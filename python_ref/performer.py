@@ -1,4 +1,4 @@
-"""Reference Performer (FAVOR+) attention (SPEC §5), as performer-pytorch computes it.
+"""Reference Performer (FAVOR+) attention (docs/performer.md), as performer-pytorch computes it.
 
 Layout (B, H, N, D). `projection` is the (m, d) random-feature matrix.
 """
@@ -31,7 +31,7 @@ def default_num_features(dim_head: int) -> int:
 
 
 def softmax_features(x, projection, *, is_query, mode="clean"):
-    """Positive random features of exp(q·k) (SPEC §5), without the common m^-1/2 factor."""
+    """Positive random features of exp(q·k) (docs/performer.md), without the common m^-1/2 factor."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     dn = x.shape[-1] ** -0.25

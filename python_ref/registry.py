@@ -27,11 +27,6 @@ def list_models() -> tuple[str, ...]:
     return MODEL_NAMES
 
 
-def attention_choices(name: str) -> tuple[str, ...]:
-    """The attention names valid for model `name`."""
-    return _lookup(name)[2]
-
-
 def _lookup(name):
     if name not in _FAMILIES:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")

@@ -1,6 +1,6 @@
 """Reference rotary position embedding (RoPE, Vision Xformers §5.4).
 
-Rotates q and k (never v). With Armour the value is the *unrotated* q (SPEC §6).
+Rotates q and k (never v). With Armour the value is the *unrotated* q (docs/models.md).
 Layout (B, H, N, D), D even; position p rotates the pair (x[2i], x[2i+1]) by p·θᵢ,
 θᵢ = base^(-2i/D).
 """

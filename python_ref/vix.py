@@ -1,4 +1,4 @@
-"""Vision Xformers on CIFAR-10 (SPEC §6): ViT / ViP / ViL / ViN, FNet and MLP-Mixer, plain or hybrid.
+"""Vision Xformers on CIFAR-10 (docs/models.md): ViT / ViP / ViL / ViN, FNet and MLP-Mixer, plain or hybrid.
 
 The paper's code adapts lucidrains `vit-pytorch`; the attention layers mirror the packages it
 used (module and attribute names included), with the maths taken from python_ref:
@@ -16,9 +16,9 @@ used (module and attribute names included), with the maths taken from python_ref
 `hybrid=True` replaces the linear patch embedding by three 3×3 convs (3→32→64→dim);
 `rope=True` replaces the learnable position embedding by rotary embeddings of q and k (not v);
 `armour=True` (softmax, performer, nystrom) drops the value projection: the value is the
-unrotated query (SPEC §2, §6);
+unrotated query (docs/models.md);
 `mode` ("clean" | "seed") picks the batch-invariant or the paper-code form of the Nyström
-pseudo-inverse scaling and of the Performer key stabiliser (SPEC §4, §5).
+pseudo-inverse scaling and of the Performer key stabiliser (docs/nystrom.md, docs/performer.md).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class Attention(nn.Module):
 
 
 class NystromAttention(nn.Module):
-    """Nyström attention layer as lucidrains `nystrom-attention` 0.0.14 (SPEC §4)."""
+    """Nyström attention layer as lucidrains `nystrom-attention` 0.0.14 (docs/nystrom.md)."""
 
     def __init__(self, dim, dim_head=64, heads=8, num_landmarks=256, pinv_iterations=6, residual=True,
                  residual_conv_kernel=33, eps=1e-8, dropout=0.0, rope=False, mode="clean", armour=False):

@@ -1,7 +1,7 @@
 """Shared test fixtures: tolerances per dtype, NaN-filled outputs, which backends exist here.
 
 On a machine without CUDA the Triton kernels run in the interpreter on CPU tensors
-(SPEC §7), so TRITON_INTERPRET is set before anything imports triton.
+(docs/backends.md), so TRITON_INTERPRET is set before anything imports triton.
 """
 import os
 
@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
-# Interpreter bf16 dot products are garbage (SPEC §7): bf16 Triton tests need a GPU.
+# Interpreter bf16 dot products are garbage (docs/backends.md): bf16 Triton tests need a GPU.
 TRITON_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
 
 # (atol, rtol) against a float64 reference, per input dtype.
@@ -51,7 +51,7 @@ def assert_bad_argument(fn, args, change, error, match):
 
 def assert_no_cpu_kernel_error(op, call):
     """Without the C++ op `op`, call() (backend "auto" on CPU tensors) is a clear error, not a slow path."""
-    from armour_kernels._backend import cpu_has_op
+    from armour_kernels.backend import cpu_has_op
     if cpu_has_op(op):
         pytest.skip(f"the C++ extension provides {op}")
     with pytest.raises(RuntimeError, match="no CPU kernel"):

@@ -1,6 +1,6 @@
-"""Parameter counts the SPEC fixes, shared by the tests that check them."""
+"""Parameter counts docs/models.md fixes, shared by the tests that check them."""
 
-DEIT_COUNTS = {  # SPEC §2: (regular, every two-projection variant)
+DEIT_COUNTS = {  # docs/attention.md: (regular, every two-projection variant)
     "deit_tiny_patch16_224": (5_717_416, 5_272_744),
     "deit_small_patch16_224": (22_050_664, 20_276_584),
     "deit_base_patch16_224": (86_567_656, 79_480_552),

@@ -1,4 +1,4 @@
-"""armourize: parameter counts of SPEC §2–§3, exact outputs, train-mode/leaf guarantees, errors."""
+"""armourize: parameter counts of docs/models.md, exact outputs, train-mode/leaf guarantees, errors."""
 import copy
 
 import pytest
@@ -8,7 +8,7 @@ import python_ref
 from armour_kernels import armourize, fold_batchnorm, patch, unpatch
 from armour_kernels.nn.attention import FusedDeiTAttention
 from armour_kernels.nn.levit import LevitAttention
-from spec_counts import DEIT_COUNTS  # SPEC §2: (regular, two-projection)
+from spec_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
 
 timm = pytest.importorskip("timm")
 
@@ -17,11 +17,11 @@ def count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-LEVIT_COUNTS = {  # SPEC §3: (unfolded training counts, folded counts), each regular / armour / armour_plus
+LEVIT_COUNTS = {  # docs/levit.md: (unfolded training counts, folded counts), each regular / armour / armour_plus
     "levit_128s": ((7_777_058, 7_488_482, 7_199_906), (7_756_466, 7_468_818, 7_181_170)),
     "levit_384": ((39_128_836, 37_057_540, 34_986_244), (39_074_100, 37_006_260, 34_938_420)),
 }
-LEVIT_FOLDED = {  # SPEC §3 folded counts (regular / armour / armour_plus) of the other sizes
+LEVIT_FOLDED = {  # docs/levit.md folded counts (regular / armour / armour_plus) of the other sizes
     "levit_128": (9_188_864, 8_728_576, 8_268_288),
     "levit_192": (10_918_613, 10_363_861, 9_809_109),
     "levit_256": (18_856_276, 17_903_700, 16_951_124),

@@ -1,4 +1,5 @@
-"""The oneDNN CPU inference path (armour_kernels.cpu.dense) and the modules that use it.
+"""The oneDNN CPU inference path of the Linear + activation family (armour_kernels.cpu.linear_act,
+through armour_kernels.ops.linear_act) and the modules that use it.
 
 Every helper is compared with the PyTorch computation it replaces, in float64 as the reference;
 chunking is forced small so batches cut into uneven chunks; the modules (FusedMlp, LevitStem, the
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from conftest import assert_close
 
 from armour_kernels import fold_batchnorm, patch
-from armour_kernels.cpu import dense
+from armour_kernels.cpu import linear_act as dense
 from armour_kernels.nn.levit_stem import LevitStem
-from armour_kernels.nn.mlp import FusedMlp
+from armour_kernels.nn.linear_act import FusedMlp
+from armour_kernels.ops import linear_act as ops
 
-pytestmark = pytest.mark.skipif(not dense.available(), reason="this PyTorch has no oneDNN")
-BF16 = dense.available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+pytestmark = pytest.mark.skipif(not dense.available(torch.float32), reason="this PyTorch has no oneDNN")
+BF16 = dense.available(torch.bfloat16)
 DTYPES = [torch.float32] + ([torch.bfloat16] if BF16 else [])
 
 ACTS = {"none": lambda t: t, "relu": F.relu, "hardswish": F.hardswish, "gelu": F.gelu,
@@ -29,6 +31,14 @@ ACTS = {"none": lambda t: t, "relu": F.relu, "hardswish": F.hardswish, "gelu": F
 
 def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.fixture(params=["onednn", "aten"])
+def engine(request, monkeypatch):
+    """Both GEMM engines of the CPU inference path, whatever the problem size."""
+    threshold = 0.0 if request.param == "onednn" else float("inf")
+    monkeypatch.setattr(dense, "ONEDNN_MIN_FLOPS", {torch.float32: threshold, torch.bfloat16: threshold})
+    return request.param
 
 
 @pytest.fixture
@@ -40,22 +50,22 @@ def small_chunks(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("shape", [(1, 16, 8), (2, 197, 64, 96), (3, 7, 5, 33, 17)])
-def test_linear_matches_pytorch(shape, act, dtype):
+def test_linear_matches_pytorch(shape, act, dtype, engine):
     *lead, k, n = shape
     x, w, b = _rand(*lead, k, dtype=dtype), _rand(n, k, seed=1, dtype=dtype), _rand(n, seed=2, dtype=dtype)
     with torch.inference_mode():
-        got = dense.linear(x, w, b, act)
+        got = dense.linear(x, w, b, act, dtype)
     expected = ACTS[act](F.linear(x.double(), w.double(), b.double()))
     assert got.shape == (*lead, n) and got.dtype == dtype
     assert_close(got, expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_linear_residual_and_no_bias(dtype):
+def test_linear_residual_and_no_bias(dtype, engine):
     x, w, r = _rand(5, 40, 24, dtype=dtype), _rand(32, 24, seed=1, dtype=dtype), _rand(5, 40, 32, seed=3, dtype=dtype)
     with torch.inference_mode():
-        fused = dense.linear(x, w, None, residual=r)
-        after = dense.linear(x, w, None, "relu", residual=r)  # activation then add
+        fused = dense.linear(x, w, None, "none", dtype, residual=r)
+        after = dense.linear(x, w, None, "relu", dtype, residual=r)  # activation then add
     assert_close(fused, F.linear(x.double(), w.double()) + r.double(), dtype)
     assert_close(after, F.relu(F.linear(x.double(), w.double())) + r.double(), dtype)
 
@@ -64,7 +74,7 @@ def test_linear_reads_non_contiguous_input():
     x = _rand(4, 50, 64).transpose(0, 1)[:, ::2]  # (50, 2, 64), strided
     w, b = _rand(48, 64, seed=1), _rand(48, seed=2)
     with torch.inference_mode():
-        assert_close(dense.linear(x, w, b), F.linear(x.double(), w.double(), b.double()), torch.float32)
+        assert_close(dense.linear(x, w, b, "none", torch.float32), F.linear(x.double(), w.double(), b.double()), torch.float32)
 
 
 def test_linear_under_autocast_computes_in_bf16():
@@ -72,7 +82,7 @@ def test_linear_under_autocast_computes_in_bf16():
         pytest.skip("no oneDNN bf16 on this CPU")
     x, w, b = _rand(3, 20, 32), _rand(16, 32, seed=1), _rand(16, seed=2)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        got = dense.linear(x, w, b)
+        got = ops.linear_act(x, w, b, backend="cpu")
         expected = F.linear(x, w, b)
     assert got.dtype == expected.dtype == torch.bfloat16
     assert_close(got, F.linear(x.double(), w.double(), b.double()), torch.bfloat16)
@@ -80,7 +90,7 @@ def test_linear_under_autocast_computes_in_bf16():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 197, 1000])
-def test_mlp_in_chunks_matches_pytorch(rows, dtype, small_chunks):
+def test_mlp_in_chunks_matches_pytorch(rows, dtype, small_chunks, engine):
     x = _rand(rows, 24, dtype=dtype)
     w1, b1 = _rand(96, 24, seed=1, dtype=dtype), _rand(96, seed=2, dtype=dtype)
     w2, b2 = _rand(24, 96, seed=3, dtype=dtype), _rand(24, seed=4, dtype=dtype)
@@ -88,8 +98,8 @@ def test_mlp_in_chunks_matches_pytorch(rows, dtype, small_chunks):
     hidden = F.gelu(F.linear(x.double(), w1.double(), b1.double()))
     expected = F.linear(hidden, w2.double(), b2.double())
     with torch.inference_mode():
-        assert_close(dense.mlp(x, (w1, b1), "gelu", (w2, b2)), expected, dtype, scale=4)
-        assert_close(dense.mlp(x, (w1, b1), "gelu", (w2, b2), residual=r), expected + r.double(), dtype, scale=4)
+        assert_close(dense.mlp(x, (w1, b1), "gelu", (w2, b2), dtype), expected, dtype, scale=4)
+        assert_close(dense.mlp(x, (w1, b1), "gelu", (w2, b2), dtype, residual=r), expected + r.double(), dtype, scale=4)
 
 
 def _stem_layers(widths=(3, 8, 16, 32), seed=0):
@@ -101,33 +111,48 @@ def _stem_layers(widths=(3, 8, 16, 32), seed=0):
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_conv_stem_in_chunks_matches_pytorch(batch, small_chunks):
+def test_conv_chain_in_chunks_matches_pytorch(batch, small_chunks):
     x = _rand(batch, 3, 34, 30)
     layers = _stem_layers()
     expected = x.double()
     for w, b, stride, padding, act in layers:
         expected = ACTS[act](F.conv2d(expected, w.double(), b.double(), stride, padding))
     with torch.inference_mode():
-        got = dense.conv_stem(x, layers)
+        got = dense.conv_chain(x, layers, torch.float32)
     assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert_close(got, expected, torch.float32)
 
 
-def test_serves_only_inference_on_cpu_in_fp32_or_bf16():
+def test_cpu_inference_only_inference_on_cpu_in_fp32_or_bf16():
     x, w = _rand(2, 8), nn.Parameter(_rand(4, 8))
-    assert not dense.serves("auto", x, w)  # grad mode on and w requires grad: autograd path
+    serves = ops._cpu_inference
+    assert not serves("cpu", torch.float32, x, w)  # grad mode on and w requires grad: autograd path
     with torch.no_grad():
-        assert dense.serves("auto", x, w) and dense.serves("cpu", x, w)
-        assert not dense.serves("reference", x, w) and not dense.serves("triton", x, w)
-        assert not dense.serves("auto", x.half(), w)
-        assert not dense.serves("auto", x.double(), w)
-    assert dense.serves("auto", x, w.detach())  # nothing requires grad
+        assert serves("cpu", torch.float32, x, w)
+        assert not serves("reference", torch.float32, x, w) and not serves("triton", torch.float32, x, w)
+        assert not serves("cpu", torch.float16, x, w)
+        assert not serves("cpu", torch.float64, x, w)
+        assert not serves("cpu", torch.float32, x[:0], w)  # nothing to compute: PyTorch's path
+    assert serves("cpu", torch.float32, x, w.detach())  # nothing requires grad
 
 
 def test_activation_of():
-    assert dense.activation_of(nn.GELU()) == "gelu" and dense.activation_of(nn.GELU("tanh")) == "gelu_tanh"
-    assert dense.activation_of(nn.Hardswish()) == "hardswish" and dense.activation_of(nn.Identity()) == "none"
-    assert dense.activation_of(nn.Tanh()) is None
+    assert ops.activation_of(nn.GELU()) == "gelu" and ops.activation_of(nn.GELU("tanh")) == "gelu_tanh"
+    assert ops.activation_of(nn.Hardswish()) == "hardswish" and ops.activation_of(nn.Identity()) == "none"
+    assert ops.activation_of(nn.Tanh()) is None
+
+
+def test_prepared_weights_follow_in_place_updates():
+    x, w, b = _rand(6, 16), nn.Parameter(_rand(8, 16, seed=1)), nn.Parameter(_rand(8, seed=2))
+    with torch.no_grad():
+        for dtype in DTYPES:
+            dense.linear(x, w, b, "none", dtype)  # prepared and cached
+            w.mul_(2.0)  # an optimizer step / load_state_dict: the version counter moves
+            b.add_(1.0)
+            got = dense.linear(x, w, b, "none", dtype)
+            assert_close(got, F.linear(x.double(), w.double(), b.double()), dtype)
+            w.data = _rand(8, 16, seed=3)  # new storage
+            assert_close(dense.linear(x, w, b, "none", dtype), F.linear(x.double(), w.double(), b.double()), dtype)
 
 
 # ----------------------------------------------------------------------------- modules

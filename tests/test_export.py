@@ -5,7 +5,7 @@ import torch
 
 import python_ref
 from armour_kernels import armourize, fold_batchnorm, patch
-from armour_kernels._backend import cpu_has_op
+from armour_kernels.backend import cpu_has_op
 from armour_kernels.export import decomposed, to_onnx
 from armour_kernels.nn.attention import ArmourAttention
 

@@ -15,6 +15,7 @@ from conftest import TRITON_DTYPES, assert_close, requires_cuda
 
 timm = pytest.importorskip("timm")
 
+import armour_kernels  # noqa: E402
 from armour_kernels import fold_batchnorm  # noqa: E402
 from armour_kernels.nn.levit import (LevitAttention, LevitAttentionDownsample, LevitBlock,  # noqa: E402
                                      LevitDownsampleBlock, LevitMlp)
@@ -22,7 +23,7 @@ from armour_kernels.surgery import patch, unpatch  # noqa: E402
 from armour_kernels.triton.linear_act import (hardswish_linear_forward, linear_act_forward,  # noqa: E402
                                               linear_hardswish_forward)
 
-from armour_kernels._backend import cpu_has_op  # noqa: E402
+from armour_kernels.backend import cpu_has_op  # noqa: E402
 
 # The C++ backend joins when the extension is built (CI builds it).
 BACKENDS = ["reference", "triton"] + (["cpu"] if cpu_has_op("attention") else [])
@@ -434,14 +435,13 @@ def test_patched_folded_levit_bf16_autocast_gpu(variant):
 
 
 def test_linear_act_paths_agree():
-    from armour_kernels.nn.levit import linear_act
     g = torch.Generator().manual_seed(5)
     x, w, b = torch.randn(3, 7, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
     expected = F.linear(F.hardswish(x), w, b)
     for backend in ("reference", "triton"):
-        assert_close(linear_act(x, w, b, act_in=True, backend=backend), expected, torch.float32, msg=backend)
+        assert_close(armour_kernels.linear_act(x, w, b, act_in=True, backend=backend), expected, torch.float32, msg=backend)
     x.requires_grad_(True)  # a gradient is needed: PyTorch's GEMM, with autograd
-    y = linear_act(x, w, b, act_out=True, backend="triton")
+    y = armour_kernels.linear_act(x, w, b, act="hardswish", backend="triton")
     y.sum().backward()
     assert x.grad is not None and y.grad_fn is not None
 

@@ -1,6 +1,6 @@
 """python_ref attention functions against naive, formula-level computations written here.
 
-Every reference is re-derived from the SPEC formulas with explicit loops (or einsum), on random
+Every reference is re-derived from the docs/ formulas with explicit loops (or einsum), on random
 float64 inputs; gradients are checked with gradcheck where the function is smooth and cheap.
 """
 import math
@@ -169,7 +169,7 @@ def test_levit_subsample_attention_and_gradcheck():
 # ----------------------------------------------------------------------------- Nyström
 
 def naive_nystrom(q, k, v, m, iterations=6, mode="clean", conv_weight=None):
-    """SPEC §4 step by step: front-pad, landmarks, three softmaxes, Razavi pinv, residual conv, trim."""
+    """docs/nystrom.md step by step: front-pad, landmarks, three softmaxes, Razavi pinv, residual conv, trim."""
     B, H, n, d = q.shape
     pad = (m - n % m) % m
     zeros = torch.zeros(B, H, pad, d, dtype=F64)
@@ -253,7 +253,7 @@ def test_nystrom_gradcheck():
 # ----------------------------------------------------------------------------- Performer
 
 def naive_performer(q, k, v, proj, kernel="softmax", mode="clean"):
-    """SPEC §5 with the quadratic form: out_i = Σ_j (φq_i·φk_j) v_j / Σ_j (φq_i·φk_j)."""
+    """docs/performer.md with the quadratic form: out_i = Σ_j (φq_i·φk_j) v_j / Σ_j (φq_i·φk_j)."""
     d = q.shape[-1]
     dn = d ** -0.25
 

@@ -1,4 +1,4 @@
-"""python_ref models: exact parameter counts (SPEC §2, §3, §6), timm equivalence, BN folding,
+"""python_ref models: exact parameter counts (docs/models.md), timm equivalence, BN folding,
 the attention modules' projection layouts, argument errors, and gradients of every variant.
 
 Counts are taken on the meta device (shapes only); forwards use tiny configurations.
@@ -12,7 +12,7 @@ from python_ref import create_model, fold_batchnorm, summary_param_count
 from python_ref.attention import DEIT_VARIANTS
 from python_ref.levit import LEVIT_VARIANTS, BNLinear, ConvBN, LinearBN
 from python_ref.vix import VIX_ATTENTIONS
-from spec_counts import DEIT_COUNTS  # SPEC §2: (regular, two-projection)
+from spec_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def on_meta(name, **kwargs):
 # ----------------------------------------------------------------------------- parameter counts
 
 
-LEVIT_FOLDED = {  # SPEC §3, after BN folding: (regular, armour, armour_plus)
+LEVIT_FOLDED = {  # docs/levit.md, after BN folding: (regular, armour, armour_plus)
     "levit_128s": (7_756_466, 7_468_818, 7_181_170),
     "levit_128": (9_188_864, 8_728_576, 8_268_288),
     "levit_192": (10_918_613, 10_363_861, 9_809_109),
@@ -42,12 +42,12 @@ LEVIT_FOLDED = {  # SPEC §3, after BN folding: (regular, armour, armour_plus)
     "levit_384": (39_074_100, 37_006_260, 34_938_420),
 }
 
-LEVIT_UNFOLDED = {  # SPEC §3, training models with BN weight and bias
+LEVIT_UNFOLDED = {  # docs/levit.md, training models with BN weight and bias
     "levit_128s": (7_777_058, 7_488_482, 7_199_906),
     "levit_384": (39_128_836, 37_057_540, 34_986_244),
 }
 
-VIX_COUNTS = {  # SPEC §6: (attention, hybrid) → (torchsummary, all trainable)
+VIX_COUNTS = {  # docs/models.md: (attention, hybrid) → (torchsummary, all trainable)
     ("softmax", False): (530_442, 661_770),
     ("performer", False): (531_978, 663_306),
     ("linformer", False): (415_754, 809_482),
@@ -148,7 +148,7 @@ def test_same_output_as_timm(name, kwargs, timm):
 # ----------------------------------------------------------------------------- attention module layouts
 
 def naive_deit_attention(module, x):
-    """The SPEC §2 formula per head with explicit weight slices: the contract of `qkv`'s layout."""
+    """The docs/attention.md formula per head with explicit weight slices: the contract of `qkv`'s layout."""
     C = x.shape[-1]
     H, D, s = module.num_heads, module.head_dim, module.scale
     w, b = module.qkv.weight, module.qkv.bias
@@ -186,7 +186,7 @@ def test_deit_attention_module_contract(variant):
 
 
 def naive_levit_attention(module, x):
-    """SPEC §3 per head: qkv viewed (B, N, H, ·) split [q D, k D, rest]; value per variant; bias table[h, idx]."""
+    """docs/levit.md per head: qkv viewed (B, N, H, ·) split [q D, k D, rest]; value per variant; bias table[h, idx]."""
     B, N, _ = x.shape
     D, H = module.key_dim, module.num_heads
     per_head = module.qkv(x).view(B, N, H, -1)

@@ -6,38 +6,13 @@ import torch.nn as nn
 
 import armour_kernels
 from armour_kernels.nn.attention import ArmourAttention, FusedDeiTAttention
-from python_ref.attention import DEIT_VARIANTS, attention_scores, value_tensor
+from python_ref.attention import DEIT_VARIANTS
+from python_ref.deit import Attention as RefAttention
 
 
 def tiny_deit():
     torch.manual_seed(0)
     return timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2, img_size=32, num_classes=10)
-
-
-class StandInAttention(nn.Module):
-    """The python_ref.deit.Attention contract (attributes and layout), for the duck-typed converter."""
-
-    def __init__(self, dim, num_heads, variant):
-        super().__init__()
-        self.num_heads, self.head_dim, self.variant = num_heads, dim // num_heads, variant
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, (3 if variant == "regular" else 2) * dim)
-        self.attn_drop, self.proj, self.proj_drop = nn.Dropout(0.0), nn.Linear(dim, dim), nn.Dropout(0.0)
-
-    def forward(self, x):
-        batch, n, dim = x.shape
-        parts = self.qkv(x).reshape(batch, n, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.variant == "regular":
-            q, k, v = parts
-        elif self.variant in ("armour", "shared_kv"):
-            (q, k), v = parts, None
-        else:
-            q, v = parts
-            k = q
-        value, _, mask_diagonal = DEIT_VARIANTS[self.variant]
-        probs = attention_scores(q, k, scale=self.scale, mask_diagonal=mask_diagonal).softmax(-1)
-        out = (self.attn_drop(probs) @ value_tensor(q, k, v, value)).transpose(1, 2).reshape(batch, n, dim)
-        return self.proj_drop(self.proj(out))
 
 
 def forward_backward(model, x):
@@ -76,7 +51,7 @@ def test_patched_timm_deit_matches(backend, mode):
 @pytest.mark.parametrize("variant", list(DEIT_VARIANTS))
 def test_patched_python_ref_attention_matches(variant):
     torch.manual_seed(1)
-    model = nn.Sequential(StandInAttention(64, 2, variant))
+    model = nn.Sequential(RefAttention(64, 2, variant=variant))
     x = torch.randn(2, 11, 64, requires_grad=True)
     out, grads = forward_backward(model, x)
     armour_kernels.patch(model, backend="triton")
@@ -86,7 +61,7 @@ def test_patched_python_ref_attention_matches(variant):
     for name, grad in grads.items():
         torch.testing.assert_close(grads_p[name], grad, atol=2e-5, rtol=2e-4, msg=name)
     armour_kernels.unpatch(model)
-    assert isinstance(model[0], StandInAttention)
+    assert type(model[0]) is RefAttention
 
 
 def test_patch_passes_backend_and_unpatch_keeps_training():
@@ -112,7 +87,7 @@ def test_armour_attention_module():
     assert module.qkv.out_features == 128 and set(module.state_dict()) == {
         "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"}
     x = torch.randn(2, 9, 64)
-    reference = StandInAttention(64, 4, "armour")
+    reference = RefAttention(64, 4, variant="armour")
     reference.load_state_dict(module.state_dict())
     torch.testing.assert_close(module(x), reference(x), atol=2e-5, rtol=2e-5)
     module.attn_drop.p = 0.1

@@ -8,7 +8,7 @@ from armour_kernels import fold_batchnorm  # noqa: E402
 from armour_kernels.nn.attention import FusedDeiTAttention  # noqa: E402
 from armour_kernels.nn.levit import LevitAttention  # noqa: E402
 
-DEIT = {  # SPEC §2 two-projection counts
+DEIT = {  # docs/attention.md two-projection counts
     "armour_deit_tiny_patch16_224": 5_272_744,
     "armour_deit_small_patch16_224": 20_276_584,
     "armour_deit_base_patch16_224": 79_480_552,
@@ -16,7 +16,7 @@ DEIT = {  # SPEC §2 two-projection counts
     "armour_deit_small_distilled_patch16_224": 20_662_352,
     "armour_deit_base_distilled_patch16_224": 80_251_088,
 }
-LEVIT_FOLDED = {  # SPEC §3, counted after BN folding
+LEVIT_FOLDED = {  # docs/levit.md, counted after BN folding
     "armour_levit_128s": 7_468_818, "armour_levit_128": 8_728_576, "armour_levit_192": 10_363_861,
     "armour_levit_256": 17_903_700, "armour_levit_384": 37_006_260,
     "armour_plus_levit_128s": 7_181_170, "armour_plus_levit_128": 8_268_288, "armour_plus_levit_192": 9_809_109,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import python_ref
 from armour_kernels import patch
-from armour_kernels._backend import cpu_has_op
+from armour_kernels.backend import cpu_has_op
 from armour_kernels.nn.attention import FusedDeiTAttention
 
 # A small Armour ViT for 8×8 images: 16 patches of 2×2 + class token = 17 tokens, 2 heads of 16.

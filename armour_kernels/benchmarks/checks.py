@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .._backend import cpu_has_op, triton_interpreting
+from ..backend import cpu_has_op, interpreting as triton_interpreting
 
 # Allowed max-abs error relative to max(1, |reference|), per input dtype.
 TOLERANCE = {torch.float32: 2e-3, torch.float16: 3e-2, torch.bfloat16: 8e-2}

@@ -5,6 +5,9 @@ blocks) and value source, times the forward and forward+backward of
   - armour_kernels.attention (Triton on CUDA, the C++ extension on CPU when built),
   - F.scaled_dot_product_attention doing the same work (regular; Armour as SDPA(q, k, q);
     "q+v" as SDPA(q, k, cat(q, v)); the LeViT bias as a float mask gathered from its table),
+  - FlexAttention (torch.nn.attention.flex_attention, torch.compile'd; CUDA only): the same
+    value matrices, the LeViT bias as a score_mod reading table[h, index[i, j]], the table a
+    learnable bias whose gradient FlexAttention computes,
   - python_ref eager (materialises the N×N scores).
 Reports the median time in ms and TFLOP/s of useful work: forward 2·B·H·Nq·Nk·(Dk + Dv) flops
 (two products), forward+backward 3× that (the backward's four products, not counting the
@@ -44,7 +47,8 @@ def add_arguments(parser):
     parser.add_argument("--shapes", default=None,
                         help="comma-separated shape-name prefixes to keep, e.g. DeiT-Ti,LeViT-128S (default: all)")
     parser.add_argument("--batch", type=int, default=None, help="batch size of every shape (default per shape)")
-    parser.add_argument("--impls", default=None, help="comma-separated subset of armour_kernels,sdpa,python_ref")
+    parser.add_argument("--impls", default=None,
+                        help="comma-separated subset of armour_kernels,sdpa,flex,python_ref (flex: CUDA only)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--isa", default=None, help="CPU kernels' ISA (avx2, avx512, avx512bf16; default: the best)")
 
@@ -107,7 +111,7 @@ def make_inputs(batch, nq, nk, heads, dk, dv, bias, device, dtype):
     return q, k, v, table, index
 
 
-def implementations(backend):
+def implementations(backend, device="cpu"):
     from python_ref.attention import attention as ref_attention
     from python_ref.attention import levit_bias
 
@@ -133,7 +137,33 @@ def implementations(backend):
     def reference(qh, kh, vh, value, mask):
         return ref_attention(qh, kh, vh if "v" in value else None, value=value, bias=mask)
 
-    return {"armour_kernels": (ours, None), "sdpa": (sdpa, heads_first), "python_ref": (reference, heads_first)}
+    impls = {"armour_kernels": (ours, None), "sdpa": (sdpa, heads_first), "python_ref": (reference, heads_first)}
+    if device.startswith("cuda"):
+        impls["flex"] = flex_implementation()
+    return impls
+
+
+def flex_implementation():
+    """(impl, prepare) of FlexAttention: compiled once, the LeViT table as a score_mod (its gradient
+    flows to the captured table, as a learnable bias's should)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def heads_only(q, k, v, table, index):
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), (table, index)
+
+    def flex(qh, kh, vh, value, bias):
+        parts = {"v": vh, "q": qh, "k": kh}
+        values = [parts[p] for p in value.split("+")]
+        value_matrix = torch.cat(values, -1) if len(values) > 1 else values[0]
+        table, index = bias
+        score_mod = None
+        if table is not None:
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + table[h, index[q_idx, kv_idx]]
+        return compiled(qh, kh, value_matrix, score_mod=score_mod)
+
+    return flex, heads_only
 
 
 # ----------------------------------------------------------------------------- timing
@@ -163,7 +193,7 @@ def time_steps(impl, prepare, inputs, value):
 # ----------------------------------------------------------------------------- driver
 
 def _backend_for(device):
-    from .._backend import cpu_has_op
+    from ..backend import cpu_has_op
     if device.startswith("cuda"):
         return "triton"
     return "cpu" if cpu_has_op("attention") else None
@@ -179,7 +209,7 @@ def run(args) -> int:
     dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
     repeats = args.repeats or (3 if device == "cpu" else (10 if args.quick else 30))
     backend = _backend_for(device)
-    impls = implementations(backend)
+    impls = implementations(backend, device)
     if args.impls:
         impls = {name: impls[name] for name in args.impls.split(",")}
     isa = contextlib.nullcontext()
@@ -248,7 +278,7 @@ def _time_group(steps, group, device, repeats):
             continue
         try:
             step()
-        except (RuntimeError, NotImplementedError) as error:
+        except Exception as error:  # noqa: BLE001 (a peer that cannot run this shape, e.g. an Inductor error)
             failed[impl] = ("out of memory" if isinstance(error, torch.OutOfMemoryError)
                             else f"failed: {str(error).splitlines()[0][:120]}")
             if device.startswith("cuda"):

@@ -113,7 +113,7 @@ def variants_of(eager, impl, device, dynamic):
         return eager
     if impl == "compile":  # dynamic batch: one compilation per model, not one per batch size
         return torch.compile(copy.deepcopy(eager), dynamic=dynamic)
-    from .._backend import cpu_has_op
+    from ..backend import cpu_has_op
     from ..surgery import patch
     if device.type == "cpu" and not cpu_has_op("attention"):
         return "unavailable (C++ extension not built)"

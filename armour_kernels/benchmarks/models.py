@@ -94,7 +94,7 @@ def _patch_backend(requested: str, device: torch.device) -> str:
         return requested
     if device.type == "cuda":
         return "triton"
-    from .._backend import cpu_has_op
+    from ..backend import cpu_has_op
     return "cpu" if cpu_has_op("attention") else "reference"
 
 

@@ -4,7 +4,7 @@ Armour (Tables 1–4): DeiT / Armour and the Table 1 variants, LeViT / Armour / 
 Vision Xformers (Tables 1–2): ViT, ViP, ViL, ViN, FNet, MLP-Mixer, plain and hybrid.
 Models are built on the meta device (shapes only), so this takes a second or two.
 
-Counting conventions (SPEC §3, §6):
+Counting conventions (docs/levit.md, docs/models.md):
 - DeiT: every parameter.
 - LeViT: after BatchNorm folding, both heads and the attention-bias tables included; the
   paper's LeViT-384 rows round the unfolded (training) count instead. Both counts are shown.
@@ -124,7 +124,7 @@ def compute_rows() -> list[dict]:
     cache, results = {}, []
     for row in ROWS:
         counts = _counts(row, cache)
-        convention = row.convention or next(iter(counts))  # the SPEC's: folded / torchsummary / all
+        convention = row.convention or next(iter(counts))  # the family's default: folded / torchsummary / all
         ours = counts[convention]
         results.append(dict(asdict(row), counts=counts, convention=convention, ours=ours,
                             ours_printed=_format_count(ours, row.paper), matches=_rounds_to(ours, row.paper)))

@@ -1,4 +1,4 @@
-"""CPU launchers of the attention family (the backend contract in COMMON.md, same as Triton's).
+"""CPU launchers of the attention family (the backend contract in docs/layouts.md, same as Triton's).
 
 Thin: argument plumbing only; the kernels (blocked online softmax forward, FlashAttention-2
 style backward, every value source / bias form / diagonal mask) are in csrc/kernels/.

@@ -1,0 +1,23 @@
+"""The fused modules, by name: drop-ins for timm / python_ref / lucidrains modules and Armour layers.
+
+    FusedDeiTAttention, ArmourAttention      DeiT / ViT attention, every variant (docs/attention.md)
+    LevitAttention, LevitAttentionDownsample, LevitMlp, LevitBlock, LevitDownsampleBlock, LevitStem
+                                             LeViT (docs/levit.md)
+    NystromAttention                         drop-in for nystrom_attention.NystromAttention 0.0.14
+    PerformerAttention, RandomFeatures       drop-in for performer_pytorch.SelfAttention 1.1.4
+    FusedViXAttention                        Vision Xformers softmax attention (vit-pytorch layout)
+    FusedMlp                                 timm / DeiT MLP on the Linear + activation ops
+    adopt, Adopted                           how a fused module takes over the module it replaces
+"""
+from .adopt import Adopted, adopt
+from .attention import ArmourAttention, FusedDeiTAttention
+from .levit import LevitAttention, LevitAttentionDownsample, LevitBlock, LevitDownsampleBlock, LevitMlp
+from .levit_stem import LevitStem
+from .linear_act import FusedMlp
+from .nystrom import NystromAttention
+from .performer import PerformerAttention, RandomFeatures
+from .vix import FusedViXAttention
+
+__all__ = ["FusedDeiTAttention", "ArmourAttention", "LevitAttention", "LevitAttentionDownsample", "LevitMlp",
+           "LevitBlock", "LevitDownsampleBlock", "LevitStem", "NystromAttention", "PerformerAttention",
+           "RandomFeatures", "FusedViXAttention", "FusedMlp", "adopt", "Adopted"]

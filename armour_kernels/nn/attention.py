@@ -1,6 +1,6 @@
 """DeiT attention blocks on the fused op: one packed projection, the kernel reads q/k/v in place.
 
-`FusedDeiTAttention(variant=...)` covers every attention of SPEC §2 with the parameter names
+`FusedDeiTAttention(variant=...)` covers every attention of docs/attention.md with the parameter names
 and state-dict keys of timm's `Attention` / python_ref's DeiT `Attention` (`qkv`, `proj`):
 
     regular            qkv = Linear(C, 3C) → [q | k | v]   softmax(s·qkᵀ)·v
@@ -11,17 +11,18 @@ and state-dict keys of timm's `Attention` / python_ref's DeiT `Attention` (`qkv`
 
 q, k and v are strided views of the projection output (B, N, n, H, D): nothing is copied
 between the projection GEMM and the attention kernel, and the kernel writes (B, N, H, D)
-contiguous, which is already the (B, N, C) input of `proj`. On CPU, when no gradient is wanted,
-both projections run on oneDNN (armour_kernels.cpu.dense: ~2x ATen's fp32 GEMM on AMD CPUs).
+contiguous, which is already the (B, N, C) input of `proj`. Both projections go through
+`armour_kernels.ops.linear_act` (on CPU in inference: oneDNN, ~2x ATen's fp32 GEMM on AMD CPUs).
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
-from python_ref.attention import DEIT_VARIANTS  # variant → (value source, key is query, mask diagonal)
-
-from ..cpu import dense
+from ..constants import DEIT_VARIANTS  # variant → (value source, key is query, mask diagonal)
 from ..ops.attention import attention
+from ..ops.linear_act import linear_act
+from .adopt import adopt
+
 
 class FusedDeiTAttention(nn.Module):
     """DeiT multi-head self-attention (any variant) on `armour_kernels.attention`."""
@@ -51,17 +52,17 @@ class FusedDeiTAttention(nn.Module):
         self.backend = backend
 
     @classmethod
-    def wrap(cls, qkv: nn.Linear, proj: nn.Linear, attn_drop: nn.Module, proj_drop: nn.Module, *,
-             num_heads: int, head_dim: int, scale: float, variant: str, backend: str = "auto"):
-        """A fused module around existing submodules: it shares their Parameters, no copies."""
+    def from_module(cls, original: nn.Module, *, variant: str = "regular", backend: str = "auto"):
+        """A fused module that adopts `original` (timm `Attention`, python_ref DeiT `Attention`): its
+        submodules, Parameters and state-dict keys (nn/adopt.py); num_heads, head_dim and scale from it."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        module._configure(num_heads, head_dim, scale, variant, backend)
+        adopt(module, original, backend)
+        module._configure(original.num_heads, original.head_dim, original.scale, variant, backend)
         projections = 3 if variant == "regular" else 2
-        if qkv.out_features != projections * num_heads * head_dim:
-            raise ValueError(f"{variant}: qkv has {qkv.out_features} outputs, expected "
-                             f"{projections} × {num_heads} heads × {head_dim}")
-        module.qkv, module.attn_drop, module.proj, module.proj_drop = qkv, attn_drop, proj, proj_drop
+        if module.qkv.out_features != projections * module.num_heads * module.head_dim:
+            raise ValueError(f"{variant}: qkv has {module.qkv.out_features} outputs, expected "
+                             f"{projections} × {module.num_heads} heads × {module.head_dim}")
         return module
 
     def forward(self, x, attn_mask=None, is_causal=False):
@@ -72,9 +73,7 @@ class FusedDeiTAttention(nn.Module):
                                       "set attn_drop to 0 (DeiT's default) or use eval mode")
         batch, n, _ = x.shape
         projections = 3 if self.variant == "regular" else 2
-        fast = dense.serves(self.backend, x, self.qkv.weight, self.proj.weight) and not (
-            self.training and getattr(self.proj_drop, "p", 0.0) > 0)
-        packed = dense.linear(x, self.qkv.weight, self.qkv.bias) if fast else self.qkv(x)
+        packed = linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend)
         parts = packed.view(batch, n, projections, self.num_heads, self.head_dim)
         value, key_is_query, mask_diagonal = DEIT_VARIANTS[self.variant]
         first, second = parts[:, :, 0], parts[:, :, 1]
@@ -86,16 +85,14 @@ class FusedDeiTAttention(nn.Module):
             q, k, v = first, second, None
         out = attention(q, k, v, value=value, scale=self.scale, mask_diagonal=mask_diagonal, backend=self.backend)
         out = out.reshape(batch, n, self.num_heads * self.head_dim)
-        if fast:
-            return dense.linear(out, self.proj.weight, self.proj.bias)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(linear_act(out, self.proj.weight, self.proj.bias, backend=self.backend))
 
     def extra_repr(self):
         return f"variant={self.variant!r}, num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"
 
 
 class ArmourAttention(FusedDeiTAttention):
-    """Armour attention (SPEC §2): qkv = Linear(C, 2C) → softmax(s·qkᵀ)·q → proj."""
+    """Armour attention (docs/attention.md): qkv = Linear(C, 2C) → softmax(s·qkᵀ)·q → proj."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, head_dim: int | None = None, backend: str = "auto"):

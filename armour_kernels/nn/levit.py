@@ -10,8 +10,9 @@ python_ref LeViT blocks, BatchNorm folded or not:
   concat(q, v_half) / concat(q, k)) are strided views of the packed projection output — no
   split, permute or concat copies — and the (H, R) bias table is gathered in-kernel through
   `attention_bias_idxs`, so its gradient lands in `attention_biases`.
-- Folded, in eval mode: `proj` (Hardswish → Linear) is one GEMM with the activation applied as
-  its input tiles load, and the MLP's first layer is one GEMM with bias + Hardswish epilogue.
+- Folded, in eval mode, every projection is one `armour_kernels.ops.linear_act` call: `proj`
+  (Hardswish → Linear, + the block's residual) and the MLP (Linear + Hardswish, then Linear +
+  residual) each one fused GEMM (docs/linear_act.md).
 - Unfolded or training: the projections run their own modules (BatchNorm in batch-statistics
   mode cannot be folded), the attention runs through the autograd op.
 """
@@ -19,12 +20,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..cpu import dense
+from ..constants import LEVIT_VALUES
+from ..ops.attention import attention
+from ..ops.linear_act import linear_act, mlp
 from .adopt import Adopted
-
-LEVIT_VALUES = {"regular": "v", "armour": "q+v", "armour_plus": "q+k"}
 
 
 # ----------------------------------------------------------------------------- projections
@@ -46,55 +46,6 @@ def folded_projection(module: nn.Module):
     if linear is not None and isinstance(bn, nn.Identity):
         return folded_projection(linear)
     return None
-
-
-def _kernel_backend(backend: str, device: torch.device, triton_only: bool):
-    """"triton" / "cpu" when a fused Linear (+ Hardswish) kernel serves this call, else None (PyTorch).
-
-    The CPU kernel computes hardswish(x·Wᵀ + b) only: `triton_only` says the call needs more."""
-    from .._backend import cpu_has_op, resolve_backend
-    if backend == "triton" or (backend == "auto" and device.type == "cuda"):
-        return resolve_backend("triton", device, "linear_hardswish")  # CUDA, or CPU under TRITON_INTERPRET=1
-    if not triton_only and backend in ("cpu", "auto") and device.type == "cpu" and cpu_has_op("linear_hardswish"):
-        return "cpu"
-    return None
-
-
-def linear_act(x, weight, bias, *, act_in=False, act_out=False, residual=None, backend="auto", x_is_scratch=False):
-    """act_out(act_in(x) @ weightᵀ + bias) [+ residual], act = Hardswish, on the path `backend` picks.
-
-    CPU inference (armour_kernels.cpu.dense.serves): oneDNN's GEMM with Hardswish after it as a
-    post-op, the residual added in place into its output, Hardswish before it in place when the
-    caller owns x (`x_is_scratch`).
-    CUDA (or the interpreter), no gradient wanted: the Triton GEMM, which activates its input
-    tiles as they load (attention proj), applies Hardswish in its epilogue (MLP) and adds the
-    residual there too. Hardswish after the GEMM with a gradient: the public op
-    armour_kernels.linear_hardswish (Triton or C++ kernel, with autograd). Everything else
-    ("reference", a CPU without the extension, training through proj): PyTorch's GEMM and Hardswish.
-    """
-    if dense.serves(backend, x, weight, bias):
-        x = F.hardswish(x, inplace=x_is_scratch) if act_in else x
-        return dense.linear(x, weight, bias, "hardswish" if act_out else "none", residual=residual)
-    kernel = _kernel_backend(backend, x.device, act_in or not act_out)
-    if kernel is not None:
-        dtype = dense.compute_dtype(x)
-        cast = (x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                     for t in (x, weight, bias, residual))
-        if kernel == "triton" and not needs_grad:
-            from ..ops.linear_act_infer import linear_act_infer
-            if residual is None or residual.dtype == dtype:
-                return linear_act_infer(*cast, act_in, act_out, residual)
-            return residual + linear_act_infer(*cast, act_in, act_out)  # promotes as `x + block(x)` would
-        if act_out and not act_in:
-            from ..ops.linear_act import linear_hardswish
-            y = linear_hardswish(*cast, backend=kernel)
-            return y if residual is None else y + residual
-    if act_in:
-        x = F.hardswish(x)
-    y = F.linear(x, weight, bias)
-    y = F.hardswish(y) if act_out else y
-    return y if residual is None else y + residual
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -135,24 +86,20 @@ class _LevitAttentionBase(Adopted):
         self.use_conv = bool(getattr(original, "use_conv", False))
 
     def _attend(self, q, k, v, value):
-        from ..ops.attention import attention
         return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
                          bias_index=self.attention_bias_idxs, backend=self.backend)
 
     def _project_heads(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A packed projection of x → (B, N, heads, width per head).
 
-        Conv mode, folded: the 1×1 conv runs as a token-major GEMM, so each head's features are
-        contiguous for the attention kernel (the conv's own output would put them N apart).
-        Folded, CPU inference: oneDNN's GEMM (armour_kernels.cpu.dense).
+        Folded, eval: one `linear_act` GEMM on the tokens (in conv mode the 1×1 conv runs token-major,
+        so each head's features are contiguous for the attention kernel; the conv's own output would
+        put them N apart).
         """
         folded = None if self.training else folded_projection(module)
         if folded is not None:
             tokens = _layout_to_tokens(x, self.use_conv)
-            if dense.serves(self.backend, tokens, *folded):
-                return dense.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
-            if self.use_conv:
-                return F.linear(tokens, *folded).unflatten(-1, (self.num_heads, -1))
+            return linear_act(tokens, *folded, backend=self.backend).unflatten(-1, (self.num_heads, -1))
         return _per_head(module(x), self.num_heads, self.use_conv)
 
     def _project_out(self, o: torch.Tensor, grid, residual=None) -> torch.Tensor:
@@ -164,14 +111,14 @@ class _LevitAttentionBase(Adopted):
         if folded is not None and not self.training and _is_hardswish(self.proj.act):
             weight, bias = folded  # o is the op's fresh output: the input Hardswish may run in place
             res = None if residual is None else _layout_to_tokens(residual, self.use_conv)
-            y = linear_act(tokens, weight, bias, act_in=True, residual=res, backend=self.backend, x_is_scratch=True)
+            y = linear_act(tokens, weight, bias, act_in=True, residual=res, backend=self.backend, inplace_input=True)
             return _tokens_to_layout(y, self.use_conv, grid)
         y = self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
         return y if residual is None else residual + y
 
 
 class LevitAttention(_LevitAttentionBase):
-    """LeViT attention block core (no residual) for all three variants (SPEC §3).
+    """LeViT attention block core (no residual) for all three variants (docs/levit.md).
 
     The packed projection gives per head [q D, k D, third]; third is v (2D, regular), v_half
     (D, armour: value concat(q, v_half)) or nothing (armour_plus: value concat(q, k)).
@@ -210,13 +157,13 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         return self._project_out(o, tuple(q_out.shape[2:]) if self.use_conv else None)
 
     def _project_queries(self, x):
-        """q = Linear_BN(subsample(x)); folded, linear mode, CPU inference: the GEMM on oneDNN."""
+        """q = Linear_BN(subsample(x)); folded, linear mode, eval: the GEMM through `linear_act`."""
         *subsample, projection = self.q.children()
         folded = None if self.training or self.use_conv else folded_projection(projection)
-        if folded is not None and dense.serves(self.backend, x, *folded):
+        if folded is not None:
             for module in subsample:
                 x = module(x)
-            return dense.linear(x, *folded)
+            return linear_act(x, *folded, backend=self.backend)
         return self.q(x)
 
     def extra_repr(self):
@@ -238,11 +185,7 @@ class LevitMlp(Adopted):
             return y if residual is None else residual + y
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
         res = None if residual is None else (residual.permute(0, 2, 3, 1) if self.use_conv else residual)
-        if dense.serves(self.backend, tokens, first[0], second[0]):
-            y = dense.mlp(tokens, first, "hardswish", second, residual=res)
-        else:
-            h = linear_act(tokens, *first, act_out=True, backend=self.backend)
-            y = linear_act(h, *second, residual=res, backend=self.backend)
+        y = mlp(tokens, first, second, act="hardswish", residual=res, backend=self.backend)
         return y.permute(0, 3, 1, 2) if self.use_conv else y
 
 
@@ -279,7 +222,7 @@ class LevitDownsampleBlock(Adopted):
         return _mlp_residual(self.mlp, self.drop_path, self.attn_downsample(x))
 
 
-def _mlp_residual(mlp: nn.Module, drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mlp, LevitMlp) and not _drops(drop_path):
-        return mlp(x, residual=x)
-    return x + drop_path(mlp(x))
+def _mlp_residual(branch: nn.Module, drop_path: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(branch, LevitMlp) and not _drops(drop_path):
+        return branch(x, residual=x)
+    return x + drop_path(branch(x))

@@ -4,7 +4,7 @@ In a fused LeViT-128S on CPU the stem was the largest single cost (118 ms of ~27
 64, fp32, 2 threads): ATen's convolutions on NCHW, a separate out-of-place Hardswish after each,
 and a 51 MB first activation that glibc maps fresh (page faults) on every call. Folded, in
 inference on CPU, `LevitStem` runs the chain on oneDNN in channels-last with each Hardswish as a
-post-op, a few images at a time (armour_kernels.cpu.dense.conv_stem): 25 ms for the same batch.
+post-op, a few images at a time (armour_kernels.ops.linear_act.conv_chain): 25 ms for the same batch.
 
 The module adopts the original's children (conv1, act1, …, conv4; the same Parameters and
 state-dict keys) and otherwise runs them in order, as the original does.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..cpu import dense
+from ..ops.linear_act import activation_of, conv_chain
 from .adopt import Adopted
 
 
@@ -38,7 +38,7 @@ class LevitStem(Adopted):
         self.stride = getattr(original, "stride", 16)
 
     def _layers(self):
-        """[(weight, bias, stride, padding, post-op)] when every conv is folded and every activation
+        """[(weight, bias, stride, padding, activation)] when every conv is folded and every activation
         fusable and follows a conv; None otherwise (the children then run one by one)."""
         layers = []
         for child in self.children():
@@ -46,7 +46,7 @@ class LevitStem(Adopted):
             if conv is not None:
                 layers.append([*conv, "none"])
                 continue
-            act = dense.activation_of(child)
+            act = activation_of(child)
             if act is None or not layers or layers[-1][-1] != "none":
                 return None
             layers[-1][-1] = act
@@ -54,8 +54,8 @@ class LevitStem(Adopted):
 
     def forward(self, x):
         layers = None if self.training else self._layers()
-        if layers is not None and dense.serves(self.backend, x, *(layer[0] for layer in layers)):
-            return dense.conv_stem(x, layers)
+        if layers is not None:
+            return conv_chain(x, layers, backend=self.backend)
         for child in self.children():
             x = child(x)
         return x

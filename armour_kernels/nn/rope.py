@@ -1,7 +1,7 @@
 """Rotary position embedding for the fused modules' (B, N, H, D) heads (Vision Xformers §5.4).
 
 RoPE rotates the query and the key, never the value. With Armour the value is the query as it
-comes out of the projection, unrotated (SPEC §6), so once q is rotated it can no longer stand in
+comes out of the projection, unrotated (docs/models.md), so once q is rotated it can no longer stand in
 for the value: the unrotated q is passed as an explicit v (value "v") instead.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Layout is FlashAttention's (B, N, H, D), any strides: q, k and v may be views straight into a
 packed projection such as qkv(x).view(B, N, 3, H, D)[:, :, i]. The value matrix is chosen by
-`value` (SPEC §2/§3): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
+`value` (docs/attention.md): "v", "q" (Armour), "k", "q+v", "q+k" (the concat is never materialised).
 
 `armour_kernels::attention_fwd` / `attention_bwd` are torch custom ops with fake (meta)
 implementations and a registered autograd formula, so `torch.compile(fullgraph=True)` traces
@@ -13,18 +13,20 @@ with plain PyTorch autograd instead.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
-from .._backend import resolve_backend
+from ..backend import select, wants_grad
+from ..constants import MAX_HEAD_DIM, VALUE_SOURCES
+from ._empty import zeros_of
 
-VALUE_SOURCES = ("v", "q", "k", "q+v", "q+k")
 # The dtypes each kernel backend runs (the C++ CPU kernels also run float64).
 KERNEL_DTYPES = {"triton": (torch.float16, torch.bfloat16, torch.float32),
                  "cpu": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
-MAX_HEAD_DIM = 256
 
 _LAUNCHER_MODULES = {"triton": "armour_kernels.triton.attention", "cpu": "armour_kernels.cpu.attention"}
 
@@ -40,22 +42,30 @@ def _value_width(q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> int:
     return sum(widths[part] for part in value.split("+"))
 
 
-def _dense_bias(bias, bias_index, q, k):
-    """A dense bias is expanded (a view, stride 0) to (B, H, Nq, Nk) for the kernels."""
-    if bias is None or bias_index is not None:
+def _dense_bias(bias, bias_index, q, k, backend):
+    """A dense bias is expanded (a view, stride 0) to (B, H, Nq, Nk) for the CPU kernels; the Triton
+    launchers take it in its own shape and return its gradient in that shape."""
+    if bias is None or bias_index is not None or backend == "triton":
         return bias
     return bias.expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
 
 
 # ----------------------------------------------------------------------------- custom ops
 
+def _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
+    """The kernel call: (out, lse). Runs at call time, also under torch.compile (as the op's body)."""
+    if bias_index is not None:
+        check_index_range(bias_index, bias.shape[1])
+    forward, _ = _launchers(backend)
+    return forward(q, k, v, _dense_bias(bias, bias_index, q, k, backend), bias_index,
+                   value=value, scale=scale, mask_diagonal=mask_diagonal)
+
+
 @torch.library.custom_op("armour_kernels::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], bias: Optional[Tensor],
                   bias_index: Optional[Tensor], value: str, scale: float, mask_diagonal: bool,
                   backend: str) -> tuple[Tensor, Tensor]:
-    forward, _ = _launchers(backend)
-    return forward(q, k, v, _dense_bias(bias, bias_index, q, k), bias_index,
-                   value=value, scale=scale, mask_diagonal=mask_diagonal)
+    return _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend)
 
 
 @attention_fwd.register_fake
@@ -72,7 +82,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], bias:
                   mask_diagonal: bool, need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias); dv / dbias are empty tensors when there is nothing to return."""
     _, backward = _launchers(backend)
-    dq, dk, dv, dbias = backward(dout, q, k, v, _dense_bias(bias, bias_index, q, k), bias_index, out, lse,
+    dq, dk, dv, dbias = backward(dout, q, k, v, _dense_bias(bias, bias_index, q, k, backend), bias_index, out, lse,
                                  value=value, scale=scale, mask_diagonal=mask_diagonal, need_dbias=need_dbias)
     return (dq, dk, dv if dv is not None else q.new_empty(0),
             dbias if dbias is not None else q.new_empty(0, dtype=torch.float32))
@@ -83,7 +93,8 @@ def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale,
                         backend):
     dv = q.new_empty(v.shape) if v is not None and "v" in value else q.new_empty(0)
     if need_dbias and bias is not None:
-        shape = bias.shape if bias_index is not None else (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        full = bias_index is None and backend != "triton"  # the CPU kernels return it at (B, H, Nq, Nk)
+        shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1]) if full else bias.shape
         dbias = q.new_empty(shape, dtype=torch.float32)
     else:
         dbias = q.new_empty(0, dtype=torch.float32)
@@ -105,7 +116,7 @@ def _backward(ctx, dout, _dlse):
     dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, bias_index, out, lse, value, scale, mask_diagonal,
                                       need_dbias, backend)
     dv = dv if v is not None and "v" in value else None
-    if need_dbias:  # dense: the kernels' full (B, H, Nq, Nk) gradient summed back to the bias's shape
+    if need_dbias:  # dense on cpu: the kernel's full (B, H, Nq, Nk) gradient summed back to the bias's shape
         dbias = (dbias if bias_index is not None else dbias.sum_to_size(bias.shape)).to(bias.dtype)
     else:
         dbias = None
@@ -126,8 +137,8 @@ def _check_tensor(name, t, like=None):
         raise TypeError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
     if like is not None and (t.dtype != like.dtype or t.device != like.device):
         raise TypeError(f"attention: {name} is {t.dtype} on {t.device} but q is {like.dtype} on {like.device}")
-    if t.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"attention: head dims up to {MAX_HEAD_DIM} are supported, {name} has {t.shape[-1]}")
+    if not 1 <= t.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"attention: head dims from 1 to {MAX_HEAD_DIM} are supported, {name} has {t.shape[-1]}")
 
 
 def _check_bias(bias, bias_index, q, k):
@@ -158,13 +169,33 @@ def _check_bias(bias, bias_index, q, k):
         raise ValueError(f"attention: bias_index must be (Nq, Nk) = {(nq, nk)}, got {tuple(bias_index.shape)}")
     if bias_index.device != q.device:
         raise TypeError(f"attention: bias_index is on {bias_index.device} but q is on {q.device}")
-    bias_index = bias_index.to(torch.int64)
-    # The range check reads the index on the host: done for CPU tensors, skipped on GPUs (a sync
-    # per call) and while compiling (a graph break).
-    if (bias_index.device.type == "cpu" and not torch.compiler.is_compiling() and bias_index.numel()
-            and (bias_index.min() < 0 or bias_index.max() >= bias.shape[1])):
-        raise ValueError(f"attention: bias_index has entries outside the table's [0, {bias.shape[1]})")
-    return bias_index
+    return bias_index.to(torch.int64)
+
+
+# An index tensor whose range was checked → (its version counter, the table width it was checked against).
+_CHECKED_INDICES = WeakTensorKeyDictionary()
+
+
+def check_index_range(index: Tensor, table_width: int) -> None:
+    """ValueError unless every entry of the LeViT index lies in [0, table_width).
+
+    Reading the index costs a pass over Nq·Nk entries (and a device sync on a GPU), so it is done
+    once per index tensor and again only after it is modified in place (its version counter moves):
+    a module's index is a buffer that never changes. The kernels never read a table out of range.
+    """
+    key = (index._version, table_width)
+    if _CHECKED_INDICES.get(index) == key:
+        return
+    if index.numel() and (bool(index.min() < 0) or bool(index.max() >= table_width)):
+        raise ValueError(f"attention: bias_index has entries outside the table's [0, {table_width})")
+    _CHECKED_INDICES[index] = key
+
+
+def _check_scale(scale, q) -> float:
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"attention: scale must be a finite number, got {scale}")
+    return scale
 
 
 def _check(q, k, v, value, bias, bias_index):
@@ -192,18 +223,26 @@ def _check(q, k, v, value, bias, bias_index):
 # ----------------------------------------------------------------------------- public functions
 
 def _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal):
-    """python_ref in its (B, H, N, D) layout, differentiated by plain PyTorch autograd."""
+    """python_ref in its (B, H, N, D) layout, differentiated by plain PyTorch autograd.
+
+    Computed in float32 at least, like the kernels (float16 scores overflow at |q·k| ≳ 250), with
+    the bias in that type too, and returned in q's dtype."""
     from python_ref.attention import attention as ref_attention
     from python_ref.attention import levit_bias
 
+    work = torch.promote_types(q.dtype, torch.float32)
+
     def heads_first(t):
-        return t.transpose(1, 2) if t is not None else None
+        return t.transpose(1, 2).to(work) if t is not None else None
 
     if bias is not None and bias_index is not None:
+        if not torch.compiler.is_compiling():
+            check_index_range(bias_index, bias.shape[1])
         bias = levit_bias(bias, bias_index)
+    bias = bias.to(work) if bias is not None else None
     out = ref_attention(heads_first(q), heads_first(k), heads_first(v), value=value, scale=scale, bias=bias,
                         mask_diagonal=mask_diagonal)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).to(q.dtype)
 
 
 def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = "v", scale: Optional[float] = None,
@@ -213,26 +252,35 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
 
     value: "v", "q" (Armour), "k", "q+v", "q+k" (concat along features, q first).
     bias: broadcastable to (B, H, Nq, Nk); or, with bias_index (Nq, Nk) int64, the LeViT
-    table (H, R) read as table[h, bias_index[i, j]].
+    table (H, R) read as table[h, bias_index[i, j]]. A query row whose every score is -inf gets
+    output 0 and gives no gradient (docs/numerics.md).
     mask_diagonal: exclude the diagonal key (shared_qk_nodiag), unless a row has no other key.
-    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    backend: "auto" | "triton" | "cpu" | "reference" (docs/backends.md).
     """
     bias_index = _check(q, k, v, value, bias, bias_index)
-    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    backend = resolve_backend(backend, q.device, "attention")
+    scale = _check_scale(scale, q)
+    backend = select("attention", q.device, backend)
+    if "v" not in value:
+        v = None
+    batch, nq, heads, _ = q.shape
+    if batch * nq * heads == 0 or k.shape[1] == 0:
+        # No query, head or batch (an empty output), or no key (nothing to attend to: zeros, as
+        # PyTorch's scaled_dot_product_attention gives). docs/numerics.md.
+        return zeros_of((batch, nq, heads, _value_width(q, k, v, value)), q, k, v, bias)
     if backend == "reference":
         return _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal)
     if q.dtype not in KERNEL_DTYPES[backend]:
         raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES[backend]}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
-    if "v" not in value:
-        v = None
-    out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
+    if torch.compiler.is_compiling() or wants_grad(q, k, v, bias):
+        out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
+    else:  # eager inference: the kernel without the custom op's dispatch (tens of µs a call)
+        out, _ = _forward(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
     return out
 
 
 def armour_attention(q: Tensor, k: Tensor, **kwargs) -> Tensor:
-    """Armour attention softmax(s·q·kᵀ)·q (SPEC §2): `attention` with value="q", no v."""
+    """Armour attention softmax(s·q·kᵀ)·q (docs/attention.md): `attention` with value="q", no v."""
     return attention(q, k, value="q", **kwargs)
 
 

@@ -1,51 +1,99 @@
-"""Linear + bias + Hardswish as one op: hardswish(x @ weightᵀ + bias).
+"""The Linear + activation family as ops: act(act_in(x)·Wᵀ + b) [+ residual], the MLP, the conv chain.
 
-LeViT's MLP first layer (after BatchNorm folding) and its stem GEMMs end in Hardswish (SPEC §3).
-The op is a torch custom op (works under torch.compile) with a fake (meta) implementation and
-an autograd formula in plain PyTorch; the backward recomputes the pre-activation with one GEMM
-instead of saving it, so the fused forward never writes it to memory.
+The dense layers around attention — LeViT's BN-folded Linear_BN + Hardswish, its Hardswish →
+proj, DeiT's qkv / proj / MLP, LeViT's convolution stem — call these, never a backend; the op
+picks the path (docs/linear_act.md):
 
-Backends (armour_kernels._backend.resolve_backend): "cpu" → the C++ extension (ATen GEMM +
-fused bias/Hardswish epilogue), "triton" → armour_kernels.triton.linear_act, "reference" →
-F.hardswish(F.linear(...)).
+    path                      when                                            kernel
+    CPU inference             backend "cpu", no gradient wanted, float32 /    cpu/linear_act.py: oneDNN GEMMs and
+                              bfloat16 compute, not being compiled            convs with fused post-ops and weights
+                                                                              prepared once (ATen for small fp32
+                                                                              GEMMs), chunked MLP
+    Triton inference          backend "triton", no gradient wanted,           armour_kernels::linear_act_infer
+                              Hardswish and/or a residual to fuse             → triton/linear_act.py
+    Linear + Hardswish with   a gradient wanted, Hardswish after the GEMM     armour_kernels::linear_hardswish
+    autograd                  only, backend "cpu" or "triton"                 (custom op, backward below)
+    PyTorch                   everything else: "reference", other             F.linear + the activation
+                              activations with a gradient, and CPU under
+                              torch.compile (inductor then fuses and
+                              prepacks the GEMMs itself)
+
+Under CPU autocast the compute dtype is autocast's, as for F.linear.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
-from .._backend import resolve_backend
+from ..backend import select, wants_grad
+from ..constants import ACTIVATIONS
 
-__all__ = ["linear_hardswish"]
+OP = "linear_act"
+
+# The PyTorch form of each activation (the definition every kernel path is tested against).
+TORCH_ACTIVATIONS = {"none": lambda t: t, "hardswish": F.hardswish, "relu": F.relu, "gelu": F.gelu,
+                     "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "silu": F.silu}
+_TRITON_ACTIVATIONS = ("none", "hardswish")  # what the Triton GEMM epilogue applies
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check(x, weight, bias):
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"linear_hardswish: {name} must be a tensor, got {type(t).__name__}")
-    if weight.dim() != 2:
-        raise ValueError(f"linear_hardswish: weight must be (out_features, in_features), got {tuple(weight.shape)}")
-    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear_hardswish: x's last dim must be in_features={weight.shape[1]}, got x {tuple(x.shape)}")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
-        raise ValueError(f"linear_hardswish: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dtype != x.dtype or t.device != x.device):
-            raise TypeError(f"linear_hardswish: {name} is {t.dtype} on {t.device}, x is {x.dtype} on {x.device}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"linear_hardswish: floating-point inputs only, got {x.dtype}")
+def activation_of(module: Optional[nn.Module]) -> Optional[str]:
+    """The activation name of an nn activation module ("none" for Identity / None), or None when the
+    fused layers have no such activation."""
+    if module is None or isinstance(module, nn.Identity):
+        return "none"
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    for cls, name in ((nn.Hardswish, "hardswish"), (nn.ReLU, "relu"), (nn.SiLU, "silu")):
+        if isinstance(module, cls):
+            return name
+    return None
 
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype F.linear computes in here: autocast's when autocast is on for x's device, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+_CPU_MODULE = []  # armour_kernels.cpu.linear_act, imported on first use (a cpu-only import; keeps this file light)
+
+
+def _cpu():
+    if not _CPU_MODULE:
+        from ..cpu import linear_act as cpu_linear_act
+        _CPU_MODULE.append(cpu_linear_act)
+    return _CPU_MODULE[0]
+
+
+def _cpu_inference(kernel: str, dtype: torch.dtype, x: Tensor, *tensors, grad: Optional[bool] = None) -> bool:
+    """Whether the CPU inference path runs this call (see the table in the module docstring)."""
+    if kernel != "cpu" or torch.compiler.is_compiling() or not x.numel():
+        return False
+    if grad if grad is not None else wants_grad(x, *tensors):
+        return False
+    return _cpu().available(dtype)
+
+
+def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+# ----------------------------------------------------------------------------- custom ops
 
 @torch.library.custom_op("armour_kernels::linear_hardswish", mutates_args=())
-def _linear_hardswish(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+def _linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
     if backend == "cpu":
-        from ..cpu.linear_act import linear_hardswish_forward
-        return linear_hardswish_forward(x, weight, bias)
+        return _cpu().linear_hardswish_forward(x, weight, bias)
     if backend == "triton":
-        from ..triton.linear_act import linear_hardswish_forward
-        return linear_hardswish_forward(x, weight, bias)
+        from ..triton.linear_act import linear_act_forward
+        return linear_act_forward(x, weight, bias, act_out=True)
     return F.hardswish(F.linear(x, weight, bias))
 
 
@@ -61,7 +109,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
-    z = F.linear(x, weight, bias)  # recomputed pre-activation (see module docstring)
+    z = F.linear(x, weight, bias)  # the pre-activation, recomputed: the fused forward never stores it
     dz = torch.ops.aten.hardswish_backward(grad, z)
     dx = dz @ weight if ctx.needs_input_grad[0] else None
     dz2 = dz.reshape(-1, dz.shape[-1])
@@ -73,8 +121,127 @@ def _backward(ctx, grad):
 _linear_hardswish.register_autograd(_backward, setup_context=_setup_context)
 
 
-def linear_hardswish(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                     backend: str = "auto") -> torch.Tensor:
-    """hardswish(x @ weight.T + bias): x (..., in), weight (out, in), bias (out,) or None."""
-    _check(x, weight, bias)
-    return _linear_hardswish(x, weight, bias, resolve_backend(backend, x.device, "linear_hardswish"))
+@torch.library.custom_op("armour_kernels::linear_act_infer", mutates_args=())
+def _linear_act_infer(x: Tensor, weight: Tensor, bias: Optional[Tensor], act_in: bool, act_out: bool,
+                      residual: Optional[Tensor] = None) -> Tensor:
+    """The Triton inference GEMM as an op, so a patched model traces under torch.compile. No autograd:
+    `linear_act` calls it only when no gradient is wanted."""
+    from ..triton.linear_act import linear_act_forward
+    return linear_act_forward(x, weight, bias, act_in=act_in, act_out=act_out, residual=residual)
+
+
+@_linear_act_infer.register_fake
+def _(x, weight, bias, act_in, act_out, residual=None):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _check(x, weight, bias, act, residual=None):
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{OP}: act must be one of {ACTIVATIONS}, got {act!r}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{OP}: floating-point inputs only, got {x.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"{OP}: weight must be (out_features, in_features), got {tuple(weight.shape)}")
+    if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{OP}: x's last dim must be in_features={weight.shape[1]}, got x {tuple(x.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"{OP}: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None and t.device != x.device:
+            raise TypeError(f"{OP}: {name} is on {t.device}, x is on {x.device}")
+    if residual is not None and residual.shape != (*x.shape[:-1], weight.shape[0]):
+        raise ValueError(f"{OP}: residual must have the output's shape {(*x.shape[:-1], weight.shape[0])}, "
+                         f"got {tuple(residual.shape)}")
+
+
+# ----------------------------------------------------------------------------- public functions
+
+def _torch_linear_act(x, weight, bias, act, act_in, residual, inplace_input=False):
+    """The PyTorch computation every path reproduces: residual + act(F.linear(act_in(x), W, b))."""
+    if act_in:
+        x = F.hardswish(x, inplace=inplace_input)
+    y = TORCH_ACTIVATIONS[act](F.linear(x, weight, bias))
+    return y if residual is None else residual + y  # promotes as `x + block(x)` would
+
+
+def _add(y, residual):
+    return y if residual is None else residual + y
+
+
+def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act: str = "none",
+               act_in: bool = False, residual: Optional[Tensor] = None, backend: str = "auto",
+               inplace_input: bool = False) -> Tensor:
+    """act(act_in(x) @ weightᵀ + bias) [+ residual]; act_in (bool) applies Hardswish to x first.
+
+    x (..., in), weight (out, in), bias (out,) or None, residual (..., out) or None (added after
+    the activation). `inplace_input`: the caller owns x and lets the input Hardswish overwrite it
+    (only honoured when no gradient is wanted).
+    """
+    _check(x, weight, bias, act, residual)
+    kernel = select(OP, x.device, backend)
+    dtype = compute_dtype(x)
+    grad = wants_grad(x, weight, bias, residual)
+    if _cpu_inference(kernel, dtype, x, grad=grad):
+        x = F.hardswish(x, inplace=inplace_input) if act_in else x
+        return _cpu().linear(x, weight, bias, act, dtype, residual=residual)
+    fuses = act_in or act != "none" or residual is not None  # a plain GEMM is cuBLAS's job
+    if kernel == "triton" and fuses and act in _TRITON_ACTIVATIONS and dtype in _TRITON_DTYPES:
+        cast = (x.to(dtype), weight.to(dtype), _cast(bias, dtype))
+        if not grad:
+            if residual is None or residual.dtype == dtype:
+                return _linear_act_infer(*cast, act_in, act == "hardswish", residual)
+            return _add(_linear_act_infer(*cast, act_in, act == "hardswish"), residual)
+        if act == "hardswish" and not act_in:
+            return _add(_linear_hardswish(*cast, "triton"), residual)
+    if kernel == "cpu" and grad and act == "hardswish" and not act_in and not torch.compiler.is_compiling():
+        cast = (x.to(dtype), weight.to(dtype), _cast(bias, dtype))
+        return _add(_linear_hardswish(*cast, "cpu"), residual)
+    return _torch_linear_act(x, weight, bias, act, act_in, residual, inplace_input and not grad)
+
+
+def linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
+    """hardswish(x @ weight.T + bias) in one fused kernel with autograd: x (..., in), weight (out, in),
+    bias (out,) or None, all one dtype."""
+    _check(x, weight, bias, "hardswish")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"linear_hardswish: {name} is {t.dtype}, x is {x.dtype}")
+    return _linear_hardswish(x, weight, bias, select(OP, x.device, backend))
+
+
+def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tensor] = None,
+        backend: str = "auto") -> Tensor:
+    """fc2(act(fc1(x))) [+ residual]; fc1, fc2 = (weight, bias or None).
+
+    CPU inference: oneDNN in row chunks, so the hidden activation never exists for the whole batch."""
+    (w1, b1), (w2, b2) = fc1, fc2
+    kernel = select(OP, x.device, backend)
+    dtype = compute_dtype(x)
+    if act in TORCH_ACTIVATIONS and _cpu_inference(kernel, dtype, x, w1, b1, w2, b2, residual):
+        _check(x, w1, b1, act)
+        return _cpu().mlp(x, (w1, b1), act, (w2, b2), dtype, residual=residual)
+    hidden = linear_act(x, w1, b1, act=act, backend=backend)
+    return linear_act(hidden, w2, b2, residual=residual, backend=backend)
+
+
+def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
+    """Convolutions with activations, in order: layers = [(weight, bias, stride, padding, act)], x (B, C, H, W).
+
+    CPU inference: one channels-last oneDNN chain with each activation as a post-op, a few images
+    at a time (the result is then channels-last). Elsewhere: F.conv2d and the activation, layer by layer."""
+    kernel = select(OP, x.device, backend)
+    dtype = compute_dtype(x)
+    if _cpu_inference(kernel, dtype, x, *(t for layer in layers for t in layer[:2])):
+        return _cpu().conv_chain(x, layers, dtype)
+    for weight, bias, stride, padding, act in layers:
+        x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))
+    return x
+
+
+__all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "activation_of", "compute_dtype",
+           "TORCH_ACTIVATIONS"]

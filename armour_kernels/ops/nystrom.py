@@ -20,8 +20,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._backend import resolve_backend
-from ._linear_common import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
+from ..backend import select
+from ._empty import zeros_of
+from ._linear_attention import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
                              launcher)
 
 OP = "nystrom_attention"
@@ -109,7 +110,7 @@ def _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight):
 def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_landmarks: int,
                       pinv_iterations: int = 6, mode: str = "clean", value: str = "v",
                       conv_weight: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
-    """Nyström attention (SPEC §4) of q, k, v (B, N, H, D) straight out of a bias-free projection.
+    """Nyström attention (docs/nystrom.md) of q, k, v (B, N, H, D) straight out of a bias-free projection.
 
     q is NOT pre-scaled (the op scales by d^-1/2) and any N works: the op front-pads with zero
     rows to a multiple of num_landmarks exactly like nystrom-attention 0.0.14 and returns the
@@ -118,10 +119,12 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_l
     value: "v", or "q" (Armour: the unscaled query is the value; no v).
     conv_weight: the residual depthwise Conv2d(h, h, (K, 1), groups=h, bias=False) weight
     (H, 1, K, 1), applied to the value along the sequence; None for no residual.
-    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    backend: "auto" | "triton" | "cpu" | "reference" (docs/backends.md).
     """
     _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight)
-    backend = resolve_backend(backend, q.device, OP)
+    backend = select(OP, q.device, backend)
+    if q.shape[0] * q.shape[2] == 0:  # no batch or no heads: an empty output (docs/numerics.md)
+        return zeros_of((*q.shape[:3], q.shape[3] if v is None else v.shape[3]), q, k, v, conv_weight)
     if backend == "reference":
         from python_ref.nystrom import nystrom_attention as reference
         out = reference(heads_first(q), heads_first(k), heads_first(v), num_landmarks=num_landmarks,

@@ -18,12 +18,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._backend import resolve_backend
-from ._linear_common import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
+from ..backend import select
+from ..constants import PERFORMER_KERNELS as KERNELS
+from ._empty import zeros_of
+from ._linear_attention import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
                              launcher)
 
 OP = "performer_attention"
-KERNELS = ("softmax", "relu")
 
 
 @torch.library.custom_op("armour_kernels::performer_fwd", mutates_args=())
@@ -94,17 +95,19 @@ def _check(q, k, v, projection, kernel, mode, value):
 def performer_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, projection: Tensor,
                         kernel: str = "softmax", mode: str = "clean", value: str = "v",
                         backend: str = "auto") -> Tensor:
-    """FAVOR+ attention φ(q)(φ(k)ᵀv) / (φ(q)·Σₙφ(k)) (SPEC §5), layout (B, N, H, D) → (B, Nq, H, Dv).
+    """FAVOR+ attention φ(q)(φ(k)ᵀv) / (φ(q)·Σₙφ(k)) (docs/performer.md), layout (B, N, H, D) → (B, Nq, H, Dv).
 
     projection: the (m, d) random-feature matrix (a fixed buffer, no gradient).
     kernel: "softmax" (positive random features) or "relu" (generalised kernel).
     mode: "clean" (key stabiliser per (batch, head), detached; performer-pytorch ≥ 1.1.4) or
     "seed" (one stabiliser over the whole batch, not detached; the paper's code).
     value: "v", or "q" (Armour: the query is the value; no v).
-    backend: "auto" | "triton" | "cpu" | "reference" (see armour_kernels._backend).
+    backend: "auto" | "triton" | "cpu" | "reference" (docs/backends.md).
     """
     _check(q, k, v, projection, kernel, mode, value)
-    backend = resolve_backend(backend, q.device, OP)
+    backend = select(OP, q.device, backend)
+    if q.shape[0] * q.shape[2] == 0:  # no batch or no heads: an empty output (docs/numerics.md)
+        return zeros_of((*q.shape[:3], q.shape[3] if v is None else v.shape[3]), q, k, v, projection)
     if backend == "reference":
         from python_ref.performer import performer_attention as reference
         out = reference(heads_first(q), heads_first(k), heads_first(v), projection=projection, kernel=kernel,

@@ -1,10 +1,10 @@
 """Model surgery: swap fused modules into timm and python_ref models, in place, and back.
 
-Each family file (deit.py, levit.py, vix.py) registers a converter with `register`: a function
-`(module, backend) -> fused module | None` that recognises one module type it can replace.
-A fused module shares the Parameter objects of the module it replaces and has the same
-state-dict keys, so a checkpoint loads into either, and training after `patch` shows in
-`unpatch`'s result.
+Each family file (deit.py, levit.py, vix.py) registers its converters in one table
+(`CONVERTERS.register("package.module:Class", ...)`, surgery/match.py): a function
+`(module, backend) -> fused module` for each exact class it replaces. A fused module adopts the
+Parameter objects of the module it replaces and has the same state-dict keys (nn/adopt.py), so a
+checkpoint loads into either, and training after `patch` shows in `unpatch`'s result.
 """
 from __future__ import annotations
 
@@ -12,19 +12,14 @@ import importlib
 
 import torch.nn as nn
 
-from .._backend import BACKENDS
+from ..backend import check
+from .match import ClassTable
 
-# Family modules whose converters `patch` tries, in order.
+# Family modules whose converters `patch` uses.
 FAMILY_MODULES = ("deit", "levit", "vix")
 
-_CONVERTERS = []
+CONVERTERS = ClassTable()
 _ORIGINAL = "_armour_original"
-
-
-def register(converter):
-    """Decorator: add a converter `(module, backend) -> nn.Module | None` to those `patch` tries."""
-    _CONVERTERS.append(converter)
-    return converter
 
 
 def _load_families():
@@ -33,20 +28,34 @@ def _load_families():
 
 
 def _convert(module: nn.Module, backend: str):
-    for converter in _CONVERTERS:
-        fused = converter(module, backend)
-        if fused is not None:
-            fused.__dict__[_ORIGINAL] = module  # not a submodule: no duplicate parameters
-            return fused
-    return None
+    converter = CONVERTERS.get(module)
+    if converter is None:
+        return None
+    fused = converter(module, backend)
+    fused.__dict__[_ORIGINAL] = module  # not a submodule: no duplicate parameters
+    return fused
+
+
+def _original(module: nn.Module):
+    return module.__dict__.get(_ORIGINAL)
+
+
+def _restore(fused: nn.Module) -> nn.Module:
+    """The original of a fused module, with the fused module's current weights and training mode."""
+    original = _original(fused)
+    original.load_state_dict(fused.state_dict())
+    return original.train(fused.training)
 
 
 def _patch_children(parent: nn.Module, backend: str) -> int:
     """Convert the children of `parent`, then recurse into what is there now: a fused block's
-    children (adopted from the original) are patched inside the fused block itself."""
+    children (adopted from the original) are patched inside the fused block itself. An already
+    fused child is rebuilt from its original when `backend` differs from the one it runs."""
     replaced = 0
     for name, child in list(parent.named_children()):
-        if _ORIGINAL not in child.__dict__:  # not already fused
+        if _original(child) is not None and child.backend != backend:
+            child = _restore(child)
+        if _original(child) is None:
             fused = _convert(child, backend)
             if fused is not None:
                 setattr(parent, name, fused)
@@ -55,17 +64,23 @@ def _patch_children(parent: nn.Module, backend: str) -> int:
     return replaced
 
 
+def _check_model(fn: str, model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"armour_kernels.{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+
+
 def patch(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace every supported attention / block module of `model` by its fused form, in place.
 
-    Returns the model. Raises if nothing in it could be patched, so a model the surgery does
-    not know is never silently left on the slow path.
+    Returns the model. Patching a patched model again applies the new `backend`. Raises if nothing
+    in it could be patched, so a model the surgery does not know is never silently left on the
+    slow path.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_model("patch", model)
+    check(backend)
     _load_families()
     replaced = _patch_children(model, backend)
-    already = any(_ORIGINAL in m.__dict__ for m in model.modules())
+    already = any(_original(m) is not None for m in model.modules())
     if replaced == 0 and not already:
         raise TypeError(f"armour_kernels.patch: found no module it can fuse in {type(model).__name__}")
     return model
@@ -73,11 +88,9 @@ def patch(model: nn.Module, backend: str = "auto") -> nn.Module:
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Undo `patch`: put the original modules back, carrying over the current weights and buffers."""
+    _check_model("unpatch", model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            original = child.__dict__.get(_ORIGINAL)
-            if original is not None:
-                original.load_state_dict(child.state_dict())
-                original.train(child.training)
-                setattr(parent, name, original)
+            if _original(child) is not None:
+                setattr(parent, name, _restore(child))
     return model

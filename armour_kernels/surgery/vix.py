@@ -8,45 +8,31 @@ same state-dict keys. Linformer, FNet and Mixer layers have no fused kernel and 
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn as nn
 
-from python_ref import vix
-
+from ..nn.adopt import adopt
 from ..nn.nystrom import NystromAttention
 from ..nn.performer import PerformerAttention
 from ..nn.vix import FusedViXAttention
-from . import register
-
-
-def _adopt(fused: nn.Module, original: nn.Module, names) -> nn.Module:
-    """Move the original's submodules `names` into `fused`; every tensor of `fused` must then be the original's."""
-    for name in names:
-        setattr(fused, name, getattr(original, name))
-    ours = {id(t) for t in itertools.chain(original.parameters(), original.buffers())}
-    foreign = [name for name, t in itertools.chain(fused.named_parameters(), fused.named_buffers())
-               if id(t) not in ours]
-    if foreign or list(fused.state_dict()) != list(original.state_dict()):
-        raise RuntimeError(f"armour_kernels.patch: the fused {type(fused).__name__} does not share the state of "
-                           f"{type(original).__name__} (own tensors: {foreign})")
-    return fused.train(original.training)
+from . import CONVERTERS
 
 
 def _dim_head(projection: nn.Linear, parts: int, heads: int) -> int:
     return projection.out_features // (parts * heads)
 
 
-def _softmax(module: vix.Attention, backend: str):
+@CONVERTERS.register("python_ref.vix:Attention")
+def _softmax(module: nn.Module, backend: str):
     dim_head = _dim_head(module.to_qkv, 2 if module.armour else 3, module.heads)
     with torch.device("meta"):
         fused = FusedViXAttention(module.to_qkv.in_features, module.heads, dim_head, rope=module.rope,
                                   armour=module.armour, backend=backend)
-    return _adopt(fused, module, ("to_qkv", "dropout", "to_out"))
+    return adopt(fused, module, backend)
 
 
-def _nystrom(module: vix.NystromAttention, backend: str):
+@CONVERTERS.register("python_ref.vix:NystromAttention")
+def _nystrom(module: nn.Module, backend: str):
     parts = 2 if module.armour else 3
     kernel = module.res_conv.kernel_size[0] if module.residual else 33
     with torch.device("meta"):
@@ -54,10 +40,11 @@ def _nystrom(module: vix.NystromAttention, backend: str):
                                  module.heads, module.num_landmarks, module.pinv_iterations, module.residual, kernel,
                                  module.eps, value="q" if module.armour else "v", mode=module.mode, rope=module.rope,
                                  backend=backend)
-    return _adopt(fused, module, ("to_qkv", "to_out") + (("res_conv",) if module.residual else ()))
+    return adopt(fused, module, backend)
 
 
-def _performer(module: vix.PerformerSelfAttention, backend: str):
+@CONVERTERS.register("python_ref.vix:PerformerSelfAttention")
+def _performer(module: nn.Module, backend: str):
     features = module.fast_attention
     with torch.device("meta"):
         fused = PerformerAttention(module.to_q.in_features, heads=module.heads,
@@ -66,15 +53,4 @@ def _performer(module: vix.PerformerSelfAttention, backend: str):
                                    qkv_bias=module.to_q.bias is not None, attn_out_bias=module.to_out.bias is not None,
                                    value="q" if module.armour else "v", mode=features.mode, rope=module.rope,
                                    backend=backend)
-    names = ("fast_attention", "to_q", "to_k", "to_out", "dropout") + (() if module.armour else ("to_v",))
-    return _adopt(fused, module, names)
-
-
-# Exact types: a subclass may compute something else.
-_CONVERTERS = {vix.Attention: _softmax, vix.NystromAttention: _nystrom, vix.PerformerSelfAttention: _performer}
-
-
-@register
-def convert_vix_attention(module: nn.Module, backend: str):
-    converter = _CONVERTERS.get(type(module))
-    return None if converter is None else converter(module, backend)
+    return adopt(fused, module, backend)

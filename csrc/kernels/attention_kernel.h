@@ -3,7 +3,7 @@
 // (float, bf16_t, double). Included inside namespace armour::<isa> by isa_<isa>.cpp, which
 // sets the target ISA; needs <cmath>, <cstdint>, <cstdlib>, <cstring>, <new> and kernel_api.h first.
 //
-// Layout of the work (see COMMON.md for the launcher contract):
+// Layout of the work (see docs/layouts.md for the launcher contract):
 // - forward: one task per (batch, head, block of kBlockQ queries). The task packs its (b, h)'s
 //   Kᵀ (Dk × Nk) and value rows (Nk × Dv, concat of q/k/v parts read in place) once into fp32
 //   scratch (bf16 → fp32 here), its query block into rows, then runs an online softmax over key

@@ -33,7 +33,7 @@ struct Strided4 {
 enum class BiasKind : int { none = 0, dense = 1, table = 2 };
 enum class ValueSrc : int { q = 0, k = 1, v = 2 };
 
-// Everything the attention forward and backward kernels need (launcher contract in COMMON.md).
+// Everything the attention forward and backward kernels need (launcher contract in docs/layouts.md).
 struct AttentionArgs {
   DType dtype = DType::f32;       // q, k, v, dout, out, dq, dk, dv
   int64_t B = 0, H = 0, Nq = 0, Nk = 0, Dk = 0, Dv = 0;  // Dv: total value width

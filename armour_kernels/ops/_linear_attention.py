@@ -1,4 +1,4 @@
-"""What the Nyström and Performer ops share: input checks, the value choice, layouts, dispatch.
+"""What the linear-attention ops (Nyström, Performer) share: input checks, the value choice, layouts, dispatch.
 
 Both take FlashAttention's public layout (B, N, H, D) with any strides; python_ref works in
 (B, H, N, D), so the "reference" backend transposes views in and out.
@@ -10,8 +10,9 @@ import importlib
 import torch
 from torch import Tensor
 
-VALUES = ("v", "q")
-MODES = ("seed", "clean")
+from ..constants import LINEAR_ATTENTION_VALUES as VALUES
+from ..constants import MODES
+
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
