@@ -10,7 +10,8 @@ namespace {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> names;
-  for (armour::Isa isa : {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512, armour::Isa::avx512bf16})
+  for (armour::Isa isa :
+       {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512, armour::Isa::avx512bf16, armour::Isa::amx})
     if (armour::cpu_supports(isa)) names.push_back(armour::isa_name(isa));
   return names;
 }
@@ -18,7 +19,7 @@ std::vector<std::string> supported_isas() {
 void set_isa(const std::string& name) {
   armour::Isa isa;
   TORCH_CHECK(armour::parse_isa(name.c_str(), &isa), "armour_kernels._C.set_isa: unknown ISA '", name,
-              "', expected one of scalar, avx2, avx512, avx512bf16");
+              "', expected one of scalar, avx2, avx512, avx512bf16, amx");
   TORCH_CHECK(armour::cpu_supports(isa), "armour_kernels._C.set_isa: this CPU does not support '", name,
               "'; supported: ", c10::Join(", ", supported_isas()));
   armour::set_current_isa(isa);
@@ -27,7 +28,7 @@ void set_isa(const std::string& name) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512, chosen at run time)";
+  m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512 / AMX, chosen at run time)";
   m.def("attention", &armour::attention_forward, "attention forward: (out, lse)", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("bias"), py::arg("bias_index"), py::arg("value"), py::arg("scale"),
         py::arg("mask_diagonal"));
@@ -51,5 +52,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", []() { return std::string(armour::isa_name(armour::current_isa())); }, "the ISA the kernels run with");
   m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
   m.def("supported_isas", &supported_isas, "ISAs this CPU can run, slowest first");
-  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512, avx512bf16) for the whole process");
+  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512, avx512bf16, amx) for the whole process");
+  m.def("set_brgemm_f32", &armour::set_brgemm_f32, "fp32 attention products on oneDNN brgemm (True) or hand-written");
+  m.def("brgemm_f32", &armour::brgemm_f32_enabled);
 }

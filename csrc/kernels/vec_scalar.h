@@ -1,5 +1,5 @@
 // One-lane "vectors" (plain scalars): the baseline x86-64 path and every float64 kernel.
-// Included inside an ISA namespace by isa_*.cpp; needs <cmath>, included there.
+// Included inside an ISA namespace by isa_*.cpp; needs <cmath> and <cstring>, included there.
 #pragma once
 
 template <class T>
@@ -9,6 +9,7 @@ struct Scalar1 {
   static constexpr int MR = 4, NV = 2;  // GEMM register block: rows x vectors
   T v;
   static inline Scalar1 load(const T* p) { return {*p}; }
+  static inline Scalar1 load_n(const T* p, int64_t n) { return {n > 0 ? *p : T(0)}; }
   static inline Scalar1 set1(T x) { return {x}; }
   static inline Scalar1 zero() { return {T(0)}; }
   inline void store(T* p) const { *p = v; }
@@ -23,5 +24,22 @@ template <class T> inline Scalar1<T> vmin(Scalar1<T> a, Scalar1<T> b) { return {
 template <class T> inline T hmax(Scalar1<T> a) { return a.v; }
 template <class T> inline T hsum(Scalar1<T> a) { return a.v; }
 template <class T> inline Scalar1<T> vexp(Scalar1<T> a) { return {std::exp(a.v)}; }
+template <int Deg, class T> inline Scalar1<T> vexp2(Scalar1<T> a) { return {std::exp2(a.v)}; }
 
 using VecD = Scalar1<double>;
+
+// bf16 <-> float one element at a time: round to nearest even, a NaN stays a quiet NaN.
+inline float bf16_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+

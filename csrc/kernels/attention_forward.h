@@ -1,0 +1,83 @@
+// Attention forward, flash style, written once against a GEMM engine G (attention_gemm_plain.h:
+// accumulation-type operands; attention_bf16dot.h: bf16 VNNI pairs on AMX brgemm or vdpbf16ps),
+// a vector type V and the storage type T of q, k, v and out.
+//
+// One task per chunk of query rows (kernel_api.h: attention_chunks). For each (b, h) run of its
+// rows a task packs Kᵀ and the value rows (the concat of its q / k / v parts, read in place from
+// any strides) once into the engine's layout, then for each tile of kBlockQ query rows runs an
+// online softmax over tiles of kBlockK keys: S = Q·Kᵀ (Q read in place when its layout allows),
+// scale + bias + masks and the row max in one pass, exp and the running sum in a second that
+// writes P in the operand type, O = O·α + P·V. Accumulation in fp32 (fp64 for double). Scratch is
+// per task; a task that used brgemm releases its AMX state at the end (GemmProvider::release).
+//
+// Included inside namespace armour::<isa> by kernels/attention_kernel.h.
+#pragma once
+
+#include "kernels/attention_common.h"
+
+template <class T, class V, class G>
+void forward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
+  using S = typename V::S;
+  using Op = typename G::Op;
+  constexpr int64_t W = V::W, kPair = G::kPair;
+  constexpr int64_t kAlign = W > kPair ? W : kPair;
+  const int64_t Nk = a.Nk, Dk = a.Dk, Dv = a.Dv;
+  const int64_t Nkp = round_up(Nk, kAlign), Dk2 = round_up(Dk, kPair), Dvp = round_up(Dv, W);
+  const int64_t BK = round_up(min64(kBlockK, Nk), kAlign);
+  constexpr bool kSeparateP = !(sizeof(Op) == sizeof(S));  // P in its own buffer unless it is S itself
+  Scratch<Op> kt(Dk2 * Nkp), vb(Nkp * Dvp), qs(kBlockQ * Dk2), pb(kSeparateP ? kBlockQ * BK : 1);
+  Scratch<S> s(kBlockQ * BK), o(kBlockQ * Dvp), m(kBlockQ), l(kBlockQ), diag(kBlockQ);
+  const bool q_in_place = G::template a_in_place<T>(a.q, Dk);
+  for_each_run(a, chunk, [&](int64_t b, int64_t h, int64_t i_begin, int64_t i_end, int64_t) {
+    // Kᵀ (Dk2 × Nkp) and the value rows (Nkp × Dvp) of this (b, h), zero-padded.
+    kt.zero(Dk2 * Nkp);
+    G::template pack_b_cols<T>(a.k, b, h, 0, Nk, Dk, kt.p, Nkp, 0);
+    vb.zero(Nkp * Dvp);
+    for (int p = 0, col = 0; p < a.n_parts; col += a.part_width[p], ++p)
+      G::template pack_b_rows<T>(a.part[p], b, h, 0, Nk, a.part_width[p], vb.p, Dvp, col);
+    if (!q_in_place && Dk2 != Dk) qs.zero(kBlockQ * Dk2);
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlockQ) {
+      const int64_t nr = min64(kBlockQ, i_end - i0);
+      const Op* qa = qs.p;
+      int64_t lda = Dk2;
+      if (q_in_place) {
+        qa = reinterpret_cast<const Op*>(row_ptr<T>(a.q, b, i0, h));
+        lda = a.q.sn;
+      } else {
+        G::template pack_a_rows<T>(a.q, b, h, i0, nr, Dk, qs.p, Dk2);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        m.p[r] = neg_inf<S>();
+        l.p[r] = 0;
+        diag.p[r] = neg_inf<S>();
+      }
+      for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
+        const int64_t bk = min64(kBlockK, Nk - j0), bkp = round_up(bk, kAlign);
+        const bool first = j0 == 0;
+        g(nr, bkp, Dk2, qa, lda, G::b_col(kt.p, j0), Nkp, s.p, BK, false);
+        for (int64_t r = 0; r < nr; ++r) {
+          S* row = s.p + r * BK;
+          const S mx = finish_row<V>(a, b, h, i0 + r, j0, bk, bkp, row, diag.p + r);
+          Op* prow = kSeparateP ? pb.p + r * BK : reinterpret_cast<Op*>(row);
+          softmax_row<V, exp_degree<T>()>(row, bkp, mx, m.p[r], l.p[r], prow, o.p + r * Dvp, Dvp, first);
+        }
+        const Op* pa = kSeparateP ? pb.p : reinterpret_cast<const Op*>(s.p);
+        g(nr, Dvp, bkp, pa, BK, vb.p + j0 * Dvp, Dvp, o.p, Dvp, !first);
+      }
+      store_out_rows<V, T>(a, b, h, i0, nr, o.p, Dvp, m.p, l.p, diag.p);
+    }
+  });
+}
+
+template <class T, class V, class G>
+void forward_impl(const AttentionArgs& a, const G& g) {
+  struct Ctx {
+    const AttentionArgs* a;
+    const G* g;
+  } ctx{&a, &g};
+  a.parallel_for(a.n_chunks, &ctx, [](void* p, int64_t begin, int64_t end) {
+    const Ctx& c = *static_cast<const Ctx*>(p);
+    for (int64_t k = begin; k < end; ++k) forward_chunk<T, V, G>(*c.a, *c.g, k);
+    if (c.a->gemm.release) c.a->gemm.release();
+  });
+}
