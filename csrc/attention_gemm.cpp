@@ -2,11 +2,13 @@
 // GEMM micro-kernels through ATen (at::native::cpublas::brgemm, the path ATen's own CPU flash
 // attention takes), plain functions the ISA code calls by pointer so it never sees a torch header.
 //
-// Which products use them (docs/backends.md, "CPU ISA dispatch"):
-// - bf16 at the "amx" level: oneDNN runs bf16 brgemm on AMX tiles there. `could_pack(kBFloat16)`
-//   is oneDNN's own "AMX is usable" answer (it also follows torch.backends.mkldnn.enabled), asked
+// Which products use them (docs/backends.md, "CPU ISA dispatch"; GemmUse in kernel_api.h):
+// - bf16 under "amx": oneDNN runs bf16 brgemm on AMX tiles there. `could_pack(kBFloat16)` is
+//   oneDNN's own "AMX is usable" answer (it also follows torch.backends.mkldnn.enabled), asked
 //   again at every call so that switching oneDNN off falls back cleanly to the hand-written path.
-// - fp32: brgemm_f32_enabled(), see there.
+// - fp32 under "+brgemm" and "amx": oneDNN's f32 micro-kernel (AVX-512 / AVX2), faster than the
+//   hand-written one on Sapphire Rapids (docs/benchmarks.md). The bf16 brgemm without AMX
+//   (is_vnni=false runs MKL) is not used: it collapsed to ~10 GFLOP/s under at::parallel_for.
 // Below torch 2.6 the brgemm overloads do not exist: the feature macros of ATen/native/CPUBlas.h
 // (CPUBLAS_BRGEMM_BF16BF16F32, CPUBLAS_BRGEMM_F32F32F32) compile the callbacks out and every ISA
 // keeps its hand-written micro-kernels.
@@ -39,9 +41,15 @@ void brgemm_f32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64
 }
 #endif
 
-std::atomic<bool> g_brgemm_f32{false};
-
 }  // namespace
+
+bool torch_brgemm_f32() {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  return true;
+#else
+  return false;
+#endif
+}
 
 bool torch_amx_brgemm() {
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
@@ -51,24 +59,23 @@ bool torch_amx_brgemm() {
 #endif
 }
 
-void set_brgemm_f32(bool on) { g_brgemm_f32.store(on, std::memory_order_relaxed); }
-bool brgemm_f32_enabled() { return g_brgemm_f32.load(std::memory_order_relaxed); }
-
 GemmProvider attention_gemm(DType dtype) {
   GemmProvider g;
-  const Isa isa = current_isa();
+  const GemmUse use = current_gemm();
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
-  if (dtype == DType::bf16 && isa == Isa::amx && torch_amx_brgemm()) {
+  if (dtype == DType::bf16 && use == GemmUse::amx && torch_amx_brgemm()) {
     g.bf16 = &brgemm_bf16;
     g.release = &brgemm_release;
   }
 #endif
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-  if ((dtype == DType::f32 || (dtype == DType::bf16 && !g.bf16)) && isa >= Isa::avx2 && brgemm_f32_enabled() &&
-      at::globalContext().userEnabledMkldnn())
+  // fp32 products, and bf16 ones widened to fp32 (the backward without AMX), on oneDNN's
+  // AVX-512 / AVX2 micro-kernel; ATen falls back to its own gemm where oneDNN is off.
+  if ((dtype == DType::f32 || (dtype == DType::bf16 && !g.bf16)) && use != GemmUse::native &&
+      current_isa() >= Isa::avx2 && at::globalContext().userEnabledMkldnn())
     g.f32 = &brgemm_f32;
 #endif
-  (void)isa;
+  (void)use;
   (void)dtype;
   return g;
 }

@@ -23,11 +23,6 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
                                            const at::Tensor& lse, const std::string& value, double scale,
                                            bool mask_diagonal, bool need_dbias);
 
-// Whether fp32 attention products run on oneDNN's brgemm (attention_gemm.cpp) or on the
-// hand-written micro-kernels.
-void set_brgemm_f32(bool on);
-bool brgemm_f32_enabled();
-
 // hardswish(x @ weightᵀ + bias). gemm: "onednn_fused" (oneDNN GEMM with bias + Hardswish as its
 // post-op, in registers), "onednn" / "aten" (oneDNN / at::matmul GEMM, then our vectorised
 // bias + Hardswish pass in place), "auto" (onednn_fused when torch has oneDNN and the dtype is

@@ -73,18 +73,20 @@ typename V::S row_delta(const AttentionArgs& a, int64_t b, int64_t h, int64_t i)
 // row has a finite score (the diagonal mask's "other key").
 template <class V, int Deg>
 bool score_grad_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t chunk, int64_t i, int64_t j0, int64_t bk,
-                    int64_t bkp, typename V::S* s, typename V::S* dp, typename V::S lse, typename V::S delta) {
+                    int64_t bkv, typename V::S* s, typename V::S* dp, typename V::S lse, typename V::S delta) {
   using S = typename V::S;
   constexpr int64_t W = V::W;
-  finish_row<V>(a, b, h, i, j0, bk, bkp, s, nullptr, /*need_max=*/false);
+  finish_row<V>(a, b, h, i, j0, bk, bkv, s, nullptr, /*need_max=*/false);
   bool finite = false;
   if (a.mask_diagonal)
     for (int64_t c = 0; c < bk && !finite; ++c) finite = s[c] != neg_inf<S>();
   const V vl = V::set1(lse * static_cast<S>(kLog2e)), vd = V::set1(delta);
-  for (int64_t c = 0; c < bkp; c += W) {
+  for (int64_t c = 0; c < bkv; c += W) {
     const V pv = vexp2<Deg>(V::load(s + c) - vl);
     pv.store(s + c);
-    (pv * (V::load(dp + c) - vd)).store(dp + c);
+    // dP past bk may be unwritten (a brgemm product has no padding): read as 0, so dS is 0 there
+    const V dpv = c + W <= bk ? V::load(dp + c) : V::load_n(dp + c, bk - c);
+    (pv * (dpv - vd)).store(dp + c);
   }
   if (a.dbias) {
     S* db = static_cast<S*>(a.dbias) + ((b * a.H + h) * a.Nq + i) * a.Nk + j0;
@@ -100,7 +102,7 @@ bool score_grad_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t chunk,
     for (; c < bk; ++c) dt[c] += dp[c];
   }
   const V vs = V::set1(static_cast<S>(a.scale));
-  for (int64_t c = 0; c < bkp; c += W) (V::load(dp + c) * vs).store(dp + c);
+  for (int64_t c = 0; c < bkv; c += W) (V::load(dp + c) * vs).store(dp + c);
   return finite;
 }
 
@@ -114,24 +116,39 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
   const int64_t Nq = a.Nq, Nk = a.Nk, Dk = a.Dk, Dv = a.Dv;
   const int64_t Nkp = round_up(Nk, kAlign), Nqp = round_up(Nq, kPair);
   const int64_t Dkp = round_up(Dk, W), Dk2 = round_up(Dk, kPair), Dv2 = round_up(Dv, kPair);
-  const int64_t BK = round_up(min64(kBlockK, Nk), kAlign);
-  Scratch<Op> kt(Dk2 * Nkp), vt(Dv2 * Nkp), kr(Nkp * Dkp), qT(Dk * Nqp), doT(Dv * Nqp);
+  const int64_t BK = round_up(min64(kBlockK, Nk), kAlign), na = g.n_align();
+  const bool q_in_place = G::template a_in_place<T>(a.q, Dk);
+  const bool do_in_place = G::template a_in_place<T>(a.dout, Dv);
+  const bool k_in_place = g.template b_rows_in_place<T>(a.k, Dk);
+  const int64_t Nd = round_up(Dk, na);  // N of dQ = dS·K
+  bool vt_zero = Dv2 != Dv;
+  for (int p = 0, col = 0; p < a.n_parts; col += a.part_width[p], ++p)
+    vt_zero = vt_zero || G::b_cols_need_zero(a.part[p], a.part_width[p], col);
+  const bool kt_zero = Dk2 != Dk || G::b_cols_need_zero(a.k, Dk, 0);
+  Scratch<Op> kt(Dk2 * Nkp), vt(Dv2 * Nkp), kr(k_in_place ? 1 : Nkp * Dkp), qT(Dk * Nqp), doT(Dv * Nqp);
   Scratch<Op> qs(kBlockQ * Dk2), dos(kBlockQ * Dv2);
   Scratch<Op> pb(kPairs ? kBlockQ * BK : 1), dsb(kPairs ? kBlockQ * BK : 1), dsa(kPairs ? kBlockQ * BK : 1);
   Scratch<S> s(kBlockQ * BK), dp(kBlockQ * BK), dq(Nq * Dkp), dkT(Dk * Nkp), dvT(Dv * Nkp);
   Scratch<S> delta(kBlockQ), lse(kBlockQ);
   Scratch<unsigned char> has_key(kBlockQ);
-  const bool q_in_place = G::template a_in_place<T>(a.q, Dk);
-  const bool do_in_place = G::template a_in_place<T>(a.dout, Dv);
   const S* lse_all = static_cast<const S*>(a.lse_in);
+  if (!q_in_place && Dk2 != Dk) qs.zero(kBlockQ * Dk2);
+  if (!do_in_place && Dv2 != Dv) dos.zero(kBlockQ * Dv2);
   for_each_run(a, chunk, [&](int64_t b, int64_t h, int64_t i_begin, int64_t i_end, int64_t slot) {
-    kt.zero(Dk2 * Nkp);
+    if (kt_zero) kt.zero(Dk2 * Nkp);
     G::template pack_b_cols<T>(a.k, b, h, 0, Nk, Dk, kt.p, Nkp, 0);
-    vt.zero(Dv2 * Nkp);
-    kr.zero(Nkp * Dkp);
-    G::template pack_b_rows<T>(a.k, b, h, 0, Nk, Dk, kr.p, Dkp, 0);
+    if (vt_zero) vt.zero(Dv2 * Nkp);
     for (int p = 0, col = 0; p < a.n_parts; col += a.part_width[p], ++p)
       G::template pack_b_cols<T>(a.part[p], b, h, 0, Nk, a.part_width[p], vt.p, Nkp, col);
+    const Op* krows = kr.p;
+    int64_t ldkr = Dkp;
+    if (k_in_place) {
+      krows = reinterpret_cast<const Op*>(row_ptr<T>(a.k, b, 0, h));
+      ldkr = a.k.sn;
+    } else {
+      kr.zero(Nkp * Dkp);
+      G::template pack_b_rows<T>(a.k, b, h, 0, Nk, Dk, kr.p, Dkp, 0);
+    }
     const int64_t run = i_end - i_begin;
     G::template pack_a_cols<T>(a.q, b, h, i_begin, run, Dk, qT.p, Nqp, i_begin);
     G::template pack_a_cols<T>(a.dout, b, h, i_begin, run, Dv, doT.p, Nqp, i_begin);
@@ -142,8 +159,6 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
     std::memset(dq.p + i_begin * Dkp, 0, static_cast<size_t>(run * Dkp) * sizeof(S));
     dkT.zero(Dk * Nkp);
     dvT.zero(Dv * Nkp);
-    if (!q_in_place && Dk2 != Dk) qs.zero(kBlockQ * Dk2);
-    if (!do_in_place && Dv2 != Dv) dos.zero(kBlockQ * Dv2);
     for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlockQ) {
       const int64_t nr = min64(kBlockQ, i_end - i0), nr2 = round_up(nr, kPair);
       const Op* qa = qs.p;
@@ -168,29 +183,30 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
         has_key.p[r] = 0;
       }
       for (int64_t j0 = 0; j0 < Nk; j0 += kBlockK) {
-        const int64_t bk = min64(kBlockK, Nk - j0), bkp = round_up(bk, kAlign);
-        g(nr, bkp, Dk2, qa, ldq, G::b_col(kt.p, j0), Nkp, s.p, BK, false);
-        g(nr, bkp, Dv2, da, ldd, G::b_col(vt.p, j0), Nkp, dp.p, BK, false);
+        const int64_t bk = min64(kBlockK, Nk - j0);
+        const int64_t bkv = round_up(bk, W), bkn = round_up(bk, na), bkk = round_up(bk, kPair);
+        g(nr, bkn, Dk2, qa, ldq, G::b_col(kt.p, j0), Nkp, s.p, BK, false);
+        g(nr, bkn, Dv2, da, ldd, G::b_col(vt.p, j0), Nkp, dp.p, BK, false);
         for (int64_t r = 0; r < nr; ++r)
-          has_key.p[r] |= score_grad_row<V, exp_degree<T>()>(a, b, h, chunk, i0 + r, j0, bk, bkp, s.p + r * BK, dp.p + r * BK,
-                                            lse.p[r], delta.p[r]);
+          has_key.p[r] |= score_grad_row<V, exp_degree<T>()>(a, b, h, chunk, i0 + r, j0, bk, bkv, s.p + r * BK,
+                                                             dp.p + r * BK, lse.p[r], delta.p[r]);
         const Op* p_rows = reinterpret_cast<const Op*>(s.p);    // P, reduction over query rows
         const Op* ds_rows = reinterpret_cast<const Op*>(dp.p);  // dS, the same
         const Op* ds_a = reinterpret_cast<const Op*>(dp.p);     // dS as the A operand of dQ
         if constexpr (kPairs) {
           for (int64_t r = 0; r < nr; r += 2) {
             const bool two = r + 1 < nr;
-            G::store_b_pair_rows(s.p + r * BK, two ? s.p + (r + 1) * BK : nullptr, bkp, pb.p + r * BK);
-            G::store_b_pair_rows(dp.p + r * BK, two ? dp.p + (r + 1) * BK : nullptr, bkp, dsb.p + r * BK);
+            G::store_b_pair_rows(s.p + r * BK, two ? s.p + (r + 1) * BK : nullptr, bkv, pb.p + r * BK);
+            G::store_b_pair_rows(dp.p + r * BK, two ? dp.p + (r + 1) * BK : nullptr, bkv, dsb.p + r * BK);
           }
-          for (int64_t r = 0; r < nr; ++r) G::store_a_row(dp.p + r * BK, bkp, dsa.p + r * BK);
+          for (int64_t r = 0; r < nr; ++r) G::store_a_row(dp.p + r * BK, bkv, dsa.p + r * BK);
           p_rows = pb.p;
           ds_rows = dsb.p;
           ds_a = dsa.p;
         }
-        g(nr, Dkp, bkp, ds_a, BK, kr.p + j0 * Dkp, Dkp, dq.p + i0 * Dkp, Dkp, true);
-        g(Dk, bkp, nr2, qT.p + i0, Nqp, ds_rows, BK, dkT.p + j0, Nkp, true);
-        g(Dv, bkp, nr2, doT.p + i0, Nqp, p_rows, BK, dvT.p + j0, Nkp, true);
+        g(nr, Nd, bkk, ds_a, BK, krows + j0 * ldkr, ldkr, dq.p + i0 * Dkp, Dkp, true);
+        g(Dk, bkn, nr2, qT.p + i0, Nqp, ds_rows, BK, dkT.p + j0, Nkp, true);
+        g(Dv, bkn, nr2, doT.p + i0, Nqp, p_rows, BK, dvT.p + j0, Nkp, true);
       }
       if (a.mask_diagonal) {
         // A diagonal-only row (finite lse, no other key) has P = one-hot(i): no score gradient and

@@ -51,12 +51,18 @@ struct PairGemm {
 
   static const Op* b_col(const Op* B, int64_t j) { return B + 2 * j; }
 
+  // The multiple N is rounded up to (brgemm: any N; vdpbf16ps: whole vectors).
+  int64_t n_align() const { return brgemm ? 1 : 16; }
+
   template <class T>
   static bool a_in_place(const Strided4& t, int64_t D) { return t.sd == 1 && D % 2 == 0; }
+  template <class T>
+  bool b_rows_in_place(const Strided4&, int64_t) const { return false; }  // always repacked in pairs
 
-  // B with the reduction over features, rows [row0, row0 + D) of the pair layout; dst zeroed by
-  // the caller (an odd feature count pairs its last feature with 0). With unit feature stride and
-  // an even row0 a pair is one 32-bit word of the input row: 16 rows at a time go through 16×16
+  // B with the reduction over features, rows [row0, row0 + D) of the pair layout; the columns
+  // [cnt, round_up(cnt, 16)) are zeroed. An odd D (or odd row0) pairs a feature with one of another
+  // part or with padding: the caller clears dst first (b_cols_need_zero). With unit feature stride
+  // and an even row0 a pair is one 32-bit word of the input row: 16 rows at a time go through 16×16
   // transposes of those words, one contiguous store per pair index.
   template <class T>
   static void pack_b_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt, int64_t D, Op* dst,
@@ -66,7 +72,7 @@ struct PairGemm {
       Op* base = dst + row0 * ld;
       for (int64_t n = 0; n < cnt; n += 16) {
         const int64_t rows = min64(16, cnt - n);
-        const __mmask16 m = lanes_below(rows);
+        const __mmask16 m = 0xffff;  // zero lanes past cnt: the padding columns
         const uint16_t* src = bf16_row(t, b, n0 + n, h);
         for (int64_t e0 = 0; e0 < pairs; e0 += 16) {
           __m512i w[16];
@@ -86,6 +92,9 @@ struct PairGemm {
         dst[(r >> 1) * 2 * ld + 2 * n + (r & 1)] = src[d * t.sd];
       }
     }
+  }
+  static bool b_cols_need_zero(const Strided4& t, int64_t D, int64_t row0) {
+    return D % 2 != 0 || row0 % 2 != 0 || t.sd != 1;
   }
 
   // B with the reduction over rows, columns [col0, col0 + D); n0 even; dst zeroed by the caller (an

@@ -67,6 +67,10 @@ template <class V> inline V load_vec(const uint16_t* p) { return load_bf16(p); }
 template <class V> inline void store_vec(typename V::S* p, V x) { x.store(p); }
 template <class V> inline void store_vec(bf16_t* p, V x) { store_bf16(&p->bits, x); }
 template <class V> inline void store_vec(uint16_t* p, V x) { store_bf16(p, x); }
+// lanes [0, n) only
+template <class V> inline void store_vec_n(typename V::S* p, V x, int64_t n) { x.store_n(p, n); }
+template <class V> inline void store_vec_n(bf16_t* p, V x, int64_t n) { store_bf16_n(&p->bits, x, n); }
+template <class V> inline void store_vec_n(uint16_t* p, V x, int64_t n) { store_bf16_n(p, x, n); }
 
 // dst[0, n) = src[0, n · sd) converted (vectorised for a unit stride).
 template <class V, class T, class D>
@@ -139,42 +143,46 @@ void pack_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
 }
 
 // Feature-major (transposed): dst[(row0 + d) * ld + n] = t[b, n0 + n, h, d] for n < cnt, d < D.
-// On AVX-512 whole groups of 16 rows go through 16×16 transposes of 32-bit words (a float, or a
-// pair of bf16 features); elsewhere through gathers (one vector per feature; bf16 in 32-bit pairs
-// of features, so no read goes past a row); the rest element by element.
+// pad_full: the columns [cnt, round_up(cnt, W)) of dst are padding, written with zeros (so the
+// caller need not clear them); otherwise nothing past cnt is written. On AVX-512 the rows go
+// through 16×16 transposes of 32-bit words (a float, or a pair of bf16 features); elsewhere through
+// gathers (one vector per feature; bf16 in 32-bit pairs of features, so no read goes past a row);
+// whatever is left, element by element.
 template <class V, class T, class D>
 void pack_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt, int64_t Dw, D* dst, int64_t ld,
-               int64_t row0) {
+               int64_t row0, bool pad_full = false) {
   using S = typename V::S;
   constexpr int W = V::W;
   int64_t n = 0;
-  if constexpr (W == 16 && sizeof(T) == 4) {
-    if (t.sd == 1)
-      for (; n + W <= cnt; n += W) {
+  if constexpr (W == 16 && (sizeof(T) == 4 || sizeof(T) == 2)) {
+    if (t.sd == 1) {
+      for (; n < cnt; n += 16) {
+        const int64_t rows = min64(16, cnt - n), lanes = pad_full ? 16 : rows;
         const T* src = row_ptr<T>(t, b, n0 + n, h);
-        for (int64_t d0 = 0; d0 < Dw; d0 += 16) {
-          __m512i w[16];
-          const int64_t cols = min64(16, Dw - d0);
-          transpose16_words(src + d0, t.sn * 4, 16, cols, w);
-          for (int64_t k = 0; k < cols; ++k) store_vec<V>(dst + (row0 + d0 + k) * ld + n, words_as_f32(w[k]));
-        }
-      }
-  } else if constexpr (W == 16 && sizeof(T) == 2) {
-    if (t.sd == 1)
-      for (; n + W <= cnt; n += W) {
-        const uint16_t* src = &row_ptr<T>(t, b, n0 + n, h)->bits;
-        for (int64_t d0 = 0; d0 + 1 < Dw; d0 += 32) {
-          __m512i w[16];
-          const int64_t pairs = min64(16, (Dw - d0) / 2);
-          transpose16_words(src + d0, t.sn * 2, 16, pairs, w);
-          for (int64_t k = 0; k < pairs; ++k) {
-            store_vec<V>(dst + (row0 + d0 + 2 * k) * ld + n, words_lo_bf16(w[k]));
-            store_vec<V>(dst + (row0 + d0 + 2 * k + 1) * ld + n, words_hi_bf16(w[k]));
+        __m512i w[16];
+        if constexpr (sizeof(T) == 4) {
+          for (int64_t d0 = 0; d0 < Dw; d0 += 16) {
+            const int64_t cols = min64(16, Dw - d0);
+            transpose16_words(src + d0, t.sn * 4, rows, cols, w);
+            for (int64_t k = 0; k < cols; ++k) store_vec_n<V>(dst + (row0 + d0 + k) * ld + n, words_as_f32(w[k]), lanes);
           }
+        } else {
+          const uint16_t* s16 = &src->bits;
+          for (int64_t d0 = 0; d0 + 1 < Dw; d0 += 32) {
+            const int64_t pairs = min64(16, (Dw - d0) / 2);
+            transpose16_words(s16 + d0, t.sn * 2, rows, pairs, w);
+            for (int64_t k = 0; k < pairs; ++k) {
+              store_vec_n<V>(dst + (row0 + d0 + 2 * k) * ld + n, words_lo_bf16(w[k]), lanes);
+              store_vec_n<V>(dst + (row0 + d0 + 2 * k + 1) * ld + n, words_hi_bf16(w[k]), lanes);
+            }
+          }
+          if (Dw & 1)
+            for (int64_t k = 0; k < lanes; ++k)
+              store_as(dst + (row0 + Dw - 1) * ld + n + k, k < rows ? load_as<S>(s16 + k * t.sn + Dw - 1) : S(0));
         }
-        if (Dw & 1)
-          for (int64_t k = 0; k < W; ++k) store_as(dst + (row0 + Dw - 1) * ld + n + k, load_as<S>(src + k * t.sn + Dw - 1));
       }
+      return;
+    }
   } else if constexpr (W > 1 && sizeof(T) == 4) {
     if (gather_ok(t.sn))
       for (; n + W <= cnt; n += W) {
@@ -196,9 +204,10 @@ void pack_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
           for (int64_t k = 0; k < W; ++k) store_as(dst + (row0 + d) * ld + n + k, load_as<S>(src + k * t.sn + d));
       }
   }
-  for (; n < cnt; ++n) {
-    const T* src = row_ptr<T>(t, b, n0 + n, h);
-    for (int64_t d = 0; d < Dw; ++d) store_as(dst + (row0 + d) * ld + n, load_as<S>(src + d * t.sd));
+  const int64_t end = pad_full ? round_up(cnt, W) : cnt;
+  for (; n < end; ++n) {
+    const T* src = n < cnt ? row_ptr<T>(t, b, n0 + n, h) : nullptr;
+    for (int64_t d = 0; d < Dw; ++d) store_as(dst + (row0 + d) * ld + n, src ? load_as<S>(src + d * t.sd) : S(0));
   }
 }
 
@@ -207,16 +216,20 @@ void pack_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
 template <class V, class T>
 void store_transposed(const typename V::S* src, int64_t ld_src, int64_t R, int64_t C, T* dst, int64_t ld_dst) {
   constexpr int W = V::W;
-  int64_t c0 = 0;
   if constexpr (W == 16 && sizeof(typename V::S) == 4) {
-    for (; c0 + 16 <= C; c0 += 16)
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      const int64_t cs = min64(16, C - c0);
       for (int64_t r0 = 0; r0 < R; r0 += 16) {
         __m512i w[16];
         const int64_t rows = min64(16, R - r0);
-        transpose16_words(src + c0 * ld_src + r0, ld_src * 4, 16, rows, w);
-        for (int64_t k = 0; k < rows; ++k) store_vec<V>(dst + (r0 + k) * ld_dst + c0, words_as_f32(w[k]));
+        transpose16_words(src + c0 * ld_src + r0, ld_src * 4, cs, rows, w);
+        for (int64_t k = 0; k < rows; ++k) store_vec_n<V>(dst + (r0 + k) * ld_dst + c0, words_as_f32(w[k]), cs);
       }
-  } else if constexpr (W > 1 && sizeof(typename V::S) == 4) {
+    }
+    return;
+  }
+  int64_t c0 = 0;
+  if constexpr (W > 1 && sizeof(typename V::S) == 4) {
     if (gather_ok(ld_src))
       for (; c0 + W <= C; c0 += W)
         for (int64_t r = 0; r < R; ++r) store_vec<V>(dst + r * ld_dst + c0, gather_f32(src + c0 * ld_src + r, ld_src));
@@ -240,7 +253,8 @@ inline V pad_lanes(int64_t n) {
 }
 
 // Row i of a key tile, in log2 units: s[c] = log2 e · (scale · s[c] + bias[b, h, i, j0 + c]) for
-// c < bk; the padding [bk, bkp) → -inf; with mask_diagonal the diagonal → -inf (its score saved in
+// c < bk (only these are read: a brgemm product writes no padding); the padding [bk, bkp), bkp =
+// round_up(bk, W), → -inf; with mask_diagonal the diagonal → -inf (its score saved in
 // *diag when diag is given). Returns the row maximum when need_max (padding included: -inf does
 // not count).
 template <class V>
@@ -278,9 +292,9 @@ typename V::S finish_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i
       x.store(row + c);
       mx0 = vmax(mx0, x);
     }
-    if (c < bkp) {  // bk < bkp: a partial vector (W > 1)
+    if (c < bkp) {  // bk < bkp: a partial vector (W > 1); its lanes past bk may be unwritten
       const int64_t rem = bk - c;
-      V x = V::load(row + c) * vscale + pad_lanes<V>(rem);
+      V x = V::load_n(row + c, rem) * vscale + pad_lanes<V>(rem);
       if (bp) x = fmadd(V::load_n(bp + c, rem), vlog2e, x);
       x.store(row + c);
       mx0 = vmax(mx0, x);

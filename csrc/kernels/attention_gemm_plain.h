@@ -31,16 +31,32 @@ struct PlainGemm {
   // Column j of a B whose reduction index runs along its rows.
   static const Op* b_col(const Op* B, int64_t j) { return B + j; }
 
+  // The multiple the N of a product is rounded up to: the hand-written micro-kernel works on whole
+  // vectors (its B and C are padded), brgemm on any N (no padding column computed or written).
+  int64_t n_align() const {
+    if constexpr (sizeof(S) == sizeof(float)) return brgemm ? 1 : V::W;
+    return V::W;
+  }
+
   // Whether an input can be the A operand in place: rows of Op with unit feature stride.
   template <class T>
   static bool a_in_place(const Strided4& t, int64_t) { return sizeof(T) == sizeof(Op) && t.sd == 1; }
+  // ... or a B with the reduction over its rows (V, K), D columns: also whole vectors for the
+  // hand-written micro-kernel, which reads B in full vectors.
+  template <class T>
+  bool b_rows_in_place(const Strided4& t, int64_t D) const {
+    return sizeof(T) == sizeof(Op) && t.sd == 1 && (n_align() == 1 || D % V::W == 0);
+  }
 
-  // B with the reduction over features (Kᵀ, Vᵀ): dst[(row0 + d) * ld + n] = t[b, n0 + n, h, d].
+  // B with the reduction over features (Kᵀ, Vᵀ): dst[(row0 + d) * ld + n] = t[b, n0 + n, h, d];
+  // columns [cnt, round_up(cnt, W)) are zeroed (ld must leave room for them).
   template <class T>
   static void pack_b_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt, int64_t D, Op* dst,
                           int64_t ld, int64_t row0) {
-    pack_cols<V, T>(t, b, h, n0, cnt, D, dst, ld, row0);
+    pack_cols<V, T>(t, b, h, n0, cnt, D, dst, ld, row0, /*pad_full=*/true);
   }
+  // Whether pack_b_cols leaves anything of its rows and padding to clear first: never.
+  static bool b_cols_need_zero(const Strided4&, int64_t, int64_t) { return false; }
   // B with the reduction over rows (V, K): dst[n * ld + col0 + d] = t[b, n0 + n, h, d].
   template <class T>
   static void pack_b_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt, int64_t D, Op* dst,

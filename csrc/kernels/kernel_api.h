@@ -143,9 +143,12 @@ struct KernelTable {
   void (*bias_hardswish)(const EpilogueArgs&);
 };
 
-// The dispatch ladder. amx is not a separate compiled table: it runs the avx512bf16 kernels with
-// the brgemm GEMMs (AMX tiles for bf16 products); every level below it uses only hand-written code.
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3, amx = 4 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
+
+// The GEMMs of the attention kernels (GemmProvider): the hand-written micro-kernels only; oneDNN's
+// brgemm for the fp32 products; or, with avx512bf16 on a CPU with AMX, brgemm for the bf16
+// products too (AMX tiles). Not a separate compiled table: the same kernels, other callbacks.
+enum class GemmUse : int { native = 0, brgemm = 1, amx = 2 };
 
 // One table per compiled ISA (isa_scalar.cpp, isa_avx2.cpp, isa_avx512.cpp, isa_avx512bf16.cpp).
 const KernelTable& kernels_scalar();
@@ -163,15 +166,17 @@ const KernelTable& kernels_avx512bf16();
 
 // isa_dispatch.cpp: what the CPU supports, what is selected (env ARMOUR_KERNELS_CPU_ISA forces it).
 bool cpu_supports(Isa isa);
+bool cpu_supports(Isa isa, GemmUse gemm);
 Isa best_isa();
 Isa current_isa();
-void set_current_isa(Isa isa);  // caller checks cpu_supports first
+GemmUse current_gemm();
+void set_current_isa(Isa isa, GemmUse gemm);  // caller checks cpu_supports first
 const KernelTable& current_kernels();
 const char* isa_name(Isa isa);
-bool parse_isa(const char* name, Isa* out);
 
-// attention_gemm.cpp (torch side): whether this torch build has the bf16 brgemm and oneDNN can run
-// it on AMX tiles here (part of cpu_supports(Isa::amx)), and the GEMM callbacks a call gets.
+// attention_gemm.cpp (torch side): whether this torch build has the fp32 brgemm, and the bf16 one
+// that oneDNN runs on AMX tiles here; the GEMM callbacks a call gets under the current dispatch.
+bool torch_brgemm_f32();
 bool torch_amx_brgemm();
 GemmProvider attention_gemm(DType dtype);
 

@@ -16,6 +16,11 @@ struct VecF {
   static inline VecF set1(float x) { return {_mm256_set1_ps(x)}; }
   static inline VecF zero() { return {_mm256_setzero_ps()}; }
   inline void store(float* p) const { _mm256_storeu_ps(p, v); }
+  // lanes [0, n) to p (nothing written past p + n)
+  inline void store_n(float* p, int64_t n) const {
+    const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane), v);
+  }
 };
 
 inline VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
@@ -99,6 +104,11 @@ inline void store_bf16(uint16_t* p, VecF x) {
   // 32-bit lanes hold values < 2^16: packus over the two 128-bit halves, then put them in order
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+inline void store_bf16_n(uint16_t* p, VecF x, int64_t n) {
+  uint16_t tmp[8];
+  store_bf16(tmp, x);
+  std::memcpy(p, tmp, static_cast<size_t>(n) * sizeof(uint16_t));
 }
 
 // Gathers of one element from each of W rows `stride` elements apart (operand packing); the

@@ -16,6 +16,8 @@ struct VecF {
   static inline VecF set1(float x) { return {_mm512_set1_ps(x)}; }
   static inline VecF zero() { return {_mm512_setzero_ps()}; }
   inline void store(float* p) const { _mm512_storeu_ps(p, v); }
+  // lanes [0, n) to p (nothing written past p + n)
+  inline void store_n(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v); }
 };
 
 inline VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
@@ -97,6 +99,9 @@ inline __m256i bf16_bits(VecF x) {
   return _mm512_cvtepi32_epi16(r);
 }
 inline void store_bf16(uint16_t* p, VecF x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x)); }
+inline void store_bf16_n(uint16_t* p, VecF x, int64_t n) {
+  _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1u), bf16_bits(x));
+}
 
 // Gathers of one element from each of W rows `stride` elements apart (operand packing); the
 // 32-bit lane indices must not overflow: gather_ok(stride).

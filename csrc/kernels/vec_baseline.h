@@ -7,6 +7,7 @@ using VecF = Scalar1<float>;
 
 inline VecF load_bf16(const uint16_t* p) { return {bf16_to_float(*p)}; }
 inline void store_bf16(uint16_t* p, VecF x) { *p = float_to_bf16(x.v); }
+inline void store_bf16_n(uint16_t* p, VecF x, int64_t n) { if (n > 0) *p = float_to_bf16(x.v); }
 
 // The gathers of the vector headers, one row at a time (the callers' W > 1 branches skip them).
 inline bool gather_ok(int64_t) { return false; }

@@ -13,6 +13,7 @@ struct Scalar1 {
   static inline Scalar1 set1(T x) { return {x}; }
   static inline Scalar1 zero() { return {T(0)}; }
   inline void store(T* p) const { *p = v; }
+  inline void store_n(T* p, int64_t n) const { if (n > 0) *p = v; }
 };
 
 template <class T> inline Scalar1<T> operator+(Scalar1<T> a, Scalar1<T> b) { return {a.v + b.v}; }
