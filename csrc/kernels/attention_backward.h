@@ -32,8 +32,7 @@ void store_pair_grads(const AttentionArgs& a, int64_t b, int64_t h, typename V::
       T* dv = static_cast<T*>(a.dv) + (b * Nk * H + h) * a.dv_width;
       store_transposed<V>(src, ldk, Nk, w, dv, H * a.dv_width);
     } else if (a.part_src[p] == ValueSrc::q) {  // dq[j, c] += dvalᵀ[col + c, j] (Nq = Nk)
-      for (int64_t c = 0; c < w; ++c)
-        for (int64_t j = 0; j < Nk; ++j) dq[j * ldq + c] += src[c * ldk + j];
+      store_transposed<V, true>(src, ldk, Nk, w, dq, ldq);
     } else {  // dkᵀ[c, j] += dvalᵀ[col + c, j]
       for (int64_t c = 0; c < w; ++c) {
         S* dst = dkT + c * ldk;
@@ -113,7 +112,7 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
   constexpr int64_t W = V::W, kPair = G::kPair;
   constexpr int64_t kAlign = W > kPair ? W : kPair;
   constexpr bool kPairs = !(sizeof(Op) == sizeof(S));  // P and dS need operand copies (bf16 pairs)
-  const int64_t Nq = a.Nq, Nk = a.Nk, Dk = a.Dk, Dv = a.Dv;
+  const int64_t Nq = a.Nq, Nk = a.Nk, Dk = a.Dk, Dv = a.Dv, BQ = a.block_q;
   const int64_t Nkp = round_up(Nk, kAlign), Nqp = round_up(Nq, kPair);
   const int64_t Dkp = round_up(Dk, W), Dk2 = round_up(Dk, kPair), Dv2 = round_up(Dv, kPair);
   const int64_t BK = round_up(min64(kBlockK, Nk), kAlign), na = g.n_align();
@@ -126,15 +125,17 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
     vt_zero = vt_zero || G::b_cols_need_zero(a.part[p], a.part_width[p], col);
   const bool kt_zero = Dk2 != Dk || G::b_cols_need_zero(a.k, Dk, 0);
   Scratch<Op> kt(Dk2 * Nkp), vt(Dv2 * Nkp), kr(k_in_place ? 1 : Nkp * Dkp), qT(Dk * Nqp), doT(Dv * Nqp);
-  Scratch<Op> qs(kBlockQ * Dk2), dos(kBlockQ * Dv2);
-  Scratch<Op> pb(kPairs ? kBlockQ * BK : 1), dsb(kPairs ? kBlockQ * BK : 1), dsa(kPairs ? kBlockQ * BK : 1);
-  Scratch<S> s(kBlockQ * BK), dp(kBlockQ * BK), dq(Nq * Dkp), dkT(Dk * Nkp), dvT(Dv * Nkp);
-  Scratch<S> delta(kBlockQ), lse(kBlockQ);
-  Scratch<unsigned char> has_key(kBlockQ);
+  Scratch<Op> qs(BQ * Dk2), dos(BQ * Dv2);
+  Scratch<Op> pb(kPairs ? BQ * BK : 1), dsb(kPairs ? BQ * BK : 1), dsa(kPairs ? BQ * BK : 1);
+  Scratch<S> s(BQ * BK), dp(BQ * BK), dq(Nq * Dkp), dkT(Dk * Nkp), dvT(Dv * Nkp);
+  Scratch<S> delta(BQ), lse(BQ);
+  Scratch<unsigned char> has_key(BQ);
   const S* lse_all = static_cast<const S*>(a.lse_in);
-  if (!q_in_place && Dk2 != Dk) qs.zero(kBlockQ * Dk2);
-  if (!do_in_place && Dv2 != Dv) dos.zero(kBlockQ * Dv2);
-  for_each_run(a, chunk, [&](int64_t b, int64_t h, int64_t i_begin, int64_t i_end, int64_t slot) {
+  if (!q_in_place && Dk2 != Dk) qs.zero(BQ * Dk2);
+  if (!do_in_place && Dv2 != Dv) dos.zero(BQ * Dv2);
+  for_each_run(a, chunk, [&](const Run& run) {
+    const int64_t b = run.b, h = run.h, i_begin = run.i_begin, i_end = run.i_end, slot = run.slot;
+    const int64_t tiles = (i_end - i_begin + BQ - 1) / BQ;
     if (kt_zero) kt.zero(Dk2 * Nkp);
     G::template pack_b_cols<T>(a.k, b, h, 0, Nk, Dk, kt.p, Nkp, 0);
     if (vt_zero) vt.zero(Dv2 * Nkp);
@@ -149,18 +150,19 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
       kr.zero(Nkp * Dkp);
       G::template pack_b_rows<T>(a.k, b, h, 0, Nk, Dk, kr.p, Dkp, 0);
     }
-    const int64_t run = i_end - i_begin;
-    G::template pack_a_cols<T>(a.q, b, h, i_begin, run, Dk, qT.p, Nqp, i_begin);
-    G::template pack_a_cols<T>(a.dout, b, h, i_begin, run, Dv, doT.p, Nqp, i_begin);
+    const int64_t len = i_end - i_begin;
+    G::template pack_a_cols<T>(a.q, b, h, i_begin, len, Dk, qT.p, Nqp, i_begin);
+    G::template pack_a_cols<T>(a.dout, b, h, i_begin, len, Dv, doT.p, Nqp, i_begin);
     if (kPair == 2 && (i_end & 1)) {  // the pair partner of an odd last row (i_end = Nq): a zero column
       for (int64_t d = 0; d < Dk; ++d) qT.p[d * Nqp + i_end] = Op(0);
       for (int64_t d = 0; d < Dv; ++d) doT.p[d * Nqp + i_end] = Op(0);
     }
-    std::memset(dq.p + i_begin * Dkp, 0, static_cast<size_t>(run * Dkp) * sizeof(S));
+    std::memset(dq.p + i_begin * Dkp, 0, static_cast<size_t>(len * Dkp) * sizeof(S));
     dkT.zero(Dk * Nkp);
     dvT.zero(Dv * Nkp);
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlockQ) {
-      const int64_t nr = min64(kBlockQ, i_end - i0), nr2 = round_up(nr, kPair);
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += BQ) {
+      const int64_t nr = min64(BQ, i_end - i0), nr2 = round_up(nr, kPair);
+      prefetch_next_run<T>(a, run, (i0 - i_begin) / BQ, tiles, true);
       const Op* qa = qs.p;
       int64_t ldq = Dk2;
       if (q_in_place) {
@@ -249,7 +251,8 @@ void reduce_partials(const AttentionArgs& a) {
     acc = nullptr;
   };
   for (int64_t c = 0; c < a.n_chunks; ++c) {
-    for_each_run(a, c, [&](int64_t b, int64_t h, int64_t, int64_t, int64_t slot) {
+    for_each_run(a, c, [&](const Run& run) {
+      const int64_t b = run.b, h = run.h, slot = run.slot;
       if (slot < 0) return;
       S* part = static_cast<S*>(a.partial) + slot * a.partial_size;
       if (acc && b == acc_b && h == acc_h) {

@@ -14,8 +14,8 @@
 // (fully masked rows), docs/layouts.md (the launcher contract).
 #pragma once
 
-constexpr int64_t kBlockQ = 64;   // query rows per tile (four 16-row AMX tiles)
-constexpr int64_t kBlockK = 256;  // keys per tile (the online softmax runs over key tiles)
+constexpr int64_t kBlockK = 256;  // keys per tile (the online softmax runs over key tiles); query
+                                  // rows per tile: AttentionArgs::block_q
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -112,9 +112,14 @@ struct Scratch {
 
 // ------------------------------------------------------------------ the work split
 
-// Calls body(b, h, i_begin, i_end, slot) for each (b, h) run of chunk c's query rows (see
-// attention_chunks in kernel_api.h). slot is -1 when the chunk owns the whole (b, h), else the
-// partial-gradient slot of this piece: 2c for the chunk's first run, 2c + 1 for its last.
+// One (b, h) run of a chunk's query rows: rows [i_begin, i_end) of pair (b, h); slot is -1 when
+// the chunk owns the whole pair, else the partial-gradient slot of this piece (2c for the chunk's
+// first run, 2c + 1 for its last); next_b / next_h: the chunk's next pair (-1 at its last).
+struct Run {
+  int64_t b, h, i_begin, i_end, slot, next_b, next_h;
+};
+
+// Calls body(run) for each (b, h) run of chunk c's query rows (see attention_chunks in kernel_api.h).
 template <class Body>
 inline void for_each_run(const AttentionArgs& a, int64_t c, Body&& body) {
   const int64_t start = attention_chunk_start(c, a.n_chunks, a.B, a.H, a.Nq);
@@ -123,7 +128,9 @@ inline void for_each_run(const AttentionArgs& a, int64_t c, Body&& body) {
     const int64_t bh = r / a.Nq, i0 = r % a.Nq;
     const int64_t i1 = min64(a.Nq, i0 + (end - r));
     const bool whole = i0 == 0 && i1 == a.Nq;
-    body(bh / a.H, bh % a.H, i0, i1, whole ? int64_t{-1} : (r == start ? 2 * c : 2 * c + 1));
+    const bool last = r + (i1 - i0) >= end;
+    body(Run{bh / a.H, bh % a.H, i0, i1, whole ? int64_t{-1} : (r == start ? 2 * c : 2 * c + 1),
+             last ? int64_t{-1} : (bh + 1) / a.H, last ? int64_t{-1} : (bh + 1) % a.H});
     r += i1 - i0;
   }
 }
@@ -133,6 +140,36 @@ inline void for_each_run(const AttentionArgs& a, int64_t c, Body&& body) {
 template <class T>
 inline const T* row_ptr(const Strided4& t, int64_t b, int64_t n, int64_t h) {
   return static_cast<const T*>(t.ptr) + b * t.sb + n * t.sn + h * t.sh;
+}
+
+// Software prefetch of rows [n0, n1) of t[b, :, h, :D] (every cache line of each row). The inputs
+// are strided views into a large projection output, read from memory once per (b, h): prefetching
+// the next (b, h)'s rows while the current one computes hides that latency, which the hardware
+// prefetchers miss at strides of kilobytes.
+template <class T>
+inline void prefetch_rows(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t n1, int64_t D) {
+  const int64_t bytes = (D - 1) * t.sd * static_cast<int64_t>(sizeof(T)) + static_cast<int64_t>(sizeof(T));
+  for (int64_t n = n0; n < n1; ++n) {
+    const char* p = reinterpret_cast<const char*>(row_ptr<T>(t, b, n, h));
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+    __builtin_prefetch(p + bytes - 1, 0, 3);
+  }
+}
+
+// Prefetches, during query tile `tile` of `tiles` of the current run, that share of the rows the
+// next run reads first: its keys and value parts, its queries (and, in the backward, dO rows).
+template <class T>
+void prefetch_next_run(const AttentionArgs& a, const Run& run, int64_t tile, int64_t tiles, bool backward) {
+  if (run.next_b < 0) return;
+  const int64_t b = run.next_b, h = run.next_h;
+  const int64_t k0 = a.Nk * tile / tiles, k1 = a.Nk * (tile + 1) / tiles;
+  prefetch_rows<T>(a.k, b, h, k0, k1, a.Dk);
+  for (int p = 0; p < a.n_parts; ++p)
+    if (a.part_src[p] == ValueSrc::v) prefetch_rows<T>(a.part[p], b, h, k0, k1, a.part_width[p]);
+  const int64_t q1 = min64(a.Nq, a.Nq * (tile + 1) / tiles);  // the next run starts at query 0
+  const int64_t q0 = a.Nq * tile / tiles;
+  prefetch_rows<T>(a.q, b, h, q0, q1, a.Dk);
+  if (backward) prefetch_rows<T>(a.dout, b, h, q0, q1, a.Dv);
 }
 
 // Row-major: dst[n * ld + col0 + d] = t[b, n0 + n, h, d] for n < cnt, d < D.
@@ -211,31 +248,46 @@ void pack_cols(const Strided4& t, int64_t b, int64_t h, int64_t n0, int64_t cnt,
   }
 }
 
-// dst[r * ld_dst + c] = src[c * ld_src + r], r < R, c < C: an accumulation-type matrix stored
-// transposed in storage type T (dkᵀ and the value gradientᵀ back to (B, N, H, D) rows).
-template <class V, class T>
+// dst[r * ld_dst + c] (=, or += with Add) src[c * ld_src + r], r < R, c < C: an accumulation-type
+// matrix stored transposed in storage type T (dkᵀ and the value gradientᵀ back to (B, N, H, D)
+// rows), or added transposed into one in the accumulation type (Armour's value gradient into dq).
+template <class V, bool Add = false, class T>
 void store_transposed(const typename V::S* src, int64_t ld_src, int64_t R, int64_t C, T* dst, int64_t ld_dst) {
+  using S = typename V::S;
   constexpr int W = V::W;
-  if constexpr (W == 16 && sizeof(typename V::S) == 4) {
+  auto put = [&](T* p, V x, int64_t n) {
+    if constexpr (Add) {
+      x = x + V::load_n(p, n);
+      x.store_n(p, n);
+    } else {
+      store_vec_n<V>(p, x, n);
+    }
+  };
+  if constexpr (W == 16 && sizeof(S) == 4) {
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
       const int64_t cs = min64(16, C - c0);
       for (int64_t r0 = 0; r0 < R; r0 += 16) {
         __m512i w[16];
         const int64_t rows = min64(16, R - r0);
         transpose16_words(src + c0 * ld_src + r0, ld_src * 4, cs, rows, w);
-        for (int64_t k = 0; k < rows; ++k) store_vec_n<V>(dst + (r0 + k) * ld_dst + c0, words_as_f32(w[k]), cs);
+        for (int64_t k = 0; k < rows; ++k) put(dst + (r0 + k) * ld_dst + c0, words_as_f32(w[k]), cs);
       }
     }
     return;
   }
   int64_t c0 = 0;
-  if constexpr (W > 1 && sizeof(typename V::S) == 4) {
+  if constexpr (W > 1 && sizeof(S) == 4) {
     if (gather_ok(ld_src))
       for (; c0 + W <= C; c0 += W)
-        for (int64_t r = 0; r < R; ++r) store_vec<V>(dst + r * ld_dst + c0, gather_f32(src + c0 * ld_src + r, ld_src));
+        for (int64_t r = 0; r < R; ++r) put(dst + r * ld_dst + c0, gather_f32(src + c0 * ld_src + r, ld_src), W);
   }
   for (int64_t r = 0; r < R; ++r)
-    for (int64_t c = c0; c < C; ++c) store_as(dst + r * ld_dst + c, src[c * ld_src + r]);
+    for (int64_t c = c0; c < C; ++c) {
+      if constexpr (Add)
+        dst[r * ld_dst + c] += src[c * ld_src + r];
+      else
+        store_as(dst + r * ld_dst + c, src[c * ld_src + r]);
+    }
 }
 
 // ------------------------------------------------------------------ scores of one tile

@@ -4,7 +4,7 @@
 //
 // One task per chunk of query rows (kernel_api.h: attention_chunks). For each (b, h) run of its
 // rows a task packs Kᵀ once into the engine's layout, and the value rows (the concat of its q / k
-// / v parts) unless the engine reads them in place; then for each tile of kBlockQ query rows it
+// / v parts) unless the engine reads them in place; then for each tile of BQ query rows it
 // runs an online softmax over tiles of kBlockK keys: S = Q·Kᵀ (Q read in place when its layout
 // allows), scale + bias + masks and the row max in one pass, 2^x and the running sum in a second
 // that writes P in the operand type, O = O·α + P·V. Accumulation in fp32 (fp64 for double).
@@ -27,18 +27,20 @@ void forward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
   constexpr int64_t W = V::W, kPair = G::kPair;
   constexpr int64_t kAlign = W > kPair ? W : kPair;
   constexpr bool kSeparateP = !(sizeof(Op) == sizeof(S));  // P in its own buffer unless it is S itself
-  const int64_t Nk = a.Nk, Dk = a.Dk, Dv = a.Dv;
+  const int64_t Nk = a.Nk, Dk = a.Dk, Dv = a.Dv, BQ = a.block_q;
   const int64_t Nkp = round_up(Nk, kAlign), Dk2 = round_up(Dk, kPair), Dvp = round_up(Dv, W);
   const int64_t BK = round_up(min64(kBlockK, Nk), kAlign), na = g.n_align();
   const bool q_in_place = G::template a_in_place<T>(a.q, Dk);
   const bool v_in_place = a.n_parts == 1 && g.template b_rows_in_place<T>(a.part[0], Dv);
   const int64_t Nv = round_up(Dv, na);  // N of O = P·V
   const bool kt_zero = Dk2 != Dk || G::b_cols_need_zero(a.k, Dk, 0);
-  Scratch<Op> kt(Dk2 * Nkp), vb(v_in_place ? 1 : Nkp * Dvp), qs(kBlockQ * Dk2), pb(kSeparateP ? kBlockQ * BK : 1);
-  Scratch<S> s(kBlockQ * BK), o(kBlockQ * Dvp), m(kBlockQ), l(kBlockQ), diag(kBlockQ);
-  if (!q_in_place && Dk2 != Dk) qs.zero(kBlockQ * Dk2);
-  o.zero(kBlockQ * Dvp);  // columns past Nv are never written, but rescaled: keep them 0
-  for_each_run(a, chunk, [&](int64_t b, int64_t h, int64_t i_begin, int64_t i_end, int64_t) {
+  Scratch<Op> kt(Dk2 * Nkp), vb(v_in_place ? 1 : Nkp * Dvp), qs(BQ * Dk2), pb(kSeparateP ? BQ * BK : 1);
+  Scratch<S> s(BQ * BK), o(BQ * Dvp), m(BQ), l(BQ), diag(BQ);
+  if (!q_in_place && Dk2 != Dk) qs.zero(BQ * Dk2);
+  o.zero(BQ * Dvp);  // columns past Nv are never written, but rescaled: keep them 0
+  for_each_run(a, chunk, [&](const Run& run) {
+    const int64_t b = run.b, h = run.h, i_begin = run.i_begin, i_end = run.i_end;
+    const int64_t tiles = (i_end - i_begin + BQ - 1) / BQ;
     // Kᵀ (Dk2 × Nkp) and the value rows (Nkp × Dvp) of this (b, h), zero-padded.
     if (kt_zero) kt.zero(Dk2 * Nkp);
     G::template pack_b_cols<T>(a.k, b, h, 0, Nk, Dk, kt.p, Nkp, 0);
@@ -52,8 +54,9 @@ void forward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
       for (int p = 0, col = 0; p < a.n_parts; col += a.part_width[p], ++p)
         G::template pack_b_rows<T>(a.part[p], b, h, 0, Nk, a.part_width[p], vb.p, Dvp, col);
     }
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += kBlockQ) {
-      const int64_t nr = min64(kBlockQ, i_end - i0);
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += BQ) {
+      const int64_t nr = min64(BQ, i_end - i0);
+      prefetch_next_run<T>(a, run, (i0 - i_begin) / BQ, tiles, false);
       const Op* qa = qs.p;
       int64_t lda = Dk2;
       if (q_in_place) {

@@ -96,6 +96,7 @@ struct AttentionArgs {
   ParallelFor parallel_for = nullptr;
   GemmProvider gemm;              // brgemm callbacks, or all null (hand-written micro-kernels)
   int64_t n_chunks = 1;           // attention_chunks(B, H, Nq, threads): tasks of the parallel loop
+  int64_t block_q = 64;           // query rows per tile (even)
 
   // forward outputs: out (B, Nq, H, Dv) contiguous in dtype; lse (B, H, Nq) contiguous in the
   // accumulation type (float, double for f64). A fully masked row (every score -inf, through the
