@@ -68,8 +68,9 @@ typename V::S row_delta(const AttentionArgs& a, int64_t b, int64_t h, int64_t i)
 }
 
 // One score row of a tile: s → P = exp(s - lse) (in place; 2^ in log2 units), dp → dS = P∘(dP − δ) ·
-// scale (in place), the bias gradient (dS before the scale) to its destination. Returns whether the
-// row has a finite score (the diagonal mask's "other key").
+// scale (in place), the bias gradient (dS before the scale) to its destination, all in one pass
+// (the table's per-score scatter, for long sequences, in a second). Returns whether the row has a
+// finite score (the diagonal mask's "other key").
 template <class V, int Deg>
 bool score_grad_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t chunk, int64_t i, int64_t j0, int64_t bk,
                     int64_t bkv, typename V::S* s, typename V::S* dp, typename V::S lse, typename V::S delta) {
@@ -79,29 +80,33 @@ bool score_grad_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t chunk,
   bool finite = false;
   if (a.mask_diagonal)
     for (int64_t c = 0; c < bk && !finite; ++c) finite = s[c] != neg_inf<S>();
+  const bool scatter = a.dtable && a.dtable_scatter;
+  // where dS (natural units) goes: written out (dense bias) or summed over the batch (table)
+  S* db = a.dbias ? static_cast<S*>(a.dbias) + ((b * a.H + h) * a.Nq + i) * a.Nk + j0 : nullptr;
+  S* acc = a.dtable && !scatter ? static_cast<S*>(a.dtable) + ((chunk * a.H + h) * a.Nq + i) * a.Nk + j0 : nullptr;
   const V vl = V::set1(lse * static_cast<S>(kLog2e)), vd = V::set1(delta);
+  const V vs = V::set1(scatter ? S(1) : static_cast<S>(a.scale));
   for (int64_t c = 0; c < bkv; c += W) {
+    const int64_t n = min64(W, bk - c);  // real keys in this vector (the rest: padding)
     const V pv = vexp2<Deg>(V::load(s + c) - vl);
     pv.store(s + c);
     // dP past bk may be unwritten (a brgemm product has no padding): read as 0, so dS is 0 there
-    const V dpv = c + W <= bk ? V::load(dp + c) : V::load_n(dp + c, bk - c);
-    (pv * (dpv - vd)).store(dp + c);
+    const V dpv = n == W ? V::load(dp + c) : V::load_n(dp + c, n);
+    const V ds = pv * (dpv - vd);
+    if (db) {
+      if (n == W) ds.store(db + c); else ds.store_n(db + c, n);
+    } else if (acc) {
+      if (n == W) (V::load(acc + c) + ds).store(acc + c); else (V::load_n(acc + c, n) + ds).store_n(acc + c, n);
+    }
+    (ds * vs).store(dp + c);
   }
-  if (a.dbias) {
-    S* db = static_cast<S*>(a.dbias) + ((b * a.H + h) * a.Nq + i) * a.Nk + j0;
-    std::memcpy(db, dp, static_cast<size_t>(bk) * sizeof(S));
-  } else if (a.dtable && a.dtable_scatter) {
+  if (scatter) {
     S* dt = static_cast<S*>(a.dtable) + (chunk * a.H + h) * a.table_R;
     const int64_t* idx = a.index + i * a.index_si + j0 * a.index_sj;
     for (int64_t c = 0; c < bk; ++c) dt[idx[c * a.index_sj]] += dp[c];
-  } else if (a.dtable) {
-    S* dt = static_cast<S*>(a.dtable) + ((chunk * a.H + h) * a.Nq + i) * a.Nk + j0;
-    int64_t c = 0;
-    for (; c + W <= bk; c += W) (V::load(dt + c) + V::load(dp + c)).store(dt + c);
-    for (; c < bk; ++c) dt[c] += dp[c];
+    const V vscale = V::set1(static_cast<S>(a.scale));
+    for (int64_t c = 0; c < bkv; c += W) (V::load(dp + c) * vscale).store(dp + c);
   }
-  const V vs = V::set1(static_cast<S>(a.scale));
-  for (int64_t c = 0; c < bkv; c += W) (V::load(dp + c) * vs).store(dp + c);
   return finite;
 }
 
