@@ -5,8 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <cstdlib>
 #include <limits>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -141,7 +139,6 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
   a.parallel_for = &torch_parallel_for;
   a.gemm = attention_gemm(a.dtype);
   a.n_chunks = attention_chunks(a.B, a.H, a.Nq, at::get_num_threads());
-  if (const char* bq = std::getenv("ARMOUR_KERNELS_BLOCK_Q")) a.block_q = std::max<int64_t>(2, std::atoi(bq) / 2 * 2);
   return a;
 }
 

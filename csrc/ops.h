@@ -9,7 +9,7 @@
 
 namespace armour {
 
-// Launcher contract (COMMON.md): q (B, Nq, H, Dk), k (B, Nk, H, Dk), v (B, Nk, H, Dv) or none,
+// Launcher contract (docs/layouts.md): q (B, Nq, H, Dk), k (B, Nk, H, Dk), v (B, Nk, H, Dv) or none,
 // any strides. Returns {out (B, Nq, H, Dv_total) contiguous, lse (B, H, Nq)}.
 std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                                           const std::optional<at::Tensor>& bias,

@@ -168,22 +168,9 @@ void backward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
     for (int64_t i0 = i_begin; i0 < i_end; i0 += BQ) {
       const int64_t nr = min64(BQ, i_end - i0), nr2 = round_up(nr, kPair);
       prefetch_next_run<T>(a, run, (i0 - i_begin) / BQ, tiles, true);
-      const Op* qa = qs.p;
-      int64_t ldq = Dk2;
-      if (q_in_place) {
-        qa = reinterpret_cast<const Op*>(row_ptr<T>(a.q, b, i0, h));
-        ldq = a.q.sn;
-      } else {
-        G::template pack_a_rows<T>(a.q, b, h, i0, nr, Dk, qs.p, Dk2);
-      }
-      const Op* da = dos.p;
-      int64_t ldd = Dv2;
-      if (do_in_place) {
-        da = reinterpret_cast<const Op*>(row_ptr<T>(a.dout, b, i0, h));
-        ldd = a.dout.sn;
-      } else {
-        G::template pack_a_rows<T>(a.dout, b, h, i0, nr, Dv, dos.p, Dv2);
-      }
+      int64_t ldq, ldd;
+      const Op* qa = a_rows_operand<G, T>(a.q, q_in_place, b, h, i0, nr, Dk, qs.p, Dk2, &ldq);
+      const Op* da = a_rows_operand<G, T>(a.dout, do_in_place, b, h, i0, nr, Dv, dos.p, Dv2, &ldd);
       for (int64_t r = 0; r < nr; ++r) {
         delta.p[r] = row_delta<V, T>(a, b, h, i0 + r);
         lse.p[r] = lse_all[(b * a.H + h) * Nq + i0 + r];
@@ -277,14 +264,6 @@ void reduce_partials(const AttentionArgs& a) {
 
 template <class T, class V, class G>
 void backward_impl(const AttentionArgs& a, const G& g) {
-  struct Ctx {
-    const AttentionArgs* a;
-    const G* g;
-  } ctx{&a, &g};
-  a.parallel_for(a.n_chunks, &ctx, [](void* p, int64_t begin, int64_t end) {
-    const Ctx& c = *static_cast<const Ctx*>(p);
-    for (int64_t k = begin; k < end; ++k) backward_chunk<T, V, G>(*c.a, *c.g, k);
-    if (c.a->gemm.release) c.a->gemm.release();
-  });
+  run_chunks<G, &backward_chunk<T, V, G>>(a, g);
   if (a.n_chunks > 1) reduce_partials<T, V>(a);
 }

@@ -135,6 +135,21 @@ inline void for_each_run(const AttentionArgs& a, int64_t c, Body&& body) {
   }
 }
 
+// Runs chunk(a, g, c) for every chunk c in the parallel loop; a task that used brgemm releases its
+// AMX state at the end of its share (GemmProvider::release).
+template <class G, void (*Chunk)(const AttentionArgs&, const G&, int64_t)>
+void run_chunks(const AttentionArgs& a, const G& g) {
+  struct Ctx {
+    const AttentionArgs* a;
+    const G* g;
+  } ctx{&a, &g};
+  a.parallel_for(a.n_chunks, &ctx, [](void* p, int64_t begin, int64_t end) {
+    const Ctx& c = *static_cast<const Ctx*>(p);
+    for (int64_t k = begin; k < end; ++k) Chunk(*c.a, *c.g, k);
+    if (c.a->gemm.release) c.a->gemm.release();
+  });
+}
+
 // ------------------------------------------------------------------ packing (strided → scratch)
 
 template <class T>
@@ -170,6 +185,20 @@ void prefetch_next_run(const AttentionArgs& a, const Run& run, int64_t tile, int
   const int64_t q0 = a.Nq * tile / tiles;
   prefetch_rows<T>(a.q, b, h, q0, q1, a.Dk);
   if (backward) prefetch_rows<T>(a.dout, b, h, q0, q1, a.Dv);
+}
+
+// The A operand of rows [i0, i0 + nr) of t[b, :, h, :D]: the input itself when the engine reads it
+// in place (sets *ld to its row stride), else packed into `buf` (row length ld_buf).
+template <class G, class T>
+const typename G::Op* a_rows_operand(const Strided4& t, bool in_place, int64_t b, int64_t h, int64_t i0, int64_t nr,
+                                     int64_t D, typename G::Op* buf, int64_t ld_buf, int64_t* ld) {
+  if (in_place) {
+    *ld = t.sn;
+    return reinterpret_cast<const typename G::Op*>(row_ptr<T>(t, b, i0, h));
+  }
+  G::template pack_a_rows<T>(t, b, h, i0, nr, D, buf, ld_buf);
+  *ld = ld_buf;
+  return buf;
 }
 
 // Row-major: dst[n * ld + col0 + d] = t[b, n0 + n, h, d] for n < cnt, d < D.

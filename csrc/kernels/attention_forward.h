@@ -8,8 +8,7 @@
 // runs an online softmax over tiles of kBlockK keys: S = Q·Kᵀ (Q read in place when its layout
 // allows), scale + bias + masks and the row max in one pass, 2^x and the running sum in a second
 // that writes P in the operand type, O = O·α + P·V. Accumulation in fp32 (fp64 for double).
-// Scratch is per task; a task that used brgemm releases its AMX state at the end
-// (GemmProvider::release).
+// Scratch is per task (run_chunks).
 //
 // Widths of a key tile of bk keys: bkv = round_up(bk, W) for the vector passes, bkn = bk rounded
 // to the engine's N alignment for the products writing scores, bkk = bk rounded to its pair size
@@ -57,14 +56,8 @@ void forward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
     for (int64_t i0 = i_begin; i0 < i_end; i0 += BQ) {
       const int64_t nr = min64(BQ, i_end - i0);
       prefetch_next_run<T>(a, run, (i0 - i_begin) / BQ, tiles, false);
-      const Op* qa = qs.p;
-      int64_t lda = Dk2;
-      if (q_in_place) {
-        qa = reinterpret_cast<const Op*>(row_ptr<T>(a.q, b, i0, h));
-        lda = a.q.sn;
-      } else {
-        G::template pack_a_rows<T>(a.q, b, h, i0, nr, Dk, qs.p, Dk2);
-      }
+      int64_t lda;
+      const Op* qa = a_rows_operand<G, T>(a.q, q_in_place, b, h, i0, nr, Dk, qs.p, Dk2, &lda);
       for (int64_t r = 0; r < nr; ++r) {
         m.p[r] = neg_inf<S>();
         l.p[r] = 0;
@@ -91,13 +84,5 @@ void forward_chunk(const AttentionArgs& a, const G& g, int64_t chunk) {
 
 template <class T, class V, class G>
 void forward_impl(const AttentionArgs& a, const G& g) {
-  struct Ctx {
-    const AttentionArgs* a;
-    const G* g;
-  } ctx{&a, &g};
-  a.parallel_for(a.n_chunks, &ctx, [](void* p, int64_t begin, int64_t end) {
-    const Ctx& c = *static_cast<const Ctx*>(p);
-    for (int64_t k = begin; k < end; ++k) forward_chunk<T, V, G>(*c.a, *c.g, k);
-    if (c.a->gemm.release) c.a->gemm.release();
-  });
+  run_chunks<G, &forward_chunk<T, V, G>>(a, g);
 }

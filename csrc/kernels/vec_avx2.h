@@ -74,18 +74,9 @@ inline VecF vexp2(VecF x) {
   const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-125.0f), x.v);
   const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(xc, n);
-  __m256 p;
-  if constexpr (Deg == 3) {
-    p = _mm256_fmadd_ps(_mm256_set1_ps(0.05517083778977394f), f, _mm256_set1_ps(0.24260935187339783f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.6932609677314758f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.9999281764030457f));
-  } else {
-    p = _mm256_fmadd_ps(_mm256_set1_ps(0.001327640376985073f), f, _mm256_set1_ps(0.0096755251288414f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.05550713464617729f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.24022120237350464f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.6931469440460205f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0000001192092896f));
-  }
+  const float* c = Deg == 3 ? kExp2Deg3 : kExp2Deg5;
+  __m256 p = _mm256_set1_ps(c[0]);
+  for (int i = 1; i <= Deg; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));  // Horner, unrolled by the compiler
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return {_mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)))};
 }

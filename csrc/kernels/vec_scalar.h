@@ -29,6 +29,12 @@ template <int Deg, class T> inline Scalar1<T> vexp2(Scalar1<T> a) { return {std:
 
 using VecD = Scalar1<double>;
 
+// Minimax polynomials for 2^f on f in [-1/2, 1/2] (relative error 7.5e-5 and 2.3e-7), highest
+// degree first, for the vector exp2 of vec_avx2.h / vec_avx512.h.
+constexpr float kExp2Deg3[4] = {0.05517083778977394f, 0.24260935187339783f, 0.6932609677314758f, 0.9999281764030457f};
+constexpr float kExp2Deg5[6] = {0.001327640376985073f, 0.0096755251288414f, 0.05550713464617729f,
+                                0.24022120237350464f, 0.6931469440460205f, 1.0000001192092896f};
+
 // bf16 <-> float one element at a time: round to nearest even, a NaN stays a quiet NaN.
 inline float bf16_to_float(uint16_t b) {
   uint32_t u = static_cast<uint32_t>(b) << 16;
