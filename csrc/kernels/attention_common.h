@@ -19,10 +19,11 @@ constexpr int64_t kBlockK = 256;  // keys per tile (the online softmax runs over
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 template <class S>
 inline S neg_inf() { return -static_cast<S>(__builtin_inf()); }
+template <class S>
+inline S pos_inf() { return static_cast<S>(__builtin_inf()); }
 
 // Scores live in log2 units inside the kernels (score · log2 e), so the softmax's exponential is
 // 2^x: one multiply fewer per element than e^x, folded into the scale. lse is stored in natural
@@ -34,8 +35,6 @@ constexpr double kLn2 = 0.6931471805599453;
 // 4e-3) need far less than fp32 ones.
 template <class T>
 constexpr int exp_degree() { return sizeof(T) == 2 ? 3 : 5; }
-template <class S>
-inline S pos_inf() { return static_cast<S>(__builtin_inf()); }
 
 // ------------------------------------------------------------------ element conversions
 
