@@ -95,7 +95,8 @@ def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale,
     if need_dbias and bias is not None:
         full = bias_index is None and backend != "triton"  # the CPU kernels return it at (B, H, Nq, Nk)
         shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1]) if full else bias.shape
-        dbias = q.new_empty(shape, dtype=torch.float32)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # the CPU kernels' float64 path
+        dbias = q.new_empty(shape, dtype=acc)
     else:
         dbias = q.new_empty(0, dtype=torch.float32)
     return q.new_empty(q.shape), k.new_empty(k.shape), dv, dbias
