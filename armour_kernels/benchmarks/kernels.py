@@ -208,7 +208,7 @@ def time_steps(impl, inputs, value):
 # ----------------------------------------------------------------------------- driver
 
 def _backend_for(device):
-    from .._backend import cpu_has_op
+    from ..backend import cpu_has_op
     if device.startswith("cuda"):
         return "triton"
     return "cpu" if cpu_has_op("attention") else None
