@@ -6,28 +6,28 @@
 #include "ops.h"
 #include "linear_ops.h"
 
-namespace {
+namespace armour {
+std::string dispatch_name(Isa isa, GemmUse gemm);
+bool parse_dispatch(const std::string& name, Isa* isa, GemmUse* gemm);
+std::vector<std::string> supported_dispatch();
+}  // namespace armour
 
-std::vector<std::string> supported_isas() {
-  std::vector<std::string> names;
-  for (armour::Isa isa : {armour::Isa::scalar, armour::Isa::avx2, armour::Isa::avx512, armour::Isa::avx512bf16})
-    if (armour::cpu_supports(isa)) names.push_back(armour::isa_name(isa));
-  return names;
-}
+namespace {
 
 void set_isa(const std::string& name) {
   armour::Isa isa;
-  TORCH_CHECK(armour::parse_isa(name.c_str(), &isa), "armour_kernels._C.set_isa: unknown ISA '", name,
-              "', expected one of scalar, avx2, avx512, avx512bf16");
-  TORCH_CHECK(armour::cpu_supports(isa), "armour_kernels._C.set_isa: this CPU does not support '", name,
-              "'; supported: ", c10::Join(", ", supported_isas()));
-  armour::set_current_isa(isa);
+  armour::GemmUse gemm;
+  TORCH_CHECK(armour::parse_dispatch(name, &isa, &gemm), "armour_kernels._C.set_isa: unknown ISA '", name,
+              "', expected one of scalar, avx2, avx512, avx512bf16 (each optionally +brgemm) or amx");
+  TORCH_CHECK(armour::cpu_supports(isa, gemm), "armour_kernels._C.set_isa: this CPU (or torch build) does not support '",
+              name, "'; supported: ", c10::Join(", ", armour::supported_dispatch()));
+  armour::set_current_isa(isa, gemm);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512, chosen at run time)";
+  m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512 / AMX, chosen at run time)";
   m.def("attention", &armour::attention_forward, "attention forward: (out, lse)", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("bias"), py::arg("bias_index"), py::arg("value"), py::arg("scale"),
         py::arg("mask_diagonal"));
@@ -38,7 +38,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
   m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
-  // Nyström / Performer forward (linear_ops.cpp); the names are what armour_kernels.cpu.has_op looks for.
+  // Nyström / Performer (nystrom_ops.cpp, performer_ops.cpp); the names are what armour_kernels.cpu.has_op looks for.
   m.def("performer_attention", &armour::performer_forward, "Performer forward: (out, ctx, ksum, stab)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("projection"), py::arg("kernel"), py::arg("mode"));
   m.def("performer_attention_backward", &armour::performer_backward,
@@ -48,8 +48,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nystrom_attention", &armour::nystrom_forward, "Nystrom forward: (out, q_landmarks, k_landmarks, w, y, lse3)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("conv_weight"), py::arg("num_landmarks"),
         py::arg("pinv_iterations"), py::arg("mode"));
-  m.def("isa", []() { return std::string(armour::isa_name(armour::current_isa())); }, "the ISA the kernels run with");
+  m.def("nystrom_attention_backward", &armour::nystrom_backward, "Nystrom backward: (dq, dk, dv, dconv_weight)",
+        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("conv_weight"), py::arg("q_landmarks"),
+        py::arg("k_landmarks"), py::arg("w"), py::arg("y"), py::arg("lse"), py::arg("num_landmarks"),
+        py::arg("pinv_iterations"), py::arg("mode"));
+  m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
+        "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");
   m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
-  m.def("supported_isas", &supported_isas, "ISAs this CPU can run, slowest first");
-  m.def("set_isa", &set_isa, "select the kernel ISA (scalar, avx2, avx512, avx512bf16) for the whole process");
+  m.def("supported_isas", &armour::supported_dispatch, "dispatch paths this CPU can run, slowest first");
+  m.def("set_isa", &set_isa,
+        "select the kernel dispatch (scalar, avx2, avx512, avx512bf16, each optionally +brgemm, or amx) for the "
+        "whole process");
 }

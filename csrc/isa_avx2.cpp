@@ -25,6 +25,7 @@ namespace avx2 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx2.h"
 #include "kernels/attention_kernel.h"
+#include "kernels/bias_hardswish.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"

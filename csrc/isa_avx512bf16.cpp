@@ -1,6 +1,7 @@
 // Kernels compiled for the AVX-512 (F/BW/VL/DQ) + AVX512-BF16 + FMA path: the avx512 kernels,
-// except that the bf16 attention forward runs on vdpbf16ps dot products
-// (kernels/attention_bf16dot.h). Chosen only where CPUID reports avx512bf16.
+// except that bf16 attention runs on the bf16 pair engine (kernels/attention_bf16dot.h: AMX brgemm
+// when the torch side lends it, the "amx" level of the dispatch ladder, else vdpbf16ps dot products
+// in the forward). Chosen only where CPUID reports avx512bf16.
 //
 // ISA safety (see kernels/kernel_api.h): every standard header is included BEFORE the target
 // pragma, so no std inline function is compiled for this ISA; the kernels live in their own
@@ -25,13 +26,11 @@
 
 namespace armour {
 namespace avx512bf16 {
+#define ARMOUR_AVX512BF16 1  // the vector header's bf16 conversion and the bf16 pair engine
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx512.h"
-#define ARMOUR_BF16_DOT 1
-void forward_bf16dot(const AttentionArgs& a);  // defined in attention_bf16dot.h, used by attention_kernel.h
 #include "kernels/attention_kernel.h"
-#include "kernels/gemm_bf16dot.h"
-#include "kernels/attention_bf16dot.h"
+#include "kernels/bias_hardswish.h"
 }  // namespace avx512bf16
 }  // namespace armour
 

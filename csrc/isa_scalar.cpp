@@ -23,8 +23,9 @@
 namespace armour {
 namespace scalar {
 #include "kernels/vec_scalar.h"
-using VecF = Scalar1<float>;
+#include "kernels/vec_baseline.h"
 #include "kernels/attention_kernel.h"
+#include "kernels/bias_hardswish.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"

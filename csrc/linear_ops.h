@@ -1,4 +1,5 @@
-// Torch-side entry points of the CPU Nyström and Performer forward kernels (linear_ops.cpp).
+// Torch-side entry points of the CPU Nyström and Performer kernels (nystrom_ops.cpp,
+// performer_ops.cpp), bound in bindings.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,5 +28,14 @@ std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Ten
 std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                                         const std::optional<at::Tensor>& conv_weight, int64_t num_landmarks,
                                         int64_t pinv_iterations, const std::string& mode);
+
+// Gradients {dq, dk, dv (undefined for value "q"), dconv_weight (H, 1, K, 1) (undefined without
+// conv)}, float32, from dout (B, N, H, Dv) and what the forward saved (q̃, k̃, W, Y, lse3).
+std::vector<at::Tensor> nystrom_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                         const std::optional<at::Tensor>& v,
+                                         const std::optional<at::Tensor>& conv_weight, const at::Tensor& ql,
+                                         const at::Tensor& kl, const at::Tensor& w, const at::Tensor& y,
+                                         const at::Tensor& lse, int64_t num_landmarks, int64_t pinv_iterations,
+                                         const std::string& mode);
 
 }  // namespace armour

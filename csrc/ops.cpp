@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#include <limits>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "kernels/kernel_api.h"
@@ -58,8 +60,6 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
   a.Nk = k.size(1);
   TORCH_CHECK(k.size(0) == a.B && k.size(2) == a.H && k.size(3) == a.Dk,
               "armour_kernels._C attention: k must be (B, Nk, H, Dk) matching q ", q.sizes(), ", got ", k.sizes());
-  TORCH_CHECK(a.B >= 1 && a.H >= 1 && a.Nq >= 1 && a.Nk >= 1 && a.Dk >= 1,
-              "armour_kernels._C attention: empty input, q ", q.sizes(), " k ", k.sizes());
   TORCH_CHECK(value == "v" || value == "q" || value == "k" || value == "q+v" || value == "q+k",
               "armour_kernels._C attention: value must be one of v, q, k, q+v, q+k; got '", value, "'");
   const bool has_v_part = value.find('v') != std::string::npos;
@@ -71,7 +71,7 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
     check_4d(*v, "v");
     TORCH_CHECK(v->scalar_type() == q.scalar_type(), "armour_kernels._C attention: v dtype ", v->scalar_type(),
                 " differs from q dtype ", q.scalar_type());
-    TORCH_CHECK(v->size(0) == a.B && v->size(1) == a.Nk && v->size(2) == a.H && v->size(3) >= 1,
+    TORCH_CHECK(v->size(0) == a.B && v->size(1) == a.Nk && v->size(2) == a.H,
                 "armour_kernels._C attention: v must be (B, Nk, H, Dv) = (", a.B, ", ", a.Nk, ", ", a.H,
                 ", Dv), got ", v->sizes());
   }
@@ -100,9 +100,11 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
                   "armour_kernels._C attention: bias_index must be int64 (Nq, Nk) = (", a.Nq, ", ", a.Nk, "), got ",
                   idx.scalar_type(), " ", idx.sizes());
       TORCH_CHECK(idx.device().is_cpu(), "armour_kernels._C attention: bias_index must be a CPU tensor");
-      const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < bt.size(1), "armour_kernels._C attention: bias_index values must lie in [0, R=",
-                  bt.size(1), "), got [", lo, ", ", hi, "]");
+      if (idx.numel() > 0) {
+        const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+        TORCH_CHECK(lo >= 0 && hi < bt.size(1), "armour_kernels._C attention: bias_index values must lie in [0, R=",
+                    bt.size(1), "), got [", lo, ", ", hi, "]");
+      }
       a.bias_kind = BiasKind::table;
       a.bias = bt.data_ptr();
       a.bias_sh = bt.stride(0);
@@ -135,15 +137,21 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
   a.scale = scale;
   a.mask_diagonal = mask_diagonal;
   a.parallel_for = &torch_parallel_for;
+  a.gemm = attention_gemm(a.dtype);
+  a.n_chunks = attention_chunks(a.B, a.H, a.Nq, at::get_num_threads());
   return a;
 }
 
+// Nothing for a kernel to do: no query rows, or no keys (every row fully masked: out 0, lse +inf).
+bool no_work(const AttentionArgs& a) { return a.B * a.H * a.Nq == 0 || a.Nk == 0; }
+
 at::ScalarType acc_type(DType d) { return d == DType::f64 ? at::kDouble : at::kFloat; }
 
-// Forward with a LeViT table bias over a batch: the bias tile bias[h, idx[i, j]] is the same for
-// every image, so gather it once into a (H, Nq, Nk) array in the accumulation type and read it as
-// a dense bias broadcast over the batch (contiguous rows: vector adds) instead of one scalar
-// gather per score per image. Exact (a gather and a widening). ~0.6 MB for LeViT's 14x14 stage.
+// A LeViT table bias over a batch: the bias tile bias[h, idx[i, j]] is the same for every image, so
+// gather it once into a (H, Nq, Nk) array in the accumulation type and read it as a dense bias
+// broadcast over the batch (contiguous rows: vector adds) instead of one scalar gather per score
+// per image. Exact (a gather and a widening). ~0.6 MB for LeViT's 14x14 stage. The index stays
+// set for the backward's scattered table gradient.
 void gather_table_once(AttentionArgs& a, const at::Tensor& table, const at::Tensor& index, at::Tensor* keep) {
   const at::ScalarType acc = acc_type(a.dtype);
   *keep = table.to(acc).index_select(1, index.reshape({-1})).view({a.H, a.Nq, a.Nk}).contiguous();
@@ -154,7 +162,6 @@ void gather_table_once(AttentionArgs& a, const at::Tensor& table, const at::Tens
   a.bias_sh = a.Nq * a.Nk;
   a.bias_si = a.Nk;
   a.bias_sj = 1;
-  a.index = nullptr;
 }
 
 }  // namespace
@@ -165,9 +172,13 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
                                           double scale, bool mask_diagonal) {
   at::Tensor dense_bias;
   AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  const auto lse_opts = q.options().dtype(acc_type(a.dtype));
+  if (no_work(a))  // empty in, empty out; no keys: the fully masked convention, like SDPA's zeros
+    return {at::zeros({a.B, a.Nq, a.H, a.Dv}, q.options()),
+            at::full({a.B, a.H, a.Nq}, std::numeric_limits<double>::infinity(), lse_opts)};
   if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *bias, *bias_index, &dense_bias);
   at::Tensor out = at::empty({a.B, a.Nq, a.H, a.Dv}, q.options());
-  at::Tensor lse = at::empty({a.B, a.H, a.Nq}, q.options().dtype(acc_type(a.dtype)));
+  at::Tensor lse = at::empty({a.B, a.H, a.Nq}, lse_opts);
   a.out = out.data_ptr();
   a.lse = lse.data_ptr();
   current_kernels().attention_forward(a);
@@ -190,33 +201,55 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
   }
   TORCH_CHECK(lse.sizes() == at::IntArrayRef({a.B, a.H, a.Nq}), "armour_kernels._C attention_backward: lse must be (B, H, Nq), got ",
               lse.sizes());
+  const auto acc_opts = q.options().dtype(acc_type(a.dtype));
+  const bool has_dv = v.has_value() && v->defined() && value.find('v') != std::string::npos;
+  if (no_work(a)) {  // no query rows or no keys: nothing flows anywhere
+    at::Tensor dbias;
+    if (need_dbias && a.bias_kind == BiasKind::dense) dbias = at::zeros({a.B, a.H, a.Nq, a.Nk}, acc_opts);
+    if (need_dbias && a.bias_kind == BiasKind::table) dbias = at::zeros({a.H, a.table_R}, acc_opts);
+    return {at::zeros_like(q, at::MemoryFormat::Contiguous), at::zeros_like(k, at::MemoryFormat::Contiguous),
+            has_dv ? at::zeros_like(*v, at::MemoryFormat::Contiguous) : at::Tensor(), dbias};
+  }
+  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *bias, *bias_index, &dense_bias);
   at::Tensor lse_c = lse.to(acc_type(a.dtype)).contiguous();
   a.dout = strided(dout);
   a.o = strided(out);
   a.lse_in = lse_c.data_ptr();
   at::Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
   at::Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
-  at::Tensor dv, dbias;
+  at::Tensor dv, dbias, partial, dtable;
   a.dq = dq.data_ptr();
   a.dk = dk.data_ptr();
-  if (v.has_value() && v->defined() && value.find('v') != std::string::npos) {
+  if (has_dv) {
     dv = at::empty_like(*v, at::MemoryFormat::Contiguous);
     a.dv = dv.data_ptr();
     a.dv_width = dv.size(3);
   }
-  const auto acc_opts = q.options().dtype(acc_type(a.dtype));
-  at::Tensor dtable_per_batch;
-  if (need_dbias && a.bias_kind == BiasKind::dense) {
+  if (a.n_chunks > 1) {
+    a.partial_size = a.Nq * a.Dk + a.Dk * a.Nk + a.Dv * a.Nk;
+    partial = at::empty({2 * a.n_chunks, a.partial_size}, acc_opts);
+    a.partial = partial.data_ptr();
+  }
+  if (need_dbias && a.bias_kind == BiasKind::dense && !bias_index.has_value()) {
     dbias = at::empty({a.B, a.H, a.Nq, a.Nk}, acc_opts);
     a.dbias = dbias.data_ptr();
-  } else if (need_dbias && a.bias_kind == BiasKind::table) {
-    dtable_per_batch = at::zeros({a.B, a.H, a.table_R}, acc_opts);
-    a.dtable = dtable_per_batch.data_ptr();
+  } else if (need_dbias) {
+    // The table gradient: summed over the batch per (h, i, j) in each chunk's slice, then scattered
+    // into the table once; past ~16 M accumulators (long sequences) scattered per score instead.
+    a.dtable_scatter = a.n_chunks * a.H * a.Nq * a.Nk > (int64_t{1} << 24);
+    const std::vector<int64_t> shape = a.dtable_scatter ? std::vector<int64_t>{a.n_chunks, a.H, a.table_R}
+                                                        : std::vector<int64_t>{a.n_chunks, a.H, a.Nq, a.Nk};
+    dtable = at::zeros(shape, acc_opts);
+    a.dtable = dtable.data_ptr();
   }
   current_kernels().attention_backward(a);
-  if (dtable_per_batch.defined()) dbias = dtable_per_batch.sum(0);
-  // The contract's dbias is float32 for every input dtype (float64 inputs accumulate in float64 first).
-  if (dbias.defined() && dbias.scalar_type() != at::kFloat) dbias = dbias.to(at::kFloat);
+  if (dtable.defined() && a.dtable_scatter) {
+    dbias = dtable.sum(0);
+  } else if (dtable.defined()) {
+    dbias = at::zeros({a.H, a.table_R}, acc_opts)
+                .index_add_(1, bias_index->reshape({-1}), dtable.sum(0).reshape({a.H, a.Nq * a.Nk}));
+  }
+  // dbias is in the accumulation type (float64 for float64 inputs); the op casts it to the bias dtype.
   return {dq, dk, dv, dbias};
 }
 

@@ -1,9 +1,11 @@
 """CPU attention launchers (armour_kernels.cpu.attention) against python_ref in float64.
 
-Every ISA path the CPU supports (scalar, AVX2, AVX-512) runs in this one process
-(`armour_kernels.cpu.use_isa`). Gradients are checked against torch.autograd through
-python_ref.attention, including the bias gradient (dense and LeViT table), and with
-torch.autograd.gradcheck in float64.
+Every dispatch path the CPU supports runs in this one process (`armour_kernels.cpu.use_isa`):
+the hand-written kernels of each ISA (scalar, AVX2, AVX-512, AVX512-BF16), the same with the fp32
+products on oneDNN's brgemm ("+brgemm"), and "amx" (bf16 products on AMX tiles). Gradients are
+checked against torch.autograd through python_ref.attention, including the bias gradient (dense
+and LeViT table), and with torch.autograd.gradcheck in float64. Fully masked rows, empty inputs
+and the work split over threads (a (b, h) pair cut between two tasks) have their own tests.
 """
 import math
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from python_ref.attention import attention, attention_lse, levit_bias, levit_bias_index
+from python_ref.attention import attention, attention_lse, attention_scores, levit_bias, levit_bias_index, value_tensor
 
 cpu = pytest.importorskip("armour_kernels.cpu")
 if not cpu.has_op("attention"):
@@ -20,6 +22,9 @@ from armour_kernels.cpu.attention import attention_backward, attention_forward  
 
 ISAS = cpu.supported_isas()
 FAST_ISAS = [i for i in ISAS if i != "scalar"] or ISAS
+# One path per kind of GEMM: the hand-written ones, oneDNN's fp32 brgemm, AMX (where present).
+GEMM_PATHS = [i for i in ("avx512bf16", "avx512", "avx2", "scalar") if i in ISAS][:1] + \
+    [i for i in ISAS if i.endswith("+brgemm")][-1:] + [i for i in ISAS if i == "amx"]
 VALUES = ("v", "q", "k", "q+v", "q+k")
 
 
@@ -91,15 +96,14 @@ def check(q, k, v, *, value, bias=None, table=None, index=None, scale=None, mask
         assert_close(dv, gv, dtype, msg=f"{msg} dv")
     else:
         assert dv is None
-    if kbias is not None:
-        assert dbias.dtype == torch.float32
+    if kbias is not None:  # the accumulation type: the op casts it to the bias dtype
+        assert dbias.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     if table is not None:
         assert dbias.shape == table.shape
-        assert_close(dbias, gtable, dtype if dtype != torch.float64 else torch.float32, msg=f"{msg} dtable")
+        assert_close(dbias, gtable, dtype, msg=f"{msg} dtable")
     elif bias is not None:
         assert dbias.shape == (B, H, Nq, k.shape[1])
-        assert_close(dbias.sum_to_size(bias.shape), gbias, dtype if dtype != torch.float64 else torch.float32,
-                     msg=f"{msg} dbias")
+        assert_close(dbias.sum_to_size(bias.shape), gbias, dtype, msg=f"{msg} dbias")
     else:
         assert dbias is None
 
@@ -188,6 +192,141 @@ def test_diagonal_only_rows(isa):
 def test_explicit_scale_and_fp64(isa):
     q, k, v = qkv(2, 33, 33, 2, 16, 24, torch.float64)
     check(q, k, v, value="q+v", scale=0.3, mask_diagonal=True, msg="fp64")
+
+
+def test_fp64_bias_gradients_at_fp64_accuracy():
+    """float64 inputs: dense and table bias gradients are computed and returned in float64."""
+    q, k, v = qkv(2, 33, 33, 2, 16, 24, torch.float64)
+    check(q, k, v, value="q+v", bias=torch.randn(2, 2, 33, 33, dtype=torch.float64), msg="fp64 dense")
+    index = levit_bias_index(7)
+    q, k, v = qkv(2, 49, 49, 2, 16, 16, torch.float64)
+    check(q, k, v, value="v", table=torch.randn(2, 49, dtype=torch.float64), index=index, msg="fp64 table")
+
+
+@pytest.mark.parametrize("d", [128, 256])
+def test_wide_heads(d):
+    """Head dims past 64 (up to the op's 256), over several key tiles, on every kind of GEMM."""
+    for path in GEMM_PATHS:
+        with cpu.use_isa(path):
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v = qkv(1, 300, 300, 1, d, d // 2, dtype)
+                check(q, k, v, value="q+v", msg=f"{path} d={d} {dtype}")
+
+
+# ----------------------------------------------------------------------------- fully masked rows
+
+def masked_reference(q, k, v, bias, value, scale, mask_diagonal, dout):
+    """The float64 reference with the fully masked row rule (docs/numerics.md): a row whose every
+    score is -inf has output 0, lse +inf, and adds nothing to any gradient."""
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (q, k, v, bias)]
+    q64, k64, v64, b64 = leaves
+    tr = lambda t: None if t is None else t.transpose(1, 2)  # noqa: E731
+    scores = attention_scores(tr(q64), tr(k64), scale=scale, bias=b64, mask_diagonal=mask_diagonal)
+    dead = torch.isneginf(scores).all(-1, keepdim=True)
+    p = torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+    out = (p @ value_tensor(tr(q64), tr(k64), tr(v64), value)).transpose(1, 2)
+    lse = torch.logsumexp(scores, -1).masked_fill(dead[..., 0], float("inf"))
+    out.backward(dout.double())
+    return out.detach(), lse.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+@pytest.mark.parametrize("mask_diagonal", [False, True])
+@pytest.mark.parametrize("value", ["v", "q+v"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fully_masked_rows(isa, dtype, value, mask_diagonal):
+    """Rows masked out entirely through the bias give 0 and no gradient; partly masked rows and
+    every other gradient entry stay finite and correct (a masked row once made dk / dv NaN)."""
+    B, N, H = 2, 37, 2
+    q, k, v = qkv(B, N, N, H, 16, 8, dtype)
+    bias = torch.randn(B, H, N, N)
+    bias[0, 0, 3] = float("-inf")                 # fully masked
+    bias[1, :, 20:23] = float("-inf")             # three in every head
+    bias[:, 1, :, 5:30] = float("-inf")           # partly masked rows
+    bias[0, 1, 7, :] = float("-inf")
+    bias[0, 1, 7, 7] = 0.3                        # diagonal-only under mask_diagonal, else one key
+    scale = 0.25
+    dout = torch.randn(B, N, H, {"v": 8, "q+v": 24}[value]).to(dtype)
+    ref_out, ref_lse, (gq, gk, gv, gb) = masked_reference(q, k, v, bias, value, scale, mask_diagonal, dout)
+    out, lse = attention_forward(q, k, v, bias, None, value=value, scale=scale, mask_diagonal=mask_diagonal)
+    assert_close(out, ref_out, dtype, msg=f"{isa} out")
+    assert (out[0, 3, 0] == 0).all() and (out[1, 20:23] == 0).all()
+    dead = torch.isinf(ref_lse)
+    assert torch.isinf(lse[dead]).all() and (lse[dead] > 0).all()
+    assert_close(lse[~dead], ref_lse[~dead], dtype, msg=f"{isa} lse")
+    dq, dk, dv, dbias = attention_backward(dout, q, k, v, bias, None, out, lse, value=value, scale=scale,
+                                           mask_diagonal=mask_diagonal, need_dbias=True)
+    for name, got, want in (("dq", dq, gq), ("dk", dk, gk), ("dv", dv, gv), ("dbias", dbias, gb)):
+        assert torch.isfinite(got).all(), f"{isa} {name} not finite"
+        assert_close(got, want, dtype, msg=f"{isa} {name}")
+    assert (dbias[0, 0, 3] == 0).all() and (dbias[1, :, 20:23] == 0).all()
+
+
+def test_fully_masked_rows_of_a_table_bias():
+    """A LeViT table with -inf entries: every (b, h) of a batch shares the masked positions."""
+    B, H = 3, 2
+    index = levit_bias_index(5)
+    q, k, v = qkv(B, 25, 25, H, 16, 16, torch.float32)
+    table = torch.randn(H, int(index.max()) + 1)
+    table[0] = float("-inf")      # head 0: every score masked
+    table[1, 3:9] = float("-inf")  # head 1: some relative offsets masked
+    out, lse = attention_forward(q, k, v, table, index, value="v", scale=None, mask_diagonal=False)
+    assert torch.isinf(lse[:, 0]).all() and (out[:, :, 0] == 0).all() and torch.isfinite(lse[:, 1]).all()
+    dq, dk, dv, dtable = attention_backward(torch.randn_like(out), q, k, v, table, index, out, lse, value="v",
+                                            scale=None, mask_diagonal=False, need_dbias=True)
+    assert all(torch.isfinite(t).all() for t in (dq, dk, dv, dtable))
+    assert (dtable[0] == 0).all() and (dtable[1, 3:9] == 0).all() and (dq[:, :, 0] == 0).all()
+    assert (dk[:, :, 0] == 0).all() and (dv[:, :, 0] == 0).all() and (dtable[1] != 0).any()
+
+
+# ----------------------------------------------------------------------------- empty inputs
+
+@pytest.mark.parametrize("shape", [(0, 5, 5, 2), (2, 0, 5, 2), (2, 5, 0, 2), (2, 5, 5, 0)],
+                         ids=["B=0", "Nq=0", "Nk=0", "H=0"])
+@pytest.mark.parametrize("value", ["v", "q+v"])
+def test_empty_inputs(shape, value):
+    """Empty in, empty out; no keys: zeros, as SDPA (every row is fully masked)."""
+    B, Nq, Nk, H = shape
+    if "q" in value and Nq != Nk:
+        pytest.skip("value q needs Nq = Nk")
+    q, k, v = torch.randn(B, Nq, H, 16), torch.randn(B, Nk, H, 16), torch.randn(B, Nk, H, 8)
+    bias = torch.randn(B, H, Nq, Nk)
+    out, lse = attention_forward(q, k, v, bias, None, value=value, scale=None, mask_diagonal=True)
+    dv_total = 8 if value == "v" else 24
+    assert out.shape == (B, Nq, H, dv_total) and (out == 0).all() and lse.shape == (B, H, Nq)
+    dq, dk, dv, dbias = attention_backward(torch.randn_like(out), q, k, v, bias, None, out, lse, value=value,
+                                           scale=None, mask_diagonal=True, need_dbias=True)
+    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape and dbias.shape == (B, H, Nq, Nk)
+    assert all((t == 0).all() for t in (dq, dk, dv, dbias))
+    table, index = torch.randn(H, 4), torch.zeros(Nq, Nk, dtype=torch.long)
+    out, lse = attention_forward(q, k, v, table, index, value=value, scale=None, mask_diagonal=False)
+    dtable = attention_backward(torch.randn_like(out), q, k, v, table, index, out, lse, value=value, scale=None,
+                                mask_diagonal=False, need_dbias=True)[3]
+    assert dtable.shape == table.shape and (dtable == 0).all()
+
+
+# ----------------------------------------------------------------------------- threads
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_work_split_over_threads(threads):
+    """The rows of all (b, h) pairs are cut into one run per thread: at batch 1 a pair is shared by two
+    tasks, whose key-side gradients (dk, dv, the value gradient routed to dq, the table gradient)
+    are summed after the loop. Every path, several value sources and both bias forms."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        index = levit_bias_index(7)
+        for path in GEMM_PATHS:
+            with cpu.use_isa(path):
+                for dtype in (torch.float32, torch.bfloat16):
+                    q, k, v = qkv(1, 49, 49, 3, 16, 32, dtype)
+                    table = torch.randn(3, 49)
+                    check(q, k, v, value="q+v", table=table, index=index, msg=f"{path} {threads}t table")
+                    check(q, k, v, value="q+k", bias=torch.randn(1, 3, 49, 49), mask_diagonal=True,
+                          msg=f"{path} {threads}t dense")
+                    q, k, v = qkv(1, 197, 197, 3, 64, 64, dtype, "packed")
+                    check(q, k, v, value="q", msg=f"{path} {threads}t DeiT-Ti")
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_float16_inputs_run_in_float32():
@@ -319,3 +458,19 @@ def test_isa_selection():
         assert cpu.isa() == "scalar"
     with pytest.raises(RuntimeError, match="unknown ISA"):
         cpu.set_isa("sse9")
+    with pytest.raises(RuntimeError, match="unknown ISA"):
+        cpu.set_isa("scalar+amx")
+    assert all(p.split("+")[0] in ("scalar", "avx2", "avx512", "avx512bf16", "amx") for p in ISAS)
+    assert "scalar+brgemm" not in ISAS  # brgemm needs at least AVX2
+
+
+def test_isa_environment_forces_the_path(tmp_path):
+    """ARMOUR_KERNELS_CPU_ISA picks the path at import, e.g. to run a whole suite without brgemm."""
+    import os
+    import subprocess
+    import sys
+    for path in (ISAS[0], ISAS[-1]):
+        env = {**os.environ, "ARMOUR_KERNELS_CPU_ISA": path}
+        got = subprocess.run([sys.executable, "-c", "import armour_kernels.cpu as c; print(c.isa())"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert got == path

@@ -33,6 +33,14 @@ def _rand(*shape, seed=0, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
+@pytest.fixture(params=["onednn", "aten"])
+def engine(request, monkeypatch):
+    """Both GEMM engines of the CPU inference path, whatever the problem size."""
+    threshold = 0.0 if request.param == "onednn" else float("inf")
+    monkeypatch.setattr(dense, "ONEDNN_MIN_FLOPS", {torch.float32: threshold, torch.bfloat16: threshold})
+    return request.param
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of a few KB, so every test batch is cut into several uneven chunks."""
@@ -42,7 +50,7 @@ def small_chunks(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", list(ACTS))
 @pytest.mark.parametrize("shape", [(1, 16, 8), (2, 197, 64, 96), (3, 7, 5, 33, 17)])
-def test_linear_matches_pytorch(shape, act, dtype):
+def test_linear_matches_pytorch(shape, act, dtype, engine):
     *lead, k, n = shape
     x, w, b = _rand(*lead, k, dtype=dtype), _rand(n, k, seed=1, dtype=dtype), _rand(n, seed=2, dtype=dtype)
     with torch.inference_mode():
@@ -53,7 +61,7 @@ def test_linear_matches_pytorch(shape, act, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_linear_residual_and_no_bias(dtype):
+def test_linear_residual_and_no_bias(dtype, engine):
     x, w, r = _rand(5, 40, 24, dtype=dtype), _rand(32, 24, seed=1, dtype=dtype), _rand(5, 40, 32, seed=3, dtype=dtype)
     with torch.inference_mode():
         fused = dense.linear(x, w, None, "none", dtype, residual=r)
@@ -82,7 +90,7 @@ def test_linear_under_autocast_computes_in_bf16():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 197, 1000])
-def test_mlp_in_chunks_matches_pytorch(rows, dtype, small_chunks):
+def test_mlp_in_chunks_matches_pytorch(rows, dtype, small_chunks, engine):
     x = _rand(rows, 24, dtype=dtype)
     w1, b1 = _rand(96, 24, seed=1, dtype=dtype), _rand(96, seed=2, dtype=dtype)
     w2, b2 = _rand(24, 96, seed=3, dtype=dtype), _rand(24, seed=4, dtype=dtype)
@@ -115,9 +123,9 @@ def test_conv_chain_in_chunks_matches_pytorch(batch, small_chunks):
     assert_close(got, expected, torch.float32)
 
 
-def test_onednn_serves_only_inference_on_cpu_in_fp32_or_bf16():
+def test_cpu_inference_only_inference_on_cpu_in_fp32_or_bf16():
     x, w = _rand(2, 8), nn.Parameter(_rand(4, 8))
-    serves = ops._onednn_serves
+    serves = ops._cpu_inference
     assert not serves("cpu", torch.float32, x, w)  # grad mode on and w requires grad: autograd path
     with torch.no_grad():
         assert serves("cpu", torch.float32, x, w)
@@ -132,6 +140,19 @@ def test_activation_of():
     assert ops.activation_of(nn.GELU()) == "gelu" and ops.activation_of(nn.GELU("tanh")) == "gelu_tanh"
     assert ops.activation_of(nn.Hardswish()) == "hardswish" and ops.activation_of(nn.Identity()) == "none"
     assert ops.activation_of(nn.Tanh()) is None
+
+
+def test_prepared_weights_follow_in_place_updates():
+    x, w, b = _rand(6, 16), nn.Parameter(_rand(8, 16, seed=1)), nn.Parameter(_rand(8, seed=2))
+    with torch.no_grad():
+        for dtype in DTYPES:
+            dense.linear(x, w, b, "none", dtype)  # prepared and cached
+            w.mul_(2.0)  # an optimizer step / load_state_dict: the version counter moves
+            b.add_(1.0)
+            got = dense.linear(x, w, b, "none", dtype)
+            assert_close(got, F.linear(x.double(), w.double(), b.double()), dtype)
+            w.data = _rand(8, 16, seed=3)  # new storage
+            assert_close(dense.linear(x, w, b, "none", dtype), F.linear(x.double(), w.double(), b.double()), dtype)
 
 
 # ----------------------------------------------------------------------------- modules

@@ -64,3 +64,32 @@ def test_report_names_the_first_spill_free_config():
     env = dict(device="none", threads=2, command="armour-bench cubin", torch="2.11")
     table = markdown(env, {"problem": [row("M=128 N=64", 96), row("M=64 N=64", 0), row("M=32 N=32", 0, 4)]}, 90)
     assert "| problem | attention.k | 3 | 1 | M=64 N=64 | 8/3 | 255 | 0 | 32 | 8 |" in table
+
+
+def test_report_compiles_with_the_launch_specialisation():
+    """The offline compile specialises each launch as a GPU launch would (Triton's binder): unit
+    strides become constants, 16-divisible sizes / strides and aligned pointers get divisibility
+    hints, and the autotuning buckets (do_not_specialize) get neither."""
+    script = r'''
+import torch
+from triton.runtime.jit import KernelInterface
+from armour_kernels.triton import attention as ta
+from armour_kernels.triton.cubin import launch_specialisation
+
+launches = []
+KernelInterface.__getitem__ = lambda self, grid: (lambda *a, **kw: launches.append((self, a, kw)))
+packed = torch.randn(2, 197, 4, 3 * 64)
+q, k, v = packed.split(64, dim=-1)
+ta.triton_interpreting = lambda: True  # the plain launch (the autotuner would add a config's kwargs)
+ta.attention_forward(q, k, v, None, None, value="v", scale=None, mask_diagonal=False)
+fn, args, kwargs = launches[0]
+signature, constexprs, named, attrs, options = launch_specialisation(fn, args, kwargs)
+names = fn.arg_names
+hinted = {names[path[0]] for path, hints in attrs.items() if hints}
+assert named["sqd"] == 1 and signature["sqd"] == "constexpr", named   # unit stride: a constant
+assert {"Q", "K", "V1", "sqn", "sqb", "DQK"} <= hinted, hinted            # aligned / 16-divisible
+assert not {"NQ_BUCKET", "NK_BUCKET", "BH_BUCKET"} & (hinted | set(named)), hinted
+assert signature["NQ"] == "i32" and "NQ" not in hinted                    # 197: no hint
+print("compiled")
+'''
+    run_compiled_script(script, timeout=300)

@@ -4,9 +4,11 @@ For each representative problem (DeiT / LeViT attention shapes, head dims 16–2
 GEMMs, the Nyström and Performer paper configs) the real launchers run on CPU tensors under
 `armour_kernels.triton.cubin.compiling_launches`, so every config the autotuner could pick is
 compiled with the signature it would really get, and ptxas reports registers, spills and shared
-memory. A kernel/problem whose configs all spill is where GPU time is most likely lost; the
-report marks the best config of each (the first spill-free one in the autotuner's order). Not a timing: a check a
-CPU-only machine can make, and the reason the config lists in triton/attention.py are what they are.
+memory, each launch specialised as a GPU launch would be (`triton.cubin.launch_specialisation`).
+A kernel/problem whose configs all spill is where GPU time is most likely lost; the report marks
+the best config of each (the first spill-free one in the autotuner's order). Not a timing: a
+check a CPU-only machine can make, and the reason the config lists and the pruner in
+triton/attention.py are what they are.
 """
 from __future__ import annotations
 
@@ -93,6 +95,9 @@ def _best(rows):
 def markdown(env, results, arch) -> str:
     lines = [f"# Triton kernels compiled for sm_{arch} (no GPU): registers, spills, shared memory", "",
              *record.environment_lines(env), "",
+             "Each launch is compiled with the specialisation Triton gives it at a real launch (its binder: "
+             "16-divisible sizes and strides and aligned pointers as divisibility hints, unit strides as "
+             "constants), through the launchers, for every config the autotuner's pruner keeps.", "",
              "Per problem and kernel: how many configs compiled, how many spill, and the best one (the first "
              "spill-free one in the autotuner's order, else the least spilling). Spills are per-thread bytes stored to local memory.", "",
              "| problem | kernel | configs | spilling | best config | warps/stages | regs | spill B | smem KiB | wgmma |",

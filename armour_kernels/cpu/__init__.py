@@ -1,10 +1,19 @@
-"""The CPU backend: launchers over the C++ extension armour_kernels._C, one file per kernel family.
+"""The CPU backend: launchers over the C++ extension armour_kernels._C (scalar / AVX2 / AVX-512 / AMX kernels),
+one file per kernel family (docs/backends.md).
 
 One build runs on any x86-64: the kernels are compiled for each ISA (scalar, avx2, avx512,
-avx512bf16) and the best one the CPU supports is chosen at run time by CPUID
-(docs/backends.md). `use_isa("avx2")` — a context manager — or the environment variable
-ARMOUR_KERNELS_CPU_ISA=scalar|avx2|avx512|avx512bf16 (read at import) forces one, e.g. to test
-every path on one AVX-512 machine.
+avx512bf16 = avx512 plus the bf16 pair engine in bf16 attention) and the best one the CPU supports
+is chosen at run time, from CPUID (not the build machine's flags). The attention products run on
+the hand-written micro-kernels of that ISA or on oneDNN's brgemm micro-kernels through torch
+(ATen's cpublas; torch >= 2.6): a dispatch path is named
+
+    "avx512"           hand-written AVX-512 only,
+    "avx512+brgemm"    the fp32 products on oneDNN's brgemm (any ISA from avx2),
+    "amx"              avx512bf16 with the bf16 products on AMX tiles too (Sapphire Rapids and later).
+
+The default is the fastest the CPU and torch build support (amx, else <best>+brgemm). `use_isa(name)`
+(or the environment variable ARMOUR_KERNELS_CPU_ISA, read at import) forces one, e.g. to test every
+path on one machine or to run without brgemm / AMX; `supported_isas()` lists them.
 """
 from __future__ import annotations
 
@@ -49,7 +58,7 @@ def _require():
 
 
 def isa() -> str | None:
-    """The ISA the CPU kernels run with now ("scalar", "avx2", "avx512", "avx512bf16"); None when not built."""
+    """The dispatch path the CPU kernels run with now ("avx2", "avx512+brgemm", "amx", ...); None when not built."""
     return _C.isa() if _C is not None else None
 
 
@@ -59,18 +68,18 @@ def best_isa() -> str | None:
 
 
 def supported_isas() -> list[str]:
-    """The ISAs this CPU can run, slowest first (empty when the extension is not built)."""
+    """The dispatch paths this CPU (and torch build) can run, slowest first (empty when not built)."""
     return list(_C.supported_isas()) if _C is not None else []
 
 
 def set_isa(name: str) -> None:
-    """Select the kernel ISA for the whole process (RuntimeError if the CPU lacks it)."""
+    """Select the dispatch path for the whole process (RuntimeError if the CPU lacks it)."""
     _require().set_isa(name)
 
 
 @contextlib.contextmanager
 def use_isa(name: str):
-    """Run the CPU kernels with ISA `name` inside the block, then restore the previous one."""
+    """Run the CPU kernels with dispatch path `name` inside the block, then restore the previous one."""
     previous = _require().isa()
     _C.set_isa(name)
     try:

@@ -22,6 +22,7 @@ inference (docs/linear_act.md), in the compute dtype it passes (autocast's, as F
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from torch.utils.weak import WeakTensorKeyDictionary
 
@@ -79,6 +80,21 @@ def packed_weight(weight: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.
     return packed
 
 
+def packed_conv_weight(weight: torch.Tensor, dtype: torch.dtype, stride, padding, input_size) -> torch.Tensor:
+    """A conv weight cast to `dtype` and reordered for oneDNN for inputs like `input_size`, once per
+    parameter version (15–20% of LeViT's stem at batch 1). The layout is valid for any batch size."""
+    key = None if weight.is_inference() else (*_key(weight, dtype), tuple(stride), tuple(padding),
+                                              tuple(input_size[1:]))
+    hit = _PACKED.get(weight) if key is not None else None
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    packed = torch.ops.mkldnn._reorder_convolution_weight(weight.detach().to(dtype).contiguous(), list(padding),
+                                                          list(stride), [1, 1], 1, list(input_size))
+    if key is not None:
+        _PACKED[weight] = (key, packed)
+    return packed
+
+
 def cast_once(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """`t` in `dtype` (a bias, a conv weight), cast once per parameter version."""
     if t is None or t.dtype == dtype:
@@ -100,20 +116,39 @@ def clear_weight_cache() -> None:
     _CAST.clear()
 
 
+# A GEMM of fewer flops than this goes to ATen (MKL / its bf16 GEMM) with the activation applied in
+# place after it, instead of to oneDNN: a oneDNN call has ~20 µs of fixed cost (primitive lookup)
+# against ATen's ~3 µs, more than the packed oneDNN GEMM gains on small fp32 products. For bf16
+# (AMX) oneDNN wins from tiny sizes on (LeViT-128S at batch 1: 34 µs against ATen's 46).
+# Measured on Intel Xeon (Sapphire Rapids), 1 thread: bench/results/cpu-intel-xeon-spr-2core/.
+ONEDNN_MIN_FLOPS = {torch.float32: 64e6, torch.bfloat16: 2e6}
+
+# In-place activations for the ATen path (the GEMM output is fresh, so nobody else sees it).
+_INPLACE = {"none": lambda y: y, "hardswish": lambda y: F.hardswish(y, inplace=True), "relu": torch.relu_,
+            "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+            "silu": lambda y: F.silu(y, inplace=True)}
+
+
+def _gemm(rows: torch.Tensor, weight: torch.Tensor, bias, act: str, dtype: torch.dtype) -> torch.Tensor:
+    """act(rows @ weightᵀ + bias) for 2-D rows already in `dtype`, on the engine that is faster at this size."""
+    flops = 2 * rows.shape[0] * rows.shape[1] * weight.shape[0]
+    if flops < ONEDNN_MIN_FLOPS.get(dtype, 0):
+        return _INPLACE[act](F.linear(rows, cast_once(weight, dtype), cast_once(bias, dtype)))
+    attr, algorithm = ONEDNN_ACTIVATIONS[act]
+    return torch.ops.mkldnn._linear_pointwise(rows, packed_weight(weight, dtype, rows.shape[0]),
+                                              cast_once(bias, dtype), attr, [], algorithm)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, dtype: torch.dtype,
            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """act(x @ weightᵀ + bias) [+ residual] on oneDNN in `dtype`; x (..., in) → (..., out).
+    """act(x @ weightᵀ + bias) [+ residual] in `dtype`; x (..., in) → (..., out).
 
     `residual` (same shape as the result) is added after the activation, in place into the fresh
     output when the dtypes agree (oneDNN's binary-add post-op measured no faster than that on the
     AMD EPYC CI machine, and slower in fp32), else promoted as `y + residual` would be.
     """
-    rows = x.reshape(-1, x.shape[-1]).to(dtype)
-    w, b = packed_weight(weight, dtype, rows.shape[0]), cast_once(bias, dtype)
-    out_shape = (*x.shape[:-1], weight.shape[0])
-    attr, algorithm = ONEDNN_ACTIVATIONS[act]
-    y = torch.ops.mkldnn._linear_pointwise(rows, w, b, attr, [], algorithm).view(out_shape)
-    return _add_residual(y, residual)
+    y = _gemm(x.reshape(-1, x.shape[-1]).to(dtype), weight, bias, act, dtype)
+    return _add_residual(y.view(*x.shape[:-1], weight.shape[0]), residual)
 
 
 def _add_residual(y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
@@ -135,18 +170,14 @@ def mlp(x: torch.Tensor, fc1: tuple, act: str, fc2: tuple, dtype: torch.dtype,
     (w1, b1), (w2, b2) = fc1, fc2
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
     res = None if residual is None else residual.reshape(-1, w2.shape[0])
-    attr, algorithm = ONEDNN_ACTIVATIONS[act]
     step = _chunks(w1.shape[0], rows.element_size())
-    out_features = w2.shape[0]
-    w1, w2 = packed_weight(w1, dtype, min(step, rows.shape[0])), packed_weight(w2, dtype, min(step, rows.shape[0]))
-    b1, b2 = cast_once(b1, dtype), cast_once(b2, dtype)
     outs = []
     for start in range(0, rows.shape[0], step):
-        hidden = torch.ops.mkldnn._linear_pointwise(rows[start:start + step], w1, b1, attr, [], algorithm)
-        out = torch.ops.mkldnn._linear_pointwise(hidden, w2, b2, "none", [], "")
+        hidden = _gemm(rows[start:start + step], w1, b1, act, dtype)
+        out = _gemm(hidden, w2, b2, "none", dtype)
         outs.append(_add_residual(out, None if res is None else res[start:start + step]))  # while in cache
     y = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return y.view(*x.shape[:-1], out_features)
+    return y.view(*x.shape[:-1], w2.shape[0])
 
 
 def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tensor:
@@ -156,17 +187,17 @@ def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tenso
     batch is cut so that the first layer's output per chunk is about CHUNK_BYTES. The result is
     channels-last (B, C, H, W) — its `.flatten(2).transpose(1, 2)` tokens are contiguous.
     """
-    params = [(cast_once(w, dtype), cast_once(b, dtype), stride, padding, ONEDNN_ACTIVATIONS[act])
-              for w, b, stride, padding, act in layers]
-    w0, _, s0, _, _ = params[0]
+    w0, _, s0, _, _ = layers[0]
     first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
     images = max(1, CHUNK_BYTES // max(1, first_out))
     outs = []
     for chunk in x.split(images):
         # cast, then relayout: 2.4x faster than one fused .to(dtype, memory_format) (strided cast kernel)
         h = chunk.to(dtype).contiguous(memory_format=torch.channels_last)
-        for w, b, stride, padding, (attr, algorithm) in params:
-            h = torch.ops.mkldnn._convolution_pointwise(h, w, b, list(padding), list(stride), [1, 1], 1,
+        for w, b, stride, padding, act in layers:
+            attr, algorithm = ONEDNN_ACTIVATIONS[act]
+            h = torch.ops.mkldnn._convolution_pointwise(h, packed_conv_weight(w, dtype, stride, padding, h.shape),
+                                                        cast_once(b, dtype), list(padding), list(stride), [1, 1], 1,
                                                         attr, [], algorithm)
         outs.append(h)
     if len(outs) == 1:
@@ -189,5 +220,6 @@ def linear_hardswish_forward(x, weight, bias=None, *, gemm="auto"):
     return C.linear_hardswish(x, weight, bias, gemm)
 
 
-__all__ = ["available", "linear", "mlp", "conv_chain", "linear_hardswish_forward", "packed_weight", "cast_once",
+__all__ = ["available", "linear", "mlp", "conv_chain", "linear_hardswish_forward", "packed_weight",
+           "packed_conv_weight", "cast_once",
            "clear_weight_cache", "ONEDNN_ACTIVATIONS", "CHUNK_BYTES"]

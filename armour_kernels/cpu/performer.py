@@ -1,13 +1,15 @@
 """CPU launchers of Performer (FAVOR+) attention (the contract in armour_kernels/ops/performer.py).
 
-Forward: the fused C++ kernel (csrc/kernels/performer_kernel.h: key stabiliser pre-pass,
-Σφ(k)vᵀ and Σφ(k) in one pass, output pass; φ(q), φ(k) never materialised), float32.
-Backward: the fused C++ kernel (csrc/kernels/performer_backward_kernel.h), every kernel and mode.
+Both directions are fused C++ kernels working in float32 (docs/performer.md): φ(q), φ(k) exist
+only one block of tokens at a time. Forward (csrc/kernels/performer_kernel.h): Σφ(k)vᵀ and Σφ(k)
+in one pass over the keys (the key stabiliser as an online maximum), then the output pass.
+Backward (csrc/kernels/performer_backward_kernel.h): every kernel and mode, seed mode's attached
+batch-wide stabiliser included.
 """
 from __future__ import annotations
 
 from . import _require
-from ._linear_common import f32
+from ._linear_common import cast_like, f32
 
 
 def performer_forward(q, k, v, projection, *, kernel, mode, value):
@@ -21,4 +23,4 @@ def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mo
     """(dq, dk, dv or None) from the fused C++ backward (seed mode's attached stabiliser included)."""
     dq, dk, dv = _require().performer_attention_backward(
         f32(dout), f32(q), f32(k), f32(v) if value == "v" else None, projection, ctx, ksum, stab, kernel, mode)
-    return dq.to(q.dtype), dk.to(k.dtype), None if dv is None else dv.to(v.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), cast_like(dv, v) if value == "v" else None

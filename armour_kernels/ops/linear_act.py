@@ -5,8 +5,10 @@ proj, DeiT's qkv / proj / MLP, LeViT's convolution stem — call these, never a 
 picks the path (docs/linear_act.md):
 
     path                      when                                            kernel
-    oneDNN inference          backend "cpu", no gradient wanted, float32 /    cpu/linear_act.py: GEMMs and convs
-                              bfloat16 compute, not being compiled            with fused post-ops, chunked MLP
+    CPU inference             backend "cpu", no gradient wanted, float32 /    cpu/linear_act.py: oneDNN GEMMs and
+                              bfloat16 compute, not being compiled            convs with fused post-ops and weights
+                                                                              prepared once (ATen for small fp32
+                                                                              GEMMs), chunked MLP
     Triton inference          backend "triton", no gradient wanted,           armour_kernels::linear_act_infer
                               Hardswish and/or a residual to fuse             → triton/linear_act.py
     Linear + Hardswish with   a gradient wanted, Hardswish after the GEMM     armour_kernels::linear_hardswish
@@ -60,15 +62,23 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+_CPU_MODULE = []  # armour_kernels.cpu.linear_act, imported on first use (a cpu-only import; keeps this file light)
+
+
 def _cpu():
-    from ..cpu import linear_act as cpu_linear_act
-    return cpu_linear_act
+    if not _CPU_MODULE:
+        from ..cpu import linear_act as cpu_linear_act
+        _CPU_MODULE.append(cpu_linear_act)
+    return _CPU_MODULE[0]
 
 
-def _onednn_serves(kernel: str, dtype: torch.dtype, x: Tensor, *tensors) -> bool:
-    """Whether the oneDNN inference path runs this call (see the table in the module docstring)."""
-    return (kernel == "cpu" and x.numel() > 0 and not torch.compiler.is_compiling()
-            and _cpu().available(dtype) and not wants_grad(x, *tensors))
+def _cpu_inference(kernel: str, dtype: torch.dtype, x: Tensor, *tensors, grad: Optional[bool] = None) -> bool:
+    """Whether the CPU inference path runs this call (see the table in the module docstring)."""
+    if kernel != "cpu" or torch.compiler.is_compiling() or not x.numel():
+        return False
+    if grad if grad is not None else wants_grad(x, *tensors):
+        return False
+    return _cpu().available(dtype)
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -176,7 +186,7 @@ def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act:
     kernel = select(OP, x.device, backend)
     dtype = compute_dtype(x)
     grad = wants_grad(x, weight, bias, residual)
-    if _onednn_serves(kernel, dtype, x, weight, bias, residual):
+    if _cpu_inference(kernel, dtype, x, grad=grad):
         x = F.hardswish(x, inplace=inplace_input) if act_in else x
         return _cpu().linear(x, weight, bias, act, dtype, residual=residual)
     fuses = act_in or act != "none" or residual is not None  # a plain GEMM is cuBLAS's job
@@ -212,7 +222,7 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
     (w1, b1), (w2, b2) = fc1, fc2
     kernel = select(OP, x.device, backend)
     dtype = compute_dtype(x)
-    if act in TORCH_ACTIVATIONS and _onednn_serves(kernel, dtype, x, w1, b1, w2, b2, residual):
+    if act in TORCH_ACTIVATIONS and _cpu_inference(kernel, dtype, x, w1, b1, w2, b2, residual):
         _check(x, w1, b1, act)
         return _cpu().mlp(x, (w1, b1), act, (w2, b2), dtype, residual=residual)
     hidden = linear_act(x, w1, b1, act=act, backend=backend)
@@ -226,7 +236,7 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
     at a time (the result is then channels-last). Elsewhere: F.conv2d and the activation, layer by layer."""
     kernel = select(OP, x.device, backend)
     dtype = compute_dtype(x)
-    if _onednn_serves(kernel, dtype, x, *(t for layer in layers for t in layer[:2])):
+    if _cpu_inference(kernel, dtype, x, *(t for layer in layers for t in layer[:2])):
         return _cpu().conv_chain(x, layers, dtype)
     for weight, bias, stride, padding, act in layers:
         x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))

@@ -5,9 +5,14 @@ Python int with `int(array)` whenever it is used as an index, e.g. `for k in ran
 NumPy 2.4 turned that conversion of a 1-D array into a TypeError ("only 0-dimensional arrays can
 be converted to Python scalars"), so every loop over a runtime bound fails in the interpreter.
 `ensure()` wraps the interpreter's per-launch tensor patch to convert through `.item()` instead.
-Nothing changes on a GPU (the interpreter is not used there) or with an older NumPy.
+
+Applied only when TRITON_INTERPRET is set at import (Triton itself decides at @triton.jit time
+whether a kernel is interpreted, so the variable must be set before the kernels are imported
+anyway): a GPU process never touches Triton's internals.
 """
 from __future__ import annotations
+
+from ..backend import interpreting as triton_interpreting
 
 
 def _index(self):
@@ -32,4 +37,5 @@ def ensure() -> None:
     interpreter._patch_lang_tensor = patch_lang_tensor
 
 
-ensure()
+if triton_interpreting():
+    ensure()

@@ -9,8 +9,11 @@ matrix products became Hopper `wgmma` (warp-group, asynchronous) or the older `m
 
 `compiling_launches()` is a context manager under which every `kernel[grid](...)` launch, plain or
 autotuned, compiles instead of running: the launchers run on CPU tensors exactly as they would
-on CUDA ones, so the signatures and constexprs compiled are the ones they really use. Each
-autotuned launch compiles the configs its pruner keeps. Must run with TRITON_INTERPRET unset.
+on CUDA ones, and each launch is specialised by Triton's own binder for the values passed
+(`launch_specialisation`: 16-divisible sizes and strides, aligned pointers, integers equal to 1
+as constants), so what is compiled is what a GPU launch would compile, not a generic variant
+with more registers and fewer vectorised accesses. Each autotuned launch compiles the configs
+its pruner keeps. Must run with TRITON_INTERPRET unset.
 """
 from __future__ import annotations
 
@@ -21,16 +24,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner
-from triton.runtime.jit import JITFunction
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
 H100_SHARED_BYTES = 232448  # shared memory one block may use on sm_90 (227 KiB)
-_POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16",
-                  torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.int8: "*i8", torch.bool: "*i1"}
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,7 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     return int(registers.group(1)), int(spills.group(1)) if spills else 0
 
 
-def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_warps: int, num_stages: int,
-                  arch: int = 90) -> CubinStats:
-    """Compile `fn` for sm_`arch` and measure it (see the module docstring)."""
-    kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages})
+def _measure(fn: JITFunction, kernel, constexprs: dict, *, num_warps: int, num_stages: int, arch: int) -> CubinStats:
     ptx = kernel.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, arch)
     # The tile sizes name a config; feature-dim blocks (BLOCK_D*) follow from the problem.
@@ -83,22 +79,34 @@ def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_war
                       wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
 
 
-def _signature(fn: JITFunction, bound: dict) -> tuple[dict, dict]:
-    """Triton signature and constexprs of a launch, from the values actually passed."""
-    signature, constexprs = {}, {}
-    for p in fn.params:
-        value = bound[p.name] if p.name in bound else p.default
-        if p.is_constexpr:
-            signature[p.name], constexprs[p.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[p.name] = _POINTER_TYPES[value.dtype]
-        elif isinstance(value, bool):
-            signature[p.name] = "i1"
-        elif isinstance(value, int):
-            signature[p.name] = "i32" if -2**31 <= value < 2**31 else "i64"
-        else:
-            signature[p.name] = "fp32"
-    return signature, constexprs
+def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_warps: int, num_stages: int,
+                  arch: int = 90, attrs: dict | None = None) -> CubinStats:
+    """Compile `fn` for sm_`arch` from an explicit signature (and specialisation `attrs`) and measure it."""
+    kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return _measure(fn, kernel, constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch)
+
+
+def launch_specialisation(fn: JITFunction, args: tuple, kwargs: dict, arch: int = 90):
+    """(signature, constexprs by path, constexprs by name, attrs, options) exactly as
+    `fn[grid](*args, **kwargs)` would compile them on an sm_`arch` GPU: Triton's own binder, so
+    integers equal to 1 become constexprs, 16-divisible integers and 16-byte-aligned pointers get
+    `tt.divisibility = 16`, and the kernel's `do_not_specialize` arguments are left alone, just
+    as at a real launch."""
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    named = {fn.arg_names[path[0]]: value for path, value in constexprs.items() if len(path) == 1}
+    return signature, constexprs, named, attrs, options
+
+
+def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, *, arch: int = 90) -> CubinStats:
+    """Compile one launch of `fn` as a GPU would (`launch_specialisation`) and measure it."""
+    signature, constexprs, named, attrs, options = launch_specialisation(fn, args, kwargs, arch)
+    kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options=options.__dict__)
+    return _measure(fn, kernel, named, num_warps=options.num_warps, num_stages=options.num_stages, arch=arch)
 
 
 @contextmanager
@@ -110,26 +118,23 @@ def compiling_launches(record: list, *, arch: int = 90, max_configs: int | None 
         raise RuntimeError("compiling_launches needs TRITON_INTERPRET unset (the interpreter never compiles)")
     seen = set()
 
-    def compile_once(fn, bound, num_warps, num_stages):
-        signature, constexprs = _signature(fn, bound)
-        key = (fn.__name__, str(signature), str(constexprs), num_warps, num_stages)
+    def compile_once(fn, args, kwargs):
+        signature, _, named, attrs, options = launch_specialisation(fn, args, kwargs, arch)
+        key = (fn.__name__, str(signature), str(named), str(attrs), options.num_warps, options.num_stages)
         if key not in seen:
             seen.add(key)
-            record.append(compile_stats(fn, signature, constexprs, num_warps=num_warps, num_stages=num_stages,
-                                        arch=arch))
+            record.append(compile_launch(fn, args, kwargs, arch=arch))
 
     def plain(self, grid):
-        def launch(*args, num_warps=4, num_stages=3, **kwargs):
-            compile_once(self, dict(zip(self.arg_names, args), **kwargs), num_warps, num_stages)
+        def launch(*args, **kwargs):
+            compile_once(self, args, kwargs)
         return launch
 
     def tuned(self, grid):
         def launch(*args, **kwargs):
-            bound = dict(zip(self.arg_names, args), **kwargs)
-            self.nargs = bound  # what the pruner reads, as in Autotuner.run
-            configs = self.prune_configs(kwargs)[:max_configs]
-            for config in configs:
-                compile_once(self.fn, {**bound, **config.kwargs}, config.num_warps, config.num_stages)
+            self.nargs = dict(zip(self.arg_names, args), **kwargs)  # what the pruner reads, as in Autotuner.run
+            for config in self.prune_configs(kwargs)[:max_configs]:
+                compile_once(self.fn, args, {**kwargs, **config.all_kwargs()})
         return launch
 
     saved = JITFunction.__getitem__, Autotuner.__getitem__
@@ -140,4 +145,5 @@ def compiling_launches(record: list, *, arch: int = 90, max_configs: int | None 
         JITFunction.__getitem__, Autotuner.__getitem__ = saved
 
 
-__all__ = ["CubinStats", "H100_SHARED_BYTES", "compile_stats", "compiling_launches"]
+__all__ = ["CubinStats", "H100_SHARED_BYTES", "compile_launch", "compile_stats", "compiling_launches",
+           "launch_specialisation"]

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ..backend import interpreting as triton_interpreting
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+from ._grid import flat_grid, flat_program_id
 
 
 @triton.jit
@@ -28,18 +29,21 @@ def _hardswish(x):
     return x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) * (1.0 / 6.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_BUCKET"])
 def _linear_act_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
-    M, N, K,
+    M, N, K, M_BUCKET,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT_IN: tl.constexpr, ACT_OUT: tl.constexpr, IEEE_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row blocks share each column block of W while it is in L2.
-    pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
+    pid64 = flat_program_id()  # one flat grid (`_grid.flat_grid`): any M within CUDA's grid limits
+    if pid64 // num_n >= num_m:  # a padding program of a stacked grid
+        return
+    pid = pid64.to(tl.int32)  # M·N outputs are addressable, so their blocks fit int32
     group = pid // (GROUP_M * num_n)
     first_m = group * GROUP_M
     group_size = tl.minimum(num_m - first_m, GROUP_M)
@@ -85,8 +89,10 @@ def _gpu_configs():
             for bm, bn, bk, s, w in shapes]
 
 
-_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=["N", "K", "HAS_BIAS", "HAS_RES", "ACT_IN", "ACT_OUT"])(
-    _linear_act_kernel)
+# M by power-of-two bucket (the row count decides how many programs fill the GPU; a retune per
+# bucket, not per batch size), N and K exactly (the weight's shape, fixed per layer).
+LINEAR_ACT_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "HAS_RES", "ACT_IN", "ACT_OUT", "IEEE_FP32"]
+_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=LINEAR_ACT_KEY)(_linear_act_kernel)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -128,18 +134,17 @@ def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False, res
         return (y + r2 if residual is not None else y).view(*lead, N)
     b = bias if bias is not None else y  # dummy pointer, never read
     ieee = x.dtype == torch.float32 and (triton_interpreting() or not torch.backends.cuda.matmul.allow_tf32)
-    args = (x2, weight, b, r2, y, M, N, K, x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
+    args = (x2, weight, b, r2, y, M, N, K, triton.next_power_of_2(M), x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
             r2.stride(0), r2.stride(1), y.stride(0), y.stride(1))
     flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
     if triton_interpreting():
         # Few, large programs: the interpreter's cost is per program and per loop step.
         bm = min(64, max(16, triton.next_power_of_2(M)))
         blocks = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=4)
-        grid = (triton.cdiv(M, bm) * triton.cdiv(N, 128),)
-        _linear_act_kernel[grid](*args, **flags, **blocks)
+        _linear_act_kernel[flat_grid(triton.cdiv(M, bm) * triton.cdiv(N, 128))](*args, **flags, **blocks)
     else:
         def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+            return flat_grid(triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]))
         _linear_act_autotuned[grid](*args, **flags)
     return y.view(*lead, N)
 

@@ -1,4 +1,4 @@
-"""Fused Nyström attention kernels, forward and backward (docs/nystrom.md, nystrom-attention 0.0.14).
+"""Fused Nyström attention kernels, forward and backward (docs/nystrom.md; nystrom-attention 0.0.14).
 
 Per (batch, head), on the front-padded sequence of np = n + p rows (p zero rows in front so m
 divides np; l = np / m rows per landmark), with qs = q·d^-1/2:
@@ -26,9 +26,20 @@ Backward, with dO given for the real rows (padded rows are trimmed, so their dO 
 with dS = A∘(dA − rowsum(A∘dA)) for each softmax. Also in PyTorch (tiny, not fused): summing
 the split partials, merging the split A3 softmax, rowsum(dW∘W), the conv-weight sum over batch.
 
-m×m work, the landmark softmaxes and every accumulator are fp32, and every dot is exact IEEE
-fp32 (inputs are loaded and converted to fp32). The on-chip pinv handles m ≤ PINV_MAX_M (64, the
-paper's m); larger m runs the m×m iterations in PyTorch (fp32) instead.
+Programs: one flat int64 index per launch (`_grid.flat_grid`), so B·H is not capped by CUDA's
+grid axes and b·stride, bh·m·d offsets cannot wrap at 2**31.
+
+Precision (`_precision`, which gives the emulated error): every dot runs on tensor cores with
+fp32 accumulation. The m×m work (A2, the six pinv iterations, Z·W) and the score products
+q̃·kᵀ, qs·k̃ᵀ (they feed exp) run in 3×TF32 (≈ fp32) for every input dtype; A3·v and A1ᵀ·dO
+(probabilities × a 16-bit input) natively in bf16 / fp16; every other product in TF32 for
+16-bit inputs, and for fp32 inputs in 3×TF32, or TF32 when torch.backends.cuda.matmul.allow_tf32.
+Expected error against the fp64 reference: fp32 inputs as the old IEEE path (‖Δ‖/‖ref‖ ~1e-7;
+~1e-5 with allow_tf32, emulated); bf16 / fp16 inputs: the rounding of the output and of P to
+the input type (2^-9 / 2^-12 relative) dominates. Not yet measured on a GPU.
+
+The on-chip pinv handles m ≤ PINV_MAX_M (64, the paper's m); larger m runs the m×m iterations
+in PyTorch (fp32) instead.
 """
 from __future__ import annotations
 
@@ -36,27 +47,29 @@ import torch
 import triton
 import triton.language as tl
 
-from python_ref.nystrom import razavi_pinv  # the m×m part done in PyTorch IS the definition
-
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
+from ._grid import flat_grid, flat_program_id
+from ._pinv import landmark_pinv
+from ._precision import EXACT, dot, dot_native, precisions
 from ._split import split_block, split_program, split_sizes
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
-# Every dot is exact IEEE fp32 (no TF32), whatever the input dtype: the m×m work and the landmark
-# softmaxes must be fp32 (docs/nystrom.md), and with d = 32 these kernels are bound by memory, not by FLOPs.
-DOT_PRECISION = "ieee"
-# Warps for the kernels that hold fp32 (landmark × feature) or (landmark × landmark) tiles: at
-# the default 4, ptxas spills them to local memory on sm_90 (the pinv kernel: 39.6 KB per
-# thread; A3·v, the backward kernels: 1–19 KB); at 8 they (nearly) fit in registers.
-# Measured offline with `armour-bench cubin` (bench/results/offline-sm90/).
+# Warps and stages, from the sm_90 compile report (`armour-bench cubin`, bench/results/offline-sm90/,
+# m = 64, d = 32, with the launch specialisation): the kernels that hold fp32 (landmark × feature)
+# tiles run spill-free on 8 warps (the output kernel: 74 registers, 0 B spilled at 8 warps / 2
+# stages; it spilled 1.7 KB per thread at the default 4 warps with IEEE fp32 dots). The pinv kernel
+# keeps five m×m fp32 tiles live across its iterations and spills a little at any width: 48 B at
+# 4 warps, 92 B at 8, 1.2 KB at 16, so it runs on 4.
 _WIDE_WARPS = 8
+_PINV_WARPS = 4
+_OUTPUT_STAGES = 2  # the output kernel has no key loop to pipeline: fewer buffers, fewer registers
 
 
 @triton.jit
 def _tile(ptr, rows, cols, row_mask, n_cols, stride_r, stride_c):
-    """fp32 tile ptr[rows, cols]; zero where a row is masked out or a column ≥ n_cols."""
+    """Tile ptr[rows, cols] in its stored type; zero where a row is masked out or a column ≥ n_cols."""
     mask = row_mask[:, None] & (cols[None, :] < n_cols)
-    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -75,16 +88,19 @@ def _store_small(ptr, x, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @triton.jit
-def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, H, m, D, pad, group, scale,
+def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, BH, H, m, D, pad, group, scale,
                       sqb, sqn, sqh, sqd, skb, skn, skh, skd,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """One landmark: q̃ = mean of qs, k̃ = mean of k over its group of l padded rows.
+    """One landmark of one (batch, head): q̃ = mean of qs, k̃ = mean of k over its group of l padded rows.
 
     The group's padded rows (token index < 0) are zero: they count in the divisor only.
     """
-    bh = tl.program_id(0)
-    mark = tl.program_id(1)
-    b, h = bh // H, bh % H
+    pid = flat_program_id()
+    bh = pid // m
+    if bh >= BH:
+        return
+    mark = (pid % m).to(tl.int32)
+    b, h = bh // H, (bh % H).to(tl.int32)
     cols = tl.arange(0, BLOCK_D)
     q_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     k_sum = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -92,8 +108,8 @@ def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, H, m, D, pad, group, scale,
         offset = i * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = mark * group - pad + offset  # token indices
         ok = (offset < group) & (rows >= 0)
-        q_sum += _tile(q_ptr + b * sqb + h * sqh, rows, cols, ok, D, sqn, sqd)
-        k_sum += _tile(k_ptr + b * skb + h * skh, rows, cols, ok, D, skn, skd)
+        q_sum += _tile(q_ptr + b * sqb + h * sqh, rows, cols, ok, D, sqn, sqd).to(tl.float32)
+        k_sum += _tile(k_ptr + b * skb + h * skh, rows, cols, ok, D, skn, skd).to(tl.float32)
     out = (bh * m + mark) * D + cols
     tl.store(ql_ptr + out, tl.sum(q_sum, axis=0) * (scale / group), mask=cols < D)
     tl.store(kl_ptr + out, tl.sum(k_sum, axis=0) / group, mask=cols < D)
@@ -101,24 +117,27 @@ def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, H, m, D, pad, group, scale,
 
 @triton.jit
 def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
-               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """k and v tiles of one block of keys and the landmark scores q̃·kᵀ (−inf past the last key)."""
-    k = _tile(k_ptr, keys, tl.arange(0, BLOCK_D), keys < n, D, skn, skd)
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
+    """k (fp32) and v (stored type) tiles of one block of keys and the landmark scores q̃·kᵀ (−inf past the last key)."""
+    k = _tile(k_ptr, keys, tl.arange(0, BLOCK_D), keys < n, D, skn, skd).to(tl.float32)
     v = _tile(v_ptr, keys, tl.arange(0, BLOCK_DV), keys < n, DV, svn, svd)
-    s = tl.dot(ql, tl.trans(k), input_precision=PRECISION)
+    s = dot(ql, tl.trans(k), PREC_EXACT)
     return k, v, tl.where(keys[None, :] < n, s, float("-inf"))
 
 
 @triton.jit
-def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV, pad, blocks_per_split,
-                skb, skn, skh, skd, svb, svn, svh, svd,
+def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, BH, n, H, m, D, DV, pad, blocks_per_split,
+                L_BLOCKS, SPLITS, skb, skn, skh, skd, svb, svn, svh, svd,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+                BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """Partial online softmax of A3 = softmax(q̃ kᵀ) times v over one split of the keys."""
-    bh = tl.program_id(0)
-    lblk = tl.program_id(1)
-    split = tl.program_id(2)
-    b, h = bh // H, bh % H
+    pid = flat_program_id()
+    bh = pid // (L_BLOCKS * SPLITS)
+    if bh >= BH:
+        return
+    rest = (pid % (L_BLOCKS * SPLITS)).to(tl.int32)
+    lblk, split = rest // SPLITS, rest % SPLITS
+    b, h = bh // H, (bh % H).to(tl.int32)
     marks = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
@@ -131,15 +150,15 @@ def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, n, H, m, D, DV,
     for i in range(0, blocks_per_split):
         keys = (split * blocks_per_split + i) * BLOCK_N + tl.arange(0, BLOCK_N)
         _, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, keys, n, D, DV,
-                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_EXACT)
         new_max = tl.maximum(run_max, tl.max(s, axis=1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # an all-padding block
         alpha = tl.exp(run_max - safe_max)
         p = tl.exp(s - safe_max[:, None])
         run_sum = run_sum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + dot_native(p, v, PREC_VALUE)
         run_max = new_max
-    part = (bh * tl.num_programs(2) + split) * m
+    part = (bh * SPLITS + split) * m
     tl.store(acc_ptr + (part + marks[:, None]) * DV + dvs[None, :], acc,
              mask=(marks[:, None] < m) & (dvs[None, :] < DV))
     tl.store(max_ptr + part + marks, run_max, mask=marks < m)
@@ -154,20 +173,22 @@ def _softmax_rows(s, valid_cols):
 
 
 @triton.jit
-def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, m, D, DV, iterations,
+def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, BH, m, D, DV, iterations,
                  MAXIMA_ONLY: tl.constexpr, SEED: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """Y = pinv(A2)·W for one (batch, head), A2 = softmax(q̃ k̃ᵀ), all on chip in fp32.
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
+    """Y = pinv(A2)·W for one (batch, head), A2 = softmax(q̃ k̃ᵀ), all on chip in fp32 (3×TF32 dots).
 
     MAXIMA_ONLY (the seed mode's pre-pass): store A2's max row- and column-abs-sums and stop.
     SEED: Z₀'s divisor is the product of the global maxima, read from maxima_ptr[0:2].
     """
-    bh = tl.program_id(0)
+    bh = flat_program_id()
+    if bh >= BH:
+        return
     idx = tl.arange(0, BLOCK_M)
     ql = _small(ql_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
     kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
     valid = (idx[:, None] < m) & (idx[None, :] < m)
-    a2 = tl.where(valid, _softmax_rows(tl.dot(ql, tl.trans(kl), input_precision=PRECISION), idx[None, :] < m), 0.0)
+    a2 = tl.where(valid, _softmax_rows(dot(ql, tl.trans(kl), PREC_EXACT), idx[None, :] < m), 0.0)
     row_max = tl.max(tl.sum(tl.abs(a2), axis=1), axis=0)
     col_max = tl.max(tl.sum(tl.abs(a2), axis=0), axis=0)
     if MAXIMA_ONLY:
@@ -180,30 +201,30 @@ def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, m, D, DV, iterations,
         eye = tl.where(valid & (idx[:, None] == idx[None, :]), 1.0, 0.0)
         z = tl.trans(a2) / (row_max * col_max)
         for _ in range(0, iterations):
-            az = tl.dot(a2, z, input_precision=PRECISION)
-            t = tl.dot(az, 7.0 * eye - az, input_precision=PRECISION)
-            t = tl.dot(az, 15.0 * eye - t, input_precision=PRECISION)
-            z = 0.25 * tl.dot(z, 13.0 * eye - t, input_precision=PRECISION)
+            az = dot(a2, z, PREC_EXACT)
+            t = dot(az, 7.0 * eye - az, PREC_EXACT)
+            t = dot(az, 15.0 * eye - t, PREC_EXACT)
+            z = 0.25 * dot(z, 13.0 * eye - t, PREC_EXACT)
         w = _small(w_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
-        _store_small(y_ptr + bh * m * DV, tl.dot(z, w, input_precision=PRECISION), m, DV, BLOCK_M, BLOCK_DV)
+        _store_small(y_ptr + bh * m * DV, dot(z, w, PREC_EXACT), m, DV, BLOCK_M, BLOCK_DV)
 
 
 @triton.jit
 def _query_block(q_ptr, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
-                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    """qs rows, k̃, Y and A1 = softmax(qs k̃ᵀ) for one block of query rows."""
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
+    """qs rows (fp32), k̃, Y and A1 = softmax(qs k̃ᵀ) for one block of query rows."""
     cols = tl.arange(0, BLOCK_D)
-    qs = _tile(q_ptr, rows, cols, rows < n, D, sqn, sqd) * scale
+    qs = _tile(q_ptr, rows, cols, rows < n, D, sqn, sqd).to(tl.float32) * scale
     kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
     y = _small(y_ptr + bh * m * DV, m, DV, BLOCK_M, BLOCK_DV)
-    a1 = _softmax_rows(tl.dot(qs, tl.trans(kl), input_precision=PRECISION), tl.arange(0, BLOCK_M)[None, :] < m)
+    a1 = _softmax_rows(dot(qs, tl.trans(kl), PREC_EXACT), tl.arange(0, BLOCK_M)[None, :] < m)
     return qs, kl, y, a1
 
 
 @triton.jit
 def _conv_rows(x_ptr, w_ptr, h, rows, n, DV, sxn, sxd, KSIZE, SIGN: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Σ_t w[h, t]·x[rows + SIGN·(t − KSIZE//2)] over the real rows (zeros elsewhere).
+    """Σ_t w[h, t]·x[rows + SIGN·(t − KSIZE//2)] over the real rows (zeros elsewhere), fp32.
 
     SIGN = 1 is the residual conv itself (x = v); SIGN = −1 its transpose (x = dO), for dv.
     """
@@ -212,22 +233,27 @@ def _conv_rows(x_ptr, w_ptr, h, rows, n, DV, sxn, sxd, KSIZE, SIGN: tl.constexpr
     half = KSIZE // 2
     for t in range(0, KSIZE):
         src = rows + SIGN * (t - half)
-        x = _tile(x_ptr, src, dvs, (src >= 0) & (src < n), DV, sxn, sxd)
+        x = _tile(x_ptr, src, dvs, (src >= 0) & (src < n), DV, sxn, sxd).to(tl.float32)
         acc += tl.load(w_ptr + h * KSIZE + t).to(tl.float32) * x
     return acc
 
 
 @triton.jit
-def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, n, H, m, D, DV, scale, KSIZE,
+def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, BH, n, H, m, D, DV, scale, KSIZE,
                    sqb, sqn, sqh, sqd, svb, svn, svh, svd, sob, son, soh, sod,
                    HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
-    bh = tl.program_id(0)
-    b, h = bh // H, bh % H
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
+    blocks = tl.cdiv(n, BLOCK_N)
+    pid = flat_program_id()
+    bh = pid // blocks
+    if bh >= BH:
+        return
+    b, h = bh // H, (bh % H).to(tl.int32)
+    rows = (pid % blocks).to(tl.int32) * BLOCK_N + tl.arange(0, BLOCK_N)
     _, _, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale, sqn, sqd,
-                               BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
-    out = tl.dot(a1, y, input_precision=PRECISION)
+                               BLOCK_M, BLOCK_D, BLOCK_DV, PREC_EXACT)
+    out = dot(a1, y, PREC_VALUE)
     if HAS_CONV:
         out += _conv_rows(v_ptr + b * svb + h * svh, w_ptr, h, rows, n, DV, svn, svd, KSIZE, 1, BLOCK_N, BLOCK_DV)
     dvs = tl.arange(0, BLOCK_DV)
@@ -237,18 +263,22 @@ def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, n, H, m, D, DV, 
 
 @triton.jit
 def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_ptr,
-                      dy_ptr, dkl_ptr, dw_ptr, n, H, m, D, DV, pad, group, scale, KSIZE, blocks_per_split,
-                      sqb, sqn, sqh, sqd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod, sdqb, sdqn, sdqh, sdqd,
+                      dy_ptr, dkl_ptr, dw_ptr, BH, n, H, m, D, DV, pad, group, scale, KSIZE, blocks_per_split,
+                      SPLITS, sqb, sqn, sqh, sqd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod,
+                      sdqb, sdqn, sdqh, sdqd,
                       WRITE_DQ: tl.constexpr, HAS_CONV: tl.constexpr, ARMOUR: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """The query side of the backward; see the module docstring for the two phases.
 
     REDUCE (WRITE_DQ False): partial dY (m×dv), dk̃ (m×d) and dconv_w (KSIZE) per split.
     WRITE_DQ: dq for each row, with the landmark term dq̃[group]/l (and, ARMOUR, the value
     gradient dvq already computed by the key pass).
     """
-    bh, split, b, h = split_program(H)
+    bh, split, b, h = split_program(H, SPLITS)
+    if bh >= BH:
+        return
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
     taps = tl.arange(0, BLOCK_K)
@@ -258,28 +288,29 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
     for i in range(0, blocks_per_split):
         _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         qs, kl, y, a1 = _query_block(q_ptr + b * sqb + h * sqh, kl_ptr, y_ptr, bh, rows, n, m, D, DV, scale,
-                                     sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PRECISION)
+                                     sqn, sqd, BLOCK_M, BLOCK_D, BLOCK_DV, PREC_EXACT)
         do = _tile(do_ptr + b * sdob + h * sdoh, rows, dvs, rows < n, DV, sdon, sdod)
-        da1 = tl.dot(do, tl.trans(y), input_precision=PRECISION)
+        da1 = dot(do, tl.trans(y), PREC_VALUE)
         ds1 = a1 * (da1 - tl.sum(a1 * da1, axis=1)[:, None])
         if WRITE_DQ:
             groups = (rows + pad) // group
             dql = _tile(dql_ptr + bh * m * D, groups, cols, rows < n, D, D, 1)
-            dq = (tl.dot(ds1, kl, input_precision=PRECISION) + dql / group) * scale
+            dq = (dot(ds1, kl, PREC_VALUE) + dql / group) * scale
             if ARMOUR:
                 dq += _tile(dvq_ptr + b * sdqb + h * sdqh, rows, cols, rows < n, D, sdqn, sdqd)
             tl.store(dq_ptr + b * sdqb + h * sdqh + rows[:, None] * sdqn + cols[None, :] * sdqd,
                      dq.to(dq_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (cols[None, :] < D))
         else:
-            dy += tl.dot(tl.trans(a1), do, input_precision=PRECISION)
-            dkl += tl.dot(tl.trans(ds1), qs, input_precision=PRECISION)
+            dy += dot_native(tl.trans(a1), do, PREC_VALUE)
+            dkl += dot(tl.trans(ds1), qs, PREC_VALUE)
             if HAS_CONV:
+                do32 = do.to(tl.float32)
                 for t in range(0, KSIZE):  # dw[t] = Σ dO[i]·v[i + t − K//2]
                     src = rows + t - KSIZE // 2
                     v = _tile(v_ptr + b * svb + h * svh, src, dvs, (src >= 0) & (src < n), DV, svn, svd)
-                    dw += tl.where(taps == t, tl.sum(tl.sum(do * v, axis=1), axis=0), 0.0)
+                    dw += tl.where(taps == t, tl.sum(tl.sum(do32 * v.to(tl.float32), axis=1), axis=0), 0.0)
     if not WRITE_DQ:
-        part = bh * tl.num_programs(1) + split
+        part = bh * SPLITS + split
         _store_small(dy_ptr + part * m * DV, dy, m, DV, BLOCK_M, BLOCK_DV)
         _store_small(dkl_ptr + part * m * D, dkl, m, D, BLOCK_M, BLOCK_D)
         tl.store(dw_ptr + part * KSIZE + taps, dw, mask=taps < KSIZE)
@@ -287,13 +318,16 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
 
 @triton.jit
 def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_ptr, w_ptr,
-                    dk_ptr, dv_ptr, dql_ptr, n, H, m, D, DV, pad, group, KSIZE, blocks_per_split,
+                    dk_ptr, dv_ptr, dql_ptr, BH, n, H, m, D, DV, pad, group, KSIZE, blocks_per_split, SPLITS,
                     skb, skn, skh, skd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod,
                     sdkb, sdkn, sdkh, sdkd, sdvb, sdvn, sdvh, sdvd,
                     HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                    PREC_EXACT: tl.constexpr, PREC_VALUE: tl.constexpr):
     """dk, dv per key row and the partial dq̃ = Σ dS3·k of this split (A3 recomputed from its lse)."""
-    bh, split, b, h = split_program(H)
+    bh, split, b, h = split_program(H, SPLITS)
+    if bh >= BH:
+        return
     cols = tl.arange(0, BLOCK_D)
     dvs = tl.arange(0, BLOCK_DV)
     marks = tl.arange(0, BLOCK_M)
@@ -305,36 +339,35 @@ def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_
     for i in range(0, blocks_per_split):
         _, rows = split_block(split, blocks_per_split, i, BLOCK_N)
         k, v, s = _key_block(ql, k_ptr + b * skb + h * skh, v_ptr + b * svb + h * svh, rows, n, D, DV,
-                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PRECISION)
+                             skn, skd, svn, svd, BLOCK_D, BLOCK_DV, PREC_EXACT)
         a3 = tl.where((marks[:, None] < m) & (rows[None, :] < n), tl.exp(s - lse[:, None]), 0.0)
-        da3 = tl.dot(dwv, tl.trans(v), input_precision=PRECISION)
+        da3 = dot(dwv, tl.trans(v), PREC_VALUE)
         ds3 = a3 * (da3 - rs[:, None])
         groups = (rows + pad) // group
-        dk = tl.dot(tl.trans(ds3), ql, input_precision=PRECISION)
+        dk = dot(tl.trans(ds3), ql, PREC_VALUE)
         dk += _tile(dkl_ptr + bh * m * D, groups, cols, rows < n, D, D, 1) / group
-        dv = tl.dot(tl.trans(a3), dwv, input_precision=PRECISION)
+        dv = dot(tl.trans(a3), dwv, PREC_VALUE)
         if HAS_CONV:
             dv += _conv_rows(do_ptr + b * sdob + h * sdoh, w_ptr, h, rows, n, DV, sdon, sdod, KSIZE, -1,
                              BLOCK_N, BLOCK_DV)
-        dql += tl.dot(ds3, k, input_precision=PRECISION)
+        dql += dot(ds3, k, PREC_VALUE)
         tl.store(dk_ptr + b * sdkb + h * sdkh + rows[:, None] * sdkn + cols[None, :] * sdkd,
                  dk.to(dk_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (cols[None, :] < D))
         tl.store(dv_ptr + b * sdvb + h * sdvh + rows[:, None] * sdvn + dvs[None, :] * sdvd,
                  dv.to(dv_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
-    part = bh * tl.num_programs(1) + split
+    part = bh * SPLITS + split
     _store_small(dql_ptr + part * m * D, dql, m, D, BLOCK_M, BLOCK_D)
 
 
 # ----------------------------------------------------------------------------- launchers
 
 
-def _config(n, m, d, dv):
+def _config(n, m, d, dv, dtype):
     block_m = max(16, triton.next_power_of_2(m))
     cfg = dict(BLOCK_M=block_m, BLOCK_D=max(16, triton.next_power_of_2(d)),
-               BLOCK_DV=max(16, triton.next_power_of_2(dv)),
-               PRECISION=DOT_PRECISION)
+               BLOCK_DV=max(16, triton.next_power_of_2(dv)))
     block_n = 64 if block_m <= 64 else (32 if block_m <= 128 else 16)  # fp32 tiles must fit shared memory
-    return cfg, min(block_n, max(16, triton.next_power_of_2(n)))
+    return cfg, min(block_n, max(16, triton.next_power_of_2(n))), precisions(dtype)
 
 
 def _strides(t):
@@ -351,7 +384,7 @@ def _landmark_a2(ql, kl):
     return torch.softmax(ql @ kl.transpose(-1, -2), dim=-1)
 
 
-def _a3v(ql, k, v, pad, cfg, block_n):
+def _a3v(ql, k, v, pad, cfg, block_n, prec):
     """W = A3·v (B·H, m, dv) and A3's log-sum-exp (B·H, m): split flash reduction + merge."""
     B, n, H, D = k.shape
     bh, m, dv = B * H, ql.shape[1], v.shape[3]
@@ -361,10 +394,11 @@ def _a3v(ql, k, v, pad, cfg, block_n):
     acc = torch.empty(bh, splits, m, dv, device=k.device, dtype=torch.float32)
     run_max = torch.empty(bh, splits, m, device=k.device, dtype=torch.float32)
     run_sum = torch.empty_like(run_max)
-    _a3v_kernel[(bh, l_blocks, splits)](ql, k, v, acc, run_max, run_sum, n, H, m, D, dv, pad, per_split,
-                                        *_strides(k), *_strides(v), BLOCK_L=block_l, BLOCK_N=block_n,
-                                        BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"],
-                                        PRECISION=cfg["PRECISION"], num_warps=_WIDE_WARPS)
+    _a3v_kernel[flat_grid(bh * l_blocks * splits)](
+        ql, k, v, acc, run_max, run_sum, bh, n, H, m, D, dv, pad, per_split, l_blocks, splits,
+        *_strides(k), *_strides(v), BLOCK_L=block_l, BLOCK_N=block_n, BLOCK_D=cfg["BLOCK_D"],
+        BLOCK_DV=cfg["BLOCK_DV"], PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"],
+        num_warps=_WIDE_WARPS)
     top = run_max.amax(dim=1, keepdim=True)
     weight = torch.exp(run_max - top)
     total = (run_sum * weight).sum(dim=1)
@@ -377,16 +411,17 @@ def _pinv_times(ql, kl, w, iterations, mode, cfg):
     bh, m, D = ql.shape
     dv = w.shape[2]
     if m > PINV_MAX_M:
-        return razavi_pinv(_landmark_a2(ql, kl), iterations, mode) @ w
+        return landmark_pinv(_landmark_a2(ql, kl), iterations, mode) @ w
     seed = mode == "seed"
     maxima = torch.empty(bh, 2, device=ql.device, dtype=torch.float32)
+    blocks = dict(BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PREC_EXACT=EXACT)
     if seed:  # pre-pass: every (b, h)'s maxima, then the global ones
-        _pinv_kernel[(bh,)](ql, kl, w, w, maxima, m, D, dv, iterations, MAXIMA_ONLY=True, SEED=False,
-                            **cfg, num_warps=_WIDE_WARPS)
+        _pinv_kernel[flat_grid(bh)](ql, kl, w, w, maxima, bh, m, D, dv, iterations, MAXIMA_ONLY=True, SEED=False,
+                                    **blocks, num_warps=_PINV_WARPS)
         maxima = maxima.amax(dim=0).contiguous()
     y = torch.empty(bh, m, dv, device=ql.device, dtype=torch.float32)
-    _pinv_kernel[(bh,)](ql, kl, w, y, maxima, m, D, dv, iterations, MAXIMA_ONLY=False, SEED=seed,
-                        **cfg, num_warps=_WIDE_WARPS)
+    _pinv_kernel[flat_grid(bh)](ql, kl, w, y, maxima, bh, m, D, dv, iterations, MAXIMA_ONLY=False, SEED=seed,
+                                **blocks, num_warps=_PINV_WARPS)
     return y
 
 
@@ -396,31 +431,41 @@ def _conv_args(conv_weight, H, device):
     return conv_weight.reshape(H, -1).to(torch.float32).contiguous(), conv_weight.shape[-2], True
 
 
+def _saved_shapes(B, H, m, D, dv):
+    bh = B * H
+    return (bh, m, D), (bh, m, D), (bh, m, dv), (bh, m, dv), (bh, m)
+
+
 def nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations=6, mode="clean", value="v"):
     """q, k (B, N, H, D), v (B, N, H, Dv) or None for value="q" (the unscaled q is the value); any strides.
 
     conv_weight: the (H, 1, K, 1) residual conv weight or None. Returns out (B, N, H, Dv)
     contiguous in q's dtype and the small fp32 tensors the backward needs: (q̃, k̃, W, Y, lse3).
+    Empty in (B, H or N = 0), empty out.
     """
     v = q if value == "q" else v
     B, n, H, D = q.shape
     dv = v.shape[3]
     m = num_landmarks
+    if B * H * n == 0:
+        out = torch.zeros(B, n, H, dv, device=q.device, dtype=q.dtype)
+        return out, tuple(torch.zeros(s, device=q.device, dtype=torch.float32) for s in _saved_shapes(B, H, m, D, dv))
     pad, group = _layout(q, m)
-    cfg, block_n = _config(n, m, D, dv)
+    cfg, block_n, prec = _config(n, m, D, dv, q.dtype)
     scale = D ** -0.5
     bh = B * H
     ql = torch.empty(bh, m, D, device=q.device, dtype=torch.float32)
     kl = torch.empty_like(ql)
-    _landmarks_kernel[(bh, m)](q, k, ql, kl, H, m, D, pad, group, scale, *_strides(q), *_strides(k),
-                               BLOCK_N=min(64, triton.next_power_of_2(group)), BLOCK_D=cfg["BLOCK_D"])
-    w, lse = _a3v(ql, k, v, pad, cfg, block_n)
+    _landmarks_kernel[flat_grid(bh * m)](q, k, ql, kl, bh, H, m, D, pad, group, scale, *_strides(q), *_strides(k),
+                                         BLOCK_N=min(64, triton.next_power_of_2(group)), BLOCK_D=cfg["BLOCK_D"])
+    w, lse = _a3v(ql, k, v, pad, cfg, block_n, prec)
     y = _pinv_times(ql, kl, w, pinv_iterations, mode, cfg)
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
     out = torch.empty(B, n, H, dv, device=q.device, dtype=q.dtype)
-    _output_kernel[(bh, triton.cdiv(n, block_n))](q, v, kl, y, weight, out, n, H, m, D, dv, scale, ksize,
-                                                  *_strides(q), *_strides(v), *_strides(out),
-                                                  HAS_CONV=has_conv, BLOCK_N=block_n, **cfg)
+    _output_kernel[flat_grid(bh * triton.cdiv(n, block_n))](
+        q, v, kl, y, weight, out, bh, n, H, m, D, dv, scale, ksize, *_strides(q), *_strides(v), *_strides(out),
+        HAS_CONV=has_conv, BLOCK_N=block_n, **cfg, PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"],
+        num_warps=_WIDE_WARPS, num_stages=_OUTPUT_STAGES)
     return out, (ql, kl, w, y, lse)
 
 
@@ -432,7 +477,7 @@ def _pinv_backward(ql, kl, w, dy, iterations, mode, B, H):
     as in the reference. Returns dq̃, dk̃ (this path only) and dW.
     """
     def landmark_y(q_l, k_l, w_):
-        return razavi_pinv(_landmark_a2(q_l, k_l), iterations, mode) @ w_
+        return landmark_pinv(_landmark_a2(q_l, k_l), iterations, mode) @ w_
 
     _, vjp = torch.func.vjp(landmark_y, *(t.view(B, H, *t.shape[1:]) for t in (ql, kl, w)))
     return [g.reshape(B * H, *g.shape[2:]) for g in vjp(dy.view(B, H, *dy.shape[1:]))]
@@ -452,8 +497,11 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     dv_dim = v.shape[3]
     m = num_landmarks
     bh = B * H
+    if bh * n == 0:
+        dconv = None if conv_weight is None else torch.zeros_like(conv_weight)
+        return (torch.zeros_like(q), torch.zeros_like(k), None if armour else torch.zeros_like(v), dconv)
     pad, group = _layout(q, m)
-    cfg, block_n = _config(n, m, D, dv_dim)
+    cfg, block_n, prec = _config(n, m, D, dv_dim, q.dtype)
     scale = D ** -0.5
     weight, ksize, has_conv = _conv_args(conv_weight, H, q.device)
     block_k = max(16, triton.next_power_of_2(ksize))
@@ -462,17 +510,18 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     dev, f32 = q.device, torch.float32
     # Above 128 landmarks the fp32 (m, d) operands are large: no multi-buffering (shared memory).
     stages = 1 if cfg["BLOCK_M"] > 128 else 2
+    precs = dict(PREC_EXACT=prec["PREC_EXACT"], PREC_VALUE=prec["PREC_VALUE"])
     common = dict(HAS_CONV=has_conv, ARMOUR=armour, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=block_k,
-                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"])
+                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], **precs)
     # 1. query side, reductions: dY, dk̃ (A1 path), dconv_w
     dy = torch.empty(bh, splits, m, dv_dim, device=dev, dtype=f32)
     dkl1 = torch.empty(bh, splits, m, D, device=dev, dtype=f32)
     dwt = torch.empty(bh, splits, ksize, device=dev, dtype=f32)
     dq = torch.empty(B, n, H, D, device=dev, dtype=q.dtype)
-    _bwd_query_kernel[(bh, splits)](q, v, dout, kl, y, ql, dq, dq, dy, dkl1, dwt,
-                                    n, H, m, D, dv_dim, pad, group, scale, ksize, per_split,
-                                    *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                    WRITE_DQ=False, **common, num_stages=stages, num_warps=_WIDE_WARPS)
+    _bwd_query_kernel[flat_grid(bh * splits)](
+        q, v, dout, kl, y, ql, dq, dq, dy, dkl1, dwt, bh, n, H, m, D, dv_dim, pad, group, scale, ksize, per_split,
+        splits, *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
+        WRITE_DQ=False, **common, num_stages=stages, num_warps=_WIDE_WARPS)
     # 2. the m×m part in PyTorch
     dql2, dkl2, dwv = _pinv_backward(ql, kl, w, dy.sum(dim=1), pinv_iterations, mode, B, H)
     dkl = (dkl1.sum(dim=1) + dkl2).contiguous()
@@ -481,18 +530,18 @@ def nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_i
     dk = torch.empty(B, n, H, D, device=dev, dtype=k.dtype)
     dv = torch.empty(B, n, H, dv_dim, device=dev, dtype=f32 if armour else v.dtype)
     dql3 = torch.empty(bh, splits, m, D, device=dev, dtype=f32)
-    _bwd_key_kernel[(bh, splits)](k, v, dout, ql, lse, dwv.contiguous(), rs, dkl, weight, dk, dv, dql3,
-                                  n, H, m, D, dv_dim, pad, group, ksize, per_split,
-                                  *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
-                                  HAS_CONV=has_conv, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"],
-                                  BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=cfg["BLOCK_DV"], PRECISION=cfg["PRECISION"],
-                                  num_stages=stages, num_warps=_WIDE_WARPS)
+    _bwd_key_kernel[flat_grid(bh * splits)](
+        k, v, dout, ql, lse, dwv.contiguous(), rs, dkl, weight, dk, dv, dql3,
+        bh, n, H, m, D, dv_dim, pad, group, ksize, per_split, splits,
+        *_strides(k), *_strides(v), *_strides(dout), *_strides(dk), *_strides(dv),
+        HAS_CONV=has_conv, BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], BLOCK_D=cfg["BLOCK_D"],
+        BLOCK_DV=cfg["BLOCK_DV"], **precs, num_stages=stages, num_warps=_WIDE_WARPS)
     dql = (dql2 + dql3.sum(dim=1)).contiguous()
     # 4. query side again: dq (+ dv when the query is the value)
-    _bwd_query_kernel[(bh, n_blocks)](q, v, dout, kl, y, dql, dv, dq, dy, dkl1, dwt,
-                                      n, H, m, D, dv_dim, pad, group, scale, ksize, 1,
-                                      *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
-                                      WRITE_DQ=True, **common, num_stages=1, num_warps=_WIDE_WARPS)
+    _bwd_query_kernel[flat_grid(bh * n_blocks)](
+        q, v, dout, kl, y, dql, dv, dq, dy, dkl1, dwt, bh, n, H, m, D, dv_dim, pad, group, scale, ksize, 1,
+        n_blocks, *_strides(q), *_strides(v), *_strides(dout), *_strides(dq),
+        WRITE_DQ=True, **common, num_stages=1, num_warps=_WIDE_WARPS)
     dconv = None
     if has_conv:
         dconv = dwt.sum(dim=1).view(B, H, ksize).sum(dim=0).view(H, 1, ksize, 1).to(conv_weight.dtype)

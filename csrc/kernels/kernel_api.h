@@ -33,7 +33,48 @@ struct Strided4 {
 enum class BiasKind : int { none = 0, dense = 1, table = 2 };
 enum class ValueSrc : int { q = 0, k = 1, v = 2 };
 
-// Everything the attention forward and backward kernels need (launcher contract in docs/layouts.md).
+// GEMMs the torch side lends to the ISA kernels: oneDNN's batch-reduce GEMM micro-kernels
+// (at::native::cpublas::brgemm; AMX tiles for bf16 on CPUs that have them). Why callbacks: the
+// brgemm entry points are torch functions, which the ISA code must not see (see the top of this
+// file), while the work around the GEMMs (packing, exp, conversions) is what decides the speed and
+// belongs in the per-ISA code. So the ISA kernels run the whole algorithm and call these plain
+// function pointers for the products; the torch side (attention_gemm.cpp) fills them in when the
+// CPU and the torch build have the micro-kernels and the ISA switch allows them. Null pointers: the
+// kernels use their own hand-written micro-kernels.
+//
+// Every product is C (M×N, ldc, fp32) = or += A (M×K, lda) · B (K×N), row-major, lds in elements.
+// bf16: A holds bf16 rows; B is in VNNI pairs, B[k / 2][n][k % 2] with ldb pairs per row; K even.
+using GemmF32 = void (*)(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool add,
+                         const float* A, const float* B, float* C);
+using GemmBf16 = void (*)(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool add,
+                          const uint16_t* A, const uint16_t* B, float* C);
+struct GemmProvider {
+  GemmF32 f32 = nullptr;
+  GemmBf16 bf16 = nullptr;
+  void (*release)() = nullptr;  // once per worker at the end of its parallel region (frees AMX state)
+};
+
+// How the kernels split the work: the queries of all (b, h) pairs, ordered (b, h, i), are cut into
+// n_chunks contiguous runs of rows, one per task, so 1 and 2 threads are balanced at batch 1 (three
+// (b, h) pairs for DeiT-Ti) as well as at batch 64. A (b, h) cut between two chunks has its key-side
+// gradients summed by the caller's reduction (AttentionArgs::partial). Cut points are even query
+// indices inside a (b, h), so the bf16 pair layouts never straddle two chunks.
+inline int64_t attention_chunks(int64_t B, int64_t H, int64_t Nq, int64_t n_threads) {
+  const int64_t rows = B * H * Nq;
+  int64_t n = n_threads < 1 ? 1 : n_threads;
+  const int64_t max_useful = (rows + 31) / 32;  // below ~32 rows a task costs more than it saves
+  if (n > max_useful) n = max_useful;
+  return n < 1 ? 1 : n;
+}
+// First flat row (b·H + h)·Nq + i of chunk c (c = n_chunks gives the end).
+inline int64_t attention_chunk_start(int64_t c, int64_t n_chunks, int64_t B, int64_t H, int64_t Nq) {
+  const int64_t rows = B * H * Nq;
+  if (c >= n_chunks) return rows;
+  const int64_t r = rows / n_chunks * c + rows % n_chunks * c / n_chunks;
+  return r - (r % Nq) % 2;  // an even query index inside its (b, h)
+}
+
+// Everything the attention forward and backward kernels need (launcher contract: docs/layouts.md).
 struct AttentionArgs {
   DType dtype = DType::f32;       // q, k, v, dout, out, dq, dk, dv
   int64_t B = 0, H = 0, Nq = 0, Nk = 0, Dk = 0, Dv = 0;  // Dv: total value width
@@ -53,9 +94,14 @@ struct AttentionArgs {
   double scale = 1.0;
   bool mask_diagonal = false;
   ParallelFor parallel_for = nullptr;
+  GemmProvider gemm;              // brgemm callbacks, or all null (hand-written micro-kernels)
+  int64_t n_chunks = 1;           // attention_chunks(B, H, Nq, threads): tasks of the parallel loop
+  int64_t block_q = 64;           // query rows per tile (even)
 
   // forward outputs: out (B, Nq, H, Dv) contiguous in dtype; lse (B, H, Nq) contiguous in the
-  // accumulation type (float, double for f64).
+  // accumulation type (float, double for f64). A fully masked row (every score -inf, through the
+  // bias; docs/numerics.md) gets out = 0 and lse = +inf, so the backward's exp(s - lse) is 0 for
+  // every key of it (no -inf - -inf) and the row adds nothing to any gradient.
   void* out = nullptr;
   void* lse = nullptr;
 
@@ -67,8 +113,19 @@ struct AttentionArgs {
   void* dv = nullptr;             // (B, Nk, H, dv_width) contiguous, dtype; null when no v part
   int64_t dv_width = 0;
   void* dbias = nullptr;          // dense: (B, H, Nq, Nk) contiguous, accumulation type
-  void* dtable = nullptr;         // table: (B, H, R), accumulation type (caller sums over B:
-                                  // one slice per (b, h) task keeps the backward race-free)
+  void* dtable = nullptr;         // table: (n_chunks, H, Nq, Nk) zeroed, accumulation type: each
+                                  // chunk sums its score gradients over the batch here (vector adds,
+                                  // race-free); the caller sums the chunks and scatters the (H, Nq,
+                                  // Nk) result into the (H, R) table once (index_add). With
+  bool dtable_scatter = false;    // (when Nq·Nk is too large for that) (n_chunks, H, R) instead,
+                                  // each score gradient added at its index.
+  // (b, h) pairs cut between chunks: each chunk writes its share of dq (its rows), dkᵀ and the value
+  // gradientᵀ into a slot here instead of the outputs, two slots per chunk (its first and its last
+  // pair); after the parallel loop the backward sums the slots of each cut pair and stores it.
+  // Slot layout (accumulation type): dq (Nq, Dk) | dkᵀ (Dk, Nk) | dvalueᵀ (Dv, Nk). Scratch the
+  // caller allocates (no need to zero); null when n_chunks == 1.
+  void* partial = nullptr;        // (2 · n_chunks, partial_size)
+  int64_t partial_size = 0;       // Nq·Dk + Dk·Nk + Dv·Nk
 };
 
 // y[r, c] = hardswish(y[r, c] + bias[c]) in place, rows of `cols` contiguous elements (ld apart).
@@ -89,6 +146,11 @@ struct KernelTable {
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
 
+// The GEMMs of the attention kernels (GemmProvider): the hand-written micro-kernels only; oneDNN's
+// brgemm for the fp32 products; or, with avx512bf16 on a CPU with AMX, brgemm for the bf16
+// products too (AMX tiles). Not a separate compiled table: the same kernels, other callbacks.
+enum class GemmUse : int { native = 0, brgemm = 1, amx = 2 };
+
 // One table per compiled ISA (isa_scalar.cpp, isa_avx2.cpp, isa_avx512.cpp, isa_avx512bf16.cpp).
 const KernelTable& kernels_scalar();
 const KernelTable& kernels_avx2();
@@ -105,11 +167,18 @@ const KernelTable& kernels_avx512bf16();
 
 // isa_dispatch.cpp: what the CPU supports, what is selected (env ARMOUR_KERNELS_CPU_ISA forces it).
 bool cpu_supports(Isa isa);
+bool cpu_supports(Isa isa, GemmUse gemm);
 Isa best_isa();
 Isa current_isa();
-void set_current_isa(Isa isa);  // caller checks cpu_supports first
+GemmUse current_gemm();
+void set_current_isa(Isa isa, GemmUse gemm);  // caller checks cpu_supports first
 const KernelTable& current_kernels();
 const char* isa_name(Isa isa);
-bool parse_isa(const char* name, Isa* out);
+
+// attention_gemm.cpp (torch side): whether this torch build has the fp32 brgemm, and the bf16 one
+// that oneDNN runs on AMX tiles here; the GEMM callbacks a call gets under the current dispatch.
+bool torch_brgemm_f32();
+bool torch_amx_brgemm();
+GemmProvider attention_gemm(DType dtype);
 
 }  // namespace armour

@@ -1,153 +1,193 @@
-// Performer (FAVOR+) backward on CPU, fused like the forward (φ recomputed per token, never
-// stored), softmax (both modes) and relu features.
+// Performer (FAVOR+) backward on CPU, fused like the forward (φ recomputed per block of tokens,
+// never stored), softmax (both modes) and relu features.
 // With den = φ(q)·z, out = φ(q)·C / den and s = dO·out:
 //   dφ(q) = (C dO − s z) / den,  dC = Σ_q φ(q) dOᵀ / den,  dz = −Σ_q φ(q) s / den,
 //   dφ(k) = dC v + dz,  dv = dCᵀ φ(k),
 // and through φ: g = dφ ∘ (φ − 1e-4) (softmax) or dφ ∘ [u > 0] (relu); u = (dn x)Pᵀ gives
-// dx = dn (g·P); softmax's −‖dn x‖²/2 adds −Σg · dn · (dn x). Query sweep per (b, h) (dq, dC, dz),
-// then key sweep per (b, h) (dk, dv; value "q": dv is added into dq).
-// Seed mode's key stabiliser M = max of u over everything is attached to autograd: dM = −Σ g over
-// all keys and features, routed (as torch's max does) evenly to the elements equal to M: the key
-// sweep sums g and counts those elements per (b, h); the host thread adds dn·dM/count·P[j] to
-// their dk rows at the end.
+// dx = g·(dn P); softmax's −‖dn x‖²/2 adds −Σg · dn² · x. Passes:
+//   performer_query_grad  per split of the queries: dq, and [dCᵀ; dzᵀ] partial sums;
+//   [torch: sum the splits]
+//   performer_key_grad    per split of the keys: dk, dv (value "q": added into dq);
+//   performer_stab_grad   seed mode: the key stabiliser M = max of u over everything is attached
+//                         to autograd: dM = −Σ g over all keys and features, routed (as torch's
+//                         max does) evenly to the elements equal to M. The key pass records per
+//                         task Σ g, its max of u and how many u equal it; the torch side picks
+//                         the global max; this pass recomputes u (same blocks, same GEMM calls,
+//                         so the same bits) in the tasks that hold it and adds dM / count · dn P[j]
+//                         to those dk rows.
 // Included inside armour::<ISA> after performer_kernel.h.
 #pragma once
 
 namespace lin {
 
-struct PerformerGrad {
-  const PerformerPlan* pl;
-  const float* p;  // P (M × Dp), zero-padded columns
-  float* dctx;     // (B·H, M, Dvp) per-(b, h) dC from the query sweep
-  float* dz;       // (B·H, Mp)
-  float* gsum;     // (B·H) seed: Σ g over the (b, h)'s keys
-  float* hits;     // (B·H) seed: how many of its u equal the global stabiliser (exact below 2^24)
-};
-
-// g[0, Mp) = dφ ∘ ∂φ/∂u, and the gradient of the (dn-scaled) row x into dst[0, D), added when `add`.
-// Returns Σ g (what the stabiliser's gradient needs).
-inline float feature_grad(const PerformerPlan& pl, const float* p, const float* x, const float* u, const float* phi,
-                          float* g, float* dx, float* dst, bool add) {
-  const PerformerArgs& a = *pl.a;
-  float gsum = 0.f;
-  for (int64_t j = 0; j < a.M; ++j) {
-    g[j] *= a.softmax ? phi[j] - 1e-4f : (u[j] > 0.f ? 1.f : 0.f);
-    gsum += g[j];
-  }
-  for (int64_t j = a.M; j < pl.Mp; ++j) g[j] = 0.f;
-  row_gemv(g, a.M, p, pl.Dp, pl.Dp, dx, false);
-  const float diag = a.softmax ? gsum : 0.f;
-  for (int64_t d = 0; d < a.D; ++d) {
-    const float v = pl.dn * (dx[d] - diag * x[d]);
-    dst[d] = add ? dst[d] + v : v;
-  }
-  return gsum;
-}
-
-inline void query_grad_body(void* ctx, int64_t begin, int64_t end) {
-  const PerformerGrad& gr = *static_cast<PerformerGrad*>(ctx);
-  const PerformerPlan& pl = *gr.pl;
-  const PerformerArgs& a = *pl.a;
-  const int64_t M = a.M, Mp = pl.Mp, Dvp = pl.Dvp;
-  Buf x(pl.Dp), u(Mp), phi(Mp), cp(M * Dvp), ct(a.Dv * Mp), z(Mp), dO(Dvp), num(Dvp), g(Mp), dx(pl.Dp);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    const int64_t b = bh / a.H, h = bh % a.H;
-    float* dC = gr.dctx + bh * M * Dvp;
-    float* dz = gr.dz + bh * Mp;
-    for (int64_t j = 0; j < M; ++j) {
-      for (int64_t d = 0; d < a.Dv; ++d) {
-        cp.p[j * Dvp + d] = a.ctx[(bh * M + j) * a.Dv + d];
-        ct.p[d * Mp + j] = cp.p[j * Dvp + d];
+inline void perf_query_grad_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerArgs& a = *static_cast<const PerformerArgs*>(ctx);
+  const LinearPlan& p = a.p;
+  const int64_t M = p.M, Mp = up(M, VecF::W), D = p.D, Dv = p.Dv, Dv1 = Dv + 1;
+  constexpr int64_t R = kPerfBlock;
+  const int64_t Rp = up(R, VecF::W);
+  const float dn = performer_dn(a);
+  // ct = Cᵀ (Dv × Mp), z = ksum (Mp, padding 0); at: [dO / den ; −s / den]ᵀ ((Dv + 1) × Rp)
+  Buf pdn(M * D), pdnt(D * Mp), ct(Dv * Mp), z(Mp), u(R * Mp), phi(R * Mp), num(R * Dv1), g(R * Mp);
+  Buf at(Dv1 * Rp), gsum(R), qcopy(R * D), dcopy(R * Dv), dct(Dv1 * Mp);
+  scaled_projection(a, pdn.p, pdnt.p, Mp);
+  for (int64_t task = begin; task < end; ++task) {
+    const Task t = task_of(p, task, a.Nq, R);
+    const float* ce = a.ctx_ext + t.bh * M * Dv1;
+    transpose_into(ce, Dv1, M, Dv, 1.f, ct.p, Mp);
+    for (int64_t j = 0; j < M; ++j) z.p[j] = ce[j * Dv1 + Dv];
+    std::memset(dct.p, 0, sizeof(float) * Dv1 * Mp);
+    for (int64_t i0 = t.begin; i0 < t.end; i0 += R) {
+      const int64_t nb = imin(R, t.end - i0);
+      const Rows q = rows_of(a.q, t.b, i0, t.h, nb, D, qcopy.p);
+      p.gemm(nb, M, D, q.p, q.ld, pdnt.p, Mp, u.p, Mp, false);
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* qr = q.p + r * q.ld;
+        feature_row(a, u.p + r * Mp, 0.5f * dn * dn * dot_n(qr, qr, D), 0.f, true, phi.p + r * Mp, Mp);
       }
-      z.p[j] = a.ksum[bh * M + j];
+      p.gemm(nb, Dv1, M, phi.p, Mp, ce, Dv1, num.p, Dv1, false);  // [num | den]
+      const Rows dout = rows_of(a.dout, t.b, i0, t.h, nb, Dv, dcopy.p);
+      p.gemm(nb, M, Dv, dout.p, dout.ld, ct.p, Mp, g.p, Mp, false);  // C dO per row
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* nr = num.p + r * Dv1;
+        const float* dr = dout.p + r * dout.ld;
+        const float inv = 1.f / nr[Dv];
+        const float s = dot_n(dr, nr, Dv) * inv;  // dO·out
+        float* gr = g.p + r * Mp;
+        const float* fr = phi.p + r * Mp;
+        const float* ur = u.p + r * Mp;
+        const VecF sz = VecF::set1(s), iv = VecF::set1(inv), eps = VecF::set1(1e-4f);
+        VecF gs = VecF::zero();
+        for (int64_t j = 0; j < Mp; j += VecF::W) {
+          VecF dphi = (VecF::load(gr + j) - sz * VecF::load(z.p + j)) * iv;
+          if (a.softmax) dphi = dphi * (VecF::load(fr + j) - eps);  // relu: the mask below
+          dphi.store(gr + j);
+        }
+        if (!a.softmax)
+          for (int64_t j = 0; j < M; ++j) gr[j] = ur[j] > 0.f ? gr[j] : 0.f;
+        for (int64_t j = M; j < Mp; ++j) gr[j] = 0.f;
+        for (int64_t j = 0; j < Mp; j += VecF::W) gs = gs + VecF::load(gr + j);
+        gsum.p[r] = hsum(gs);
+        for (int64_t d = 0; d < Dv; ++d) at.p[d * Rp + r] = dr[d] * inv;
+        at.p[Dv * Rp + r] = -s * inv;
+      }
+      float* dq = a.dq + ((t.b * a.Nq + i0) * p.H + t.h) * D;
+      p.gemm(nb, D, M, g.p, Mp, pdn.p, D, dq, p.H * D, false);  // g·(dn P)
+      if (a.softmax)
+        for (int64_t r = 0; r < nb; ++r) axpy_n(-dn * dn * gsum.p[r], q.p + r * q.ld, dq + r * p.H * D, D);
+      p.gemm(Dv1, M, nb, at.p, Rp, phi.p, Mp, dct.p, Mp, true);  // [dCᵀ; dzᵀ] += [dO/den; −s/den]ᵀ φ
     }
-    for (int64_t i = 0; i < a.Nq; ++i) {
-      load_row(a.q, b, i, h, a.D, pl.dn, x.p);
-      features(pl, x.p, 0.f, true, u.p, phi.p);
-      const float inv = 1.f / dot(phi.p, z.p, Mp);
-      row_gemv(phi.p, M, cp.p, Dvp, Dvp, num.p, false);
-      load_row(a.dout, b, i, h, a.Dv, 1.f, dO.p);
-      const float s = dot(dO.p, num.p, Dvp) * inv;  // dO·out
-      for (int64_t j = 0; j < M; ++j) axpy(phi.p[j] * inv, dO.p, dC + j * Dvp, Dvp);
-      axpy(-s * inv, phi.p, dz, Mp);
-      row_gemv(dO.p, a.Dv, ct.p, Mp, Mp, g.p, false);  // C dO
-      for (int64_t j = 0; j < M; ++j) g.p[j] = (g.p[j] - s * z.p[j]) * inv;
-      feature_grad(pl, gr.p, x.p, u.p, phi.p, g.p, dx.p, a.dq + ((b * a.Nq + i) * a.H + h) * a.D, false);
+    for (int64_t d = 0; d < Dv1; ++d)
+      std::memcpy(a.part_dctx + (task * Dv1 + d) * M, dct.p + d * Mp, sizeof(float) * M);
+  }
+}
+
+// u = (dn k)Pᵀ for one block of keys (the same call in the key pass and the stabiliser pass).
+inline Rows key_features(const PerformerArgs& a, const Task& t, int64_t j0, int64_t nb, const float* pdnt,
+                         int64_t Mp, float* u, float* kcopy) {
+  const Rows k = rows_of(a.k, t.b, j0, t.h, nb, a.p.D, kcopy);
+  a.p.gemm(nb, a.p.M, a.p.D, k.p, k.ld, pdnt, Mp, u, Mp, false);
+  return k;
+}
+
+inline void perf_key_grad_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerArgs& a = *static_cast<const PerformerArgs*>(ctx);
+  const LinearPlan& p = a.p;
+  const int64_t M = p.M, Mp = up(M, VecF::W), D = p.D, Dv = p.Dv;
+  constexpr int64_t KB = kPerfBlock;
+  const float dn = performer_dn(a);
+  // dc = dC (M × Dv) for dv = φ dC; dz (Mp, padding 0); dCᵀ is read in place from dctx_ext
+  Buf pdn(M * D), pdnt(D * Mp), dc(M * Dv), dz(Mp), u(KB * Mp), phi(KB * Mp), g(KB * Mp), kcopy(KB * D);
+  Buf vcopy(KB * Dv), gsum(KB);
+  scaled_projection(a, pdn.p, pdnt.p, Mp);
+  const bool track = a.softmax && a.seed;
+  for (int64_t task = begin; task < end; ++task) {
+    const Task t = task_of(p, task, a.Nk, KB);
+    const float* dce = a.dctx_ext + t.bh * (Dv + 1) * M;
+    transpose_into(dce, M, Dv, M, 1.f, dc.p, Dv);
+    for (int64_t j = 0; j < M; ++j) dz.p[j] = dce[Dv * M + j];
+    const float stab = a.stab[t.bh];
+    double gtotal = 0.0;
+    float umax = -INFINITY, hits = 0.f;
+    for (int64_t j0 = t.begin; j0 < t.end; j0 += KB) {
+      const int64_t nb = imin(KB, t.end - j0);
+      const Rows k = key_features(a, t, j0, nb, pdnt.p, Mp, u.p, kcopy.p);
+      const Rows v = rows_of(a.v, t.b, j0, t.h, nb, Dv, vcopy.p);
+      p.gemm(nb, M, Dv, v.p, v.ld, dce, M, g.p, Mp, false);  // dC v per row
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* kr = k.p + r * k.ld;
+        float* ur = u.p + r * Mp;
+        float* fr = phi.p + r * Mp;
+        float* gr = g.p + r * Mp;
+        feature_row(a, ur, 0.5f * dn * dn * dot_n(kr, kr, D), stab, false, fr, Mp);
+        for (int64_t j = 0; j < M; ++j) {
+          const float dphi = gr[j] + dz.p[j];
+          gr[j] = a.softmax ? dphi * (fr[j] - 1e-4f) : (ur[j] > 0.f ? dphi : 0.f);
+        }
+        for (int64_t j = M; j < Mp; ++j) gr[j] = 0.f;
+        VecF gs = VecF::zero();
+        for (int64_t j = 0; j < Mp; j += VecF::W) gs = gs + VecF::load(gr + j);
+        gsum.p[r] = hsum(gs);
+        if (track) {
+          gtotal += gsum.p[r];
+          for (int64_t j = 0; j < M; ++j) {
+            if (ur[j] > umax) {
+              umax = ur[j];
+              hits = 1.f;
+            } else if (ur[j] == umax) {
+              hits += 1.f;
+            }
+          }
+        }
+      }
+      float* dk = a.dk + ((t.b * a.Nk + j0) * p.H + t.h) * D;
+      p.gemm(nb, D, M, g.p, Mp, pdn.p, D, dk, p.H * D, false);  // g·(dn P)
+      if (a.softmax)
+        for (int64_t r = 0; r < nb; ++r) axpy_n(-dn * dn * gsum.p[r], k.p + r * k.ld, dk + r * p.H * D, D);
+      float* dst = a.dv ? a.dv + ((t.b * a.Nk + j0) * p.H + t.h) * Dv : a.dq + ((t.b * a.Nk + j0) * p.H + t.h) * D;
+      p.gemm(nb, Dv, M, phi.p, Mp, dc.p, Dv, dst, p.H * (a.dv ? Dv : D), a.dv == nullptr);  // dv (+)= φ(k) dC
+    }
+    if (track) {
+      a.part_gsum[task] = static_cast<float>(gtotal);
+      a.part_umax[task] = umax;
+      a.part_hits[task] = hits;
     }
   }
 }
 
-inline void key_grad_body(void* ctx, int64_t begin, int64_t end) {
-  const PerformerGrad& gr = *static_cast<PerformerGrad*>(ctx);
-  const PerformerPlan& pl = *gr.pl;
-  const PerformerArgs& a = *pl.a;
-  const int64_t M = a.M, Mp = pl.Mp, Dvp = pl.Dvp;
-  Buf x(pl.Dp), u(Mp), phi(Mp), dct(a.Dv * Mp), vr(Dvp), g(Mp), dx(pl.Dp), dvr(Dvp);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    const int64_t b = bh / a.H, h = bh % a.H;
-    const float* dC = gr.dctx + bh * M * Dvp;
-    const float* dz = gr.dz + bh * Mp;
-    for (int64_t j = 0; j < M; ++j)
-      for (int64_t d = 0; d < a.Dv; ++d) dct.p[d * Mp + j] = dC[j * Dvp + d];
-    float gsum = 0.f;
-    int64_t hits = 0;
-    for (int64_t n = 0; n < a.Nk; ++n) {
-      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
-      features(pl, x.p, a.stab[bh], false, u.p, phi.p);
-      load_row(a.v, b, n, h, a.Dv, 1.f, vr.p);
-      row_gemv(vr.p, a.Dv, dct.p, Mp, Mp, g.p, false);  // dC v
-      for (int64_t j = 0; j < M; ++j) g.p[j] += dz[j];
-      gsum += feature_grad(pl, gr.p, x.p, u.p, phi.p, g.p, dx.p, a.dk + ((b * a.Nk + n) * a.H + h) * a.D, false);
-      for (int64_t j = 0; j < M; ++j) hits += u.p[j] == a.stab[bh];  // same u as the forward's max sweep
-      row_gemv(phi.p, M, dC, Dvp, Dvp, dvr.p, false);   // dCᵀ φ(k)
-      float* dst = a.dv ? a.dv + ((b * a.Nk + n) * a.H + h) * a.Dv : a.dq + ((b * a.Nk + n) * a.H + h) * a.D;
-      for (int64_t d = 0; d < a.Dv; ++d) dst[d] = a.dv ? dvr.p[d] : dst[d] + dvr.p[d];
-    }
-    gr.gsum[bh] = gsum;
-    gr.hits[bh] = static_cast<float>(hits);
-  }
-}
-
-// Seed mode: dk of the elements where u equals the global stabiliser += dn · dM / count · P[j].
-inline void seed_stabiliser_grad(const PerformerGrad& gr) {
-  const PerformerPlan& pl = *gr.pl;
-  const PerformerArgs& a = *pl.a;
-  const int64_t BH = a.B * a.H;
-  double dm = 0.0;
-  int64_t count = 0;
-  for (int64_t bh = 0; bh < BH; ++bh) {
-    dm -= gr.gsum[bh];
-    count += static_cast<int64_t>(gr.hits[bh]);
-  }
-  if (count == 0) return;
-  const float share = static_cast<float>(dm / static_cast<double>(count)) * pl.dn;
-  Buf x(pl.Dp), u(pl.Mp);
-  for (int64_t bh = 0; bh < BH; ++bh) {
-    if (gr.hits[bh] == 0.f) continue;
-    const int64_t b = bh / a.H, h = bh % a.H;
-    for (int64_t n = 0; n < a.Nk; ++n) {
-      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
-      row_gemv(x.p, a.D, pl.pt, pl.Mp, pl.Mp, u.p, false);
-      float* dk = a.dk + ((b * a.Nk + n) * a.H + h) * a.D;
-      for (int64_t j = 0; j < a.M; ++j)
-        if (u.p[j] == a.stab[bh])
-          for (int64_t d = 0; d < a.D; ++d) dk[d] += share * gr.p[j * pl.Dp + d];
+inline void perf_stab_grad_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerArgs& a = *static_cast<const PerformerArgs*>(ctx);
+  const LinearPlan& p = a.p;
+  const int64_t M = p.M, Mp = up(M, VecF::W), D = p.D;
+  constexpr int64_t KB = kPerfBlock;
+  Buf pdn(M * D), pdnt(D * Mp), u(KB * Mp), kcopy(KB * D);
+  bool planned = false;
+  for (int64_t task = begin; task < end; ++task) {
+    if (a.part_umax[task] != a.umax) continue;
+    if (!planned) scaled_projection(a, pdn.p, pdnt.p, Mp);
+    planned = true;
+    const Task t = task_of(p, task, a.Nk, KB);
+    for (int64_t j0 = t.begin; j0 < t.end; j0 += KB) {
+      const int64_t nb = imin(KB, t.end - j0);
+      key_features(a, t, j0, nb, pdnt.p, Mp, u.p, kcopy.p);
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t j = 0; j < M; ++j)
+          if (u.p[r * Mp + j] == a.umax)
+            axpy_n(a.share, pdn.p + j * D, a.dk + ((t.b * a.Nk + j0 + r) * p.H + t.h) * D, D);
     }
   }
 }
 
 }  // namespace lin
 
-inline void performer_backward(const PerformerArgs& a) {
-  lin::Buf pt(a.D * lin::up(a.M, VecF::W));
-  lin::PerformerPlan pl = lin::plan_performer(a, pt.p);
-  lin::Buf p(a.M * pl.Dp);  // P itself (M × Dp) for dx = g·P
-  for (int64_t j = 0; j < a.M; ++j)
-    for (int64_t d = 0; d < a.D; ++d) p.p[j * pl.Dp + d] = a.proj[j * a.D + d];
-  const int64_t BH = a.B * a.H;
-  lin::Buf dctx(BH * a.M * pl.Dvp), dz(BH * pl.Mp), gsum(BH), hits(BH);
-  lin::PerformerGrad gr{&pl, p.p, dctx.p, dz.p, gsum.p, hits.p};
-  a.parallel_for(BH, &gr, lin::query_grad_body);
-  a.parallel_for(BH, &gr, lin::key_grad_body);
-  if (a.softmax && a.seed) lin::seed_stabiliser_grad(gr);
+inline void performer_query_grad(const PerformerArgs& a) {
+  lin::run_tasks(a, lin::perf_query_grad_body);
+}
+
+inline void performer_key_grad(const PerformerArgs& a) {
+  lin::run_tasks(a, lin::perf_key_grad_body);
+}
+
+inline void performer_stab_grad(const PerformerArgs& a) {
+  lin::run_tasks(a, lin::perf_stab_grad_body);
 }

@@ -1,147 +1,155 @@
-// Performer (FAVOR+) forward on CPU (docs/performer.md), fused like the Triton kernels: the features φ(x)
-// of one token are computed in registers / a one-row buffer and used at once, φ(q), φ(k) (n×m)
-// never exist in memory. Three sweeps:
-//   1. key stabiliser M = max of u = (dn·k)Pᵀ per (b, h) (softmax only; seed: max over all),
-//   2. ctx = Σₙ φ(kₙ) vₙᵀ and ksum = Σₙ φ(kₙ) in one pass over the keys, per (b, h),
-//   3. out = φ(q)·ctx / φ(q)·ksum per (b, h, block of queries).
-// Included inside armour::<ISA> after linear_util.h. fp32 only (the host converts bf16 / fp16).
+// Performer (FAVOR+) forward on CPU (docs/performer.md). φ(q), φ(k) (n×m) only ever exist one
+// block of tokens at a time. Two passes, with the torch side (performer_ops.cpp) in between:
+//   1. performer_context  per split of the keys: Σ e·vᵀ, Σ e (and Σ v), with
+//                         e = exp(u − ‖dn k‖²/2 − M_run), u = (dn k)Pᵀ, M_run the running max of
+//                         u (rescaled when it grows, like an online softmax), or e = φ (relu);
+//      [torch: merge the splits; stab = max u per (b, h) (clean) or over the batch (seed);
+//       ctx = e^(M − stab) Σ e vᵀ + 1e-4 Σ v, ksum = e^(M − stab) Σ e + 1e-4 n: exactly
+//       Σ φ(k)vᵀ and Σ φ(k) with φ = exp(u − ‖dn k‖²/2 − stab) + 1e-4, in one pass over the keys]
+//   2. performer_output   per block of queries: φ(q) (query stabiliser: its row max of u),
+//                         [num | den] = φ(q)·[ctx | ksum], out = num / den.
+// Each block's products are GEMM calls (a.p.gemm). Included inside armour::<ISA> after
+// linear_util.h. fp32 only (the host converts bf16 / fp16).
 #pragma once
 
 namespace lin {
 
-struct PerformerPlan {
-  const PerformerArgs* a;
-  const float* pt;  // Pᵀ (D × Mp), zero-padded columns
-  int64_t Mp, Dp, Dvp;
-  float dn;
-};
+constexpr int64_t kPerfBlock = kLinearBlock;
 
-// φ of the row x (already scaled by dn, zero-padded to Dp) into phi[0, Mp), padding lanes 0.
-// softmax: exp(u − ‖x‖²/2 − stab) + 1e-4, with stab the row max of u when `row_stab`.
-inline void features(const PerformerPlan& pl, const float* x, float stab, bool row_stab, float* u, float* phi) {
-  const PerformerArgs& a = *pl.a;
-  row_gemv(x, a.D, pl.pt, pl.Mp, pl.Mp, u, false);
+inline float performer_dn(const PerformerArgs& a) {
+  return static_cast<float>(std::pow(static_cast<double>(a.p.D), -0.25));
+}
+
+// pdn = dn·P (M × D) and its transpose pdnt (D × Mp, zero padding columns).
+inline void scaled_projection(const PerformerArgs& a, float* pdn, float* pdnt, int64_t Mp) {
+  const float dn = performer_dn(a);
+  for (int64_t i = 0; i < a.p.M * a.p.D; ++i) pdn[i] = dn * a.proj[i];
+  if (pdnt) transpose_into(pdn, a.p.D, a.p.M, a.p.D, 1.f, pdnt, Mp);
+}
+
+// Row r of u (Mp wide) → φ into phi (padding lanes 0; phi may be u itself). softmax: exp(u − half_norm − stab) + 1e-4,
+// relu: max(u, 0) + 1e-3. Row stabiliser (queries): stab = max of the row's u.
+inline void feature_row(const PerformerArgs& a, float* u, float half_norm, float stab, bool row_stab, float* phi,
+                        int64_t Mp) {
+  const int64_t M = a.p.M;
   if (a.softmax) {
-    if (row_stab) stab = row_max(u, a.M);
-    const VecF shift = VecF::set1(0.5f * dot(x, x, pl.Dp) + stab), eps = VecF::set1(1e-4f);
-    for (int64_t j = 0; j < pl.Mp; j += VecF::W) (vexp(VecF::load(u + j) - shift) + eps).store(phi + j);
+    if (row_stab) stab = max_padded(u, M, Mp);  // u's padding lanes become −inf: unused past M
+    const VecF shift = VecF::set1(half_norm + stab), eps = VecF::set1(1e-4f);
+    for (int64_t j = 0; j < Mp; j += VecF::W) (vexp(VecF::load(u + j) - shift) + eps).store(phi + j);
   } else {
     const VecF eps = VecF::set1(1e-3f);
-    for (int64_t j = 0; j < pl.Mp; j += VecF::W) (vmax(VecF::zero(), VecF::load(u + j)) + eps).store(phi + j);
+    for (int64_t j = 0; j < Mp; j += VecF::W) (vmax(VecF::zero(), VecF::load(u + j)) + eps).store(phi + j);
   }
-  for (int64_t j = a.M; j < pl.Mp; ++j) phi[j] = 0.f;
+  for (int64_t j = M; j < Mp; ++j) phi[j] = 0.f;
 }
 
-inline void key_max_body(void* ctx, int64_t begin, int64_t end) {
-  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
-  const PerformerArgs& a = *pl.a;
-  Buf x(pl.Dp), u(pl.Mp);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    const int64_t b = bh / a.H, h = bh % a.H;
-    float mx = -INFINITY;
-    for (int64_t n = 0; n < a.Nk; ++n) {
-      load_row(a.k, b, n, h, a.D, pl.dn, x.p);
-      row_gemv(x.p, a.D, pl.pt, pl.Mp, pl.Mp, u.p, false);
-      const float r = row_max(u.p, a.M);
-      mx = r > mx ? r : mx;
-    }
-    a.stab[bh] = mx;
-  }
-}
-
-constexpr int64_t kPerfBlockK = 16;
-
-// ctx += Φᵀ V a block of kPerfBlockK keys at a time (each ctx row loaded / stored once per block).
-inline void context_body(void* ctx, int64_t begin, int64_t end) {
-  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
-  const PerformerArgs& a = *pl.a;
-  constexpr int64_t T = kPerfBlockK;
-  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), phit(a.M * T), vb(T * pl.Dvp), acc(a.M * pl.Dvp), ks(pl.Mp);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    const int64_t b = bh / a.H, h = bh % a.H;
-    std::memset(acc.p, 0, sizeof(float) * a.M * pl.Dvp);
-    std::memset(ks.p, 0, sizeof(float) * pl.Mp);
-    for (int64_t n0 = 0; n0 < a.Nk; n0 += T) {
-      const int64_t nb = a.Nk - n0 < T ? a.Nk - n0 : T;
-      for (int64_t t = 0; t < nb; ++t) {
-        load_row(a.k, b, n0 + t, h, a.D, pl.dn, x.p);
-        features(pl, x.p, a.stab[bh], false, u.p, phi.p);
-        for (int64_t j = 0; j < a.M; ++j) phit.p[j * T + t] = phi.p[j];
-        axpy(1.f, phi.p, ks.p, pl.Mp);
-        load_row(a.v, b, n0 + t, h, a.Dv, 1.f, vb.p + t * pl.Dvp);
-      }
-      for (int64_t j = 0; j < a.M; ++j) row_gemv(phit.p + j * T, nb, vb.p, pl.Dvp, pl.Dvp, acc.p + j * pl.Dvp, true);
-    }
-    for (int64_t j = 0; j < a.M; ++j) {
-      std::memcpy(a.ctx + (bh * a.M + j) * a.Dv, acc.p + j * pl.Dvp, sizeof(float) * a.Dv);
-      a.ksum[bh * a.M + j] = ks.p[j];
-    }
-  }
-}
-
-constexpr int64_t kPerfBlockQ = 64;
-
-inline void output_body(void* ctx, int64_t begin, int64_t end) {
-  const PerformerPlan& pl = *static_cast<PerformerPlan*>(ctx);
-  const PerformerArgs& a = *pl.a;
-  const int64_t blocks = (a.Nq + kPerfBlockQ - 1) / kPerfBlockQ;
-  Buf x(pl.Dp), u(pl.Mp), phi(pl.Mp), num(pl.Dvp), cp(a.M * pl.Dvp), ks(pl.Mp);
-  int64_t loaded = -1;
+inline void perf_context_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerArgs& a = *static_cast<const PerformerArgs*>(ctx);
+  const LinearPlan& p = a.p;
+  const int64_t M = p.M, D = p.D, Dv = p.Dv, Dvp = up(Dv, VecF::W);
+  constexpr int64_t KB = kPerfBlock;
+  const int64_t KBp = up(KB, VecF::W);
+  const float dn = performer_dn(a);
+  Buf pdn(M * D), kt(D * KBp), ut(M * KBp), hn(KBp), acc(M * Dvp), es(M), vs(Dvp), vcopy(KB * Dv);
+  scaled_projection(a, pdn.p, nullptr, 0);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t bh = task / blocks, blk = task % blocks, b = bh / a.H, h = bh % a.H;
-    if (bh != loaded) {  // the (b, h) context, zero-padded to Dvp columns / Mp entries
-      for (int64_t j = 0; j < a.M; ++j) {
-        std::memcpy(cp.p + j * pl.Dvp, a.ctx + (bh * a.M + j) * a.Dv, sizeof(float) * a.Dv);
-        ks.p[j] = a.ksum[bh * a.M + j];
+    const Task t = task_of(p, task, a.Nk, KB);
+    std::memset(acc.p, 0, sizeof(float) * M * Dvp);
+    std::memset(es.p, 0, sizeof(float) * M);
+    std::memset(vs.p, 0, sizeof(float) * Dvp);
+    float run = -INFINITY;
+    for (int64_t j0 = t.begin; j0 < t.end; j0 += KB) {
+      const int64_t nb = imin(KB, t.end - j0);
+      load_transposed(a.k, t.b, j0, t.h, nb, D, 1.f, kt.p, KBp);
+      p.gemm(M, nb, D, pdn.p, D, kt.p, KBp, ut.p, KBp, false);  // uᵀ = (dn P) kᵀ: features × keys
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = nb; j < KBp; ++j) ut.p[i * KBp + j] = -INFINITY;  // e = 0 past the block
+      if (a.softmax) {
+        for (int64_t j = 0; j < KBp; j += VecF::W) {  // ‖dn k‖²/2 per key, from the kᵀ rows
+          VecF s = VecF::zero();
+          for (int64_t d = 0; d < D; ++d) s = fmadd(VecF::load(kt.p + d * KBp + j), VecF::load(kt.p + d * KBp + j), s);
+          (VecF::set1(0.5f * dn * dn) * s).store(hn.p + j);
+        }
+        const float bm = max_n(ut.p, M * KBp);
+        if (bm > run) {  // rescale what was summed under the old maximum
+          const float alpha = std::exp(run - bm);
+          scale_inplace(alpha, acc.p, M * Dvp);
+          for (int64_t i = 0; i < M; ++i) es.p[i] *= alpha;
+          run = bm;
+        }
+        const VecF shift = VecF::set1(run);
+        for (int64_t i = 0; i < M; ++i) {
+          float* row = ut.p + i * KBp;
+          VecF l = VecF::zero();
+          for (int64_t j = 0; j < KBp; j += VecF::W) {
+            const VecF e = vexp(VecF::load(row + j) - VecF::load(hn.p + j) - shift);
+            e.store(row + j);
+            l = l + e;
+          }
+          es.p[i] += hsum(l);
+        }
+      } else {
+        const VecF eps = VecF::set1(1e-3f);
+        for (int64_t i = 0; i < M; ++i) {
+          float* row = ut.p + i * KBp;
+          for (int64_t j = 0; j < KBp; j += VecF::W) (vmax(VecF::zero(), VecF::load(row + j)) + eps).store(row + j);
+          for (int64_t j = nb; j < KBp; ++j) row[j] = 0.f;
+          VecF l = VecF::zero();
+          for (int64_t j = 0; j < KBp; j += VecF::W) l = l + VecF::load(row + j);
+          es.p[i] += hsum(l);
+        }
       }
-      loaded = bh;
+      const Rows v = rows_of(a.v, t.b, j0, t.h, nb, Dv, vcopy.p);
+      p.gemm(M, Dv, nb, ut.p, KBp, v.p, v.ld, acc.p, Dvp, true);  // Σ e vᵀ
+      if (a.softmax)
+        for (int64_t r = 0; r < nb; ++r) axpy_n(1.f, v.p + r * v.ld, vs.p, Dv);
     }
-    const int64_t n_end = (blk + 1) * kPerfBlockQ < a.Nq ? (blk + 1) * kPerfBlockQ : a.Nq;
-    for (int64_t n = blk * kPerfBlockQ; n < n_end; ++n) {
-      load_row(a.q, b, n, h, a.D, pl.dn, x.p);
-      features(pl, x.p, 0.f, true, u.p, phi.p);
-      row_gemv(phi.p, a.M, cp.p, pl.Dvp, pl.Dvp, num.p, false);
-      const float inv = 1.f / dot(phi.p, ks.p, pl.Mp);
-      float* o = a.out + ((b * a.Nq + n) * a.H + h) * a.Dv;
-      for (int64_t d = 0; d < a.Dv; ++d) o[d] = num.p[d] * inv;
+    for (int64_t i = 0; i < M; ++i) {
+      std::memcpy(a.part_ctx + (task * M + i) * Dv, acc.p + i * Dvp, sizeof(float) * Dv);
+      a.part_ksum[task * M + i] = es.p[i];
+    }
+    a.part_max[task] = run;
+    std::memcpy(a.part_vsum + task * Dv, vs.p, sizeof(float) * Dv);
+  }
+}
+
+inline void perf_output_body(void* ctx, int64_t begin, int64_t end) {
+  const PerformerArgs& a = *static_cast<const PerformerArgs*>(ctx);
+  const LinearPlan& p = a.p;
+  const int64_t M = p.M, Mp = up(M, VecF::W), D = p.D, Dv = p.Dv, Dv1 = Dv + 1;
+  constexpr int64_t R = kPerfBlock;
+  const float dn = performer_dn(a);
+  Buf pdn(M * D), pdnt(D * Mp), u(R * Mp), num(R * Dv1), qcopy(R * D);
+  scaled_projection(a, pdn.p, pdnt.p, Mp);
+  for (int64_t task = begin; task < end; ++task) {
+    const Task t = task_of(p, task, a.Nq, R);
+    const float* ce = a.ctx_ext + t.bh * M * Dv1;
+    for (int64_t i0 = t.begin; i0 < t.end; i0 += R) {
+      const int64_t nb = imin(R, t.end - i0);
+      const Rows q = rows_of(a.q, t.b, i0, t.h, nb, D, qcopy.p);
+      p.gemm(nb, M, D, q.p, q.ld, pdnt.p, Mp, u.p, Mp, false);  // u = (dn q) Pᵀ
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* qr = q.p + r * q.ld;
+        float* ur = u.p + r * Mp;
+        feature_row(a, ur, 0.5f * dn * dn * dot_n(qr, qr, D), 0.f, true, ur, Mp);
+      }
+      p.gemm(nb, Dv1, M, u.p, Mp, ce, Dv1, num.p, Dv1, false);  // [num | den] = φ(q) [ctx | ksum]
+      for (int64_t r = 0; r < nb; ++r) {
+        const float* nr = num.p + r * Dv1;
+        const float inv = 1.f / nr[Dv];
+        float* o = a.out + ((t.b * a.Nq + i0 + r) * p.H + t.h) * Dv;
+        for (int64_t d = 0; d < Dv; ++d) o[d] = nr[d] * inv;
+      }
     }
   }
 }
 
 }  // namespace lin
 
-namespace lin {
-
-// Padded sizes, dn, and Pᵀ (D × Mp) copied into `pt` (allocated by the caller: D·up(M, W) floats).
-inline PerformerPlan plan_performer(const PerformerArgs& a, float* pt) {
-  PerformerPlan pl;
-  pl.a = &a;
-  pl.Mp = up(a.M, VecF::W);
-  pl.Dp = up(a.D, VecF::W);
-  pl.Dvp = up(a.Dv, VecF::W);
-  pl.dn = static_cast<float>(std::pow(static_cast<double>(a.D), -0.25));
-  for (int64_t j = 0; j < a.M; ++j)
-    for (int64_t d = 0; d < a.D; ++d) pt[d * pl.Mp + j] = a.proj[j * a.D + d];
-  pl.pt = pt;
-  return pl;
+inline void performer_context(const PerformerArgs& a) {
+  lin::run_tasks(a, lin::perf_context_body);
 }
 
-}  // namespace lin
-
-inline void performer_forward(const PerformerArgs& a) {
-  lin::Buf pt(a.D * lin::up(a.M, VecF::W));
-  lin::PerformerPlan pl = lin::plan_performer(a, pt.p);
-  const int64_t BH = a.B * a.H;
-  if (a.softmax) {
-    a.parallel_for(BH, &pl, lin::key_max_body);
-    if (a.seed) {
-      const float mx = lin::row_max(a.stab, BH);
-      for (int64_t i = 0; i < BH; ++i) a.stab[i] = mx;
-    }
-  } else {
-    for (int64_t i = 0; i < BH; ++i) a.stab[i] = 0.f;
-  }
-  a.parallel_for(BH, &pl, lin::context_body);
-  a.parallel_for(BH * ((a.Nq + lin::kPerfBlockQ - 1) / lin::kPerfBlockQ), &pl,
-                 lin::output_body);
+inline void performer_output(const PerformerArgs& a) {
+  lin::run_tasks(a, lin::perf_output_body);
 }
