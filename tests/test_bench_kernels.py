@@ -92,3 +92,26 @@ def test_summary_of_a_results_folder(tmp_path):
     assert "| Armour-Ti fp32 vs timm DeiT-Ti eager | 2 thr, batch 64 | 45.0 | 40.0 | 1.12× | 1.25× | no |" in text
     assert "| 2.00× | 20.0 / 28.0 | 1.40× | yes / no |" in text
     assert "`armour-bench kernels`" in text and "`armour-bench models`" in text
+
+
+def test_linear_act_engine_table(tmp_path, monkeypatch):
+    """`armour-bench linear_act --tables engines`: each engine timed, the choice and whether it was the faster."""
+    from armour_kernels.benchmarks import linear_act
+    monkeypatch.setattr(linear_act, "ENGINE_LAYERS", (("tiny", 4, 16, 8, "hardswish"),))
+    monkeypatch.setattr(linear_act, "ENGINE_BATCHES", (1,))
+    parser = argparse.ArgumentParser()
+    linear_act.add_arguments(parser)
+    args = parser.parse_args(["--tables", "engines", "--dtypes", "fp32", "--repeats", "1", "--out", str(tmp_path)])
+    assert linear_act.run(args) == 0
+    (row,) = json.loads((tmp_path / "linear_act-cpu.json").read_text())["engines"]
+    assert row["chose"] == "aten" and {"aten", "auto"} <= set(row["ms"]) and 0 < row["chose_vs_fastest"] <= 1
+    assert "| tiny | 1 |" in (tmp_path / "linear_act-cpu.md").read_text()
+
+
+@pytest.mark.parametrize("flags, tier", [(["avx2", "fma"], "avx2"), (["avx2", "fma", "avx512f"], "avx512"),
+                                         (["avx512f", "avx512_bf16"], "avx512bf16"),
+                                         (["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], "amx"), ([], "base")])
+def test_results_folder_names_the_instruction_set(flags, tier):
+    from armour_kernels.benchmarks import record
+    assert record.isa_tier(flags) == tier
+    assert record.device_slug("cpu").startswith("cpu-") and record.isa_tier() in record.device_slug("cpu")

@@ -7,7 +7,7 @@ markdown table (`environment_lines`).
 `busy_warning()`: a line to print when the load average says other work shares the CPU.
 `write_report(stem, report, markdown)`: writes stem.json and stem.md (folders created).
 `results_dir(device)`: the committed results folder of this device, bench/results/<device-slug>/
-(e.g. cpu-amd-epyc-2core, h100): one folder per device.
+(e.g. cpu-intel-xeon-amx-2core, h100): one folder per device.
 """
 from __future__ import annotations
 
@@ -40,13 +40,26 @@ def device_name(device) -> str:
     return cpu_model()
 
 
+def isa_tier(flags=None) -> str:
+    """The widest CPU instruction set the kernels choose from: amx, avx512bf16, avx512, avx2 or base."""
+    flags = set(cpu_flags() if flags is None else flags)
+    for tier, needs in (("amx", {"amx_tile", "amx_bf16"}), ("avx512bf16", {"avx512f", "avx512_bf16"}),
+                        ("avx512", {"avx512f"}), ("avx2", {"avx2", "fma"})):
+        if needs <= flags:
+            return tier
+    return "base"
+
+
 def device_slug(device) -> str:
-    """A short folder name for the device: "h100", "a100", "cpu-amd-epyc-2core"."""
+    """A short folder name for the device: "h100", "cpu-amd-epyc-avx512bf16-2core", "cpu-intel-xeon-amx-2core".
+
+    A CPU's name under a hypervisor is often generic ("Intel(R) Xeon(R) Processor"), so the folder
+    also names the instruction set that decides which kernels run, and the core count."""
     words = re.sub(r"\(r\)|\(tm\)|[^a-z0-9 ]", " ", device_name(device).lower()).split()
     if device_type(device) == "cuda":
         words = [w for w in words if w not in ("nvidia", "tesla", "geforce")]
         return words[0] if words else "cuda"
-    return "-".join(["cpu"] + words[:2] + [f"{os.cpu_count()}core"])
+    return "-".join(["cpu"] + words[:2] + [isa_tier(), f"{os.cpu_count()}core"])
 
 
 def results_dir(device) -> Path:
