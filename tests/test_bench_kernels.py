@@ -85,9 +85,19 @@ def test_summary_of_a_results_folder(tmp_path):
                    dict(row, impl="sdpa", fwd_ms=20.0, fwd_bwd_ms=28.0, fwd_vs_sdpa=1.0, fwd_bwd_vs_sdpa=1.0)]
     kernels_report = {"environment": dict(env, command="armour-bench kernels"), "dtype": "fp32", "backend": "cpu",
                       "rows": kernel_rows}
+    ratio = {"ratio": 1.2, "ratio_low": 1.1, "ratio_high": 1.3, "clear": True}
+    case = dict(group="LeViT-128S", model="LeViT-128S", batch=1, threads=1, dtype="fp32", dtype_run="fp32")
+    main = {"environment": dict(env, command="armour-bench"), "cases": ["1x1"], "impls": [], "rows": [
+        dict(case, impl="ours optimize", img_per_s=120.0), dict(case, impl="openvino", img_per_s=100.0,
+                                                                optimize_vs_this=ratio),
+        dict(case, impl="ours eager", img_per_s=90.0, vs_timm_eager=dict(ratio, ratio=0.9, ratio_high=0.95))]}
     (tmp_path / "models-fp32.json").write_text(json.dumps(models))
     (tmp_path / "kernels-cpu-fp32.json").write_text(json.dumps(kernels_report))
+    (tmp_path / "main-fp32.json").write_text(json.dumps(main))
     text = summary.summary(tmp_path)
+    assert "| LeViT-128S vs OpenVINO | fp32, batch 1, 1 thr | 120.0 | 100.0 | 1.20× (1.10–1.30) | 1.00× | yes |" in text
+    assert "| LeViT-128S vs onnxruntime | fp32, batch 1, 1 thr | | | not measured | 1.00× | – |" in text
+    assert "| LeViT-128S eager patched vs timm eager | fp32, batch 1, 1 thr | 90.0 | | 0.90× (1.10–0.95) |" in text
     assert "| LeViT-128S fp32 vs onnxruntime fp32 | 2 thr, batch 64 | 200.0 | 150.0 | 1.33× | 1.00× | yes |" in text
     assert "| Armour-Ti fp32 vs timm DeiT-Ti eager | 2 thr, batch 64 | 45.0 | 40.0 | 1.12× | 1.25× | no |" in text
     assert "| 2.00× | 20.0 / 28.0 | 1.40× | yes / no |" in text
