@@ -117,12 +117,13 @@ def clear_weight_cache() -> None:
 
 
 # A GEMM of fewer flops than this goes to ATen (MKL / its bf16 GEMM) with the activation applied in
-# place after it, instead of to oneDNN: a oneDNN call has ~20 µs of fixed cost (primitive lookup)
-# against ATen's ~3 µs, more than the packed oneDNN GEMM gains on small fp32 products. For bf16
-# (AMX) oneDNN wins from tiny sizes on (LeViT-128S at batch 1: 34 µs against ATen's 46).
-# Measured by `armour-bench linear_act` (its engines table) on Intel Xeon Sapphire Rapids:
-# bench/results/cpu-intel-xeon-amx-2core/linear_act-cpu.md. Other CPUs: rerun it and compare.
-ONEDNN_MIN_FLOPS = {torch.float32: 64e6, torch.bfloat16: 2e6}
+# place after it, instead of to oneDNN: a oneDNN call has a fixed cost (primitive lookup) of some
+# µs more than ATen's, more than the packed oneDNN GEMM gains on small fp32 products. Measured on
+# Intel Xeon Sapphire Rapids, 1 thread (`armour-bench linear_act`, its engines table:
+# bench/results/cpu-intel-xeon-amx-2core/linear_act-cpu.md): fp32 at LeViT-128S's 12.8 MFLOP
+# layers ATen ties or wins (88 µs against 95 packed), at DeiT-Ti's 44-58 MFLOP layers packed oneDNN
+# wins by 4-9%; bf16 (AMX) packed oneDNN wins at every size measured, down to 4.7 MFLOP.
+ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
 
 # In-place activations for the ATen path (the GEMM output is fresh, so nobody else sees it).
 _INPLACE = {"none": lambda y: y, "hardswish": lambda y: F.hardswish(y, inplace=True), "relu": torch.relu_,
