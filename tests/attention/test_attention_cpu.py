@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_close
+from helpers import assert_close
 from python_ref.attention import attention, attention_lse, attention_scores, levit_bias, levit_bias_index, value_tensor
 
 cpu = pytest.importorskip("armour_kernels.cpu")
