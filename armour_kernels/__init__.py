@@ -1,8 +1,9 @@
 """armour_kernels: fused attention kernels for vision transformers (Armour, LeViT, Nyström, Performer).
 
 The public API lives here: the functional ops, model surgery, the backend policy. Submodules
-`nn` (the fused modules), `cpu` and `triton` (the backends), `export` (ONNX) and `timm` (the
-Armour model names for timm.create_model) are reachable as attributes, imported on first use.
+`nn` (the fused modules), `cpu` and `triton` (the backends), `export` (ONNX), `deploy` (optimize,
+AOTInductor packages) and `timm` (the Armour model names for timm.create_model) are reachable as
+attributes, imported on first use.
 README.md has the map of the package; docs/ the maths, layouts and numerics.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ __version__ = "0.1.0"
 
 # Imported on first access: `triton` and `timm` pull in large packages, and the model-level
 # submodules (nn, armourize) the python_ref model definitions, which the kernels never need.
-_LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery")
-_LAZY_FUNCTIONS = {"armourize": "convert"}
+_LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery", "deploy")
+_LAZY_FUNCTIONS = {"armourize": "convert", "optimize": "deploy", "export_package": "deploy", "load_package": "deploy"}
 
 
 def __getattr__(name: str):
@@ -39,4 +40,4 @@ def __dir__():
 
 __all__ = ["__version__", "BACKENDS", "backends", "use_backend", "attention", "armour_attention",
            "nystrom_attention", "performer_attention", "linear_act", "linear_hardswish", "patch", "unpatch",
-           "fold_batchnorm", "armourize"]
+           "fold_batchnorm", "armourize", "optimize", "export_package", "load_package"]

@@ -14,10 +14,11 @@ SUBCOMMANDS = {
     "tables": "parameter counts of the python_ref models next to the papers' tables",
     "kernels": "attention kernels vs PyTorch SDPA and python_ref: forward and forward+backward",
     "models": "LeViT / DeiT-Ti / ViX inference and training throughput: eager / reparam / compile vs patched",
-    "linear": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
+    "linear_attention": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
     "linear_act": "CPU Linear + bias + Hardswish op vs F.hardswish(F.linear): LeViT MLP shapes",
     "cubin": "offline: every Triton kernel compiled for an H100 (no GPU needed): registers, spills, shared memory",
     "summary": "SUMMARY.md of a results folder: headline ratios vs every peer, targets met or not",
+    "export": "an AOTInductor package (.pt2) of a timm model, optimized (folded, fused, cast), ready to serve",
 }
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
         argv = ["main"] + argv  # no subcommand: the main job, with its flags
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv  # what the reports record as the command
     command = args.command
     module = importlib.import_module(f"armour_kernels.benchmarks.{command}")
     return module.run(args)

@@ -16,8 +16,8 @@
 #   kernels    armour-bench kernels, bf16: the attention op vs SDPA and
 #              FlexAttention (LeViT table as a score_mod with a learnable-bias
 #              gradient) at DeiT-Ti / LeViT shapes                                  → kernels-cuda-bf16.{json,md}
-#   linear     armour-bench linear, bf16: Nyström / Performer vs python_ref eager
-#              and SDPA, peak memory, n up to 16384                                 → linear-cuda-bf16.{json,md}
+#   linear     armour-bench linear_attention, bf16: Nyström / Performer vs python_ref eager
+#              and SDPA, peak memory, n up to 16384                                 → linear_attention-cuda-bf16.{json,md}
 #   models     (not in the default run) armour-bench models, LeViT-128S train step  → models-*.{json,md}
 #
 # Everything lands in $OUT/<gpu>/ (≤ 8 files, 2 folders down: what the device tool brings back),
@@ -94,7 +94,7 @@ run_kernels() {
 }
 
 run_linear() {
-  timeout -k 10 "$T_LINEAR" $PY -m armour_kernels.cli linear --device cuda --dtype bf16 --max-n 16384 \
+  timeout -k 10 "$T_LINEAR" $PY -m armour_kernels.cli linear_attention --device cuda --dtype bf16 --max-n 16384 \
     --out "$dest" 2>&1 | tail -n 40 >> "$log"
   return "${PIPESTATUS[0]}"
 }

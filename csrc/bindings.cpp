@@ -54,7 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("pinv_iterations"), py::arg("mode"));
   m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
         "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");
-  m.def("best_isa", []() { return std::string(armour::isa_name(armour::best_isa())); });
+  m.def("best_isa", []() { return armour::dispatch_name(armour::best_isa(), armour::best_gemm()); },
+        "the dispatch the kernels run with unless set_isa chose another");
   m.def("supported_isas", &armour::supported_dispatch, "dispatch paths this CPU can run, slowest first");
   m.def("set_isa", &set_isa,
         "select the kernel dispatch (scalar, avx2, avx512, avx512bf16, each optionally +brgemm, or amx) for the "

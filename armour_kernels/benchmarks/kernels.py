@@ -11,11 +11,13 @@ blocks) and value source, times the forward and forward+backward of
   - optionally (`--impls ...,flex`) torch.compile'd FlexAttention on the LeViT shapes, its score_mod
     reading the bias table as the kernels do (forward, and forward+backward where torch can);
     a row says why when it is unavailable.
-Reports the median time in ms and TFLOP/s of useful work: forward 2·B·H·Nq·Nk·(Dk + Dv) flops
+Reports the median time in ms with its spread (interquartile range) and TFLOP/s of useful work: forward 2·B·H·Nq·Nk·(Dk + Dv) flops
 (two products; 4·B·H·N²·D for Armour), forward+backward 3× that (the backward's four products,
-not counting the recomputation of the scores), and each implementation's speed-up over SDPA. The
-implementations of one shape are timed interleaved, call by call (timing.interleaved_ms), so a
-shared machine's noise hurts them alike; the report records the load average before and after.
+not counting the recomputation of the scores), and each implementation's speed-up over SDPA: the
+median of the per-round ratios with their interquartile range. The implementations of one shape are
+timed interleaved, call by call, for a time budget (timing.interleaved: --budget seconds of rounds,
+at least --repeats), so a shared machine's noise hurts them alike; the report records the load
+average before and after.
 q, k, v are strided views of one packed projection output, (B, N, H, Dk+Dk+Dv) as LeViT's qkv
 (self-attention shapes), in the (B, N, H, D) layout; SDPA and python_ref get transposed views of
 the same tensors, as in a timm model. --dtype and --threads take lists: one report per pair.
@@ -23,7 +25,7 @@ the same tensors, as in a timm model. --dtype and --threads take lists: one repo
 CPU example (DeiT-Ti and LeViT-128S shapes, batch 64, 1 and 2 threads, fp32 and bf16, with
 FlexAttention and the hand-written paths, written to bench/results/<device>/):
     armour-bench kernels --device cpu --shapes DeiT-Ti,LeViT --batch 64 --threads 1,2 \
-        --dtype fp32,bf16 --impls armour_kernels,sdpa,flex --isa amx,avx512bf16 --repeats 9 --out auto
+        --dtype fp32,bf16 --impls armour_kernels,sdpa,flex --isa amx,avx512bf16 --out auto
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from . import record
-from .timing import interleaved_ms
+from .timing import interleaved, ratio
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -45,7 +47,9 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None,
                         help=f"comma-separated subset of {','.join(sorted(DTYPES))} (default: fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (median reported)")
+    parser.add_argument("--repeats", type=int, default=None, help="at least this many timed rounds (default 5)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed rounds per shape (default 4 on CPU, 2 on CUDA, 0.5 with --quick)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for kernels-<device>-<dtype>.json / .md (`auto`: bench/results/<device>/)")
     parser.add_argument("--shapes", default=None,
@@ -228,7 +232,8 @@ def run(args) -> int:
         print(f"armour-bench kernels: --dtype takes {','.join(sorted(DTYPES))}", file=sys.stderr)
         return 2
     thread_counts = _list(args.threads, int) if args.threads else [None]
-    repeats = args.repeats or (3 if device == "cpu" else (10 if args.quick else 30))
+    repeats = args.repeats or 5
+    budget = args.budget if args.budget is not None else (0.5 if args.quick else 4.0 if device == "cpu" else 2.0)
     backend = _backend_for(device)
     isas = _list(args.isa) if args.isa and backend == "cpu" else None
     impls = implementations(backend, isas)
@@ -246,9 +251,10 @@ def run(args) -> int:
                 if backend == "cpu" and isas:
                     cpu.set_isa(isas[0])
                 env = record.environment(device)
-                rows = _measure(args, device, DTYPES[dtype_name], repeats, backend, impls)
+                rows = _measure(args, device, DTYPES[dtype_name], (repeats, budget), backend, impls)
                 env["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-                report = dict(environment=env, dtype=dtype_name, repeats=repeats, backend=backend, rows=rows)
+                report = dict(environment=env, dtype=dtype_name, repeats=repeats, budget_s=budget, backend=backend,
+                              rows=rows)
                 table = markdown(report)
                 print()
                 print(table)
@@ -269,7 +275,7 @@ def _selected_shapes(args, device):
             yield (name, args.batch or batch, *rest)
 
 
-def _measure(args, device, dtype, repeats, backend, impls):
+def _measure(args, device, dtype, rounds, backend, impls):
     rows = []
     for name, batch, nq, nk, heads, dk, dv, values, bias in _selected_shapes(args, device):
         for value in values:
@@ -286,21 +292,21 @@ def _measure(args, device, dtype, repeats, backend, impls):
                     row.update(status="unavailable (no CPU kernel built: armour_kernels._C)")
                     continue
                 steps[impl_name, "fwd"], steps[impl_name, "fwd_bwd"] = time_steps(impl, inputs, value)
-            times = _time_group(steps, group, device, repeats)
+            times = _time_group(steps, group, device, rounds)
             for row in group:
                 if row.get("status", "ok") != "ok":
                     continue
                 row["status"] = "ok"
-                fwd, fwd_bwd = times.get((row["impl"], "fwd")), times.get((row["impl"], "fwd_bwd"))
-                row.update(fwd_ms=fwd, fwd_tflops=flops / fwd / 1e9)
-                if fwd_bwd is not None:
-                    row.update(fwd_bwd_ms=fwd_bwd, fwd_bwd_tflops=3 * flops / fwd_bwd / 1e9)
-            sdpa = next((r for r in group if r["impl"] == "sdpa" and r["status"] == "ok"), None)
-            for row in group:
-                if sdpa is not None and row["status"] == "ok":
-                    row["fwd_vs_sdpa"] = sdpa["fwd_ms"] / row["fwd_ms"]
-                    if "fwd_bwd_ms" in row and "fwd_bwd_ms" in sdpa:
-                        row["fwd_bwd_vs_sdpa"] = sdpa["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+                for step, work in (("fwd", flops), ("fwd_bwd", 3 * flops)):
+                    timing = times.get((row["impl"], step))
+                    if timing is not None:
+                        row.update({f"{step}_ms": timing.median, f"{step}_iqr_pct": _iqr_pct(timing),
+                                    f"{step}_tflops": work / timing.median / 1e9})
+                    peer = times.get(("sdpa", step))
+                    if timing is not None and peer is not None:
+                        r = ratio(timing, peer)
+                        row.update({f"{step}_vs_sdpa": r.median, f"{step}_vs_sdpa_low": r.low,
+                                    f"{step}_vs_sdpa_high": r.high})
                 rows.append(row)
                 print(_format_row(row), flush=True)
     return rows
@@ -313,8 +319,12 @@ def _failure(error):
     return text[0][:160] if isinstance(error, NotImplementedError) and text else f"failed: {(text or [''])[0][:120]}"
 
 
-def _time_group(steps, group, device, repeats):
-    """Median ms of every step, interleaved. An implementation whose forward fails is left out (its row
+def _iqr_pct(timing):
+    return 100 * (timing.q3 - timing.q1) / timing.median
+
+
+def _time_group(steps, group, device, rounds):
+    """{(impl, step): Timing} of every step, interleaved for the budget. An implementation whose forward fails is left out (its row
     says why); one whose forward+backward alone fails keeps its forward time (the row notes it)."""
     failed = {}
     for (impl, step), fn in steps.items():  # one untimed call each finds the failing ones
@@ -333,11 +343,15 @@ def _time_group(steps, group, device, repeats):
             row["note"] = f"fwd+bwd: {failed[row['impl'], 'fwd_bwd']}"
     dead = {impl for impl, step in failed if step == "fwd"}
     steps = {key: fn for key, fn in steps.items() if key[0] not in dead and key not in failed}
-    return interleaved_ms(steps, device, repeats, warmup=1) if steps else {}
+    min_rounds, budget = rounds
+    return interleaved(steps, device, budget_s=budget, warmup=1, min_rounds=min_rounds) if steps else {}
 
 
 def _ratio(row, key):
-    return f"{row[key]:.2f}×" if key in row else ""
+    """"1.35× (1.30–1.41)": the median per-round ratio and its interquartile range."""
+    if key not in row:
+        return ""
+    return f"{row[key]:.2f}× ({row[key + '_low']:.2f}–{row[key + '_high']:.2f})"
 
 
 def _format_row(row):
@@ -353,24 +367,30 @@ def _format_row(row):
     return text + (f"   ({row['note']})" if "note" in row else "")
 
 
+def _ms(row, step):
+    return f"{row[step + '_ms']:.3f} ±{row.get(step + '_iqr_pct', 0):.0f}%"
+
+
 def markdown(report):
     env = report["environment"]
     after = f" Load average after: {env['load_avg_1min_after']}." if "load_avg_1min_after" in env else ""
     lines = [f"# armour-bench kernels — {env['device']}, {report['dtype']}", "",
              *record.environment_lines(env),
-             f"armour_kernels backend: {report['backend'] or 'none'}; median of {report['repeats']} interleaved "
-             "runs; TFLOP/s of useful work (forward 2·B·H·Nq·Nk·(Dk+Dv), fwd+bwd 3×); "
-             f"× = speed-up over SDPA; armour_kernels@<path>: the CPU kernels forced onto that dispatch path.{after}",
+             f"armour_kernels backend: {report['backend'] or 'none'}; every implementation of a shape timed "
+             f"interleaved for ~{report.get('budget_s', 0):g} s of rounds (at least {report['repeats']}); ms: median "
+             "± interquartile range in % of it; TFLOP/s of useful work (forward 2·B·H·Nq·Nk·(Dk+Dv), fwd+bwd 3×); "
+             "× = speed-up over SDPA, the median of the per-round ratios (their interquartile range in brackets); "
+             f"armour_kernels@<path>: the CPU kernels forced onto that dispatch path.{after}",
              "",
              "| shape | B | Nq×Nk | H | Dk/Dv | value | bias | impl | fwd ms | fwd TFLOP/s | fwd × | fwd+bwd ms "
              "| fwd+bwd TFLOP/s | fwd+bwd × |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         if r["status"] == "ok" and "fwd_bwd_ms" in r:
-            cells = (f"{r['fwd_ms']:.3f} | {r['fwd_tflops']:.3g} | {_ratio(r, 'fwd_vs_sdpa')} | "
-                     f"{r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.3g} | {_ratio(r, 'fwd_bwd_vs_sdpa')}")
+            cells = (f"{_ms(r, 'fwd')} | {r['fwd_tflops']:.3g} | {_ratio(r, 'fwd_vs_sdpa')} | "
+                     f"{_ms(r, 'fwd_bwd')} | {r['fwd_bwd_tflops']:.3g} | {_ratio(r, 'fwd_bwd_vs_sdpa')}")
         elif r["status"] == "ok":
-            cells = (f"{r['fwd_ms']:.3f} | {r['fwd_tflops']:.3g} | {_ratio(r, 'fwd_vs_sdpa')} | "
+            cells = (f"{_ms(r, 'fwd')} | {r['fwd_tflops']:.3g} | {_ratio(r, 'fwd_vs_sdpa')} | "
                      f"{r.get('note', '')} | | ")
         else:
             cells = f"{r['status']} | | | | | "

@@ -1,9 +1,17 @@
-"""`armour-bench linear_act`: the CPU Linear + bias + Hardswish op vs F.hardswish(F.linear(...)).
+"""`armour-bench linear_act`: the CPU Linear + activation layers against what they replace.
 
-LeViT-128S / LeViT-192 MLP first-layer shapes (batch 64: 64·196 rows, and the stage-2 64·49
-rows), fp32 and bf16, every GEMM choice of the op (onednn_fused, onednn, aten) next to the
-eager pair and the bare GEMM, timed interleaved (timing.interleaved_ms). CPU only: on CUDA the
-LeViT MLP runs the Triton kernel inside `armour-bench models`.
+Two tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armour-bench models`):
+
+1. The Linear + bias + Hardswish op (with autograd) vs F.hardswish(F.linear(...)): LeViT-128S /
+   LeViT-192 MLP first-layer shapes at batch 64 (64·196 rows, and the stage-2 64·49 rows), fp32
+   and bf16, every GEMM choice of the op (onednn_fused, onednn, aten) next to the eager pair and
+   the bare GEMM, timed interleaved (timing.interleaved_ms).
+2. The inference GEMM engines (`engines`): ATen's F.linear with the activation in place, oneDNN's
+   fused linear on the plain weight, and on the weight prepacked once (what the inference path
+   runs), at the DeiT-Ti and LeViT-128S layer shapes of one image and of batch 64. The `auto` column
+   is armour_kernels' choice (cpu/linear_act.py: ATen below ONEDNN_MIN_FLOPS, else packed oneDNN),
+   and the table says whether that choice was the faster engine: this is the measurement the
+   thresholds rest on, per CPU.
 """
 from __future__ import annotations
 
@@ -18,11 +26,21 @@ from .timing import interleaved_ms
 SHAPES = ((64 * 196, 128, 256), (64 * 196, 192, 384), (64 * 49, 256, 512))
 GEMMS = ("onednn_fused", "onednn", "aten")
 
+# (model layer, tokens per image, in, out, activation): DeiT-Ti's qkv / MLP, LeViT-128S's stage-1
+# qkv and MLP, stage-2 MLP and stage-3 attention projection.
+ENGINE_LAYERS = (("DeiT-Ti qkv", 197, 192, 576, "none"), ("DeiT-Ti mlp.fc1", 197, 192, 768, "gelu"),
+                 ("DeiT-Ti mlp.fc2", 197, 768, 192, "none"), ("LeViT-128S s1 qkv", 196, 128, 256, "none"),
+                 ("LeViT-128S s1 mlp.fc1", 196, 128, 256, "hardswish"),
+                 ("LeViT-128S s2 mlp.fc1", 49, 256, 512, "hardswish"),
+                 ("LeViT-128S s3 proj", 16, 384, 384, "none"))
+ENGINE_BATCHES = (1, 64)
+
 
 def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (median reported)")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated fp32,bf16")
+    parser.add_argument("--tables", default="op,engines", help="comma-separated: op (table 1), engines (table 2)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for linear_act-cpu.json / .md (`auto`: bench/results/<device>/)")
 
@@ -33,8 +51,9 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    tables = args.tables.split(",")
     env, rows = record.environment("cpu"), []
-    for rows_, cin, cout in SHAPES:
+    for rows_, cin, cout in SHAPES if "op" in tables else ():
         for dtype_name in args.dtypes.split(","):
             dtype = dtypes[dtype_name]
             x = torch.randn(rows_, cin).to(dtype)
@@ -51,20 +70,66 @@ def run(args) -> int:
             rows.append(row)
             print(f"{rows_}x{cin}->{cout} {dtype_name}: " + " | ".join(
                 f"{k} {t:.2f} ms ({eager / t:.2f}x)" for k, t in times.items()), flush=True)
-    table = markdown(env, rows)
+    engines = [engine_row(layer, batch, dtype_name, dtypes[dtype_name], args.repeats)
+               for layer in ENGINE_LAYERS for batch in ENGINE_BATCHES for dtype_name in args.dtypes.split(",")
+               ] if "engines" in tables else []
+    table = markdown(env, rows) + engines_markdown(engines)
     print(table)
     out = record.resolve_out(args.out, "cpu")
     if out is not None:
-        record.write_report(Path(out) / "linear_act-cpu", dict(environment=env, rows=rows), table)
+        record.write_report(Path(out) / "linear_act-cpu", dict(environment=env, rows=rows, engines=engines), table)
     return 0
+
+
+def engine_row(layer, batch, dtype_name, dtype, repeats):
+    """One layer shape on each inference GEMM engine, timed interleaved; which is faster, what `auto` chose."""
+    from ..cpu.linear_act import ONEDNN_ACTIVATIONS, ONEDNN_MIN_FLOPS, _INPLACE, _gemm, available, packed_weight
+    name, tokens, cin, cout, act = layer
+    x = torch.randn(batch * tokens, cin).to(dtype)
+    w, b = (torch.randn(cout, cin) / cin ** 0.5).to(dtype), torch.randn(cout).to(dtype)
+    attr, algorithm = ONEDNN_ACTIVATIONS[act]
+    steps = {"aten": lambda: _INPLACE[act](F.linear(x, w, b)), "auto": lambda: _gemm(x, w, b, act, dtype)}
+    if available(dtype):
+        packed = packed_weight(w, dtype, x.shape[0])
+        steps["onednn plain"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+        steps["onednn packed"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, attr, [], algorithm)
+    times = interleaved_ms(steps, "cpu", max(repeats, 25))
+    flops = 2 * x.shape[0] * cin * cout
+    chose = "aten" if flops < ONEDNN_MIN_FLOPS.get(dtype, 0) or not available(dtype) else "onednn packed"
+    fastest = min(("aten", "onednn packed"), key=lambda k: times.get(k, float("inf")))
+    row = dict(layer=name, batch=batch, rows=x.shape[0], cin=cin, cout=cout, act=act, dtype=dtype_name,
+               mflop=flops / 1e6, ms=times, chose=chose, fastest=fastest,
+               chose_vs_fastest=times[fastest] / times[chose])
+    print(f"{name} batch {batch} {dtype_name}: " + " | ".join(f"{k} {t * 1e3:.0f} us" for k, t in times.items())
+          + f" -> auto={chose} ({row['chose_vs_fastest']:.2f} of the faster)", flush=True)
+    return row
 
 
 def markdown(env, rows):
     names = list(dict.fromkeys(k for r in rows for k in r["ms"]))
-    lines = ["# armour-bench linear_act — Linear + bias + Hardswish on CPU", "", *record.environment_lines(env),
-             "Median ms (speed-up over F.hardswish(F.linear)); the op's GEMM choices are onednn_fused, onednn, "
-             "aten.", "", "| rows×in→out | dtype | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines = ["# armour-bench linear_act — Linear + activation layers on CPU", "", *record.environment_lines(env)]
+    if not rows:
+        return "\n".join(lines) + "\n"
+    lines += ["## Linear + bias + Hardswish op", "",
+              "Median ms (speed-up over F.hardswish(F.linear)); the op's GEMM choices are onednn_fused, onednn, aten.", "", "| rows×in→out | dtype | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
         cells = " | ".join(f"{r['ms'][n]:.2f} ({r['speedup'][n]:.2f}×)" if n in r["ms"] else "" for n in names)
         lines.append(f"| {r['rows']}×{r['cin']}→{r['cout']} | {r['dtype']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def engines_markdown(rows):
+    if not rows:
+        return ""
+    names = ("aten", "onednn plain", "onednn packed", "auto")
+    lines = ["", "## Inference GEMM engines", "",
+             "Median µs per call (timed interleaved). `auto` is what the inference path runs (ATen below "
+             "ONEDNN_MIN_FLOPS, else oneDNN on the prepacked weight); the last column is the faster engine's "
+             "time over the chosen one's (1.00: the choice was the faster).", "",
+             "| layer | batch | rows×in→out | act | dtype | MFLOP | " + " | ".join(names) + " | auto chose | faster / chosen |",
+             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+    for r in rows:
+        cells = " | ".join(f"{r['ms'][n] * 1e3:.0f}" if n in r["ms"] else "-" for n in names)
+        lines.append(f"| {r['layer']} | {r['batch']} | {r['rows']}×{r['cin']}→{r['cout']} | {r['act']} | {r['dtype']} | "
+                     f"{r['mflop']:.1f} | {cells} | {r['chose']} | {r['chose_vs_fastest']:.2f} |")
     return "\n".join(lines) + "\n"

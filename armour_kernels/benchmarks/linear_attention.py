@@ -1,4 +1,4 @@
-"""`armour-bench linear`: fused Nyström / Performer attention vs python_ref eager and exact SDPA.
+"""`armour-bench linear_attention`: fused Nyström / Performer attention vs python_ref eager and exact SDPA.
 
 Shapes: the Vision Xformers paper layer (n = 1025, h = 4, d = 32; Nyström m = 64 landmarks and a
 33-tap residual conv, Performer m = 110 softmax features) at a training batch, then one sequence
@@ -50,7 +50,7 @@ def add_arguments(parser):
                         help="CPU thread counts, comma-separated (default 1,2; each capped at os.cpu_count())")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median reported)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for linear-<device>-<dtype>.json / .md (`auto`: bench/results/<device>/)")
+                        help="folder for linear_attention-<device>-<dtype>.json / .md (`auto`: bench/results/<device>/)")
 
 
 def sweep(quick: bool, device: str, max_n: int, ns=None, paper=True):
@@ -212,7 +212,7 @@ def crossovers(rows):
 
 
 def markdown(env, rows, cross, goals):
-    lines = [f"# armour-bench linear — {env['device']} ({env['device_type']}), {env['dtype']}", "",
+    lines = [f"# armour-bench linear_attention — {env['device']} ({env['device_type']}), {env['dtype']}", "",
              *record.environment_lines(env),
              f"Load average (1 min): {env.get('load_avg_1min')} before, {env.get('load_avg_1min_end')} after  ", "",
              "Medians of interleaved rounds; ± is the interquartile range in % of the median; "
@@ -251,7 +251,7 @@ def _thread_counts(arg, device):
 def run(args) -> int:
     device = args.device.split(":")[0]
     if device == "cuda" and not torch.cuda.is_available():
-        print("armour-bench linear: --device cuda but CUDA is not available", file=sys.stderr)
+        print("armour-bench linear_attention: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
     dtype_name = args.dtype or ("fp16" if device == "cuda" else "fp32")
     dtype = DTYPES[dtype_name]
@@ -304,6 +304,6 @@ def run(args) -> int:
     print(table)
     out = record.resolve_out(args.out, device)
     if out is not None:
-        record.write_report(Path(out) / f"linear-{device}-{dtype_name}",
+        record.write_report(Path(out) / f"linear_attention-{device}-{dtype_name}",
                             dict(environment=env, rows=rows, crossover=cross, targets=goals), table)
     return 0

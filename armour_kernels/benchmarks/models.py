@@ -4,18 +4,25 @@ For every LeViT size and attention variant it times inference (images / s) of
 
     timm-eager         timm `levit_*` as built (BatchNorm unfolded)          regular only
     timm-reparam       timm.utils.model.reparameterize_model (timm's BN fuse) regular only
-    timm-compile       torch.compile of the reparameterised timm model       regular only
+    timm-compile       torch.compile (inductor, freezing) of the reparameterised regular only
+                       timm model
     onnxruntime        the reparameterised timm model exported to ONNX, run  regular only
                        by onnxruntime's CPU provider (intra-op threads = --threads; always fp32)
+    openvino           that ONNX model in OpenVINO (CPU), precision hint     regular only
+                       (f32 / bf16 = --dtype) and INFERENCE_NUM_THREADS set explicitly
     ref-folded         python_ref LeViT, BatchNorm folded, plain PyTorch     armour / armour_plus
     ref-compile        torch.compile of ref-folded                           armour / armour_plus
     patched-folded     armour_kernels.patch + fold_batchnorm (the fused path) every variant
     patched-compile    torch.compile of patched-folded (fuses what is left)  every variant
+    optimize           armour_kernels.optimize (folded, fused, weights cast  every variant
+                       to --dtype, torch.compile with freezing)
 
-All modes and variants of one model are timed interleaved, call by call (timing.interleaved_ms),
-so the ratios between them are fair on a shared machine. And, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
+All modes and variants of one model are timed interleaved, round by round, for a time budget
+(timing.interleaved), so the ratios between them are fair on a shared machine; the table gives
+each ratio with the IQR of its per-round ratios ("no clear difference" when that contains 1.0).
+The peers (onnxruntime, openvino) are optional: without their package the row says so. And, with --train, one SGD step (forward + backward + update, BatchNorm in training mode) of the
 eager model (`*-train`) and the patched one (`patched-train`). `--deit` adds DeiT-Ti (timm eager /
-compile / onnxruntime) against Armour-Ti (python_ref armour, patched). GPU runs use AMP bf16 by default; CPU runs
+compile / onnxruntime / openvino) against Armour-Ti (python_ref armour, patched and optimize). GPU runs use AMP bf16 by default; CPU runs
 fp32 or bf16 (`--dtype`), with `--threads` (the LeViT paper's CPU setting is `--threads 1
 --batch-size 16`). Results: JSON + a markdown table (`--out PATH` writes PATH.json and PATH.md),
 with the device, library versions and the command line.
@@ -29,13 +36,15 @@ import tempfile
 import torch
 
 from . import record
-from .timing import interleaved_ms
+from . import peers as peer_impls
+from .timing import interleaved, ratio
 
 LEVIT_MODELS = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
 VARIANTS = ("regular", "armour", "armour_plus")
-INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "onnxruntime", "ref-folded", "ref-compile",
-                   "patched-folded", "patched-compile")
-PEERS = ("timm-eager", "timm-compile", "onnxruntime")  # the markdown table's ratio columns
+INFERENCE_MODES = ("timm-eager", "timm-reparam", "timm-compile", "onnxruntime", "openvino", "ref-folded",
+                   "ref-compile", "patched-folded", "patched-compile", "optimize")
+PEERS = ("timm-eager", "timm-compile", "onnxruntime", "openvino")  # the markdown table's ratio columns
+COMPILED_MODES = ("timm-compile", "ref-compile", "patched-compile", "optimize")
 # Vision Xformers label → python_ref vix_cifar attention (`--vix`).
 VIX_MODELS = {"ViT": "softmax", "ViN": "nystrom", "ViP": "performer"}
 
@@ -48,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute dtype (GPU: AMP autocast; default bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 2048 on GPU, 64 on CPU")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations per measurement")
+    parser.add_argument("--iters", type=int, default=None, help="at least this many timed rounds per measurement")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed rounds per mode (default 2 on CPU, 1 on GPU, 0.5 with --quick; "
+                             "0 with --iters: exactly that many rounds)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations first")
     parser.add_argument("--modes", default=None,
                         help=f"comma-separated subset of {','.join(INFERENCE_MODES)} (default: all but the "
@@ -79,14 +91,16 @@ def _settings(args):
     iters = args.iters or (3 if args.quick else (20 if gpu else 5))
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (5 if gpu else 2))
     modes = (args.modes.split(",") if args.modes else
-             [m for m in INFERENCE_MODES if not (args.quick and not gpu and m.endswith("compile"))
-              and not (gpu and m == "onnxruntime")])
+             [m for m in INFERENCE_MODES if not (args.quick and not gpu and m in COMPILED_MODES)
+              and not (gpu and m in ("onnxruntime", "openvino"))])
     unknown = set(modes) - set(INFERENCE_MODES)
     if unknown:
         raise SystemExit(f"armour-bench models: unknown mode(s) {sorted(unknown)}; choose from {INFERENCE_MODES}")
     models = ["levit_128s"] if args.quick and args.models == ",".join(LEVIT_MODELS) else \
         [name for name in args.models.split(",") if name]
-    return device, dtype, batch, iters, warmup, modes, models, args.variants.split(",")
+    budget = args.budget if args.budget is not None else (
+        0.0 if args.iters else (0.5 if args.quick else (1.0 if gpu else 2.0)))  # --iters alone: exactly that many
+    return device, dtype, batch, (iters, budget), warmup, modes, models, args.variants.split(",")
 
 
 def _patch_backend(requested: str, device: torch.device) -> str:
@@ -119,30 +133,33 @@ def _ref_levit(name, variant):
 
 # ----------------------------------------------------------------------------- measurements
 
-class OnnxRuntimeModel:
-    """A torch model exported to ONNX (a temporary file) and run by an onnxruntime CPU session."""
-
-    def __init__(self, model, example):
-        import onnxruntime
-
-        from ..export import to_onnx
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle onnxruntime threads spin-wait by default and take the cores from the PyTorch modes timed
-        # in between (interleaved): seen 5-10x slower timm rows on 2 cores. Sleeping threads are fair.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        with tempfile.TemporaryDirectory() as folder:
-            path = to_onnx(model.float().cpu(), example.float().cpu(), f"{folder}/model.onnx", dynamic_batch=False)
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x):
-        return self.session.run(None, {"input": x.float().cpu().numpy()})[0]
+def _onnx_peer(build, batch, which):
+    """A builder of the onnxruntime / openvino callable on the ONNX export of `build()` (fp32, static batch)."""
+    def make(dtype="fp32"):
+        example = torch.randn(batch, 3, 224, 224)
+        onnx = peer_impls.OnnxFile(build().float().cpu(), example)
+        try:
+            if which == "onnxruntime":
+                return peer_impls.onnxruntime_session(onnx, example, torch.float32)
+            return peer_impls.openvino_model(onnx, example, _TORCH_DTYPES[dtype])
+        finally:
+            onnx.close()  # the sessions hold the model in memory
+    return make
 
 
-def _onnxruntime(build, batch):
-    return lambda: OnnxRuntimeModel(build(), torch.randn(batch, 3, 224, 224))
+def _optimized(build, batch, device):
+    """A builder of armour_kernels.optimize(build()) for the run's dtype."""
+    def make(dtype="fp32"):
+        import armour_kernels
+        return armour_kernels.optimize(build(), torch.randn(batch, 3, 224, 224, device=device),
+                                       dtype=_TORCH_DTYPES[dtype])
+    return make
+
+
+def _freezing_compile(model, device):
+    """torch.compile with freezing; compiled on first call (under the options, see deploy.OptimizedModel)."""
+    from ..deploy import OptimizedModel, inductor_options
+    return OptimizedModel(model, inductor_options(device), fullgraph=False)
 
 
 def _inference_models(name, variant, modes, backend, device, batch):
@@ -172,15 +189,17 @@ def _inference_models(name, variant, modes, backend, device, batch):
     builders = {
         "timm-eager": lambda: timm_model(),
         "timm-reparam": lambda: reparameterize_model(timm_model()),
-        "timm-compile": lambda: torch.compile(reparameterize_model(timm_model())),
+        "timm-compile": lambda: _freezing_compile(reparameterize_model(timm_model()), device),
         "ref-folded": lambda: ref_fold(ref_model()),
         "ref-compile": lambda: torch.compile(ref_fold(ref_model())),
         "patched-folded": lambda: patched_folded(),
         "patched-compile": lambda: torch.compile(patched_folded()),
-        "onnxruntime": _onnxruntime(lambda: reparameterize_model(timm_model()), batch),
+        "onnxruntime": _onnx_peer(lambda: reparameterize_model(timm_model()), batch, "onnxruntime"),
+        "openvino": _onnx_peer(lambda: reparameterize_model(timm_model()), batch, "openvino"),
+        "optimize": _optimized(lambda: timm_model() if variant == "regular" else ref_model(), batch, device),
     }
     for mode in modes:
-        if (mode.startswith("timm") or mode == "onnxruntime") and variant != "regular":
+        if (mode.startswith("timm") or mode in ("onnxruntime", "openvino")) and variant != "regular":
             continue  # timm has only the regular LeViT
         if mode.startswith("ref") and variant == "regular":
             continue  # the regular python_ref model is timm's, measured as timm-*
@@ -194,6 +213,20 @@ def _inference_step(model, batch, device, dtype, size=224):
         with torch.inference_mode(), _autocast(device, dtype):
             model(x)
     return step
+
+
+def _served_step(model, batch, device, dtype, size=224):
+    """optimize / onnxruntime / openvino: built for the run's dtype already, they take fp32 images."""
+    x = torch.randn(batch, 3, size, size, device=device)
+
+    def step():
+        with torch.no_grad():
+            model(x)
+    return step
+
+
+# modes whose builder takes the dtype and whose model is called without autocast
+SERVED_MODES = ("onnxruntime", "openvino", "optimize")
 
 
 def _train_step(model, batch, device, dtype, size=224, classes=1000):
@@ -213,11 +246,16 @@ def _train_step(model, batch, device, dtype, size=224, classes=1000):
 
 
 def _error_text(exc):
+    if isinstance(exc, peer_impls.Unavailable):
+        return str(exc)
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def _measure_group(rows, label, entries, batch, device, dtype, iters, warmup):
-    """Build every (variant, mode, build, make_step) of one model, then time them all interleaved."""
+    """Build every (variant, mode, build, make_step) of one model, then time them all interleaved.
+
+    iters: (at least this many rounds, seconds of rounds per mode)."""
+    min_rounds, budget = iters
     group, steps = [], {}
     for variant, mode, build, make_step in entries:
         key = (variant, mode)
@@ -225,21 +263,26 @@ def _measure_group(rows, label, entries, batch, device, dtype, iters, warmup):
                "dtype": "fp32" if mode == "onnxruntime" else dtype}
         group.append(row)
         try:
-            steps[key] = make_step(build(), batch, device, dtype)
+            model = build(dtype) if mode in SERVED_MODES else build()
+            steps[key] = (_served_step if mode in SERVED_MODES else make_step)(model, batch, device, dtype)
             steps[key]()  # a failing configuration must not lose the rest of the table
         except Exception as exc:
             steps.pop(key, None)
             row["error"] = _error_text(exc)
     try:
-        ms = interleaved_ms(steps, device, iters, warmup)
+        timings = interleaved(steps, device, budget_s=budget * max(1, len(steps)), warmup=warmup,
+                              min_rounds=min_rounds)
     except Exception as exc:
-        ms = {}
+        timings = {}
         for row in group:
             row.setdefault("error", _error_text(exc))
     for row in group:
         key = (row["variant"], row["mode"])
-        if key in ms:
-            row.update(ms_per_batch=ms[key], img_per_s=batch / ms[key] * 1e3)
+        if key in timings:
+            t = timings[key]
+            row.update(ms_per_batch=t.median, img_per_s=batch / t.median * 1e3, img_per_s_low=batch / t.q3 * 1e3,
+                       img_per_s_high=batch / t.q1 * 1e3, **t.summary())
+            row["_timing"] = t
         rows.append(row)
         print(_row_text(row), flush=True)
     del steps
@@ -271,10 +314,15 @@ def _deit_entries(backend, device, modes, train, batch):
 
     entries = [("regular", "timm-eager", timm_deit, _inference_step)]
     if "timm-compile" in modes:
-        entries.append(("regular", "timm-compile", lambda: torch.compile(timm_deit()), _inference_step))
-    if "onnxruntime" in modes:
-        entries.append(("regular", "onnxruntime", _onnxruntime(timm_deit, batch), _inference_step))
+        entries.append(("regular", "timm-compile", lambda: _freezing_compile(timm_deit(), device), _inference_step))
+    for peer in ("onnxruntime", "openvino"):
+        if peer in modes:
+            entries.append(("regular", peer, _onnx_peer(timm_deit, batch, peer), None))
     entries.append(("armour", "patched", armour_ti, _inference_step))
+    if "optimize" in modes:
+        entries.append(("armour", "optimize",
+                        _optimized(lambda: create_model(name, attention="armour").eval().to(device), batch, device),
+                        None))
     if train:
         entries.append(("regular", "timm-train", timm_deit, _train_step))
         entries.append(("armour", "patched-train", armour_ti, _train_step))
@@ -283,26 +331,40 @@ def _deit_entries(backend, device, modes, train, batch):
 
 # ----------------------------------------------------------------------------- report
 
+def _ratio_cell(row, base) -> str:
+    """row's speed over base's: median of the per-round ratios with their IQR, or "no clear difference"."""
+    if base is None:
+        return ""
+    r = ratio(row["_timing"], base["_timing"]) if "_timing" in row and "_timing" in base else None
+    if r is None:
+        return f"{row['img_per_s'] / base['img_per_s']:.2f}×"
+    if not r.clear:
+        return f"≈ ({r.low:.2f}–{r.high:.2f}×)"
+    return f"{r.median:.2f}× ({r.low:.2f}–{r.high:.2f})"
+
+
 def _markdown(env, settings, rows):
     """One table; inference rows get their speed ratio over each peer of the same model (PEERS)."""
     lines = [f"# armour-bench models — {env['device']}, {settings['dtype']}, batch {settings['batch']}", "",
              *record.environment_lines(env),
-             f"Patched backend: {settings['patched_backend']}; median of {settings['iters']} interleaved "
-             f"iterations after {settings['warmup']} warm-up; onnxruntime always runs fp32.", "",
+             f"Patched backend: {settings['patched_backend']}; every mode timed interleaved, round by round, "
+             f"~{settings['budget_s']:g} s of rounds per mode (at least {settings['iters']}) after {settings['warmup']} "
+             "warm-up; img/s is the median (IQR in the JSON); ratios are medians of the per-round ratios with their "
+             "IQR, \"≈\" when that IQR contains 1.0 (no clear difference). onnxruntime always runs fp32.", "",
              "| model | variant | mode | batch | dtype | img/s | ms/batch | " + " | ".join(f"vs {p}" for p in PEERS)
              + " |", "|---|---|---|---:|---|---:|---:|" + "---:|" * len(PEERS)]
-    peers = {(r["model"], r["mode"]): r["img_per_s"] for r in rows if r["mode"] in PEERS and "img_per_s" in r}
-    train_base = {r["model"]: r["img_per_s"] for r in rows if r["mode"] == "timm-train" and "img_per_s" in r}
+    peers = {(r["model"], r["mode"]): r for r in rows if r["mode"] in PEERS and "img_per_s" in r}
+    train_base = {r["model"]: r for r in rows if r["mode"] == "timm-train" and "img_per_s" in r}
     for r in rows:
         head = f"| {r['model']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
         if "error" in r:
-            lines.append(head + f"error: {r['error']} | |" + " |" * len(PEERS))
+            lines.append(head + f"{r['error']} | |" + " |" * len(PEERS))
             continue
         if r["mode"].endswith("train"):  # a training step compares with the timm training step only
             bases = [train_base.get(r["model"])] + [None] * (len(PEERS) - 1)
         else:
             bases = [peers.get((r["model"], p)) for p in PEERS]
-        ratios = " | ".join(f"{r['img_per_s'] / b:.2f}×" if b else "" for b in bases)
+        ratios = " | ".join(_ratio_cell(r, b) if b is not r else "" for b in bases)
         lines.append(head + f"{r['img_per_s']:.1f} | {r['ms_per_batch']:.2f} | {ratios} |")
     return "\n".join(lines) + "\n"
 
@@ -312,7 +374,10 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = _patch_backend(args.backend, device)
-    env = record.environment(device)
+    env = record.environment(device, getattr(args, "argv", None))
+    warning = record.busy_warning()
+    if warning:
+        print(warning, flush=True)
     print(f"# {env['device']} | torch {env['torch']} timm {env['timm']} | dtype {dtype} batch {batch} "
           f"| {env['threads']} threads | patched backend {backend}", flush=True)
     rows = []
@@ -333,13 +398,16 @@ def run(args) -> int:
     if args.vix:
         for label, entries in _vix_entries(backend, device, args.train):
             _measure_group(rows, label, entries, args.vix_batch_size, device, dtype, iters, warmup)
-    settings = {"batch": batch, "dtype": dtype, "iters": iters, "warmup": warmup, "patched_backend": backend}
+    settings = {"batch": batch, "dtype": dtype, "iters": iters[0], "budget_s": iters[1], "warmup": warmup,
+                "patched_backend": backend}
+    markdown = _markdown(env, settings, rows)
+    rows = [{k: v for k, v in r.items() if k != "_timing"} for r in rows]
     report = {"environment": env, "settings": settings, "rows": rows}
     out = args.out
     if out == "auto":
         out = record.results_dir(device) / f"models-{dtype}-threads{env['threads']}-batch{batch}"
     if out:
-        record.write_report(out, report, _markdown(env, settings, rows))
+        record.write_report(out, report, markdown)
     return 1 if rows and all("error" in r for r in rows) else 0
 
 

@@ -63,7 +63,7 @@ def isa() -> str | None:
 
 
 def best_isa() -> str | None:
-    """The best ISA this CPU supports (what runs unless forced); None when not built."""
+    """The dispatch path that runs unless forced (e.g. "amx", "avx512+brgemm"); None when not built."""
     return _C.best_isa() if _C is not None else None
 
 

@@ -40,12 +40,19 @@ def attention_forward(q, k, v, bias, bias_index, *, value, scale, mask_diagonal)
 
 
 def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scale, mask_diagonal, need_dbias):
-    """(dq, dk, dv or None, dbias or None): dbias dense (B, H, Nq, Nk) or table (H, R), float32
-    (float64 for float64 inputs: the caller casts it to the bias dtype)."""
+    """(dq, dk, dv or None, dbias or None): dbias in the bias's own shape — the table (H, R), or a
+    dense bias's broadcast shape — float32 (float64 for float64 inputs; the caller casts it to the
+    bias dtype)."""
     C = _require()
     if q.dtype == torch.float16:
         dq, dk, dv, dbias = C.attention_backward(dout.float(), q.float(), k.float(), _f32(v), _bias(bias), bias_index,
                                                  out.float(), lse, value, _scale(q, scale), mask_diagonal, need_dbias)
-        return dq.half(), dk.half(), None if dv is None else dv.half(), dbias
-    return tuple(C.attention_backward(dout, q, k, v, _bias(bias), bias_index, out, lse, value, _scale(q, scale),
-                                      mask_diagonal, need_dbias))
+        dq, dk, dv = dq.half(), dk.half(), None if dv is None else dv.half()
+    else:
+        dq, dk, dv, dbias = C.attention_backward(dout, q, k, v, _bias(bias), bias_index, out, lse, value,
+                                                 _scale(q, scale), mask_diagonal, need_dbias)
+    if dbias is not None and bias_index is None:
+        # The kernel writes a dense bias's gradient at (B, H, Nq, Nk), one slice per task (race-free);
+        # reduced here to the broadcast shape the caller gave.
+        dbias = dbias.sum_to_size(bias.shape)
+    return dq, dk, dv, dbias

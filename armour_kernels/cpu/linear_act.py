@@ -3,7 +3,7 @@
 
 Why the oneDNN path exists. In a patched DeiT-Ti or LeViT on CPU most of the time is not attention but the
 Linear / 1×1 / stem-conv layers and the elementwise passes between them. Three measured causes
-(AMD EPYC Zen 5, 2 threads, fp32; bench/results/cpu-amd-epyc-2core/):
+(AMD EPYC Zen 4, 2 threads, fp32; bench/results/cpu-amd-epyc-avx512bf16-2core/):
 
 1. ATen's fp32 `F.linear` runs MKL's sgemm, which on this AMD CPU reaches ~190 GFLOP/s; oneDNN's
    GEMM (which PyTorch ships, `torch.ops.mkldnn._linear_pointwise`) reaches ~440 GFLOP/s on the
@@ -120,7 +120,8 @@ def clear_weight_cache() -> None:
 # place after it, instead of to oneDNN: a oneDNN call has ~20 µs of fixed cost (primitive lookup)
 # against ATen's ~3 µs, more than the packed oneDNN GEMM gains on small fp32 products. For bf16
 # (AMX) oneDNN wins from tiny sizes on (LeViT-128S at batch 1: 34 µs against ATen's 46).
-# Measured on Intel Xeon (Sapphire Rapids), 1 thread: bench/results/cpu-intel-xeon-spr-2core/.
+# Measured by `armour-bench linear_act` (its engines table) on Intel Xeon Sapphire Rapids:
+# bench/results/cpu-intel-xeon-amx-2core/linear_act-cpu.md. Other CPUs: rerun it and compare.
 ONEDNN_MIN_FLOPS = {torch.float32: 64e6, torch.bfloat16: 2e6}
 
 # In-place activations for the ATen path (the GEMM output is fresh, so nobody else sees it).

@@ -42,14 +42,6 @@ def _value_width(q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> int:
     return sum(widths[part] for part in value.split("+"))
 
 
-def _dense_bias(bias, bias_index, q, k, backend):
-    """A dense bias is expanded (a view, stride 0) to (B, H, Nq, Nk) for the CPU kernels; the Triton
-    launchers take it in its own shape and return its gradient in that shape."""
-    if bias is None or bias_index is not None or backend == "triton":
-        return bias
-    return bias.expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-
-
 # ----------------------------------------------------------------------------- custom ops
 
 def _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
@@ -57,7 +49,7 @@ def _forward(q, k, v, bias, bias_index, value, scale, mask_diagonal, backend):
     if bias_index is not None:
         check_index_range(bias_index, bias.shape[1])
     forward, _ = _launchers(backend)
-    return forward(q, k, v, _dense_bias(bias, bias_index, q, k, backend), bias_index,
+    return forward(q, k, v, bias, bias_index,
                    value=value, scale=scale, mask_diagonal=mask_diagonal)
 
 
@@ -82,7 +74,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], bias:
                   mask_diagonal: bool, need_dbias: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias); dv / dbias are empty tensors when there is nothing to return."""
     _, backward = _launchers(backend)
-    dq, dk, dv, dbias = backward(dout, q, k, v, _dense_bias(bias, bias_index, q, k, backend), bias_index, out, lse,
+    dq, dk, dv, dbias = backward(dout, q, k, v, bias, bias_index, out, lse,
                                  value=value, scale=scale, mask_diagonal=mask_diagonal, need_dbias=need_dbias)
     return (dq, dk, dv if dv is not None else q.new_empty(0),
             dbias if dbias is not None else q.new_empty(0, dtype=torch.float32))
@@ -93,10 +85,8 @@ def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale,
                         backend):
     dv = q.new_empty(v.shape) if v is not None and "v" in value else q.new_empty(0)
     if need_dbias and bias is not None:
-        full = bias_index is None and backend != "triton"  # the CPU kernels return it at (B, H, Nq, Nk)
-        shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1]) if full else bias.shape
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # the CPU kernels' float64 path
-        dbias = q.new_empty(shape, dtype=acc)
+        dbias = q.new_empty(bias.shape, dtype=acc)  # every launcher returns it in the bias's own shape
     else:
         dbias = q.new_empty(0, dtype=torch.float32)
     return q.new_empty(q.shape), k.new_empty(k.shape), dv, dbias
@@ -117,8 +107,8 @@ def _backward(ctx, dout, _dlse):
     dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, bias_index, out, lse, value, scale, mask_diagonal,
                                       need_dbias, backend)
     dv = dv if v is not None and "v" in value else None
-    if need_dbias:  # dense on cpu: the kernel's full (B, H, Nq, Nk) gradient summed back to the bias's shape
-        dbias = (dbias if bias_index is not None else dbias.sum_to_size(bias.shape)).to(bias.dtype)
+    if need_dbias:
+        dbias = dbias.to(bias.dtype)
     else:
         dbias = None
     return dq, dk, dv, dbias, None, None, None, None, None

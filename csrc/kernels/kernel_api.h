@@ -169,6 +169,7 @@ const KernelTable& kernels_avx512bf16();
 bool cpu_supports(Isa isa);
 bool cpu_supports(Isa isa, GemmUse gemm);
 Isa best_isa();
+GemmUse best_gemm();  // the GEMMs used unless set_current_isa chose others
 Isa current_isa();
 GemmUse current_gemm();
 void set_current_isa(Isa isa, GemmUse gemm);  // caller checks cpu_supports first

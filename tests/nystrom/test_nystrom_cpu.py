@@ -302,7 +302,7 @@ print("ok")
 
 
 def test_linear_benchmark_smoke(tmp_path, monkeypatch):
-    """`armour-bench linear` runs end to end on CPU (one tiny shape, one round, two thread counts)."""
+    """`armour-bench linear_attention` runs end to end on CPU (one tiny shape, one round, two thread counts)."""
     import argparse
     import json
 
@@ -313,7 +313,7 @@ def test_linear_benchmark_smoke(tmp_path, monkeypatch):
     args = parser.parse_args(["--device", "cpu", "--repeats", "1", "--threads", "1,2", "--landmarks", "8",
                               "--out", str(tmp_path)])
     assert linear_attention.run(args) == 0
-    report = json.loads((tmp_path / "linear-cpu-fp32.json").read_text())
+    report = json.loads((tmp_path / "linear_attention-cpu-fp32.json").read_text())
     rows = report["rows"]
     assert {(r["family"], r["impl"]) for r in rows} == {(f, i) for f in ("nystrom", "performer")
                                                        for i in ("armour_kernels", "python_ref", "sdpa")}

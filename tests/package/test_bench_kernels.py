@@ -2,6 +2,8 @@
 import argparse
 import json
 
+import pytest
+
 from armour_kernels.benchmarks import kernels
 
 
@@ -36,7 +38,8 @@ def test_interleaved_timing_and_record(tmp_path):
     calls = []
     times = timing.interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 3,
                                   warmup=1)
-    assert set(times) == {"a", "b"} and calls[2:] == ["a", "b"] * 3  # warm-up, then call by call in turn
+    # warm-up, then call by call in turn, the order rotating from round to round (no position bias)
+    assert set(times) == {"a", "b"} and calls[2:] == ["a", "b", "b", "a", "a", "b"]
     assert timing.median_ms(lambda: None, "cpu", 2) >= 0
     slug = record.device_slug("cpu")
     assert slug.startswith("cpu-") and slug.endswith("core") and " " not in slug
@@ -47,16 +50,22 @@ def test_interleaved_timing_and_record(tmp_path):
     assert record.environment_lines(env)[2].startswith("Command: `")
 
 
-def test_onnxruntime_peer_matches_torch():
+@pytest.mark.parametrize("peer", ["onnxruntime", "openvino"])
+def test_onnx_peers_match_torch(peer):
     import torch
 
-    from armour_kernels.benchmarks.models import OnnxRuntimeModel
+    from armour_kernels.benchmarks import peers
+    pytest.importorskip(peer)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardswish(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 5)).eval()
     x = torch.randn(2, 3, 8, 8)
-    out = OnnxRuntimeModel(model, x)(x)
-    assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+    onnx = peers.OnnxFile(model, x)
+    build = peers.onnxruntime_session if peer == "onnxruntime" else peers.openvino_model
+    out = build(onnx, x, torch.float32)(x)
+    onnx.close()
+    out = out[0] if peer == "openvino" else out
+    assert torch.allclose(torch.as_tensor(out), model(x), atol=1e-5)
 
 
 def test_summary_of_a_results_folder(tmp_path):
@@ -76,10 +85,43 @@ def test_summary_of_a_results_folder(tmp_path):
                    dict(row, impl="sdpa", fwd_ms=20.0, fwd_bwd_ms=28.0, fwd_vs_sdpa=1.0, fwd_bwd_vs_sdpa=1.0)]
     kernels_report = {"environment": dict(env, command="armour-bench kernels"), "dtype": "fp32", "backend": "cpu",
                       "rows": kernel_rows}
+    ratio = {"ratio": 1.2, "ratio_low": 1.1, "ratio_high": 1.3, "clear": True}
+    case = dict(group="LeViT-128S", model="LeViT-128S", batch=1, threads=1, dtype="fp32", dtype_run="fp32")
+    main = {"environment": dict(env, command="armour-bench"), "cases": ["1x1"], "impls": [], "rows": [
+        dict(case, impl="ours optimize", img_per_s=120.0), dict(case, impl="openvino", img_per_s=100.0,
+                                                                optimize_vs_this=ratio),
+        dict(case, impl="ours eager", img_per_s=90.0, vs_timm_eager=dict(ratio, ratio=0.9, ratio_high=0.95))]}
     (tmp_path / "models-fp32.json").write_text(json.dumps(models))
     (tmp_path / "kernels-cpu-fp32.json").write_text(json.dumps(kernels_report))
+    (tmp_path / "main-fp32.json").write_text(json.dumps(main))
     text = summary.summary(tmp_path)
+    assert "| LeViT-128S vs OpenVINO | fp32, batch 1, 1 thr | 120.0 | 100.0 | 1.20× (1.10–1.30) | 1.00× | yes |" in text
+    assert "| LeViT-128S vs onnxruntime | fp32, batch 1, 1 thr | | | not measured | 1.00× | – |" in text
+    assert "| LeViT-128S eager patched vs timm eager | fp32, batch 1, 1 thr | 90.0 | | 0.90× (1.10–0.95) |" in text
     assert "| LeViT-128S fp32 vs onnxruntime fp32 | 2 thr, batch 64 | 200.0 | 150.0 | 1.33× | 1.00× | yes |" in text
     assert "| Armour-Ti fp32 vs timm DeiT-Ti eager | 2 thr, batch 64 | 45.0 | 40.0 | 1.12× | 1.25× | no |" in text
     assert "| 2.00× | 20.0 / 28.0 | 1.40× | yes / no |" in text
     assert "`armour-bench kernels`" in text and "`armour-bench models`" in text
+
+
+def test_linear_act_engine_table(tmp_path, monkeypatch):
+    """`armour-bench linear_act --tables engines`: each engine timed, the choice and whether it was the faster."""
+    from armour_kernels.benchmarks import linear_act
+    monkeypatch.setattr(linear_act, "ENGINE_LAYERS", (("tiny", 4, 16, 8, "hardswish"),))
+    monkeypatch.setattr(linear_act, "ENGINE_BATCHES", (1,))
+    parser = argparse.ArgumentParser()
+    linear_act.add_arguments(parser)
+    args = parser.parse_args(["--tables", "engines", "--dtypes", "fp32", "--repeats", "1", "--out", str(tmp_path)])
+    assert linear_act.run(args) == 0
+    (row,) = json.loads((tmp_path / "linear_act-cpu.json").read_text())["engines"]
+    assert row["chose"] == "aten" and {"aten", "auto"} <= set(row["ms"]) and 0 < row["chose_vs_fastest"] <= 1
+    assert "| tiny | 1 |" in (tmp_path / "linear_act-cpu.md").read_text()
+
+
+@pytest.mark.parametrize("flags, tier", [(["avx2", "fma"], "avx2"), (["avx2", "fma", "avx512f"], "avx512"),
+                                         (["avx512f", "avx512_bf16"], "avx512bf16"),
+                                         (["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], "amx"), ([], "base")])
+def test_results_folder_names_the_instruction_set(flags, tier):
+    from armour_kernels.benchmarks import record
+    assert record.isa_tier(flags) == tier
+    assert record.device_slug("cpu").startswith("cpu-") and record.isa_tier() in record.device_slug("cpu")
