@@ -22,13 +22,12 @@ if TESTS not in sys.path:
 
 import pytest  # noqa: E402
 
-from helpers import HAS_CUDA  # noqa: E402
-
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_kernels: runs the C++ extension's kernels (.ci/sanitize runs these)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m cpu_kernels` deselects by the markers
 def pytest_collection_modifyitems(items):
     for item in items:
         params = getattr(item, "callspec", None)
@@ -38,5 +37,10 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
-def device():
-    return torch.device("cuda" if HAS_CUDA else "cpu")
+def many_threads():
+    """8 threads, more than a small test's (b, h) pairs, so that the C++ kernels split each sequence
+    over tasks and merge their partial results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    yield
+    torch.set_num_threads(threads)

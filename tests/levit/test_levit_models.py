@@ -1,4 +1,4 @@
-"""LeViT: BatchNorm folding, the Linear+Hardswish GEMM, fused blocks, whole patched models.
+"""LeViT: BatchNorm folding, fused blocks, whole patched models.
 
 Reduced inputs (64×64 / 96×96 images: 4×4 / 6×6 token grids) keep the Triton interpreter fast;
 every fused result is compared with the unpatched model, every kernel with a float64 reference.
@@ -9,24 +9,15 @@ import functools
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from conftest import TRITON_DTYPES, assert_close, requires_cuda
+from helpers import TRITON_DTYPES, assert_close, backend_params, requires_cuda
 
 timm = pytest.importorskip("timm")
 
-import armour_kernels  # noqa: E402
 from armour_kernels import fold_batchnorm  # noqa: E402
 from armour_kernels.nn.levit import (LevitAttention, LevitAttentionDownsample, LevitBlock,  # noqa: E402
                                      LevitDownsampleBlock, LevitMlp)
 from armour_kernels.surgery import patch, unpatch  # noqa: E402
-from armour_kernels.triton.linear_act import (hardswish_linear_forward, linear_act_forward,  # noqa: E402
-                                              linear_hardswish_forward)
-
-from armour_kernels.backend import cpu_has_op  # noqa: E402
-
-# The C++ backend joins when the extension is built (CI builds it).
-BACKENDS = ["reference", "triton"] + (["cpu"] if cpu_has_op("attention") else [])
 
 
 def randomise(model, seed=0):
@@ -135,62 +126,6 @@ def test_fold_refuses_lonely_batchnorm():
         fold_batchnorm(model)
 
 
-# ----------------------------------------------------------------------------- Linear + Hardswish
-
-@pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize("shape", [(1, 16, 16), (2, 49, 67, 45), (197, 128, 256)], ids=str)
-@pytest.mark.parametrize("act", ["out", "in"])
-def test_linear_hardswish_kernel(dtype, shape, act):
-    *lead, K, N = shape
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(*lead, K + 3, generator=g)[..., 3:].to(dtype)  # non-contiguous rows
-    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
-    b = torch.randn(N, generator=g).to(dtype)
-    if act == "out":
-        y = linear_hardswish_forward(x, w, b)
-        ref = F.hardswish(F.linear(x.double(), w.double(), b.double()))
-    else:
-        y = hardswish_linear_forward(x, w, b)
-        ref = F.linear(F.hardswish(x.double()), w.double(), b.double())
-    assert y.shape == (*lead, N) and y.dtype == dtype
-    assert_close(y, ref, dtype)
-    no_bias = linear_act_forward(x, w, None, act_in=act == "in", act_out=act == "out")
-    xin = F.hardswish(x.double()) if act == "in" else x.double()
-    ref_no_bias = F.linear(xin, w.double())
-    assert_close(no_bias, F.hardswish(ref_no_bias) if act == "out" else ref_no_bias, dtype)
-
-
-@pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize("act", ["none", "in", "out"])
-def test_linear_act_residual_epilogue(dtype, act):
-    """y = act(x·Wᵀ + b) + r with r read through its own strides (a transposed view here)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 37, 24, generator=g).to(dtype)
-    w = (torch.randn(40, 24, generator=g) * 24 ** -0.5).to(dtype)
-    b = torch.randn(40, generator=g).to(dtype)
-    r = torch.randn(2, 40, 37, generator=g).to(dtype).transpose(1, 2)
-    y = linear_act_forward(x, w, b, act_in=act == "in", act_out=act == "out", residual=r)
-    xin = F.hardswish(x.double()) if act == "in" else x.double()
-    z = F.linear(xin, w.double(), b.double())
-    assert_close(y, (F.hardswish(z) if act == "out" else z) + r.double(), dtype)
-
-
-def test_linear_hardswish_errors():
-    x, w = torch.randn(4, 8), torch.randn(5, 8)
-    with pytest.raises(ValueError, match="does not match"):
-        linear_hardswish_forward(x, torch.randn(5, 7), None)
-    with pytest.raises(TypeError, match="share a dtype"):
-        linear_hardswish_forward(x, w.half(), None)
-    with pytest.raises(TypeError, match="float32/float16/bfloat16"):
-        linear_hardswish_forward(x.double(), w.double(), None)
-    with pytest.raises(ValueError, match="bias must have shape"):
-        linear_hardswish_forward(x, w, torch.randn(4))
-    with pytest.raises(ValueError, match="residual must be"):
-        linear_act_forward(x, w, None, residual=torch.randn(4, 4))
-    with pytest.raises(ValueError, match="residual must be"):
-        linear_act_forward(x, w, None, residual=torch.randn(4, 5).half())
-
-
 # ----------------------------------------------------------------------------- fused blocks
 
 def _blocks(model):
@@ -213,7 +148,7 @@ def _block_input(model, which, x):
 
 
 # "reference" is the op's own python_ref path: the whole-model tests cover it; here the kernels.
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("backend", backend_params(["triton", "cpu"]))
 @pytest.mark.parametrize("which", ["attn", "down", "mlp"])
 @pytest.mark.parametrize("make", [
     lambda: timm_levit("levit_128s", img_size=96),
@@ -255,7 +190,7 @@ def test_fused_blocks_share_parameters():
     assert "attention_bias_idxs" not in fused.state_dict()  # non-persistent, as in timm
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("backend", backend_params(["triton", "cpu"]))
 @pytest.mark.parametrize("make", [
     lambda: timm_levit("levit_128s", img_size=96),
     lambda: timm_levit("levit_conv_128s", img_size=96),
@@ -310,7 +245,7 @@ def _grads(model):
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("make", [tiny_timm, lambda: tiny_ref("armour"), lambda: tiny_ref("armour_plus")],
                          ids=["timm", "ref_armour", "ref_armour_plus"])
 def test_patched_model_train_and_eval(make, backend):
@@ -405,23 +340,6 @@ def test_fold_patched_then_unpatch():
         assert_close(model(x), reference, torch.float32, msg="unpatched, still folded")
 
 
-def test_models_benchmark_smoke(tmp_path):
-    import argparse
-    import json
-
-    from armour_kernels.benchmarks import models
-    parser = argparse.ArgumentParser()
-    models.add_arguments(parser)
-    out = str(tmp_path / "levit")
-    args = parser.parse_args(["--models", "levit_128s", "--variants", "armour_plus", "--modes", "patched-folded",
-                              "--batch-size", "1", "--iters", "1", "--warmup", "0", "--device", "cpu",
-                              "--backend", "reference", "--out", out])
-    assert models.run(args) == 0
-    report = json.load(open(out + ".json"))
-    assert report["rows"][0]["img_per_s"] > 0 and report["environment"]["torch"] == torch.__version__
-    assert "| levit_128s | armour_plus | patched-folded |" in open(out + ".md").read()
-
-
 @requires_cuda
 @pytest.mark.parametrize("variant", ["regular", "armour", "armour_plus"])
 def test_patched_folded_levit_bf16_autocast_gpu(variant):
@@ -432,16 +350,3 @@ def test_patched_folded_levit_bf16_autocast_gpu(variant):
         reference = model(x).float()
         fused = fold_batchnorm(patch(copy.deepcopy(model), backend="triton"))
         assert_close(fused(x).float(), reference, torch.bfloat16, scale=2)
-
-
-def test_linear_act_paths_agree():
-    g = torch.Generator().manual_seed(5)
-    x, w, b = torch.randn(3, 7, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
-    expected = F.linear(F.hardswish(x), w, b)
-    for backend in ("reference", "triton"):
-        assert_close(armour_kernels.linear_act(x, w, b, act_in=True, backend=backend), expected, torch.float32, msg=backend)
-    x.requires_grad_(True)  # a gradient is needed: PyTorch's GEMM, with autograd
-    y = armour_kernels.linear_act(x, w, b, act="hardswish", backend="triton")
-    y.sum().backward()
-    assert x.grad is not None and y.grad_fn is not None
-

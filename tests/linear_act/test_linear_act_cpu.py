@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close
+from helpers import assert_close
 
 cpu = pytest.importorskip("armour_kernels.cpu")
 if not cpu.has_op("linear_hardswish"):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import assert_close
+from helpers import assert_close
 
 from armour_kernels import fold_batchnorm, patch
 from armour_kernels.cpu import linear_act as dense

@@ -8,7 +8,7 @@ import python_ref
 from armour_kernels import armourize, fold_batchnorm, patch, unpatch
 from armour_kernels.nn.attention import FusedDeiTAttention
 from armour_kernels.nn.levit import LevitAttention
-from spec_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
+from param_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
 
 timm = pytest.importorskip("timm")
 

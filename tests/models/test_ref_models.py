@@ -12,7 +12,7 @@ from python_ref import create_model, fold_batchnorm, summary_param_count
 from python_ref.attention import DEIT_VARIANTS
 from python_ref.levit import LEVIT_VARIANTS, BNLinear, ConvBN, LinearBN
 from python_ref.vix import VIX_ATTENTIONS
-from spec_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
+from param_counts import DEIT_COUNTS  # docs/attention.md: (regular, two-projection)
 
 
 @pytest.fixture(scope="module")

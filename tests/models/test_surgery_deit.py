@@ -6,6 +6,7 @@ import torch.nn as nn
 
 import armour_kernels
 from armour_kernels.nn.attention import ArmourAttention, FusedDeiTAttention
+from helpers import backend_params
 from python_ref.attention import DEIT_VARIANTS
 from python_ref.deit import Attention as RefAttention
 
@@ -22,7 +23,7 @@ def forward_backward(model, x):
     return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", backend_params(["triton", "reference"]))
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_patched_timm_deit_matches(backend, mode):
     model = tiny_deit()

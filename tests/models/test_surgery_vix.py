@@ -8,7 +8,7 @@ from armour_kernels.nn.nystrom import NystromAttention
 from armour_kernels.nn.performer import PerformerAttention
 from armour_kernels.nn.vix import FusedViXAttention
 from python_ref import create_model, vix
-from tests.conftest import assert_close, requires_cuda
+from helpers import assert_close, backend_params, requires_cuda
 
 FUSED = {"softmax": FusedViXAttention, "nystrom": NystromAttention, "performer": PerformerAttention}
 ORIGINAL = {"softmax": vix.Attention, "nystrom": vix.NystromAttention, "performer": vix.PerformerSelfAttention}
@@ -41,7 +41,7 @@ def assert_same(model, x, out, grads):
         torch.testing.assert_close(grads_p[name], grad, atol=2e-5, rtol=2e-4, msg=name)
 
 
-@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("backend", backend_params(["triton", "reference"]))
 @pytest.mark.parametrize("attention, rope, armour", CASES)
 def test_patched_vix_matches(attention, rope, armour, backend):
     model = tiny_vix(attention, rope=rope, armour=armour).eval()

@@ -1,12 +1,12 @@
 """Runs the ```python blocks of a Markdown file in order, in one interpreter, as a reader would.
 
-    python tests/readme_blocks.py README.md
+    python tests/package/readme_blocks.py README.md
 
 A block whose first line is `# not run: <reason>` is only compiled (syntax-checked), not run.
 Pretrained weights become random ones (timm.create_model(pretrained=True) builds the model with
 pretrained=False), and connections leave no further than this machine, so the examples run
 offline and fast. A failing block's traceback names its lines in the Markdown file.
-Used by tests/test_readme.py; exits 1 on the first block that fails.
+Used by test_readme.py; exits 1 on the first block that fails.
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache"}
 
 # Pointers outside the repository, spelled in pieces so that this file does not match itself.

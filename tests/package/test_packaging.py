@@ -2,18 +2,18 @@
 package pyproject.toml declares, with the same pins, and the build backend pins torch as it says."""
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from helpers import ROOT
 
 try:
     import tomllib
 except ImportError:  # Python 3.10: tomli, which `build` (requirements.txt) brings there
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SELF = canonicalize_name(PROJECT["name"])
 

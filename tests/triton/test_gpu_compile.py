@@ -9,7 +9,7 @@ registers (the offline evidence behind the config lists: `armour-bench cubin`). 
 TRITON_INTERPRET must be unset there.
 """
 import pytest
-from conftest import run_compiled_script
+from helpers import run_compiled_script
 
 SCRIPT = r'''
 import torch

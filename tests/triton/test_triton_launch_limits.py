@@ -21,7 +21,7 @@ from armour_kernels.triton import attention as ta
 from armour_kernels.triton import linear_act as tla
 from armour_kernels.triton import nystrom as tn
 from armour_kernels.triton import performer as tp
-from conftest import HAS_CUDA, run_compiled_script
+from helpers import HAS_CUDA, run_compiled_script
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="interpreter / meta-tensor checks of the launchers (CPU only)")
 

@@ -7,7 +7,6 @@ import copy
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +15,9 @@ import armour_kernels
 import python_ref
 from armour_kernels.backend import cpu_has_op
 from armour_kernels.deploy import ChannelsLastOutput, prepare
-from conftest import assert_close
+from helpers import ROOT, assert_close
 
 pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_timm_levit():
