@@ -1,0 +1,190 @@
+"""armour_kernels.optimize and AOTInductor packages: same outputs as the model given, which stays as it was.
+
+Each test compiles small models (one block per stage, 32×32 or 64×64 images) so that inductor
+builds in well under a minute on 2 cores; the package test loads the package in a fresh Python.
+"""
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import armour_kernels
+import python_ref
+from armour_kernels.backend import cpu_has_op
+from armour_kernels.deploy import ChannelsLastOutput, prepare
+from helpers import ROOT, assert_close
+
+pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
+
+
+def small_timm_levit():
+    """timm LeViT-128S, one block per stage, with BatchNorm statistics and bias tables that are not trivial."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", img_size=64, depth=(1, 1, 1), num_classes=10).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "attention_biases"):
+                m.attention_biases.normal_()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    return model
+
+
+def small_armour_ti():
+    torch.manual_seed(0)
+    return python_ref.create_model("deit_tiny_patch16_224", attention="armour", img_size=32, patch_size=8, depth=2,
+                                   num_classes=10).eval()
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
+
+
+def assert_unchanged(model, before):
+    state, types = before
+    assert [type(m) for m in model.modules()] == types, "optimize changed the model given"
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_prepared_model_has_no_graph_break():
+    """What optimize compiles traces as one graph with the fused attention op in it (fullgraph)."""
+    model = small_timm_levit()
+    x = torch.randn(2, 3, 64, 64)
+    explained = torch._dynamo.explain(prepare(model))(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    ops = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
+    assert any("attention_fwd" in op for op in ops), sorted(ops)
+
+
+def test_optimize_levit_fp32_same_outputs_original_untouched():
+    model = small_timm_levit()
+    before = snapshot(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    optimized = armour_kernels.optimize(model, x)
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = optimized(x)
+    assert got.dtype == torch.float32
+    assert_close(got, expected, torch.float32)
+    ops = {e.key for e in prof.key_averages()}
+    # inductor's code calls the registered custom op itself (no graph break back into eager Python)
+    assert "armour_kernels::attention_fwd" in ops
+    # frozen: every GEMM runs on a weight prepacked at compile time, none through ATen's addmm / mm
+    assert {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops and not {"aten::addmm", "aten::mm"} & ops, ops
+    assert_unchanged(model, before)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()), "the original was folded"
+    assert not model.training
+
+
+def test_optimize_armour_ti_bf16_dynamic_batch():
+    model = small_armour_ti()
+    before = snapshot(model)
+    x = torch.randn(3, 3, 32, 32)
+    optimized = armour_kernels.optimize(model, x, dtype=torch.bfloat16, dynamic_batch=True)
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    for batch in (3, 5, 2):  # one graph serves every batch size: no recompilation
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = model(x)
+            got = optimized(x)
+        assert got.dtype == torch.float32  # served in the input's dtype, computed in bf16
+        assert_close(got, expected, torch.bfloat16, scale=2.0)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
+    assert_unchanged(model, before)
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_optimize_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="dtype"):
+        armour_kernels.optimize(small_armour_ti(), torch.randn(1, 3, 32, 32), dtype=torch.int8)
+    with pytest.raises(TypeError, match="nn.Module"):
+        armour_kernels.optimize(lambda x: x, torch.randn(1, 3, 32, 32))
+
+
+def _python(script_or_args, **kwargs):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    args = ["-c", script_or_args] if isinstance(script_or_args, str) else script_or_args
+    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
+LOAD_AND_COMPARE = """
+import sys, torch
+import armour_kernels  # registers the custom ops the package calls
+x, expected, tolerance = torch.load(sys.argv[1])
+run = torch._inductor.aoti_load_package(sys.argv[2])
+got = run(x)
+error = (got.float() - expected).abs().max().item()
+print("max error", error)
+assert got.shape == expected.shape and error <= tolerance, (error, tolerance)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("name,dtype", [("levit_128s", "fp32"), ("armour_deit_tiny_patch16_224", "bf16")])
+def test_cli_export_package_loads_in_a_fresh_process(tmp_path, name, dtype):
+    """`armour-bench export` writes the package; a new Python loads it and gets the eager model's outputs."""
+    from armour_kernels.benchmarks.export import create_model, example_input
+    package = tmp_path / f"{name}.pt2"
+    out = _python(["-m", "armour_kernels.cli", "export", name, "--tiny", "--dtype", dtype, "--batch-size", "2",
+                   "--threads", "1", "--no-check", "--out", str(package)], timeout=600)
+    assert package.exists() and f"wrote {package}" in out
+    model = create_model(name, tiny=True, img_size=32)  # the same seeded weights as the CLI's
+    x = example_input(model, 2, 32)
+    with torch.no_grad():
+        expected = model(x)
+    tolerance = (2e-4 if dtype == "fp32" else 8e-2) * max(1.0, expected.abs().max().item())
+    torch.save((x, expected, tolerance), tmp_path / "io.pt")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_AND_COMPARE)
+    assert "ok" in _python([str(script), str(tmp_path / "io.pt"), str(package)], timeout=300)
+
+
+def test_prepare_leaves_the_model_as_it_was():
+    """prepare (what optimize and export_package compile) folds, patches and casts a copy only."""
+    model = small_timm_levit().train()
+    before = snapshot(model)
+    served = prepare(model, dtype=torch.bfloat16)
+    assert model.training and not served.training
+    assert_unchanged(model, before)
+    assert next(served.parameters()).dtype == torch.bfloat16 and not next(served.parameters()).requires_grad
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in served.modules())
+    assert isinstance(served.model.stem, ChannelsLastOutput)  # contiguous tokens for the first stage's GEMMs
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert_close(served(x), prepare(model.eval(), dtype=torch.bfloat16, dense_biases=False)(x), torch.bfloat16)
+
+
+
+def test_many_optimized_models_each_stay_compiled_and_frozen():
+    """Every compiled model has its own Dynamo cache: the 9th (past the recompile limit of 8 that one
+    shared code object would hit) is still compiled, with its weights frozen and prepacked."""
+    from torch.profiler import profile
+
+    from armour_kernels.deploy import ServingModel, compile_frozen, inductor_options
+    models = []
+    for _ in range(torch._dynamo.config.recompile_limit + 1):
+        plain = ServingModel(torch.nn.Linear(8, 4).eval().requires_grad_(False), torch.float32)
+        models.append((plain, compile_frozen(plain, torch.randn(2, 8), inductor_options(torch.device("cpu")))))
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        for plain, compiled in models:
+            torch.testing.assert_close(compiled(x), plain(x))
+        with profile() as prof:
+            models[-1][1](x)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::addmm" not in ops and {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops, ops
