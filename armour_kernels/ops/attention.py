@@ -182,6 +182,20 @@ def check_index_range(index: Tensor, table_width: int) -> None:
     _CHECKED_INDICES[index] = key
 
 
+@torch.library.custom_op("armour_kernels::checked_index", mutates_args=())
+def checked_index(index: Tensor, table_width: int) -> Tensor:
+    """A copy of `index` after check_index_range: how the reference backend checks the index inside a
+    torch.compile'd graph (the op runs at call time, and its output feeds the table lookup, so the
+    check can be neither traced away nor dropped as dead code)."""
+    check_index_range(index, table_width)
+    return index.clone()
+
+
+@checked_index.register_fake
+def _(index, table_width):
+    return torch.empty_like(index)
+
+
 def _check_scale(scale, q) -> float:
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not math.isfinite(scale):
@@ -227,7 +241,9 @@ def _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal):
         return t.transpose(1, 2).to(work) if t is not None else None
 
     if bias is not None and bias_index is not None:
-        if not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            bias_index = checked_index(bias_index, bias.shape[1])
+        else:
             check_index_range(bias_index, bias.shape[1])
         bias = levit_bias(bias, bias_index)
     bias = bias.to(work) if bias is not None else None

@@ -49,10 +49,7 @@ def test_torch_compile_aot_autograd_through_the_op(backend):
                                atol=1e-5, rtol=1e-5)
 
 
-# The reference backend's check is skipped under torch.compile (torch's own IndexError for the
-# table lookup, or no error at all for a negative index): a known gap.
-@pytest.mark.parametrize("backend", backend_params(["triton", "cpu"]) + [pytest.param(
-    "reference", marks=pytest.mark.xfail(strict=True, reason="the reference backend's index check is traced away"))])
+@pytest.mark.parametrize("backend", backend_params(["triton", "cpu", "reference"]))
 def test_table_index_out_of_range_is_refused_under_torch_compile(backend):
     table, q = torch.randn(2, 10), torch.randn(1, 4, 2, 8)
 
