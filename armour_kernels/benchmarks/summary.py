@@ -96,10 +96,10 @@ def targets_section(models):
 
 
 def kernels_section(kernels):
-    lines = ["| dtype | shape (B, N, H, Dk/Dv) | value | bias | fwd ms (ours / SDPA) | fwd × | fwd+bwd ms "
-             "(ours / SDPA) | fwd+bwd × | targets met (fwd ≥ 1.3× fp32, 1.5× bf16; fwd+bwd ≥ 1.5×) |",
-             "|---|---|---|---|---|---:|---|---:|---|"]
-    for report in kernels:
+    lines = ["| dtype | threads | shape (B, N, H, Dk/Dv) | value | bias | fwd ms (ours / SDPA) | fwd × | fwd TFLOP/s "
+             "| fwd+bwd ms (ours / SDPA) | fwd+bwd × | targets met (fwd ≥ 1.3× fp32, 1.5× bf16; fwd+bwd ≥ 1.5×) |",
+             "|---|---:|---|---|---|---|---:|---:|---|---:|---|"]
+    for report in sorted(kernels, key=lambda r: (r["dtype"], r["environment"]["threads"])):
         rows = report["rows"]
         for r in rows:
             if r["impl"] != "armour_kernels" or "fwd_vs_sdpa" not in r:
@@ -107,10 +107,20 @@ def kernels_section(kernels):
             sdpa = next(x for x in rows if x["impl"] == "sdpa" and (x["shape"], x["value"]) == (r["shape"], r["value"]))
             needs = KERNEL_TARGETS.get(report["dtype"], (1.3, 1.5))
             met = " / ".join("yes" if r.get(k, 0) >= v else "no" for k, v in zip(("fwd_vs_sdpa", "fwd_bwd_vs_sdpa"), needs))
-            lines.append(f"| {report['dtype']} | {r['shape']} ({r['B']}, {r['Nq']}×{r['Nk']}, {r['H']}, "
-                         f"{r['Dk']}/{r['Dv']}) | {r['value']} | {r['bias']} | {r['fwd_ms']:.1f} / {sdpa['fwd_ms']:.1f}"
-                         f" | {r['fwd_vs_sdpa']:.2f}× | {r['fwd_bwd_ms']:.1f} / {sdpa['fwd_bwd_ms']:.1f} | "
-                         f"{r['fwd_bwd_vs_sdpa']:.2f}× | {met} |")
+            tflops = f"{r['fwd_tflops']:.3f}" if "fwd_tflops" in r else "–"
+            lines.append(f"| {report['dtype']} | {r.get('threads', report['environment']['threads'])} | {r['shape']} "
+                         f"({r['B']}, {r['Nq']}×{r['Nk']}, {r['H']}, {r['Dk']}/{r['Dv']}) | {r['value']} | {r['bias']} "
+                         f"| {r['fwd_ms']:.1f} / {sdpa['fwd_ms']:.1f} | {r['fwd_vs_sdpa']:.2f}× | {tflops} "
+                         f"| {r['fwd_bwd_ms']:.1f} / {sdpa['fwd_bwd_ms']:.1f} | {r['fwd_bwd_vs_sdpa']:.2f}× | {met} |")
+    return lines
+
+
+def linear_attention_section(reports):
+    """The Nyström / Performer targets `armour-bench linear_attention` checks, as it wrote them."""
+    lines = ["| family, threads | target | result |", "|---|---|---|"]
+    for report in reports:
+        for case, targets in report["targets"].items():
+            lines += [f"| {case} | {what} | {result} |" for what, result in targets.items()]
     return lines
 
 
@@ -150,6 +160,7 @@ def summary(folder: Path) -> str:
     models = sorted((r for r in reports if "settings" in r and "patched_backend" in r.get("settings", {})),
                     key=lambda r: (-r["environment"]["threads"], r["settings"]["dtype"] != "fp32"))
     mains = [r for r in reports if "cases" in r and "impls" in r and "rows" in r]
+    linear = [r for r in reports if "targets" in r and "crossover" in r]
     env = (mains or models or kernels)[0]["environment"]
     lines = [f"# Benchmark summary — {env['device']}", "", *record.environment_lines(env)[:2], "",
              "Ratios are speeds (higher is better), every ratio between implementations timed interleaved in the "
@@ -162,11 +173,17 @@ def summary(folder: Path) -> str:
                   *serving_section(mains), ""]
     if models:
         lines += ["## Targets: fused eager models (`armour-bench models`)", "", *targets_section(models), ""]
-    lines += ["## Attention op vs SDPA", "", *kernels_section(kernels), "", "## Models", ""]
-    for report in models:
-        lines += models_section(report) + [""]
-    lines += ["## Commands", ""]
-    lines += [f"- `{r['environment']['command']}`" for r in mains + kernels + models if "command" in r["environment"]]
+    if kernels:
+        lines += ["## Attention op vs SDPA", "", *kernels_section(kernels), ""]
+    if linear:
+        lines += ["## Nyström and Performer vs python_ref eager (`armour-bench linear_attention`)", "",
+                  *linear_attention_section(linear), ""]
+    if models:
+        lines += ["## Models", ""]
+        for report in models:
+            lines += models_section(report) + [""]
+    commands = [r["environment"]["command"] for r in mains + kernels + linear + models if "command" in r["environment"]]
+    lines += ["## Commands", "", *(f"- `{c}`" for c in dict.fromkeys(commands))]
     return "\n".join(lines) + "\n"
 
 

@@ -81,7 +81,8 @@ def test_summary_of_a_results_folder(tmp_path):
         model_row("levit_128s", "regular", "patched-folded", 200.0),
         model_row("deit_tiny", "regular", "timm-eager", 40.0), model_row("deit_tiny", "armour", "patched", 45.0)]}
     row = dict(shape="DeiT-Ti", B=64, Nq=197, Nk=197, H=3, Dk=64, Dv=64, value="v", bias="none", status="ok")
-    kernel_rows = [dict(row, impl="armour_kernels", fwd_ms=10.0, fwd_bwd_ms=20.0, fwd_vs_sdpa=2.0, fwd_bwd_vs_sdpa=1.4),
+    kernel_rows = [dict(row, impl="armour_kernels", fwd_ms=10.0, fwd_bwd_ms=20.0, fwd_vs_sdpa=2.0, fwd_bwd_vs_sdpa=1.4,
+                        fwd_tflops=0.3),
                    dict(row, impl="sdpa", fwd_ms=20.0, fwd_bwd_ms=28.0, fwd_vs_sdpa=1.0, fwd_bwd_vs_sdpa=1.0)]
     kernels_report = {"environment": dict(env, command="armour-bench kernels"), "dtype": "fp32", "backend": "cpu",
                       "rows": kernel_rows}
@@ -93,15 +94,21 @@ def test_summary_of_a_results_folder(tmp_path):
         dict(case, impl="ours eager", img_per_s=90.0, vs_timm_eager=dict(ratio, ratio=0.9, ratio_high=0.95))]}
     (tmp_path / "models-fp32.json").write_text(json.dumps(models))
     (tmp_path / "kernels-cpu-fp32.json").write_text(json.dumps(kernels_report))
+    linear = {"environment": dict(env, command="armour-bench linear_attention"), "rows": [], "crossover": {},
+              "targets": {"nystrom 2 thread(s)": {"fwd+bwd >= 1.5x": "met (lowest 2.30x)"}}}
     (tmp_path / "main-fp32.json").write_text(json.dumps(main))
+    (tmp_path / "linear_attention-cpu-fp32.json").write_text(json.dumps(linear))
     text = summary.summary(tmp_path)
     assert "| LeViT-128S vs OpenVINO | fp32, batch 1, 1 thr | 120.0 | 100.0 | 1.20× (1.10–1.30) | 1.00× | yes |" in text
     assert "| LeViT-128S vs onnxruntime | fp32, batch 1, 1 thr | | | not measured | 1.00× | – |" in text
     assert "| LeViT-128S eager patched vs timm eager | fp32, batch 1, 1 thr | 90.0 | | 0.90× (1.10–0.95) |" in text
     assert "| LeViT-128S fp32 vs onnxruntime fp32 | 2 thr, batch 64 | 200.0 | 150.0 | 1.33× | 1.00× | yes |" in text
     assert "| Armour-Ti fp32 vs timm DeiT-Ti eager | 2 thr, batch 64 | 45.0 | 40.0 | 1.12× | 1.25× | no |" in text
-    assert "| 2.00× | 20.0 / 28.0 | 1.40× | yes / no |" in text
+    assert "| fp32 | 2 | DeiT-Ti (64, 197×197, 3, 64/64) | v | none | 10.0 / 20.0 | 2.00× | 0.300 | 20.0 / 28.0 " \
+           "| 1.40× | yes / no |" in text
+    assert "| nystrom 2 thread(s) | fwd+bwd >= 1.5x | met (lowest 2.30x) |" in text
     assert "`armour-bench kernels`" in text and "`armour-bench models`" in text
+    assert text.count("- `armour-bench kernels`") == 1
 
 
 def test_linear_act_engine_table(tmp_path, monkeypatch):
