@@ -110,3 +110,26 @@ def performer_check(backend, q, k, v, projection, *, grads=True, **options):
     """The Performer op on `backend` against python_ref: forward and (grads) the q, k, v gradients."""
     op, ref = performer_pair(backend, projection, **options)
     check_gradients(op, ref, (q, k, v), q.dtype, grads)
+
+
+def check_empty_batch(op, backend):
+    """B = 0: `op(q, k, v)` gives an empty output and empty gradients."""
+    q, k, v = (torch.randn(0, 9, 2, 16, device=device_for(backend), requires_grad=True) for _ in range(3))
+    out = op(q, k, v)
+    assert out.shape == (0, 9, 2, 16)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(g.shape == t.shape for g, t in zip(grads, (q, k, v)))
+
+
+def check_compiled_matches_eager(op, tensors):
+    """`op(*tensors)` under torch.compile(fullgraph=True): the same output and gradients as eager
+    (the launchers honour the op's fake kernels: shapes, contiguous gradients)."""
+    compiled = [t.detach().requires_grad_() for t in tensors]
+    out = torch.compile(op, fullgraph=True)(*compiled)
+    out.sum().backward()
+    eager = [t.detach().requires_grad_() for t in tensors]
+    expected = op(*eager)
+    expected.sum().backward()
+    torch.testing.assert_close(out, expected)
+    for mine, ref in zip(compiled, eager):
+        torch.testing.assert_close(mine.grad, ref.grad)

@@ -12,8 +12,8 @@ import armour_kernels
 from armour_kernels.triton.nystrom import PINV_MAX_M
 from helpers import (TRITON_DTYPES, assert_bad_argument, assert_no_cpu_kernel_error, backend_dtype_params,
                      backend_params, device_for, requires_cuda)
-from linear_attention_checks import (check_gradients, check_sum_gradients, nystrom_check, nystrom_pair, packed_qkv,
-                                     random_conv)
+from linear_attention_checks import (check_compiled_matches_eager, check_empty_batch, check_gradients,
+                                     check_sum_gradients, nystrom_check, nystrom_pair, packed_qkv, random_conv)
 
 OP = "nystrom_attention"
 
@@ -100,34 +100,18 @@ def test_every_buffer_is_written(monkeypatch, backend):
 
 @pytest.mark.parametrize("backend", backend_params(op=OP))
 def test_empty_batch_returns_empty(backend):
-    """B = 0: an empty output and empty gradients."""
-    q, k, v = (torch.randn(0, 9, 2, 16, device=device_for(backend), requires_grad=True) for _ in range(3))
-    out = armour_kernels.nystrom_attention(q, k, v, num_landmarks=4, backend=backend)
-    assert out.shape == (0, 9, 2, 16)
-    grads = torch.autograd.grad(out.sum(), (q, k, v))
-    assert all(g.shape == t.shape for g, t in zip(grads, (q, k, v)))
+    check_empty_batch(lambda q, k, v: armour_kernels.nystrom_attention(q, k, v, num_landmarks=4, backend=backend),
+                      backend)
 
 
 # The reference backend is plain PyTorch, which torch.compile would trace and inductor compile: slow,
 # and not the custom ops' fake kernels this checks.
 @pytest.mark.parametrize("backend", backend_params(["triton", "cpu"], op=OP))
 def test_torch_compile_fullgraph(backend):
-    """The launchers honour the op's fake kernels (shapes, contiguous gradients) under torch.compile."""
-    q, k, v = packed_qkv(backend, 1, 30, 2, 16, torch.float32, "v")
-    weight = random_conv(backend, 2, 5)
-
     def op(q, k, v, weight):
         return armour_kernels.nystrom_attention(q, k, v, num_landmarks=4, conv_weight=weight, backend=backend)
-
-    compiled = [t.detach().requires_grad_() for t in (q, k, v, weight)]
-    out = torch.compile(op, fullgraph=True)(*compiled)
-    out.sum().backward()
-    eager = [t.detach().requires_grad_() for t in (q, k, v, weight)]
-    expected = op(*eager)
-    expected.sum().backward()
-    torch.testing.assert_close(out, expected)
-    for mine, ref in zip(compiled, eager):
-        torch.testing.assert_close(mine.grad, ref.grad)
+    q, k, v = packed_qkv(backend, 1, 30, 2, 16, torch.float32, "v")
+    check_compiled_matches_eager(op, (q, k, v, random_conv(backend, 2, 5)))
 
 
 def test_reference_backend_is_python_ref():

@@ -11,8 +11,9 @@ import torch
 import armour_kernels
 from helpers import (TRITON_DTYPES, assert_bad_argument, assert_no_cpu_kernel_error, backend_dtype_params,
                      backend_params, device_for, requires_cuda)
-from linear_attention_checks import (check_gradients, check_sum_gradients, packed_qkv, performer_check,
-                                     performer_pair, random_projection)
+from linear_attention_checks import (check_compiled_matches_eager, check_empty_batch, check_gradients,
+                                     check_sum_gradients, packed_qkv, performer_check, performer_pair,
+                                     random_projection)
 
 OP = "performer_attention"
 
@@ -99,34 +100,20 @@ def test_every_buffer_is_written(monkeypatch, backend):
 
 @pytest.mark.parametrize("backend", backend_params(op=OP))
 def test_empty_batch_returns_empty(backend):
-    """B = 0: an empty output and empty gradients."""
-    q, k, v = (torch.randn(0, 9, 2, 16, device=device_for(backend), requires_grad=True) for _ in range(3))
-    out = armour_kernels.performer_attention(q, k, v, projection=random_projection(backend, 16), backend=backend)
-    assert out.shape == (0, 9, 2, 16)
-    grads = torch.autograd.grad(out.sum(), (q, k, v))
-    assert all(g.shape == t.shape for g, t in zip(grads, (q, k, v)))
+    projection = random_projection(backend, 16)
+    check_empty_batch(lambda q, k, v: armour_kernels.performer_attention(q, k, v, projection=projection,
+                                                                         backend=backend), backend)
 
 
 # The reference backend is plain PyTorch, which torch.compile would trace and inductor compile: slow,
 # and not the custom ops' fake kernels this checks.
 @pytest.mark.parametrize("backend", backend_params(["triton", "cpu"], op=OP))
 def test_torch_compile_fullgraph(backend):
-    """The launchers honour the op's fake kernels (shapes, contiguous gradients) under torch.compile."""
-    q, k, v = packed_qkv(backend, 1, 30, 2, 16, torch.float32, "v")
     projection = random_projection(backend, 16)
 
     def op(q, k, v):
         return armour_kernels.performer_attention(q, k, v, projection=projection, backend=backend)
-
-    compiled = [t.detach().requires_grad_() for t in (q, k, v)]
-    out = torch.compile(op, fullgraph=True)(*compiled)
-    out.sum().backward()
-    eager = [t.detach().requires_grad_() for t in (q, k, v)]
-    expected = op(*eager)
-    expected.sum().backward()
-    torch.testing.assert_close(out, expected)
-    for mine, ref in zip(compiled, eager):
-        torch.testing.assert_close(mine.grad, ref.grad)
+    check_compiled_matches_eager(op, packed_qkv(backend, 1, 30, 2, 16, torch.float32, "v"))
 
 
 def test_reference_backend_is_python_ref():
