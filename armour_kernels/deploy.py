@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -184,8 +185,19 @@ class OptimizedModel(nn.Module):
     Dynamo reads `torch._inductor.config.freezing` while it traces (parameters become graph
     constants only then) and inductor while it compiles, so the options must be set around the
     call that compiles, not passed to torch.compile (`torch.compile(options={"freezing": True})`
-    silently does not freeze, torch 2.11). Setting them around every call costs ~10-30 µs, so
-    only a call with inputs of a shape / dtype not seen before (which compiles) runs under them.
+    silently does not freeze, torch 2.11). Setting them around every call costs ~30 µs (any
+    change of the inductor config slows Dynamo's next call), so only a call with inputs of a kind
+    not seen before — shape, strides, dtype, device, inference tensor or not — runs under them.
+
+    A call that needs no gradient runs as one no-grad call outside inference mode, whatever mode
+    the caller is in: under `torch.inference_mode()`, `torch.no_grad()`, or with gradients enabled
+    but no input requiring one (the weights never do) the result is the same, and all of them reuse
+    the frozen graphs compiled for the example. Without this a first call under inference_mode, or
+    with grad mode on, traced a graph of its own — with grad mode on, outside the options, an
+    unfrozen one: LeViT-128S at batch 1 ran 3x slower. A call with an input that requires a
+    gradient runs as given, under the options (its graph is not frozen: freezing applies to
+    inference graphs only). Should Dynamo still compile a graph outside the options (a guard
+    this key does not see, e.g. autocast), a warning says so once.
     """
 
     def __init__(self, model: nn.Module, options: dict, *, fullgraph: bool = True):
@@ -195,15 +207,43 @@ class OptimizedModel(nn.Module):
         # dynamic=None: static shapes unless an input's dimension is marked dynamic (compile_frozen)
         self.compiled = torch.compile(_own_entry_point(model), fullgraph=fullgraph, dynamic=None)
         self._compiled_for = set()
+        self._warned = False
 
     def forward(self, *args):
-        key = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
-        if key in self._compiled_for:
-            return self.compiled(*args)
-        with torch._inductor.config.patch(self.options):
-            out = self.compiled(*args)
-        self._compiled_for.add(key)
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return self._compile_call(args)
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                return self._call(args)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._call(args)
+        return self._call(args)
+
+    def _call(self, args):
+        key = tuple((a.shape, a.stride(), a.dtype, a.device, a.is_inference()) if isinstance(a, torch.Tensor) else a
+                    for a in args)
+        if key not in self._compiled_for:
+            out = self._compile_call(args)
+            self._compiled_for.add(key)
+            return out
+        graphs = _GRAPHS_COMPILED["unique_graphs"]
+        out = self.compiled(*args)
+        if _GRAPHS_COMPILED["unique_graphs"] != graphs and not self._warned:
+            self._warned = True
+            warnings.warn("armour_kernels.optimize: torch.compile compiled a new graph for this model outside "
+                          f"its inductor options {self.options} (a change the model cannot see: autocast, a "
+                          "torch function mode, ...); that graph is not frozen and runs slower. Call optimize() "
+                          "under the conditions you serve with.", stacklevel=3)
         return out
+
+    def _compile_call(self, args):
+        with torch._inductor.config.patch(self.options):
+            return self.compiled(*args)
+
+
+# Dynamo's count of the graphs it has compiled (a defaultdict: reading it costs a dict lookup).
+_GRAPHS_COMPILED = torch._dynamo.utils.counters["stats"]
 
 
 def _own_entry_point(model: nn.Module):
@@ -229,13 +269,18 @@ def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph
     the other dimensions stay static: LeViT's bias tables fix the resolution anyway)."""
     compiled = OptimizedModel(model, options, fullgraph=fullgraph)
     example = _as_tuple(example_inputs)
+    # Requests made under torch.inference_mode() arrive as inference tensors, which Dynamo guards
+    # apart from ordinary ones: compile both kinds now (the second reuses the first's compiled
+    # FX graph from inductor's cache, ~6 s for LeViT-128S) rather than at the first such request.
+    with torch.inference_mode():
+        inference_example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)
     if dynamic_batch:
         example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)  # leave the caller's unmarked
-        for t in example:
+        for t in example + inference_example:
             if isinstance(t, torch.Tensor) and t.shape[0] > 1:
                 torch._dynamo.mark_dynamic(t, 0)
-    with torch.no_grad():  # freezing applies to inference graphs only
-        compiled(*example)
+    compiled(*example)
+    compiled(*inference_example)
     return compiled
 
 
@@ -246,8 +291,8 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
     compiled in unless dynamic_batch=True; with it, use a batch > 1). dtype: torch.float32 or torch.bfloat16 (float16 on GPU).
     backend: the armour_kernels backend of the fused modules ("auto": the C++ kernels on CPU,
-    Triton on CUDA). Call the result under torch.inference_mode() or torch.no_grad() (it has no
-    gradients either way).
+    Triton on CUDA). The result runs its frozen graph whether called under torch.inference_mode(),
+    torch.no_grad() or with grad mode on (it has no gradients: see OptimizedModel).
     """
     example = _as_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend)

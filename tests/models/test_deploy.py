@@ -88,6 +88,32 @@ def test_optimize_levit_fp32_same_outputs_original_untouched():
     assert not model.training
 
 
+def test_every_calling_mode_reuses_the_frozen_graphs():
+    """Under inference_mode (ordinary or inference-tensor inputs), no_grad or grad mode on, the
+    optimized model runs the frozen graphs optimize compiled: no new compilation, no unpacked GEMM."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import ProfilerActivity, profile
+    model = small_timm_levit()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    optimized = armour_kernels.optimize(model, x)
+    with torch.inference_mode():
+        x_inference = x.clone()
+    graphs = counters["stats"]["unique_graphs"]
+    calls = {"inference_mode": (torch.inference_mode, x), "inference tensor": (torch.inference_mode, x_inference),
+             "no_grad": (torch.no_grad, x), "grad mode": (torch.enable_grad, x), "grad mode, inference tensor":
+             (torch.enable_grad, x_inference)}
+    for name, (mode, inputs) in calls.items():
+        with mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = optimized(inputs)
+        assert not got.requires_grad
+        assert_close(got, expected, torch.float32)
+        ops = {e.key for e in prof.key_averages()}
+        assert not {"aten::addmm", "aten::mm"} & ops, (name, ops)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_optimize_armour_ti_bf16_dynamic_batch():
     model = small_armour_ti()
     before = snapshot(model)
