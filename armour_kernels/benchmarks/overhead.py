@@ -17,7 +17,7 @@ import torch
 KERNEL_OPS = ("mkl::_mkl_linear", "mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise", "aten::addmm",
               "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::_mkldnn_linear",
               "aten::_scaled_dot_product_flash_attention_for_cpu", "armour_kernels::attention_fwd",
-              "armour_kernels::linear_hardswish", "aten::_softmax")
+              "armour_kernels::attention_infer", "armour_kernels::linear_hardswish", "aten::_softmax")
 
 
 def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .. import cpu
 from ..backend import select, wants_grad
 from ..constants import MAX_HEAD_DIM, VALUE_SOURCES
 from ._empty import zeros_of
@@ -90,6 +91,27 @@ def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale,
     else:
         dbias = q.new_empty(0, dtype=torch.float32)
     return q.new_empty(q.shape), k.new_empty(k.shape), dv, dbias
+
+
+# The no-gradient forward as a dispatcher op whose CPU kernel is C++ (csrc/dispatcher_ops.cpp):
+# what torch.compile'd and exported inference graphs call on the "cpu" backend. attention_fwd's
+# Python body costs ~20 µs a call (~80 µs with the caches a model's GEMMs leave behind); this
+# op's call goes from inductor's code through the dispatcher straight into the kernel.
+torch.library.define("armour_kernels::attention_infer",
+                     "(Tensor q, Tensor k, Tensor? v, Tensor? bias, Tensor? bias_index, str value, float scale, "
+                     "bool mask_diagonal) -> Tensor")
+
+
+@torch.library.register_fake("armour_kernels::attention_infer")
+def _attention_infer_fake(q, k, v, bias, bias_index, value, scale, mask_diagonal):
+    batch, nq, heads, _ = q.shape
+    return q.new_empty((batch, nq, heads, _value_width(q, k, v, value)))
+
+
+# Whether the built extension registered attention_infer's CPU kernel. The extension is loaded here
+# (~2 ms), with the schema above: `import armour_kernels` must make both exist before an
+# AOTInductor package that calls the op runs.
+_CPU_INFER = cpu.built() and torch._C._dispatch_has_kernel_for_dispatch_key("armour_kernels::attention_infer", "CPU")
 
 
 def _setup_context(ctx, inputs, output):
@@ -279,7 +301,12 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
     if q.dtype not in KERNEL_DTYPES[backend]:
         raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES[backend]}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
-    if torch.compiler.is_compiling() or wants_grad(q, k, v, bias):
+    grad = wants_grad(q, k, v, bias)
+    if torch.compiler.is_compiling() and not grad and backend == "cpu" and _CPU_INFER:
+        if bias_index is not None:
+            bias_index = checked_index(bias_index, bias.shape[1])
+        out = torch.ops.armour_kernels.attention_infer(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal))
+    elif torch.compiler.is_compiling() or grad:
         out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
     else:  # eager inference: the kernel without the custom op's dispatch (tens of µs a call)
         out, _ = _forward(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)

@@ -1,11 +1,13 @@
 """torch.compile through the attention op: fullgraph tracing keeps the custom op (no graph break),
-AOT autograd traces forward and backward with the fake implementations, and the LeViT index check
-still runs inside a compiled graph."""
+AOT autograd traces forward and backward with the fake implementations, inference graphs on the
+cpu backend call the C++ dispatcher op attention_infer, and the LeViT index check still runs
+inside a compiled graph."""
 import pytest
 import torch
 
 from armour_kernels import attention
-from helpers import backend_params, device_for
+from armour_kernels.backend import cpu_has_op
+from helpers import assert_close, backend_params, device_for
 
 
 @pytest.mark.parametrize("backend", backend_params(["triton", "cpu"]))
@@ -63,3 +65,39 @@ def test_table_index_out_of_range_is_refused_under_torch_compile(backend):
         index[0, 0] = bad
         with pytest.raises(Exception, match="outside the table"):
             run(q, index)
+
+
+@pytest.mark.cpu_kernels
+@pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value, bias_kind, mask_diagonal", [("v", "dense", False), ("q", None, True),
+                                                             ("q+v", "table", False), ("k", "dense16", False)])
+def test_inference_graph_calls_the_cpp_op(dtype, value, bias_kind, mask_diagonal):
+    """No gradient wanted on the cpu backend: the compiled graph calls armour_kernels::attention_infer
+    (a C++ kernel behind the dispatcher, no Python on the call), and it matches the reference."""
+    torch._dynamo.reset()  # `run` is one code object across the parameters: stay under the recompile limit
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    q, k, v = (torch.randn(2, 13, 3, 16, dtype=torch.float64).to(dtype) for _ in range(3))
+    bias, index = None, None
+    if bias_kind == "table":
+        bias, index = torch.randn(3, 7), torch.randint(0, 7, (13, 13))
+    elif bias_kind is not None:
+        bias = torch.randn(3, 13, 13, dtype=torch.float16 if bias_kind == "dense16" else torch.float32)
+
+    def run(q, k, v):
+        return attention(q, k, v if "v" in value else None, value=value, bias=bias, bias_index=index,
+                         mask_diagonal=mask_diagonal, backend="cpu")
+
+    with torch.no_grad():
+        got = torch.compile(run, fullgraph=True, backend=record)(q, k, v)
+        expected = attention(q.double(), k.double(), v.double() if "v" in value else None, value=value,
+                             bias=None if bias is None else bias.double(), bias_index=index,
+                             mask_diagonal=mask_diagonal, backend="reference")
+    assert any("armour_kernels.attention_infer" in g for g in graphs), graphs
+    assert got.dtype == dtype
+    assert_close(got, expected, dtype)

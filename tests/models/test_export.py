@@ -39,6 +39,10 @@ def test_torch_export_keeps_custom_op(family):
     assert "armour_kernels.attention_fwd" in graph
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+        if BACKEND == "cpu":  # exported for inference: the C++ dispatcher op
+            inference = torch.export.export(model, (x,))
+            assert "armour_kernels.attention_infer" in str(inference.graph)
+            torch.testing.assert_close(inference.module()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 def _run_onnx(path, x):
