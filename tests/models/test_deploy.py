@@ -115,6 +115,23 @@ def test_every_calling_mode_reuses_the_frozen_graphs():
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_serving_guards_keep_the_input_checks_only():
+    """optimize's graphs are guarded on their inputs (a new batch size compiles again, correctly), not
+    on the backend policy or the modules read while tracing (fixed once the model is frozen)."""
+    from torch._dynamo.utils import counters
+    model = small_armour_ti()
+    x = torch.randn(1, 3, 32, 32)
+    optimized = armour_kernels.optimize(model, x)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad(), armour_kernels.use_backend("reference"):
+        optimized(x)
+    if armour_kernels.deploy._GUARD_FILTERS:
+        assert counters["stats"]["unique_graphs"] == graphs
+    x2 = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close(optimized(x2), model(x2), torch.float32)
+
+
 def test_optimize_armour_ti_bf16_dynamic_batch():
     model = small_armour_ti()
     before = snapshot(model)
