@@ -281,31 +281,37 @@ def _own_entry_point(model: nn.Module):
 
 
 def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph: bool = True,
-                   dynamic_batch: bool = False, serving_guards: bool = False) -> OptimizedModel:
+                   dynamic_batch: bool = False, serving_guards: bool = False,
+                   inference_tensors: bool = True) -> OptimizedModel:
     """torch.compile `model` with the inductor `options` (see OptimizedModel) and compile it now on the example.
 
     dynamic_batch: one graph for every batch size (dimension 0 of the example's tensors symbolic;
     the other dimensions stay static: LeViT's bias tables fix the resolution anyway).
-    serving_guards: Dynamo guards only the inputs and the global state (`_serving_guards`)."""
+    serving_guards: Dynamo guards only the inputs and the global state (`_serving_guards`).
+    inference_tensors: also compile for inputs made under torch.inference_mode() (see below)."""
     compiled = OptimizedModel(model, options, fullgraph=fullgraph, serving_guards=serving_guards)
     example = _as_tuple(example_inputs)
     # Requests made under torch.inference_mode() arrive as inference tensors, which Dynamo guards
     # apart from ordinary ones: compile both kinds now (the second reuses the first's compiled
     # FX graph from inductor's cache, ~6 s for LeViT-128S) rather than at the first such request.
-    with torch.inference_mode():
-        inference_example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)
+    inference_example = ()
+    if inference_tensors:
+        with torch.inference_mode():
+            inference_example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)
     if dynamic_batch:
         example = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in example)  # leave the caller's unmarked
         for t in example + inference_example:
             if isinstance(t, torch.Tensor) and t.shape[0] > 1:
                 torch._dynamo.mark_dynamic(t, 0)
     compiled(*example)
-    compiled(*inference_example)
+    if inference_tensors:
+        compiled(*inference_example)
     return compiled
 
 
 def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
-             cpp_wrapper: bool = False, max_autotune: bool = False, dynamic_batch: bool = False) -> nn.Module:
+             cpp_wrapper: bool = False, max_autotune: bool = False, dynamic_batch: bool = False,
+             inference_tensors: bool = True) -> nn.Module:
     """A compiled copy of `model` ready to serve (see the module docstring); `model` is not changed.
 
     example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
@@ -313,11 +319,15 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     backend: the armour_kernels backend of the fused modules ("auto": the C++ kernels on CPU,
     Triton on CUDA). The result runs its frozen graph whether called under torch.inference_mode(),
     torch.no_grad() or with grad mode on (it has no gradients: see OptimizedModel).
+    inference_tensors: compile now, too, for inputs created under torch.inference_mode() (Dynamo
+    guards them apart from ordinary tensors; ~6 s more for LeViT-128S); False when the requests
+    are ordinary tensors, and a first inference-tensor request then compiles.
     """
     example = _as_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend)
     options = inductor_options(_device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
-    return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True)
+    return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True,
+                          inference_tensors=inference_tensors)
 
 
 def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,

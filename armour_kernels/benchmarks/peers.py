@@ -60,15 +60,21 @@ def ours_eager(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
     return prepare(model, dtype=dtype, dense_biases=False)
 
 
+# The benchmarks time ordinary tensors under torch.no_grad(): compiling for inference-tensor inputs
+# too would only add compile time.
+INFERENCE_TENSORS = False
+
+
 def timm_compile(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False):
     """torch.compile (inductor, freezing) of the model as PyTorch runs it; compiled on the example."""
     return compile_frozen(timm_eager(model, example, dtype), example, inductor_options(example.device),
-                          fullgraph=False, dynamic_batch=dynamic_batch)
+                          fullgraph=False, dynamic_batch=dynamic_batch, inference_tensors=INFERENCE_TENSORS)
 
 
 def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False,
                   max_autotune: bool = False):
-    return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune)
+    return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune,
+                    inference_tensors=INFERENCE_TENSORS)
 
 
 class OnnxFile:
