@@ -168,8 +168,19 @@ std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor&
                                           const std::optional<at::Tensor>& bias,
                                           const std::optional<at::Tensor>& bias_index, const std::string& value,
                                           double scale, bool mask_diagonal) {
+  const auto widen = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (t.has_value() && t->defined() && t->scalar_type() == at::kHalf) return t->to(at::kFloat);
+    return t;
+  };
+  if (q.scalar_type() == at::kHalf) {
+    // float16: computed in float32 (no fp16 engine on the CPUs served on) and rounded once.
+    std::vector<at::Tensor> r = attention_forward(q.to(at::kFloat), k.to(at::kFloat), widen(v), widen(bias),
+                                                  bias_index, value, scale, mask_diagonal);
+    return {r[0].to(at::kHalf), r[1]};
+  }
   at::Tensor dense_bias;
-  AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  // The kernels read float32 / bfloat16 / float64 biases: a float16 bias is widened.
+  AttentionArgs a = describe(q, k, v, widen(bias), bias_index, value, scale, mask_diagonal, &dense_bias);
   const auto lse_opts = q.options().dtype(acc_type(a.dtype));
   if (no_work(a))  // empty in, empty out; no keys: the fully masked convention, like SDPA's zeros
     return {at::zeros({a.B, a.Nq, a.H, a.Dv}, q.options()),

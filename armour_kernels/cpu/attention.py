@@ -29,14 +29,8 @@ def _bias(bias):
 
 def attention_forward(q, k, v, bias, bias_index, *, value, scale, mask_diagonal):
     """out (B, Nq, H, Dv_total) contiguous in q's dtype, lse (B, H, Nq) float32 (float64 for float64;
-    +inf for a fully masked row)."""
-    C = _require()
-    if q.dtype == torch.float16:
-        out, lse = C.attention(q.float(), k.float(), _f32(v), _bias(bias), bias_index, value, _scale(q, scale),
-                               mask_diagonal)
-        return out.half(), lse
-    out, lse = C.attention(q, k, v, _bias(bias), bias_index, value, _scale(q, scale), mask_diagonal)
-    return out, lse
+    +inf for a fully masked row). float16 is computed in float32 inside the extension."""
+    return tuple(_require().attention(q, k, v, bias, bias_index, value, _scale(q, scale), mask_diagonal))
 
 
 def attention_backward(dout, q, k, v, bias, bias_index, out, lse, *, value, scale, mask_diagonal, need_dbias):

@@ -94,7 +94,7 @@ def _attention_bwd_fake(dout, q, k, v, bias, bias_index, out, lse, value, scale,
 
 
 # The no-gradient forward as a dispatcher op whose CPU kernel is C++ (csrc/dispatcher_ops.cpp):
-# what torch.compile'd and exported inference graphs call on the "cpu" backend. attention_fwd's
+# what inference on the "cpu" backend calls, eager, torch.compile'd or exported. attention_fwd's
 # Python body costs ~20 µs a call (~80 µs with the caches a model's GEMMs leave behind); this
 # op's call goes from inductor's code through the dispatcher straight into the kernel.
 torch.library.define("armour_kernels::attention_infer",
@@ -218,6 +218,14 @@ def _(index, table_width):
     return torch.empty_like(index)
 
 
+def _range_checked(index: Tensor, table_width: int) -> Tensor:
+    """`index` after its range check: eagerly once per version, inside a compiled graph as checked_index."""
+    if torch.compiler.is_compiling():
+        return checked_index(index, table_width)
+    check_index_range(index, table_width)
+    return index
+
+
 def _check_scale(scale, q) -> float:
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     if not math.isfinite(scale):
@@ -263,11 +271,7 @@ def _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal):
         return t.transpose(1, 2).to(work) if t is not None else None
 
     if bias is not None and bias_index is not None:
-        if torch.compiler.is_compiling():
-            bias_index = checked_index(bias_index, bias.shape[1])
-        else:
-            check_index_range(bias_index, bias.shape[1])
-        bias = levit_bias(bias, bias_index)
+        bias = levit_bias(bias, _range_checked(bias_index, bias.shape[1]))
     bias = bias.to(work) if bias is not None else None
     out = ref_attention(heads_first(q), heads_first(k), heads_first(v), value=value, scale=scale, bias=bias,
                         mask_diagonal=mask_diagonal)
@@ -302,9 +306,9 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
         raise TypeError(f"attention: backend {backend!r} supports {KERNEL_DTYPES[backend]}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
     grad = wants_grad(q, k, v, bias)
-    if torch.compiler.is_compiling() and not grad and backend == "cpu" and _CPU_INFER:
+    if not grad and backend == "cpu" and _CPU_INFER:  # inference on the CPU: the C++ op, eager or compiled
         if bias_index is not None:
-            bias_index = checked_index(bias_index, bias.shape[1])
+            bias_index = _range_checked(bias_index, bias.shape[1])
         out = torch.ops.armour_kernels.attention_infer(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal))
     elif torch.compiler.is_compiling() or grad:
         out, _ = attention_fwd(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal), backend)
