@@ -20,13 +20,8 @@ HAS_CUDA = torch.cuda.is_available()
 # Interpreter bf16 dot products are garbage (docs/backends.md): bf16 Triton tests need a GPU.
 TRITON_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])
 
-# (atol, rtol) against a float64 reference, per input dtype (docs/numerics.md).
-TOLERANCES = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (2e-4, 2e-4),
-    torch.float16: (2e-2, 2e-2),
-    torch.bfloat16: (6e-2, 6e-2),
-}
+# (atol, rtol) against a float64 reference, per input dtype: the project's one table (docs/numerics.md).
+from armour_kernels.tolerances import TOLERANCES, tolerance  # noqa: E402,F401
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
@@ -45,10 +40,6 @@ CPU_FLOAT64_OPS = ("attention", "linear_hardswish")
 # python_ref's Performer computes in its input dtype, as performer-pytorch does (the other references
 # accumulate half precision in float32), so its fp16 / bf16 results are outside those dtypes' tolerances.
 REFERENCE_IN_INPUT_DTYPE_OPS = ("performer_attention",)
-
-
-def tolerance(dtype):
-    return TOLERANCES[dtype]
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, msg=""):

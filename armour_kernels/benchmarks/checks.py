@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..backend import cpu_has_op, interpreting as triton_interpreting
+from ..tolerances import allowed_error, relative_error
 
-# Allowed max-abs error relative to max(1, |reference|), per input dtype.
-TOLERANCE = {torch.float32: 2e-3, torch.float16: 3e-2, torch.bfloat16: 8e-2}
 
 
 @dataclass
@@ -48,8 +47,7 @@ def kernel_backends(device: torch.device, op: str) -> list[str]:
 
 
 def _error(actual, expected) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).abs().max() / max(1.0, expected.abs().max().item())).item()
+    return relative_error(actual, expected)
 
 
 def _grads(fn, inputs, weight):
@@ -90,7 +88,7 @@ def check_attention(device, dtype, backend, gen) -> list[Check]:
         ref_inputs = [t.double() if t is not None else None for t in inputs]
         ref_out, ref_grads = _grads(lambda *t: run(*t, backend="reference"), ref_inputs, weight)
         error = max([_error(out, ref_out)] + [_error(g, r) for g, r in zip(grads, ref_grads)])
-        results.append(Check("attention", case + " fwd+bwd", backend, error, TOLERANCE[dtype]))
+        results.append(Check("attention", case + " fwd+bwd", backend, error, allowed_error(dtype)))
     return results
 
 
@@ -111,7 +109,7 @@ def check_nystrom(device, dtype, backend, gen) -> list[Check]:
         ref = nystrom_attention(q.double(), k.double(), None if vv is None else vv.double(), backend="reference",
                                 **dict(kwargs, conv_weight=conv.double()))
         results.append(Check("nystrom_attention", f"value={value} fwd", backend, _error(out, ref),
-                             TOLERANCE[dtype] * 5))  # six pinv iterations amplify rounding
+                             allowed_error(dtype, 5)))  # six pinv iterations amplify rounding
     return results
 
 
@@ -129,7 +127,7 @@ def check_performer(device, dtype, backend, gen) -> list[Check]:
         out = performer_attention(q, k, v, projection=p, kernel=kernel, backend=backend)
         ref = performer_attention(q.double(), k.double(), v.double(), projection=p.double(), kernel=kernel,
                                   backend="reference")
-        results.append(Check("performer_attention", f"{kernel} fwd", backend, _error(out, ref), TOLERANCE[dtype]))
+        results.append(Check("performer_attention", f"{kernel} fwd", backend, _error(out, ref), allowed_error(dtype)))
     return results
 
 
@@ -142,7 +140,7 @@ def check_linear_hardswish(device, dtype, backend, gen) -> list[Check]:
     bias = torch.randn(80, device=device, dtype=dtype, generator=gen)
     out = linear_hardswish(x, weight, bias, backend=backend)
     ref = F.hardswish(F.linear(x.double(), weight.double(), bias.double()))
-    return [Check("linear_hardswish", "LeViT MLP fwd", backend, _error(out, ref), TOLERANCE[dtype])]
+    return [Check("linear_hardswish", "LeViT MLP fwd", backend, _error(out, ref), allowed_error(dtype))]
 
 
 KERNEL_CHECKS = {"attention": check_attention, "nystrom_attention": check_nystrom,
@@ -162,5 +160,5 @@ def run_checks(device: torch.device, dtype: torch.dtype, seed: int = 0):
                 results.extend(check(device, dtype, backend, gen))
             except Exception as error:  # a crash is a failure to report, not a reason to stop the job
                 results.append(Check(op, f"crashed: {type(error).__name__}: {str(error)[:60]}", backend,
-                                     float("nan"), TOLERANCE[dtype]))
+                                     float("nan"), allowed_error(dtype)))
     return results, missing
