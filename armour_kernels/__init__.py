@@ -1,9 +1,9 @@
 """armour_kernels: fused attention kernels for vision transformers (Armour, LeViT, Nyström, Performer).
 
 The public API lives here: the functional ops, model surgery, the backend policy. Submodules
-`nn` (the fused modules), `cpu` and `triton` (the backends), `export` (ONNX), `deploy` (optimize,
-AOTInductor packages) and `timm` (the Armour model names for timm.create_model) are reachable as
-attributes, imported on first use.
+`nn` (the fused modules), `cpu` and `triton` (the backends), `surgery` (every model rewrite),
+`deploy` (optimize), `export` (AOTInductor packages, ONNX) and `timm` (the Armour model names for
+timm.create_model) are reachable as attributes, imported on first use.
 README.md has the map of the package; docs/ the maths, layouts and numerics.
 """
 from __future__ import annotations
@@ -11,19 +11,20 @@ from __future__ import annotations
 import importlib
 
 from .backend import BACKENDS, backends, use_backend
-from .fold import fold_batchnorm
 from .ops.attention import armour_attention, attention
 from .ops.linear_act import linear_act, linear_hardswish
 from .ops.nystrom import nystrom_attention
 from .ops.performer import performer_attention
 from .surgery import patch, unpatch
+from .surgery.fold import fold_batchnorm
 
 __version__ = "0.1.0"
 
 # Imported on first access: `triton` and `timm` pull in large packages, and the model-level
 # submodules (nn, armourize) the python_ref model definitions, which the kernels never need.
 _LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery", "deploy")
-_LAZY_FUNCTIONS = {"armourize": "convert", "optimize": "deploy", "export_package": "deploy", "load_package": "deploy"}
+_LAZY_FUNCTIONS = {"armourize": "surgery.armourize", "optimize": "deploy", "export_package": "export",
+                   "load_package": "export"}
 
 
 def __getattr__(name: str):

@@ -1,16 +1,16 @@
-"""Serving a model: `optimize` (a compiled copy, ready to call) and AOTInductor packages.
+"""Serving a model: `prepare` it (a frozen copy with every rewrite applied) and compile it (`optimize`).
 
 `optimize(model, example_inputs, dtype=...)` returns a model ready to serve:
 
 1. a deep copy in eval mode (the model given is left as it was),
-2. LeViT's BatchNorms folded into their projections (`fold_batchnorm`, exact, in fp32),
-   its attention bias tables gathered once into dense biases (`dense_attention_biases`) and its
-   stem output laid out channels-last (`channels_last_stem`: contiguous tokens for the GEMMs),
-3. the fused modules patched in (`patch`): attention runs as the custom op
-   `armour_kernels::attention_fwd`, which has a fake implementation, so inductor calls it
-   directly from its generated code (no graph break: it compiles with fullgraph=True),
-4. the weights cast once to `dtype` and frozen (no gradients),
-5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
+2. the rewrites, all of them in surgery/: LeViT's BatchNorms folded into their projections
+   (`fold_batchnorm`, exact, in fp32), the fused modules patched in (`patch`), LeViT's attention
+   bias tables gathered once into dense biases and its stem output laid out channels-last
+   (surgery/serving.py: contiguous tokens for the GEMMs). The fused ops are registered torch
+   custom ops with fake implementations, so inductor calls them directly from its generated
+   code (no graph break: it compiles with fullgraph=True),
+3. the weights cast once to `dtype` and frozen (no gradients),
+4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
    layouts on CPU). Under compilation the fused modules hand their dense layers to PyTorch's
    `F.linear` / convolutions (ops.linear_act leaves oneDNN to inductor while compiling), which
@@ -24,23 +24,21 @@ thread count you serve with. The batch size of `example_inputs` is compiled stat
 batch size compiles again on first use (dynamic_batch=True compiles one graph for every batch
 size; the example's batch must then be > 1, as torch.compile specialises sizes 0 and 1).
 
-`export_package(model, example_inputs, path, dtype=...)` writes the same prepared model as an
-AOTInductor package (torch.export + torch._inductor.aoti_compile_and_package): a .pt2 file that
-runs without the Python model code. `load_package(path)` loads it (importing armour_kernels,
-which registers the custom ops the package calls, is what makes a fresh process able to run it).
+The same prepared model, exported instead of compiled in process (an AOTInductor package), is
+`export_package` in armour_kernels/export.py.
 """
 from __future__ import annotations
 
 import copy
 import types
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .fold import fold_batchnorm
 from .surgery import patch
+from .surgery.fold import fold_batchnorm
+from .surgery.serving import channels_last_stem, dense_attention_biases
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -59,7 +57,8 @@ class ServingModel(nn.Module):
         return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(x.dtype), out)
 
 
-def _as_tuple(example_inputs) -> tuple:
+def input_tuple(example_inputs) -> tuple:
+    """The example inputs as a tuple (one tensor or a tuple / list of them)."""
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
@@ -81,70 +80,6 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
         dense_attention_biases(model)
     channels_last_stem(model)
     return ServingModel(model.to(dtype), dtype).eval()
-
-
-class ChannelsLastOutput(nn.Module):
-    """`inner(x)` laid out channels-last (a no-op when it already is: the fused stem's oneDNN chain)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x).contiguous(memory_format=torch.channels_last)
-
-
-def channels_last_stem(model: nn.Module) -> bool:
-    """Make a token-mode LeViT's stem output channels-last, in place; True when it did.
-
-    LeViT (timm `levit_*`, python_ref) turns its stem's (B, C, H, W) output into tokens with
-    `x.flatten(2).transpose(1, 2)`. Traced from a contiguous (NCHW) stem output that is a transposed
-    view, and every first-stage residual add keeps its strides, so inductor lowers the first stage's
-    Linears on it to plain bmm calls — not prepacked, not fused (5 of LeViT-128S's 48 GEMMs). From
-    a channels-last stem output the same view is the contiguous token matrix, and the GEMMs are
-    prepacked like the others: LeViT-128S at batch 1, 1 thread, Sapphire Rapids, interleaved:
-    1.03x (1.01-1.04) in fp32, 1.09x (1.06-1.11) in bf16. The stem's convolutions
-    run channels-last anyway (inductor's layout choice; the fused stem's oneDNN chain), so the
-    relayout costs nothing. Conv-mode LeViT (`levit_conv_*`, no tokens) is left alone.
-    """
-    stem = getattr(model, "stem", None)
-    if stem is None or isinstance(stem, ChannelsLastOutput) or getattr(model, "use_conv", False):
-        return False
-    if not any(type(m).__name__ in ("Stem16", "Stem8", "LevitStem") for m in (stem, *stem.modules())):
-        return False
-    model.stem = ChannelsLastOutput(stem)
-    return True
-
-
-def dense_attention_biases(model: nn.Module) -> int:
-    """Gather each fused LeViT attention's bias table once into the dense bias it stands for, in place.
-
-    The fused LeViT attention passes its (H, R) table and (Nq, Nk) index to the kernel, which
-    gathers bias[h, index[i, j]] score by score — and checks the index range — on every call.
-    For a frozen model the gathered (H, Nq, Nk) bias is a constant (exact: a gather), so the
-    served copy carries that instead: the kernel then adds contiguous bias rows (vector adds,
-    broadcast over the batch), no index is read or checked, and under torch.compile with
-    freezing it is one more folded constant. Measured on the Sapphire Rapids CI-class machine,
-    1 thread, batch 1: the attention kernel calls of LeViT-128S take ~0.85 ms instead of ~1.2 ms
-    (standalone), about 3% of the optimized model's call; at batch 64 no change (the kernel
-    already gathers once per call there). The tables are at most
-    a few MB (LeViT-384: H·N² = 6·196² floats in the first stage). Returns how many were gathered.
-    """
-    from .nn.levit import LevitAttention, LevitAttentionDownsample
-    gathered = 0
-    for module in model.modules():
-        if not isinstance(module, (LevitAttention, LevitAttentionDownsample)):
-            continue
-        index = getattr(module, "attention_bias_idxs", None)
-        if index is None:
-            continue
-        with torch.no_grad():
-            dense = module.attention_biases[:, index].contiguous()
-        del module.attention_biases  # the Parameter: a constant buffer takes its place
-        module.register_buffer("attention_biases", dense, persistent=False)
-        module.attention_bias_idxs = None
-        gathered += 1
-    return gathered
 
 
 def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_autotune: bool = False) -> dict:
@@ -171,7 +106,8 @@ def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_aut
     return options
 
 
-def _device_of(model: nn.Module, example: tuple) -> torch.device:
+def device_of(model: nn.Module, example: tuple) -> torch.device:
+    """Where the model runs: its first tensor input's device, else its parameters'."""
     for t in example:
         if isinstance(t, torch.Tensor):
             return t.device
@@ -290,7 +226,7 @@ def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph
     serving_guards: Dynamo guards only the inputs and the global state (`_serving_guards`).
     inference_tensors: also compile for inputs made under torch.inference_mode() (see below)."""
     compiled = OptimizedModel(model, options, fullgraph=fullgraph, serving_guards=serving_guards)
-    example = _as_tuple(example_inputs)
+    example = input_tuple(example_inputs)
     # Requests made under torch.inference_mode() arrive as inference tensors, which Dynamo guards
     # apart from ordinary ones: compile both kinds now (the second reuses the first's compiled
     # FX graph from inductor's cache, ~6 s for LeViT-128S) rather than at the first such request.
@@ -323,42 +259,11 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     guards them apart from ordinary tensors; ~6 s more for LeViT-128S); False when the requests
     are ordinary tensors, and a first inference-tensor request then compiles.
     """
-    example = _as_tuple(example_inputs)
+    example = input_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend)
-    options = inductor_options(_device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
+    options = inductor_options(device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
     return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True,
                           inference_tensors=inference_tensors)
 
 
-def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,
-                   backend: str = "auto", dynamic_batch: bool = False, max_autotune: bool = False) -> Path:
-    """Write `model`, prepared as for `optimize`, to the AOTInductor package `path` (.pt2); returns the path.
-
-    The package holds the compiled graph and the (folded, cast) weights; the fused attention is a
-    call of the registered custom op. Load it with `load_package` (after `import armour_kernels`).
-    dynamic_batch: one package for every batch size (dimension 0 of every input) instead of the
-    example's.
-    """
-    example = _as_tuple(example_inputs)
-    serving = prepare(model, dtype=dtype, backend=backend)
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic_shapes = tuple({0: batch} for _ in example)
-    with torch.no_grad():
-        program = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    device = _device_of(serving, example)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                             inductor_configs=inductor_options(device, max_autotune=max_autotune))
-    return path
-
-
-def load_package(path):
-    """Load an AOTInductor package written by `export_package`: a callable taking the example's inputs."""
-    return torch._inductor.aoti_load_package(str(path))
-
-
-__all__ = ["optimize", "prepare", "export_package", "load_package", "ServingModel", "OptimizedModel",
-           "compile_frozen", "inductor_options", "dense_attention_biases", "channels_last_stem", "ChannelsLastOutput"]
+__all__ = ["optimize", "prepare", "ServingModel", "OptimizedModel", "compile_frozen", "inductor_options"]

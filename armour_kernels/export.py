@@ -1,8 +1,14 @@
-"""Exporting patched models: `torch.export` keeps the fused custom ops; ONNX gets a decomposed graph.
+"""Exporting models: an AOTInductor package of the served model, keeping the fused custom ops;
+ONNX, a decomposed graph.
 
-- `torch.export.export(model, (x,))` works on a patched model as it is: the ops
-  (`armour_kernels::attention_fwd`, ...) are torch custom ops with fake implementations, so
-  they appear in the graph as single nodes and run the fused kernels when the program runs.
+- `torch.export.export(model, (x,))` works on a patched model as it is: the fused ops are torch
+  custom ops with fake implementations, so they appear in the graph as single nodes and run the
+  fused kernels when the program runs.
+- `export_package(model, example_inputs, path, dtype=...)` writes the model prepared as for
+  `optimize` (armour_kernels/deploy.py: folded, patched, cast) as an AOTInductor package
+  (torch.export + torch._inductor.aoti_compile_and_package): a .pt2 file that runs without the
+  Python model code. `load_package(path)` loads it (importing armour_kernels, which registers the
+  custom ops the package calls, is what makes a fresh process able to run it).
 - ONNX has no form for those custom ops (no ONNX kernel exists for them), so `to_onnx` exports
   a decomposed graph: it unpatches a copy of the model (the modules `patch` replaced come back,
   with the current weights) and runs any fused module left (one built directly, not by `patch`)
@@ -21,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from .backend import BACKENDS
+from .deploy import device_of, inductor_options, input_tuple, prepare
 from .surgery import unpatch
 
 
@@ -61,4 +68,34 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path, *, opset_version: int
     return path
 
 
-__all__ = ["decomposed", "to_onnx"]
+def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype = torch.float32,
+                   backend: str = "auto", dynamic_batch: bool = False, max_autotune: bool = False) -> Path:
+    """Write `model`, prepared as for `optimize`, to the AOTInductor package `path` (.pt2); returns the path.
+
+    The package holds the compiled graph and the (folded, cast) weights; the fused attention is a
+    call of the registered custom op. Load it with `load_package` (after `import armour_kernels`).
+    dynamic_batch: one package for every batch size (dimension 0 of every input) instead of the
+    example's.
+    """
+    example = input_tuple(example_inputs)
+    serving = prepare(model, dtype=dtype, backend=backend)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in example)
+    with torch.no_grad():
+        program = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = device_of(serving, example)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                             inductor_configs=inductor_options(device, max_autotune=max_autotune))
+    return path
+
+
+def load_package(path):
+    """Load an AOTInductor package written by `export_package`: a callable taking the example's inputs."""
+    return torch._inductor.aoti_load_package(str(path))
+
+
+__all__ = ["export_package", "load_package", "decomposed", "to_onnx"]

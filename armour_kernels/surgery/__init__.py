@@ -1,6 +1,13 @@
-"""Model surgery: swap fused modules into timm and python_ref models, in place, and back.
+"""Model surgery: every rewrite of a model happens in this package.
 
-Each family file (deit.py, levit.py, vix.py) registers its converters in one table
+- `patch` / `unpatch` (here): swap fused modules into timm and python_ref models, in place, and back;
+- `armourize` (armourize.py): a regular DeiT / LeViT → its Armour form, a new model to fine-tune;
+- `fold_batchnorm` (fold.py): LeViT's BatchNorms folded into their projections, in place;
+- the serving rewrites `optimize` and `export_package` add for frozen inference (serving.py).
+
+Modules are recognised by their exact class (match.py: a class named "package.module:Class" is
+resolved to the class itself), never by a bare class name, which another class may share. For
+`patch`, each family file (deit.py, levit.py, vix.py) registers its converters in one table
 (`CONVERTERS.register("package.module:Class", ...)`, surgery/match.py): a function
 `(module, backend) -> fused module` for each exact class it replaces. A fused module adopts the
 Parameter objects of the module it replaces and has the same state-dict keys (nn/adopt.py), so a

@@ -14,5 +14,9 @@ from . import CONVERTERS
 _FUSED = {"Attention": LevitAttention, "AttentionDownsample": LevitAttentionDownsample, "LevitMlp": LevitMlp,
           "Stem16": LevitStem, "LevitBlock": LevitBlock, "LevitDownsample": LevitDownsampleBlock}
 
+_MODULES = ("timm.models.levit", "python_ref.levit")
 for _name, _fused in _FUSED.items():
-    CONVERTERS.add((f"timm.models.levit:{_name}", f"python_ref.levit:{_name}"), _fused)
+    CONVERTERS.add(tuple(f"{module}:{_name}" for module in _MODULES), _fused)
+
+# The regular LeViT attention classes (armourize rewrites these too; the subsample attention it leaves).
+ATTENTIONS = tuple(f"{module}:Attention" for module in _MODULES)

@@ -1,22 +1,28 @@
-"""Export of patched models: torch.export keeps the fused custom op; ONNX runs in onnxruntime."""
+"""Export of patched models: torch.export keeps the fused custom op; an AOTInductor package of the
+optimized model runs in a fresh Python; ONNX runs in onnxruntime."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 import python_ref
-from armour_kernels import armourize, fold_batchnorm, patch
+from armour_kernels import armourize, export_package, fold_batchnorm, patch
 from armour_kernels.backend import cpu_has_op
 from armour_kernels.export import decomposed, to_onnx
 from armour_kernels.nn.attention import ArmourAttention
+from helpers import ROOT
 
 # The fused path that runs here: the C++ kernels when built, else Triton in the interpreter.
 BACKEND = "auto" if cpu_has_op("attention") else "triton"
 
 
-def small_deit(attention="armour"):
+def small_deit(attention="armour", depth=2):
     torch.manual_seed(0)
     return python_ref.create_model("deit_tiny_patch16_224", attention=attention, img_size=32, patch_size=8,
-                                   depth=2, num_classes=7).eval()
+                                   depth=depth, num_classes=7).eval()
 
 
 def small_levit(attention="armour"):
@@ -43,6 +49,53 @@ def test_torch_export_keeps_custom_op(family):
             inference = torch.export.export(model, (x,))
             assert "armour_kernels.attention_infer" in str(inference.graph)
             torch.testing.assert_close(inference.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def _python(args, **kwargs):
+    """Run a fresh Python (without the Triton interpreter switch) with this checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result.stdout
+
+
+LOAD_AND_COMPARE = """
+import sys, torch
+import armour_kernels  # registers the custom ops the package calls
+x, expected, tolerance = torch.load(sys.argv[1])
+run = armour_kernels.load_package(sys.argv[2])
+got = run(x)
+error = (got.float() - expected).abs().max().item()
+print("max error", error)
+assert got.shape == expected.shape and error <= tolerance, (error, tolerance)
+print("ok")
+"""
+
+
+def tiny_timm_levit():
+    """timm LeViT-128S, one block per stage, 32×32 images: compiles in seconds."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("levit_128s", img_size=32, depth=(1, 1, 1)).eval()
+
+
+@pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
+@pytest.mark.parametrize("family,dtype", [("timm_levit", torch.float32), ("armour_ti", torch.bfloat16)])
+def test_export_package_loads_in_a_fresh_process(tmp_path, family, dtype):
+    """export_package writes the optimized model (folded, fused, cast) as an AOTInductor package; a new
+    Python, with armour_kernels imported and nothing else, loads it and gets the eager model's outputs."""
+    model = tiny_timm_levit() if family == "timm_levit" else small_deit(depth=1)
+    x = torch.randn(2, 3, 32, 32)
+    package = export_package(model, x, tmp_path / f"{family}.pt2", dtype=dtype)
+    assert package == tmp_path / f"{family}.pt2" and package.exists()
+    with torch.no_grad():
+        expected = model(x)
+    tolerance = (2e-4 if dtype == torch.float32 else 8e-2) * max(1.0, expected.abs().max().item())
+    torch.save((x, expected, tolerance), tmp_path / "io.pt")
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_AND_COMPARE)
+    assert "ok" in _python([str(script), str(tmp_path / "io.pt"), str(package)], timeout=300)
 
 
 def _run_onnx(path, x):

@@ -142,26 +142,3 @@ def test_gpu_paper_size_layer(attention, rope, armour):
     for name, grad in grads.items():
         assert_close(grads_p[name], grad, msg=name)
 
-
-def test_models_benchmark_vix_rows(tmp_path, monkeypatch):
-    """`armour-bench models --vix` (no LeViT): eager and patched rows for ViT / ViN / ViP, regular and Armour."""
-    import argparse
-    import functools
-    import json
-
-    import python_ref.registry
-    from armour_kernels.benchmarks import models
-    monkeypatch.setattr(python_ref.registry, "create_model", functools.partial(  # tiny models: a smoke run
-        create_model, img_size=4, depth=1, embed_dim=32, num_heads=2, head_dim=16, mlp_dim=32, num_landmarks=8))
-    parser = argparse.ArgumentParser()
-    models.add_arguments(parser)
-    out = str(tmp_path / "vix")
-    args = parser.parse_args(["--models", "", "--vix", "--vix-batch-size", "1", "--iters", "1", "--warmup", "0",
-                              "--device", "cpu", "--backend", "reference", "--out", out])
-    assert models.run(args) == 0
-    rows = json.load(open(out + ".json"))["rows"]
-    assert [(r["model"], r["variant"], r["mode"]) for r in rows] == [
-        (label, variant, mode) for label in ("ViT", "ViN", "ViP") for variant in ("regular", "armour")
-        for mode in ("eager", "patched")]
-    assert all(r["img_per_s"] > 0 and r["batch"] == 1 for r in rows)
-    assert "| ViN | armour | patched | 1 | fp32 |" in open(out + ".md").read()

@@ -1,25 +1,14 @@
-"""`armour-bench tables`: every paper row is printed, and every count rounds to the paper's number."""
-import json
-
-from armour_kernels import cli
-from armour_kernels.benchmarks import tables
+"""The papers' parameter tables (python_ref.paper_tables): every count of the python_ref models
+rounds to the paper's number (`armour-bench tables` prints the same rows)."""
+from python_ref import paper_tables
 
 
-def test_tables_prints_every_row_and_writes_json(capsys, tmp_path):
-    path = tmp_path / "tables.json"
-    assert cli.main(["tables", "--json", str(path)]) == 0
-    out = capsys.readouterr().out
-    for title in {row.table for row in tables.ROWS}:
-        assert title in out
-    lines = out.splitlines()
-    for row in tables.ROWS:
-        printed = [line for line in lines if line.startswith(f"{row.label} ") and row.attention in line]
-        assert printed, f"row {row.label!r} ({row.attention}) missing"
-        assert all("  yes" in line for line in printed), printed
-    assert f"{len(tables.ROWS)}/{len(tables.ROWS)} parameter counts round to the papers' numbers." in out
-    rows = json.loads(path.read_text())
-    assert len(rows) == len(tables.ROWS) == 38
-    assert all(r["matches"] for r in rows)
+def test_every_count_rounds_to_the_papers_number():
+    rows = paper_tables.compute_rows()
+    assert len(rows) == len(paper_tables.ROWS) == 38
+    assert {r["table"] for r in rows} == {paper_tables.T1, paper_tables.T2, paper_tables.T3, paper_tables.T4,
+                                         paper_tables.VX1, paper_tables.VX2}
+    assert [r["label"] for r in rows if not r["matches"]] == []
     deit_ti = next(r for r in rows if r["label"] == "DeiT-Ti")
     assert deit_ti["ours"] == 5_717_416 and deit_ti["paper"] == "5.7"
     armour_b = next(r for r in rows if r["label"] == "Armour-B")
@@ -27,6 +16,6 @@ def test_tables_prints_every_row_and_writes_json(capsys, tmp_path):
 
 
 def test_rounding_rule():
-    assert tables._rounds_to(7_756_466, "7.76") and not tables._rounds_to(7_756_466, "7.75")
-    assert tables._rounds_to(530_442, "530,442") and not tables._rounds_to(530_443, "530,442")
-    assert tables._rounds_to(16_951_124, "17.0")
+    assert paper_tables.rounds_to(7_756_466, "7.76") and not paper_tables.rounds_to(7_756_466, "7.75")
+    assert paper_tables.rounds_to(530_442, "530,442") and not paper_tables.rounds_to(530_443, "530,442")
+    assert paper_tables.rounds_to(16_951_124, "17.0")

@@ -1,5 +1,7 @@
 """The install metadata agrees with itself: requirements.txt (the pinned CI environment) lists every
-package pyproject.toml declares, with the same pins, and the build backend pins torch as it says."""
+package the library's pyproject.toml and the benchmarking project's (bench/pyproject.toml) declare,
+with the same pins; the build backend pins torch as it says; the library ships no benchmarks."""
+import ast
 import importlib.util
 import re
 
@@ -16,6 +18,7 @@ except ImportError:  # Python 3.10: tomli, which `build` (requirements.txt) brin
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SELF = canonicalize_name(PROJECT["name"])
+BENCH = tomllib.loads((ROOT / "bench" / "pyproject.toml").read_text())["project"]
 
 
 def pinned_environment():
@@ -24,11 +27,12 @@ def pinned_environment():
 
 
 def declared():
-    """Every requirement of the package and its extras (self-references to extras left out)."""
-    reqs = [Requirement(r) for r in PROJECT["dependencies"]]
-    for extra in PROJECT["optional-dependencies"].values():
-        reqs += [Requirement(r) for r in extra if canonicalize_name(Requirement(r).name) != SELF]
-    return reqs
+    """Every requirement of the library, armour-bench and their extras (the library itself left out)."""
+    reqs = []
+    for project in (PROJECT, BENCH):
+        for extra in [project["dependencies"], *project.get("optional-dependencies", {}).values()]:
+            reqs += [Requirement(r) for r in extra if canonicalize_name(Requirement(r).name) != SELF]
+    return list({str(r): r for r in reqs}.values())
 
 
 @pytest.mark.parametrize("req", declared(), ids=str)
@@ -66,3 +70,24 @@ def test_version_has_one_source():
     import armour_kernels
     assert "version" in PROJECT["dynamic"] and "version" not in PROJECT
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", armour_kernels.__version__)
+
+
+def test_the_library_ships_no_benchmarks():
+    """armour-bench and its package belong to bench/pyproject.toml, which depends on the library."""
+    assert "armour-bench" not in PROJECT.get("scripts", {})
+    assert "bench" not in PROJECT["optional-dependencies"]
+    assert BENCH["scripts"] == {"armour-bench": "armour_bench.cli:main"}
+    assert (ROOT / "bench" / "armour_bench" / "cli.py").is_file()
+    assert SELF in {canonicalize_name(Requirement(r).name) for r in BENCH["dependencies"]}
+
+
+def test_the_tests_never_import_the_benchmarks():
+    """tests/ checks the library alone; the benchmarks' tests are bench/tests/ (a run of their own)."""
+    importing = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "armour_bench" for name in names):
+                importing.append(str(path.relative_to(ROOT)))
+    assert not importing, f"tests importing armour_bench: {importing}"

@@ -46,8 +46,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from .. import cpu
-    from ..cpu.linear_act import linear_hardswish_forward
+    from armour_kernels import cpu
+    from armour_kernels.cpu.linear_act import linear_hardswish_forward
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -83,7 +83,8 @@ def run(args) -> int:
 
 def engine_row(layer, batch, dtype_name, dtype, repeats):
     """One layer shape on each inference GEMM engine, timed interleaved; which is faster, what `auto` chose."""
-    from ..cpu.linear_act import ONEDNN_ACTIVATIONS, ONEDNN_MIN_FLOPS, _INPLACE, _gemm, available, packed_weight
+    from armour_kernels.cpu.linear_act import (ONEDNN_ACTIVATIONS, ONEDNN_MIN_FLOPS, _INPLACE, _gemm, available,
+                                               packed_weight)
     name, tokens, cin, cout, act = layer
     x = torch.randn(batch * tokens, cin).to(dtype)
     w, b = (torch.randn(cout, cin) / cin ** 0.5).to(dtype), torch.randn(cout).to(dtype)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from armour_kernels.benchmarks import kernels
+from armour_bench import kernels
 
 
 def test_kernels_benchmark_smoke(tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_kernels_benchmark_filters_and_ratios(tmp_path, monkeypatch):
 
 
 def test_interleaved_timing_and_record(tmp_path):
-    from armour_kernels.benchmarks import record, timing
+    from armour_bench import record, timing
     calls = []
     times = timing.interleaved_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", 3,
                                   warmup=1)
@@ -54,7 +54,7 @@ def test_interleaved_timing_and_record(tmp_path):
 def test_onnx_peers_match_torch(peer):
     import torch
 
-    from armour_kernels.benchmarks import peers
+    from armour_bench import peers
     pytest.importorskip(peer)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardswish(), torch.nn.Flatten(),
@@ -69,7 +69,7 @@ def test_onnx_peers_match_torch(peer):
 
 
 def test_summary_of_a_results_folder(tmp_path):
-    from armour_kernels.benchmarks import summary
+    from armour_bench import summary
     env = {"device": "Some CPU", "threads": 2, "torch": "x", "command": "armour-bench models"}
 
     def model_row(model, variant, mode, img_per_s):
@@ -113,7 +113,7 @@ def test_summary_of_a_results_folder(tmp_path):
 
 def test_linear_act_engine_table(tmp_path, monkeypatch):
     """`armour-bench linear_act --tables engines`: each engine timed, the choice and whether it was the faster."""
-    from armour_kernels.benchmarks import linear_act
+    from armour_bench import linear_act
     monkeypatch.setattr(linear_act, "ENGINE_LAYERS", (("tiny", 4, 16, 8, "hardswish"),))
     monkeypatch.setattr(linear_act, "ENGINE_BATCHES", (1,))
     parser = argparse.ArgumentParser()
@@ -129,6 +129,6 @@ def test_linear_act_engine_table(tmp_path, monkeypatch):
                                          (["avx512f", "avx512_bf16"], "avx512bf16"),
                                          (["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], "amx"), ([], "base")])
 def test_results_folder_names_the_instruction_set(flags, tier):
-    from armour_kernels.benchmarks import record
+    from armour_bench import record
     assert record.isa_tier(flags) == tier
     assert record.device_slug("cpu").startswith("cpu-") and record.isa_tier() in record.device_slug("cpu")

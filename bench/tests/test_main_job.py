@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from armour_kernels import cli
-from armour_kernels.benchmarks import main as main_job
-from armour_kernels.benchmarks import peers, record
-from armour_kernels.benchmarks.progress import Progress
-from armour_kernels.benchmarks.timing import Timing, interleaved, interleaved_ms, quantile, ratio, rounds_for
+from armour_bench import cli
+from armour_bench import main as main_job
+from armour_bench import peers, record
+from armour_bench.progress import Progress
+from armour_bench.timing import Timing, interleaved, interleaved_ms, quantile, ratio, rounds_for
 
 
 def _run(tmp_path, monkeypatch, *flags):

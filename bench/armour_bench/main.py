@@ -172,8 +172,7 @@ def _timm_model(name: str, tiny: bool):
 
 def build_models(group: Group, tiny: bool):
     """(the timm model for the peers, {our label: our source model}); LeViT's BatchNorms folded in both."""
-    from ..convert import armourize
-    from ..fold import fold_batchnorm
+    from armour_kernels import armourize, fold_batchnorm
 
     base = _timm_model(group.base, tiny)
     if group.base.startswith("levit"):
@@ -220,7 +219,7 @@ def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: b
 
 
 def _ours_eager(model, example, dtype):
-    from ..backend import cpu_has_op
+    from armour_kernels.backend import cpu_has_op
     if example.device.type == "cpu" and not cpu_has_op("attention"):
         raise peers.Unavailable("C++ extension not built")
     return peers.ours_eager(model, example, dtype)

@@ -137,12 +137,12 @@ def implementations(backend, isas=None):
     from python_ref.attention import attention as ref_attention
     from python_ref.attention import levit_bias
 
-    from ..ops.attention import attention
+    from armour_kernels.ops.attention import attention
 
     def ours_on(isa):
         def ours(q, k, v, value, table, index):
             if isa is not None:
-                from .. import cpu
+                from armour_kernels import cpu
                 cpu.set_isa(isa)
             return attention(q, k, v if "v" in value else None, value=value, bias=table, bias_index=index,
                              backend=backend)
@@ -212,7 +212,7 @@ def time_steps(impl, inputs, value):
 # ----------------------------------------------------------------------------- driver
 
 def _backend_for(device):
-    from ..backend import cpu_has_op
+    from armour_kernels.backend import cpu_has_op
     if device.startswith("cuda"):
         return "triton"
     return "cpu" if cpu_has_op("attention") else None
@@ -241,7 +241,7 @@ def run(args) -> int:
     impls = {name: fn for name, fn in impls.items()
              if name.split("@")[0] in wanted}
     out = record.resolve_out(args.out, device)
-    from .. import cpu
+    from armour_kernels import cpu
     previous_isa = cpu.isa() if backend == "cpu" else None
     try:
         for threads in thread_counts:

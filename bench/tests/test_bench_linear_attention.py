@@ -6,7 +6,7 @@ import json
 import pytest
 
 from armour_kernels import cpu
-from armour_kernels.benchmarks import linear_attention
+from armour_bench import linear_attention
 
 pytestmark = pytest.mark.skipif(not (cpu.has_op("nystrom_attention") and cpu.has_op("performer_attention")),
                                 reason="armour_kernels._C not built with the Nyström / Performer kernels")

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..backend import cpu_has_op, interpreting as triton_interpreting
-from ..tolerances import allowed_error, relative_error
+from armour_kernels.backend import cpu_has_op, interpreting as triton_interpreting
+from armour_kernels.tolerances import allowed_error, relative_error
 
 
 
@@ -72,7 +72,7 @@ def _attention_cases(device, dtype, gen):
 
 
 def check_attention(device, dtype, backend, gen) -> list[Check]:
-    from ..ops.attention import attention
+    from armour_kernels.ops.attention import attention
     results = []
     for case, options, (q, k, v), bias in _attention_cases(device, dtype, gen):
         table, index = bias if bias is not None else (None, None)
@@ -98,7 +98,7 @@ def _width(q, v, value):
 
 
 def check_nystrom(device, dtype, backend, gen) -> list[Check]:
-    from ..ops.nystrom import nystrom_attention
+    from armour_kernels.ops.nystrom import nystrom_attention
     q, k, v = (torch.randn(2, 50, 2, 16, device=device, dtype=dtype, generator=gen) for _ in range(3))
     conv = torch.randn(2, 1, 33, 1, device=device, dtype=dtype, generator=gen) * 0.1
     results = []
@@ -116,7 +116,7 @@ def check_nystrom(device, dtype, backend, gen) -> list[Check]:
 def check_performer(device, dtype, backend, gen) -> list[Check]:
     from python_ref.performer import default_num_features, gaussian_orthogonal_random_matrix
 
-    from ..ops.performer import performer_attention
+    from armour_kernels.ops.performer import performer_attention
     d = 16
     q, k, v = (torch.randn(2, 50, 2, d, device=device, dtype=dtype, generator=gen) for _ in range(3))
     projection = gaussian_orthogonal_random_matrix(default_num_features(d), d,
@@ -134,7 +134,7 @@ def check_performer(device, dtype, backend, gen) -> list[Check]:
 def check_linear_hardswish(device, dtype, backend, gen) -> list[Check]:
     import torch.nn.functional as F
 
-    from ..ops.linear_act import linear_hardswish
+    from armour_kernels.ops.linear_act import linear_hardswish
     x = torch.randn(2, 49, 96, device=device, dtype=dtype, generator=gen)
     weight = torch.randn(80, 96, device=device, dtype=dtype, generator=gen) * 96 ** -0.5
     bias = torch.randn(80, device=device, dtype=dtype, generator=gen)

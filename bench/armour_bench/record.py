@@ -124,7 +124,7 @@ def environment(device, argv: list | None = None) -> dict:
     if torch.version.cuda:
         env["cuda"] = torch.version.cuda
     if device_type(device) == "cpu":
-        from .. import cpu
+        from armour_kernels import cpu
         env["cpu_kernels_isa"] = cpu.isa()
     if argv is not None:
         env["command"] = " ".join(["armour-bench", *argv])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..deploy import ServingModel, compile_frozen, inductor_options, optimize, prepare
+from armour_kernels.deploy import ServingModel, compile_frozen, inductor_options, optimize, prepare
 
 INSTALL_HINT = "pip install 'armour_kernels[bench]'"
 PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -82,7 +82,7 @@ class OnnxFile:
 
     def __init__(self, model: nn.Module, example: torch.Tensor):
         require("onnx")
-        from ..export import to_onnx
+        from armour_kernels.export import to_onnx
         self._folder = tempfile.TemporaryDirectory(prefix="armour-bench-")
         self.path = to_onnx(model.float().cpu(), example.float().cpu(), Path(self._folder.name) / "model.onnx",
                             dynamic_batch=False)

@@ -108,7 +108,7 @@ def _patch_backend(requested: str, device: torch.device) -> str:
         return requested
     if device.type == "cuda":
         return "triton"
-    from ..backend import cpu_has_op
+    from armour_kernels.backend import cpu_has_op
     return "cpu" if cpu_has_op("attention") else "reference"
 
 
@@ -158,7 +158,7 @@ def _optimized(build, batch, device):
 
 def _freezing_compile(model, device):
     """torch.compile with freezing; compiled on first call (under the options, see deploy.OptimizedModel)."""
-    from ..deploy import OptimizedModel, inductor_options
+    from armour_kernels.deploy import OptimizedModel, inductor_options
     return OptimizedModel(model, inductor_options(device), fullgraph=False)
 
 

@@ -1,25 +1,28 @@
-"""`armour-bench tables`: the papers' parameter columns next to the python_ref models' counts.
+"""The papers' parameter tables, row by row, next to the python_ref models' counts.
 
 Armour (Tables 1–4): DeiT / Armour and the Table 1 variants, LeViT / Armour / Armour+.
 Vision Xformers (Tables 1–2): ViT, ViP, ViL, ViN, FNet, MLP-Mixer, plain and hybrid.
-Models are built on the meta device (shapes only), so this takes a second or two.
+`compute_rows()` builds every model on the meta device (shapes only: a few seconds) and says,
+per row, whether our count rounds to the paper's number; `armour-bench tables` prints them and
+the tests check them (docs/models.md).
 
 Counting conventions (docs/levit.md, docs/models.md):
 - DeiT: every parameter.
 - LeViT: after BatchNorm folding, both heads and the attention-bias tables included; the
-  paper's LeViT-384 rows round the unfolded (training) count instead. Both counts are shown.
+  paper's LeViT-384 rows round the unfolded (training) count instead. Both counts are kept.
 - Vision Xformers: torchsummary's count (weights and biases of submodules: no position
-  embedding, class token or Linformer sequence projection); "all trainable" is shown beside it.
-
-Exit status 0 when every count rounds to the paper's number, 1 otherwise.
+  embedding, class token or Linformer sequence projection); "all trainable" is kept beside it.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 import torch
+
+from .fold import fold_batchnorm
+from .registry import create_model
+from .vix import summary_param_count
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,6 @@ def _counts(row: PaperRow, cache: dict) -> dict:
     """{convention: count} for the row's model, built once on the meta device."""
     key = (row.model, row.attention, row.hybrid)
     if key not in cache:
-        from python_ref import create_model, fold_batchnorm, summary_param_count
-
         def total(m):
             return sum(p.numel() for p in m.parameters())
 
@@ -105,7 +106,7 @@ def _counts(row: PaperRow, cache: dict) -> dict:
     return cache[key]
 
 
-def _rounds_to(count: int, paper: str) -> bool:
+def rounds_to(count: int, paper: str) -> bool:
     """Does `count` print as the paper's number (millions to the paper's decimals, or exact)?"""
     if "," in paper or "." not in paper:
         return count == int(paper.replace(",", ""))
@@ -113,7 +114,7 @@ def _rounds_to(count: int, paper: str) -> bool:
     return millions.quantize(Decimal(paper), rounding=ROUND_HALF_UP) == Decimal(paper)
 
 
-def _format_count(count: int, paper: str) -> str:
+def format_count(count: int, paper: str) -> str:
     if "," in paper:
         return f"{count:,}"
     return str((Decimal(count) / Decimal(10 ** 6)).quantize(Decimal(paper), rounding=ROUND_HALF_UP))
@@ -127,7 +128,7 @@ def compute_rows() -> list[dict]:
         convention = row.convention or next(iter(counts))  # the family's default: folded / torchsummary / all
         ours = counts[convention]
         results.append(dict(asdict(row), counts=counts, convention=convention, ours=ours,
-                            ours_printed=_format_count(ours, row.paper), matches=_rounds_to(ours, row.paper)))
+                            ours_printed=format_count(ours, row.paper), matches=rounds_to(ours, row.paper)))
     by_label = {(r["table"], r["label"]): r for r in results}
     for r in results:  # Δ against the baseline row, counted the same way
         base = by_label[r["table"], r["baseline"]]["counts"] if r["baseline"] else None
@@ -135,33 +136,4 @@ def compute_rows() -> list[dict]:
     return results
 
 
-def _render(rows: list[dict]) -> str:
-    lines, table = [], None
-    header = f"{'model':<24}{'attention':<18}{'ours (count)':>14}  {'convention':<14}{'ours':>10}{'paper':>11}" \
-             f"{'Δ ours':>9}{'Δ paper':>9}  match"
-    for r in rows:
-        if r["table"] != table:
-            table = r["table"]
-            lines += ["", table, header, "-" * len(header)]
-        attention = r["attention"] + (" (hybrid)" if r["hybrid"] else "")
-        delta = "-" if r["delta"] is None else f"{100 * r['delta']:+.1f}%"
-        others = ", ".join(f"{k} {v:,}" for k, v in r["counts"].items() if k != r["convention"])
-        lines.append(f"{r['label']:<24}{attention:<18}{r['ours']:>14,}  {r['convention']:<14}{r['ours_printed']:>10}"
-                     f"{r['paper']:>11}{delta:>9}{r['paper_delta'] or '-':>9}  {'yes' if r['matches'] else 'NO'}"
-                     + (f"   ({others})" if others else ""))
-    matched = sum(r["matches"] for r in rows)
-    lines += ["", f"{matched}/{len(rows)} parameter counts round to the papers' numbers."]
-    return "\n".join(lines).lstrip("\n")
-
-
-def add_arguments(parser):
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
-
-
-def run(args) -> int:
-    rows = compute_rows()
-    print(_render(rows))
-    if getattr(args, "json", None):
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return 0 if all(r["matches"] for r in rows) else 1
+__all__ = ["PaperRow", "ROWS", "compute_rows", "rounds_to", "format_count"]

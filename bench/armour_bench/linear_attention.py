@@ -64,7 +64,7 @@ def sweep(quick: bool, device: str, max_n: int, ns=None, paper=True):
 
 
 def _backend(device: str, op: str):
-    from ..backend import cpu_has_op
+    from armour_kernels.backend import cpu_has_op
     if device == "cuda":
         return "triton"
     return "cpu" if cpu_has_op(op) else None

@@ -26,8 +26,11 @@ import torch.nn as nn
 from python_ref import deit as ref_deit
 from python_ref import levit as ref_levit
 
-from .surgery import patch, unpatch
-from .surgery.match import ClassTable
+from . import patch, unpatch
+from .deit import ATTENTIONS as DEIT_ATTENTIONS
+from .deit import unsupported_timm_options
+from .levit import ATTENTIONS as LEVIT_ATTENTIONS
+from .match import ClassTable
 
 DEIT_TARGETS = ("armour", "shared_kv", "shared_qk", "shared_qk_nodiag")
 LEVIT_TARGETS = ("armour", "armour_plus")
@@ -97,10 +100,9 @@ def _slice_rows(module: nn.Module, rows: torch.Tensor) -> nn.Module:
 def _armour_deit_attention(old: nn.Module, variant: str) -> nn.Module:
     if getattr(old, "variant", "regular") != "regular":
         raise ValueError(f"armourize: the model already has {old.variant!r} attention; start from a regular one")
-    extras = [name for name in ("q_norm", "k_norm", "norm")
-              if not isinstance(getattr(old, name, None), (nn.Identity, type(None)))]
-    if extras or getattr(old, "gate", None) is not None:
-        raise TypeError(f"armourize: timm Attention with {extras or ['gate']} is not supported")
+    extras = unsupported_timm_options(old)
+    if extras:
+        raise TypeError(f"armourize: timm Attention with {extras} is not supported")
     heads, head_dim = old.num_heads, old.head_dim
     dim = old.qkv.in_features
     width = heads * head_dim
@@ -145,11 +147,10 @@ def _armour_levit_attention(old: nn.Module, variant: str) -> nn.Module:
 
 # ----------------------------------------------------------------------------- public
 
-# The regular attentions armourize rewrites (exact classes, surgery/match.py).
+# The regular attentions armourize rewrites (exact classes, the ones patch fuses: surgery/match.py).
 _ATTENTIONS = ClassTable()
-_ATTENTIONS.add(("timm.layers.attention:Attention", "python_ref.deit:Attention", "armour_kernels.convert:Attention"),
-               "deit")
-_ATTENTIONS.add(("timm.models.levit:Attention", "python_ref.levit:Attention"), "levit")
+_ATTENTIONS.add(DEIT_ATTENTIONS, "deit")
+_ATTENTIONS.add(LEVIT_ATTENTIONS, "levit")
 
 
 def _replace(model: nn.Module, family: str, build) -> None:

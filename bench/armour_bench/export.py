@@ -3,7 +3,7 @@
 Builds the timm model (`pretrained=False` unless --pretrained: no network needed; the Armour
 names of `armour_kernels.timm`, e.g. armour_deit_tiny_patch16_224, work too), prepares it as
 `armour_kernels.optimize` does (BatchNorm folded, fused kernels, weights cast to --dtype) and
-writes it with `armour_kernels.deploy.export_package`. Then, unless --no-check, it loads the
+writes it with `armour_kernels.export_package`. Then, unless --no-check, it loads the
 package back and prints its largest difference from the eager model on a random batch.
 
 Serve it from any Python with torch and armour_kernels installed:
@@ -76,7 +76,7 @@ def example_input(model, batch: int, img_size: int | None = None) -> torch.Tenso
 
 
 def run(args) -> int:
-    from ..deploy import export_package, load_package
+    from armour_kernels.export import export_package, load_package
 
     if args.threads:
         torch.set_num_threads(args.threads)
