@@ -40,6 +40,19 @@ def test_submodules_are_attributes_of_the_package():
         armour_kernels.no_such_thing  # noqa: B018
 
 
+def test_every_public_name_resolves():
+    """Each name of __all__, and the model functions where the README says they live: the
+    rewrites in surgery/, optimize in deploy, both exports (AOTInductor and ONNX) in export."""
+    for name in armour_kernels.__all__:
+        assert getattr(armour_kernels, name) is not None, name
+    from armour_kernels import deploy, export, surgery
+    assert armour_kernels.export_package is export.export_package and armour_kernels.load_package is export.load_package
+    assert armour_kernels.optimize is deploy.optimize and callable(export.to_onnx)
+    assert armour_kernels.patch is surgery.patch
+    assert armour_kernels.armourize.__module__ == "armour_kernels.surgery.armourize"
+    assert armour_kernels.fold_batchnorm.__module__ == "armour_kernels.surgery.fold"
+
+
 def test_importing_the_package_does_not_import_triton():
     result = _run("import sys, armour_kernels; print('triton' in sys.modules)")
     assert result.returncode == 0, result.stderr
