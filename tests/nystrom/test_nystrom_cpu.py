@@ -62,10 +62,12 @@ def test_auto_backend_picks_the_cpu_kernels():
 
 
 def test_extension_checks_its_inputs():
-    """The extension's own checks, which direct callers of armour_kernels._C reach (the op's are
-    test_nystrom_op.py's)."""
+    """The C++ kernels' own checks, which direct callers of the dispatcher op reach (the public op's
+    are test_nystrom_op.py's)."""
     q, k, v = packed_qkv("cpu", 1, 20, 2, 16, torch.float32, "v")
     with pytest.raises(RuntimeError, match="must agree"):
-        cpu._C.nystrom_attention(q, k[..., :8], v, None, 4, 6, "clean")
+        torch.ops.armour_kernels.nystrom_fwd(q, k[..., :8], v, None, 4, 6, "clean")
     with pytest.raises(RuntimeError, match="mode"):
-        cpu._C.nystrom_attention(q, k, v, None, 4, 6, "dirty")
+        torch.ops.armour_kernels.nystrom_fwd(q, k, v, None, 4, 6, "dirty")
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.armour_kernels.nystrom_fwd(q.double(), k.double(), v.double(), None, 4, 6, "clean")

@@ -62,8 +62,11 @@ def test_auto_backend_picks_the_cpu_kernels():
 
 
 def test_extension_checks_its_inputs():
-    """The extension's own checks, which direct callers of armour_kernels._C reach (the op's are
-    test_performer_op.py's)."""
+    """The C++ kernels' own checks, which direct callers of the dispatcher op reach (the public op's
+    are test_performer_op.py's)."""
     q, k, v = packed_qkv("cpu", 1, 20, 2, 16, torch.float64, "v")
-    with pytest.raises(RuntimeError, match="float32"):
-        cpu._C.performer_attention(q, k, v, random_projection("cpu", 16, 20), "softmax", "clean")
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.armour_kernels.performer_fwd(q, k, v, random_projection("cpu", 16, 20), "softmax", "clean")
+    with pytest.raises(RuntimeError, match="kernel must be"):
+        torch.ops.armour_kernels.performer_fwd(q.float(), k.float(), v.float(), random_projection("cpu", 16, 20),
+                                               "gelu", "clean")
