@@ -45,10 +45,10 @@ def _dispatcher_op(name: str):
 class LinearAttentionOps:
     """The forward and backward ops of one family, and which forward a call takes.
 
-    forward(q, k, v, <tensor inputs>, *options) -> (out, *saved) and
-    backward(dout, q, k, v, <tensor inputs>, *saved, *options) -> one gradient per tensor input
-    (possibly fewer: the trailing inputs get none) are the Triton launchers in the ops' argument
-    order; `tensor_inputs` counts the forward's tensor arguments, which come first.
+    `forward(*inputs, *options) -> (out, *saved)` and `backward(dout, *inputs, *saved, *options)
+    -> one gradient per input` (or fewer: the last inputs then get none) call the Triton launchers
+    with the ops' arguments; inputs are the forward's first `tensor_inputs` arguments (q, k, v and
+    the conv weight or projection), options the rest. The fakes take the same arguments.
     """
 
     def __init__(self, family: str, forward, backward, forward_fake, backward_fake, tensor_inputs: int):
@@ -59,16 +59,16 @@ class LinearAttentionOps:
                                        (f"{family}_bwd", backward, backward_fake)):
                 torch.library.register_fake(f"{NAMESPACE}::{name}", fake)
                 torch.library.register_kernel(f"{NAMESPACE}::{name}", "cuda", kernel)
-        self.triton = torch.library.custom_op(f"{TRITON_NAMESPACE}::{family}_fwd", forward, mutates_args=())
+        self.triton_forward = torch.library.custom_op(f"{TRITON_NAMESPACE}::{family}_fwd", forward, mutates_args=())
         self.triton_backward = torch.library.custom_op(f"{TRITON_NAMESPACE}::{family}_bwd", backward, mutates_args=())
-        self.triton.register_fake(forward_fake)
+        self.triton_forward.register_fake(forward_fake)
         self.triton_backward.register_fake(backward_fake)
-        self.triton.register_autograd(self._backward, setup_context=self._setup_context)
+        self.triton_forward.register_autograd(self._backward, setup_context=self._setup_context)
 
     def forward(self, backend: str, device: torch.device):
         """The forward op for `backend` ("cpu" or "triton", as select() chose it) on `device`'s tensors."""
         if backend == "triton" and (device.type != "cuda" or self.native is None):
-            return self.triton
+            return self.triton_forward
         return self.native
 
     # The Python autograd of the Triton-only ops, as csrc/torch_ops/linear_attention_autograd.cpp.
