@@ -4,7 +4,6 @@
 
 #include "kernels/kernel_api.h"
 #include "ops.h"
-#include "linear_ops.h"
 
 namespace armour {
 std::string dispatch_name(Isa isa, GemmUse gemm);
@@ -38,20 +37,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
   m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
-  // Nyström / Performer (nystrom_ops.cpp, performer_ops.cpp); the names are what armour_kernels.cpu.has_op looks for.
-  m.def("performer_attention", &armour::performer_forward, "Performer forward: (out, ctx, ksum, stab)",
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("projection"), py::arg("kernel"), py::arg("mode"));
-  m.def("performer_attention_backward", &armour::performer_backward,
-        "Performer backward: (dq, dk, dv)", py::arg("dout"), py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("projection"), py::arg("ctx"), py::arg("ksum"), py::arg("stab"), py::arg("kernel"),
-        py::arg("mode"));
-  m.def("nystrom_attention", &armour::nystrom_forward, "Nystrom forward: (out, q_landmarks, k_landmarks, w, y, lse3)",
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("conv_weight"), py::arg("num_landmarks"),
-        py::arg("pinv_iterations"), py::arg("mode"));
-  m.def("nystrom_attention_backward", &armour::nystrom_backward, "Nystrom backward: (dq, dk, dv, dconv_weight)",
-        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("conv_weight"), py::arg("q_landmarks"),
-        py::arg("k_landmarks"), py::arg("w"), py::arg("y"), py::arg("lse"), py::arg("num_landmarks"),
-        py::arg("pinv_iterations"), py::arg("mode"));
   m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
         "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");
   m.def("best_isa", []() { return armour::dispatch_name(armour::best_isa(), armour::best_gemm()); },

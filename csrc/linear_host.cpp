@@ -38,41 +38,53 @@ void gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, cons
 Strided4 strided4(const at::Tensor& t) { return {t.data_ptr(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 void check_mode(const char* op, const std::string& mode) {
-  TORCH_CHECK(mode == "seed" || mode == "clean", "armour_kernels._C.", op, ": mode must be 'seed' or 'clean', got '",
+  TORCH_CHECK(mode == "seed" || mode == "clean", "armour_kernels::", op, ": mode must be 'seed' or 'clean', got '",
               mode, "'");
 }
 
+at::Tensor to_f32(const char* op, const at::Tensor& t, const char* name) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, "armour_kernels::", op, ": ", name,
+              " must be float32, float16 or bfloat16, got ", type);
+  return type == at::kFloat ? t : t.to(at::kFloat);
+}
+
+std::optional<at::Tensor> to_f32(const char* op, const std::optional<at::Tensor>& t, const char* name) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return to_f32(op, *t, name);
+}
+
 void check_f32_4d(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "armour_kernels._C.", op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == 4, "armour_kernels._C.", op, ": ", name, " must be 4-D (B, N, H, D), got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "armour_kernels._C.", op, ": ", name,
-              " must be float32 (the Python launcher converts other dtypes), got ", t.scalar_type());
-  TORCH_CHECK(t.numel() > 0, "armour_kernels._C.", op, ": ", name, " is empty, shape ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), "armour_kernels::", op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 4, "armour_kernels::", op, ": ", name, " must be 4-D (B, N, H, D), got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "armour_kernels::", op, ": ", name,
+              " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.numel() > 0, "armour_kernels::", op, ": ", name, " is empty, shape ", t.sizes());
 }
 
 void check_qk(const char* op, const at::Tensor& q, const at::Tensor& k) {
   check_f32_4d(op, q, "q");
   check_f32_4d(op, k, "k");
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3), "armour_kernels._C.", op,
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3), "armour_kernels::", op,
               ": q ", q.sizes(), " and k ", k.sizes(), " must agree in B, H and D");
 }
 
 const at::Tensor& value_of(const char* op, const at::Tensor& q, const at::Tensor& k,
                            const std::optional<at::Tensor>& v) {
   if (!v.has_value() || !v->defined()) {
-    TORCH_CHECK(q.size(1) == k.size(1), "armour_kernels._C.", op, ": value 'q' needs as many queries as keys, got ",
+    TORCH_CHECK(q.size(1) == k.size(1), "armour_kernels::", op, ": value 'q' needs as many queries as keys, got ",
                 q.size(1), " and ", k.size(1));
     return q;
   }
   check_f32_4d(op, *v, "v");
   TORCH_CHECK(v->size(0) == k.size(0) && v->size(1) == k.size(1) && v->size(2) == k.size(2),
-              "armour_kernels._C.", op, ": v ", v->sizes(), " must match k ", k.sizes(), " in B, N and H");
+              "armour_kernels::", op, ": v ", v->sizes(), " must match k ", k.sizes(), " in B, N and H");
   return *v;
 }
 
 float* saved_f32(const char* op, const at::Tensor& t, at::IntArrayRef shape, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.sizes() == shape,
-              "armour_kernels._C.", op, ": ", name, " must be contiguous float32 of shape ", shape,
+              "armour_kernels::", op, ": ", name, " must be contiguous float32 of shape ", shape,
               " (as the forward returned it), got ", t.scalar_type(), " ", t.sizes());
   return t.data_ptr<float>();
 }

@@ -16,6 +16,10 @@ namespace linear {
 Strided4 strided4(const at::Tensor& t);
 
 void check_mode(const char* op, const std::string& mode);
+// t in float32 for the kernels: float32 as it is (strides kept: the kernels read any strides),
+// float16 / bfloat16 converted; any other dtype is an error naming the op and the argument.
+at::Tensor to_f32(const char* op, const at::Tensor& t, const char* name);
+std::optional<at::Tensor> to_f32(const char* op, const std::optional<at::Tensor>& t, const char* name);
 // A CPU float32 (B, N, H, D) tensor with elements.
 void check_f32_4d(const char* op, const at::Tensor& t, const char* name);
 // q, k: check_f32_4d and the same B, H, D.

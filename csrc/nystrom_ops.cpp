@@ -23,11 +23,11 @@ NystromArgs describe_nystrom(const char* op, const at::Tensor& q, const at::Tens
                              int64_t num_landmarks, int64_t pinv_iterations, const std::string& mode,
                              at::Tensor* conv) {
   check_qk(op, q, k);
-  TORCH_CHECK(q.size(1) == k.size(1), "armour_kernels._C.", op, ": q and k must have the same length, got ",
+  TORCH_CHECK(q.size(1) == k.size(1), "armour_kernels::", op, ": q and k must have the same length, got ",
               q.size(1), " and ", k.size(1));
   const at::Tensor& val = value_of(op, q, k, v);
-  TORCH_CHECK(num_landmarks >= 1, "armour_kernels._C.", op, ": num_landmarks must be ≥ 1, got ", num_landmarks);
-  TORCH_CHECK(pinv_iterations >= 0, "armour_kernels._C.", op, ": pinv_iterations must be ≥ 0, got ", pinv_iterations);
+  TORCH_CHECK(num_landmarks >= 1, "armour_kernels::", op, ": num_landmarks must be ≥ 1, got ", num_landmarks);
+  TORCH_CHECK(pinv_iterations >= 0, "armour_kernels::", op, ": pinv_iterations must be ≥ 0, got ", pinv_iterations);
   check_mode(op, mode);
   NystromArgs a;
   a.p = linear_plan(q.size(0), q.size(2), q.size(3), val.size(3), num_landmarks);
@@ -45,7 +45,7 @@ NystromArgs describe_nystrom(const char* op, const at::Tensor& q, const at::Tens
     const at::Tensor& w = *conv_weight;
     TORCH_CHECK(w.device().is_cpu() && w.dim() == 4 && w.size(0) == a.p.H && w.size(1) == 1 && w.size(3) == 1 &&
                     w.size(2) % 2 == 1,
-                "armour_kernels._C.", op, ": conv_weight must be a CPU (H, 1, K, 1) tensor with H = ", a.p.H,
+                "armour_kernels::", op, ": conv_weight must be a CPU (H, 1, K, 1) tensor with H = ", a.p.H,
                 " and K odd, got ", w.sizes());
     *conv = w.to(at::kFloat).reshape({a.p.H, w.size(2)}).contiguous();
     a.conv = conv->data_ptr<float>();
@@ -58,14 +58,12 @@ at::Tensor landmark_softmax(const at::Tensor& ql, const at::Tensor& kl) {
   return at::_softmax(at::bmm(ql, kl.transpose(1, 2)), -1, false);  // A2 (B·H, m, m)
 }
 
-}  // namespace
-
+// The passes on float32 q, k, v (nystrom_fwd_cpu converts): {out, q̃, k̃, W, Y, lse3}.
 std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                                         const std::optional<at::Tensor>& conv_weight, int64_t num_landmarks,
                                         int64_t pinv_iterations, const std::string& mode) {
   at::Tensor conv;
-  NystromArgs a = describe_nystrom("nystrom_attention", q, k, v, conv_weight, num_landmarks, pinv_iterations, mode,
-                                   &conv);
+  NystromArgs a = describe_nystrom("nystrom_fwd", q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, &conv);
   const LinearKernelTable& kernels = current_linear_kernels();
   const int64_t BH = a.p.B * a.p.H, M = a.p.M, T = BH * a.p.splits;
   const auto f32 = q.options().dtype(at::kFloat);
@@ -111,20 +109,22 @@ std::vector<at::Tensor> nystrom_forward(const at::Tensor& q, const at::Tensor& k
   return {out, ql, kl, w, y, lse};
 }
 
+// The gradient passes on float32 dout, q, k, v: {dq, dk, dv (undefined without v), dconv_weight
+// (undefined without a conv)}, all float32.
 std::vector<at::Tensor> nystrom_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                          const std::optional<at::Tensor>& v,
                                          const std::optional<at::Tensor>& conv_weight, const at::Tensor& ql,
                                          const at::Tensor& kl, const at::Tensor& w, const at::Tensor& y,
                                          const at::Tensor& lse, int64_t num_landmarks, int64_t pinv_iterations,
                                          const std::string& mode) {
-  const char* op = "nystrom_attention_backward";
+  const char* op = "nystrom_bwd";
   at::Tensor conv;
   NystromArgs a = describe_nystrom(op, q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, &conv);
   const LinearKernelTable& kernels = current_linear_kernels();
   const int64_t B = a.p.B, H = a.p.H, D = a.p.D, Dv = a.p.Dv, BH = B * H, M = a.p.M, S = a.p.splits, T = BH * S;
   check_f32_4d(op, dout, "dout");
   TORCH_CHECK(dout.size(0) == B && dout.size(1) == a.N && dout.size(2) == H && dout.size(3) == Dv,
-              "armour_kernels._C.", op, ": dout must be (B, N, H, Dv) = (", B, ", ", a.N, ", ", H, ", ", Dv,
+              "armour_kernels::", op, ": dout must be (B, N, H, Dv) = (", B, ", ", a.N, ", ", H, ", ", Dv,
               "), got ", dout.sizes());
   a.ql = saved_f32(op, ql, {BH, M, D}, "q_landmarks");
   a.kl = saved_f32(op, kl, {BH, M, D}, "k_landmarks");
@@ -182,6 +182,33 @@ std::vector<at::Tensor> nystrom_backward(const at::Tensor& dout, const at::Tenso
   at::Tensor dconv;
   if (a.conv) dconv = part_dconv.view({B, H, S, a.K}).sum(at::IntArrayRef{0, 2}).reshape({H, 1, a.K, 1});
   return {dq, dk, dv, dconv};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> nystrom_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& conv_weight, int64_t num_landmarks, int64_t pinv_iterations,
+    c10::string_view mode) {
+  const char* op = "nystrom_fwd";
+  std::vector<at::Tensor> r = nystrom_forward(to_f32(op, q, "q"), to_f32(op, k, "k"), to_f32(op, v, "v"), conv_weight,
+                                              num_landmarks, pinv_iterations, std::string(mode));
+  return {r[0].to(q.scalar_type()), r[1], r[2], r[3], r[4], r[5]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nystrom_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& conv_weight, const at::Tensor& q_landmarks, const at::Tensor& k_landmarks,
+    const at::Tensor& w, const at::Tensor& y, const at::Tensor& lse, int64_t num_landmarks, int64_t pinv_iterations,
+    c10::string_view mode) {
+  const char* op = "nystrom_bwd";
+  std::vector<at::Tensor> g =
+      nystrom_backward(to_f32(op, dout, "dout"), to_f32(op, q, "q"), to_f32(op, k, "k"), to_f32(op, v, "v"),
+                       conv_weight, q_landmarks, k_landmarks, w, y, lse, num_landmarks, pinv_iterations,
+                       std::string(mode));
+  const at::Tensor none = at::empty({0}, q.options());
+  return {g[0].to(q.scalar_type()), g[1].to(k.scalar_type()), g[2].defined() ? g[2].to(v->scalar_type()) : none,
+          g[3].defined() ? g[3].to(conv_weight->scalar_type()) : none};
 }
 
 }  // namespace armour

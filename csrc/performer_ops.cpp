@@ -4,6 +4,9 @@
 // stabiliser, summing the per-split gradient partials, seed mode's global stabiliser.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "linear_host.h"
 #include "linear_ops.h"
 
@@ -18,12 +21,12 @@ PerformerArgs describe_performer(const char* op, const at::Tensor& q, const at::
                                  const std::string& kernel, const std::string& mode, at::Tensor* proj) {
   check_qk(op, q, k);
   const at::Tensor& val = value_of(op, q, k, v);
-  TORCH_CHECK(kernel == "softmax" || kernel == "relu", "armour_kernels._C.", op,
+  TORCH_CHECK(kernel == "softmax" || kernel == "relu", "armour_kernels::", op,
               ": kernel must be 'softmax' or 'relu', got '", kernel, "'");
   check_mode(op, mode);
   TORCH_CHECK(projection.device().is_cpu() && projection.dim() == 2 && projection.size(1) == q.size(3) &&
                   projection.size(0) >= 1,
-              "armour_kernels._C.", op, ": projection must be a CPU (m, D) tensor with D = ", q.size(3), ", got ",
+              "armour_kernels::", op, ": projection must be a CPU (m, D) tensor with D = ", q.size(3), ", got ",
               projection.sizes());
   *proj = projection.to(at::kFloat).contiguous();
   PerformerArgs a;
@@ -39,13 +42,35 @@ PerformerArgs describe_performer(const char* op, const at::Tensor& q, const at::
   return a;
 }
 
-}  // namespace
+// Seed mode's stabiliser gradient, from the key pass's per-task partials: the global maximum of u,
+// dM = −Σ g, and dM's share for each u equal to the maximum (ties split evenly, as torch's max
+// backward). Three scalars from B·H·splits floats, read in place (no tensor ops or .item()); a NaN
+// maximum stays NaN, so that no u matches it and no share is added, as the tensor ops gave.
+void seed_stab_share(PerformerArgs& a, int64_t tasks) {
+  float umax = -INFINITY;
+  for (int64_t t = 0; t < tasks; ++t) {
+    const float u = a.part_umax[t];
+    if (std::isnan(u)) {
+      umax = u;
+      break;
+    }
+    umax = std::max(umax, u);
+  }
+  double hits = 0.0, gsum = 0.0;
+  for (int64_t t = 0; t < tasks; ++t) {
+    if (a.part_umax[t] == umax) hits += a.part_hits[t];
+    gsum += a.part_gsum[t];
+  }
+  a.umax = umax;
+  a.share = static_cast<float>(-gsum / hits);
+}
 
+// The passes on float32 q, k, v (performer_fwd_cpu converts): {out, ctx, ksum, stab}.
 std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                                           const at::Tensor& projection, const std::string& kernel,
                                           const std::string& mode) {
   at::Tensor proj;
-  PerformerArgs a = describe_performer("performer_attention", q, k, v, projection, kernel, mode, &proj);
+  PerformerArgs a = describe_performer("performer_fwd", q, k, v, projection, kernel, mode, &proj);
   const LinearKernelTable& kernels = current_linear_kernels();
   const int64_t BH = a.p.B * a.p.H, M = a.p.M, Dv = a.p.Dv;
   const auto f32 = q.options().dtype(at::kFloat);
@@ -90,18 +115,19 @@ std::vector<at::Tensor> performer_forward(const at::Tensor& q, const at::Tensor&
   return {out, ctx, ksum, stab};
 }
 
+// The gradient passes on float32 dout, q, k, v: {dq, dk, dv (undefined without v)}, all float32.
 std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                                            const std::optional<at::Tensor>& v, const at::Tensor& projection,
                                            const at::Tensor& ctx, const at::Tensor& ksum, const at::Tensor& stab,
                                            const std::string& kernel, const std::string& mode) {
-  const char* op = "performer_attention_backward";
+  const char* op = "performer_bwd";
   at::Tensor proj;
   PerformerArgs a = describe_performer(op, q, k, v, projection, kernel, mode, &proj);
   const LinearKernelTable& kernels = current_linear_kernels();
   const int64_t B = a.p.B, H = a.p.H, D = a.p.D, Dv = a.p.Dv, BH = B * H, M = a.p.M;
   check_f32_4d(op, dout, "dout");
   TORCH_CHECK(dout.size(0) == B && dout.size(1) == a.Nq && dout.size(2) == H && dout.size(3) == Dv,
-              "armour_kernels._C.", op, ": dout must be (B, Nq, H, Dv) = (", B, ", ", a.Nq, ", ", H, ", ", Dv,
+              "armour_kernels::", op, ": dout must be (B, Nq, H, Dv) = (", B, ", ", a.Nq, ", ", H, ", ", Dv,
               "), got ", dout.sizes());
   saved_f32(op, ctx, {BH, M, Dv}, "ctx");
   saved_f32(op, ksum, {BH, M}, "ksum");
@@ -140,14 +166,35 @@ std::vector<at::Tensor> performer_backward(const at::Tensor& dout, const at::Ten
 
   // 3. seed mode: the global stabiliser's gradient, evenly to the u equal to it
   if (attached) {
-    const at::Tensor umax = part_umax.max();
-    const double count = (part_hits * (part_umax == umax)).sum().item<double>();
-    const double dm = -part_gsum.to(at::kDouble).sum().item<double>();
-    a.umax = umax.item<float>();
-    a.share = static_cast<float>(dm / count);
+    seed_stab_share(a, BH * S);
     kernels.performer_stab_grad(a);
   }
   return {dq, dk, dv};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> performer_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                                           const std::optional<at::Tensor>& v,
+                                                                           const at::Tensor& projection,
+                                                                           c10::string_view kernel,
+                                                                           c10::string_view mode) {
+  const char* op = "performer_fwd";
+  std::vector<at::Tensor> r = performer_forward(to_f32(op, q, "q"), to_f32(op, k, "k"), to_f32(op, v, "v"),
+                                                projection, std::string(kernel), std::string(mode));
+  return {r[0].to(q.scalar_type()), r[1], r[2], r[3]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> performer_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+    const at::Tensor& projection, const at::Tensor& ctx, const at::Tensor& ksum, const at::Tensor& stab,
+    c10::string_view kernel, c10::string_view mode) {
+  const char* op = "performer_bwd";
+  std::vector<at::Tensor> g =
+      performer_backward(to_f32(op, dout, "dout"), to_f32(op, q, "q"), to_f32(op, k, "k"), to_f32(op, v, "v"),
+                         projection, ctx, ksum, stab, std::string(kernel), std::string(mode));
+  return {g[0].to(q.scalar_type()), g[1].to(k.scalar_type()),
+          g[2].defined() ? g[2].to(v->scalar_type()) : at::empty({0}, q.options())};
 }
 
 }  // namespace armour

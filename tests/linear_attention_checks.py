@@ -2,6 +2,9 @@
 of tests/nystrom/ and tests/performer/: inputs as strided views of one packed projection (as the
 layers make them), the forward and the gradient of every input (q, k, v, the residual conv weight)
 compared with the per-dtype tolerances of helpers.TOLERANCES."""
+import sys
+
+import pytest
 import torch
 
 import armour_kernels
@@ -133,3 +136,35 @@ def check_compiled_matches_eager(op, tensors):
     torch.testing.assert_close(out, expected)
     for mine, ref in zip(compiled, eager):
         torch.testing.assert_close(mine.grad, ref.grad)
+
+
+def _package_functions_called(fn):
+    """fn()'s result and the names of the armour_kernels Python functions it called (sys.setprofile)."""
+    called = []
+
+    def profile(frame, event, _arg):
+        if event == "call" and "armour_kernels" in frame.f_code.co_filename:
+            called.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return result, called
+
+
+def check_dispatcher_op(family, forward_args):
+    """armour_kernels::<family>_fwd on CPU leaves `forward_args` (q, k, v, ...): declared without a
+    backend argument; its forward and backward run on C++ alone (the kernels and the autograd: no
+    armour_kernels Python function is called); a second-order gradient through it is an error."""
+    op = getattr(torch.ops.armour_kernels, f"{family}_fwd").default
+    assert "backend" not in str(op._schema)
+    outputs, called = _package_functions_called(lambda: op(*forward_args))
+    assert not called, called
+    leaves = [t for t in forward_args[:3] if isinstance(t, torch.Tensor)]
+    _, called = _package_functions_called(lambda: outputs[0].sum().backward())
+    assert not called, called
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in leaves)
+    (dq,) = torch.autograd.grad(op(*forward_args)[0].sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match=f"{family}_bwd is not implemented"):
+        dq.sum().backward()

@@ -1,11 +1,10 @@
-"""What the linear-attention ops (Nyström, Performer) share: input checks, the value choice, layouts, dispatch.
+"""What the linear-attention ops (Nyström, Performer) share: input checks, the value choice, layouts.
 
 Both take FlashAttention's public layout (B, N, H, D) with any strides; python_ref works in
-(B, H, N, D), so the "reference" backend transposes views in and out.
+(B, H, N, D), so the "reference" backend transposes views in and out. How each family's ops are
+registered and chosen is _linear_attention_ops.py.
 """
 from __future__ import annotations
-
-import importlib
 
 import torch
 from torch import Tensor
@@ -14,12 +13,6 @@ from ..constants import LINEAR_ATTENTION_VALUES as VALUES
 from ..constants import MODES
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def launcher(backend: str, family: str, name: str):
-    """`<family>_<name>` from armour_kernels.<backend>.<family>, imported on first use (cpu may not exist)."""
-    module = importlib.import_module(f"armour_kernels.{backend}.{family}")
-    return getattr(module, f"{family}_{name}")
 
 
 def heads_first(t):
@@ -67,8 +60,3 @@ def check_kernel_dtype(op: str, backend: str, q) -> None:
     if q.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{op}: backend {backend!r} supports {KERNEL_DTYPES}, got {q.dtype}; "
                         "use backend='reference' for other dtypes")
-
-
-def empty_if_none(t, like):
-    """Custom ops cannot return None: an empty tensor stands for 'no gradient'."""
-    return t if t is not None else like.new_empty(0)

@@ -1,17 +1,19 @@
-"""Nyström attention as a torch op: checks, custom ops with fake + autograd, dispatch.
+"""Nyström attention as a torch op: argument checks, the backend choice, the ops' fake and Triton kernels.
 
-Backend launchers (Triton in armour_kernels/triton/nystrom.py; a CPU one, if any, in
-armour_kernels/cpu/nystrom.py) share one contract, layout (B, N, H, D), any strides, q NOT scaled
-and NOT padded (the launchers pad and scale, as the original layer does):
+The op runs on armour_kernels::nystrom_fwd / nystrom_bwd, declared in C++ with their CPU kernels
+and autograd (csrc/torch_ops/); _linear_attention_ops.py says how a call reaches its kernel. The
+Triton launchers (armour_kernels/triton/nystrom.py), registered here for CUDA tensors, and the C++
+kernels share one contract, layout (B, N, H, D), any strides, q NOT scaled and NOT padded (the
+kernels pad and scale, as the original layer does):
 ```
-nystrom_forward(q, k, v, conv_weight, *, num_landmarks, pinv_iterations, mode, value)
-    -> (out, (q̃, k̃, W, Y, lse3))
-nystrom_backward(dout, q, k, v, conv_weight, saved, *, num_landmarks, pinv_iterations, mode, value)
+nystrom_fwd(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode) -> (out, q̃, k̃, W, Y, lse3)
+nystrom_bwd(dout, q, k, v, conv_weight, q̃, k̃, W, Y, lse3, num_landmarks, pinv_iterations, mode)
     -> (dq, dk, dv, dconv_weight)
 ```
 out (B, N, H, Dv) in q's dtype; saved: landmarks q̃ (scaled), k̃ (B·H, m, D), W = A3·v and
-Y = pinv(A2)·W (B·H, m, Dv), lse3 (B·H, m), all fp32. value="q": v is None, the unscaled query
-is the value, its value gradient is inside dq (dv is None). conv_weight (H, 1, K, 1) or None.
+Y = pinv(A2)·W (B·H, m, Dv), lse3 (B·H, m), all fp32. v None: the unscaled query is the value
+(value="q"), its value gradient is inside dq and dv is an empty tensor. conv_weight (H, 1, K, 1)
+or None (dconv_weight then an empty tensor).
 """
 from __future__ import annotations
 
@@ -22,68 +24,47 @@ from torch import Tensor
 
 from ..backend import select
 from ._empty import zeros_of
-from ._linear_attention import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
-                             launcher)
+from ._linear_attention import MODES, check_choice, check_kernel_dtype, check_qkv, heads_first
+from ._linear_attention_ops import LinearAttentionOps, empty_if_none, value_of
 
 OP = "nystrom_attention"
 
 
-@torch.library.custom_op("armour_kernels::nystrom_fwd", mutates_args=())
-def nystrom_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor], num_landmarks: int,
-                pinv_iterations: int, mode: str, value: str,
-                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    out, saved = launcher(backend, "nystrom", "forward")(q, k, v, conv_weight, num_landmarks=num_landmarks,
-                                                         pinv_iterations=pinv_iterations, mode=mode, value=value)
+def _triton_forward(q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor], num_landmarks: int,
+                    pinv_iterations: int, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from ..triton.nystrom import nystrom_forward  # on the first call: triton is a large import
+    out, saved = nystrom_forward(q, k, v, conv_weight, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations,
+                                 mode=mode, value=value_of(v))
     return (out, *saved)
 
 
-@nystrom_fwd.register_fake
-def _nystrom_fwd_fake(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend):
+def _triton_backward(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor],
+                     q_landmarks: Tensor, k_landmarks: Tensor, w: Tensor, y: Tensor, lse: Tensor, num_landmarks: int,
+                     pinv_iterations: int, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ..triton.nystrom import nystrom_backward
+    dq, dk, dv, dconv = nystrom_backward(dout, q, k, v, conv_weight, (q_landmarks, k_landmarks, w, y, lse),
+                                         num_landmarks=num_landmarks, pinv_iterations=pinv_iterations, mode=mode,
+                                         value=value_of(v))
+    return dq, dk, empty_if_none(dv, q), empty_if_none(dconv, q)
+
+
+def _forward_fake(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode):
     batch, n, heads, d = q.shape
-    dv = d if value == "q" else v.shape[3]
+    dv = d if v is None else v.shape[3]
     bh, m = batch * heads, num_landmarks
     f32 = torch.float32
     return (q.new_empty(batch, n, heads, dv), q.new_empty(bh, m, d, dtype=f32), q.new_empty(bh, m, d, dtype=f32),
             q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dtype=f32))
 
 
-@torch.library.custom_op("armour_kernels::nystrom_bwd", mutates_args=())
-def nystrom_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], conv_weight: Optional[Tensor],
-                q_landmarks: Tensor, k_landmarks: Tensor, w: Tensor, y: Tensor, lse: Tensor, num_landmarks: int,
-                pinv_iterations: int, mode: str, value: str,
-                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dconv_weight); empty tensors stand for dv (value="q") / dconv (no conv)."""
-    dq, dk, dv, dconv = launcher(backend, "nystrom", "backward")(
-        dout, q, k, v, conv_weight, (q_landmarks, k_landmarks, w, y, lse), num_landmarks=num_landmarks,
-        pinv_iterations=pinv_iterations, mode=mode, value=value)
-    return dq, dk, empty_if_none(dv, q), empty_if_none(dconv, q)
-
-
-@nystrom_bwd.register_fake
-def _nystrom_bwd_fake(dout, q, k, v, conv_weight, q_landmarks, k_landmarks, w, y, lse, num_landmarks,
-                      pinv_iterations, mode, value, backend):
-    dv = q.new_empty(v.shape) if value == "v" else q.new_empty(0)
+def _backward_fake(dout, q, k, v, conv_weight, q_landmarks, k_landmarks, w, y, lse, num_landmarks, pinv_iterations,
+                   mode):
+    dv = v.new_empty(v.shape) if v is not None else q.new_empty(0)
     dconv = conv_weight.new_empty(conv_weight.shape) if conv_weight is not None else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), dv, dconv
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend = inputs
-    ctx.save_for_backward(q, k, v, conv_weight, *output[1:])
-    ctx.options = (num_landmarks, pinv_iterations, mode, value, backend)
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _backward(ctx, dout, *_saved_grads):
-    q, k, v, conv_weight, *saved = ctx.saved_tensors
-    num_landmarks, pinv_iterations, mode, value, backend = ctx.options
-    dq, dk, dv, dconv = nystrom_bwd(dout, q, k, v, conv_weight, *saved, num_landmarks, pinv_iterations, mode,
-                                    value, backend)
-    return (dq, dk, dv if value == "v" else None, dconv if conv_weight is not None else None,
-            None, None, None, None, None)
-
-
-nystrom_fwd.register_autograd(_backward, setup_context=_setup_context)
+OPS = LinearAttentionOps("nystrom", _triton_forward, _triton_backward, _forward_fake, _backward_fake, tensor_inputs=4)
 
 
 def _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight):
@@ -131,8 +112,7 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_l
                         pinv_iterations=pinv_iterations, mode=mode, value=value, conv_weight=conv_weight)
         return out.transpose(1, 2)
     check_kernel_dtype(OP, backend, q)
-    out, *_ = nystrom_fwd(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode, value, backend)
-    return out
+    return OPS.forward(backend, q.device)(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode)[0]
 
 
 __all__ = ["nystrom_attention"]

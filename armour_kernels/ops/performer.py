@@ -1,15 +1,17 @@
-"""Performer (FAVOR+) attention as a torch op: checks, custom ops with fake + autograd, dispatch.
+"""Performer (FAVOR+) attention as a torch op: argument checks, the backend choice, the ops' fake and Triton kernels.
 
-Backend launchers (Triton in armour_kernels/triton/performer.py; a CPU one, if any, in
-armour_kernels/cpu/performer.py) share one contract, layout (B, N, H, D), any strides:
+The op runs on armour_kernels::performer_fwd / performer_bwd, declared in C++ with their CPU
+kernels and autograd (csrc/torch_ops/); _linear_attention_ops.py says how a call reaches its
+kernel. The Triton launchers (armour_kernels/triton/performer.py), registered here for CUDA
+tensors, and the C++ kernels share one contract, layout (B, N, H, D), any strides:
 ```
-performer_forward(q, k, v, projection, *, kernel, mode, value) -> (out, ctx, ksum, stab)
-performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value) -> (dq, dk, dv)
+performer_fwd(q, k, v, projection, kernel, mode) -> (out, ctx, ksum, stab)
+performer_bwd(dout, q, k, v, projection, ctx, ksum, stab, kernel, mode) -> (dq, dk, dv)
 ```
 out (B, Nq, H, Dv) in q's dtype; ctx = Σₙφ(kₙ)vₙᵀ (B·H, m, Dv), ksum = Σₙφ(kₙ) (B·H, m) and
-the key stabiliser stab (B·H,), all fp32, saved for the backward. value="q": v is None, the
-query is the value and its value gradient is inside dq (dv is None). The projection is a
-fixed buffer: it gets no gradient.
+the key stabiliser stab (B·H,), all fp32, saved for the backward. v None: the query is the
+value (value="q"), its value gradient is inside dq and dv is an empty tensor. The projection is
+a fixed buffer: it gets no gradient.
 """
 from __future__ import annotations
 
@@ -21,61 +23,42 @@ from torch import Tensor
 from ..backend import select
 from ..constants import PERFORMER_KERNELS as KERNELS
 from ._empty import zeros_of
-from ._linear_attention import (MODES, check_choice, check_kernel_dtype, check_qkv, empty_if_none, heads_first,
-                             launcher)
+from ._linear_attention import MODES, check_choice, check_kernel_dtype, check_qkv, heads_first
+from ._linear_attention_ops import LinearAttentionOps, empty_if_none, value_of
 
 OP = "performer_attention"
 
 
-@torch.library.custom_op("armour_kernels::performer_fwd", mutates_args=())
-def performer_fwd(q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, kernel: str, mode: str,
-                  value: str, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(launcher(backend, "performer", "forward")(q, k, v, projection, kernel=kernel, mode=mode,
-                                                            value=value))
+def _triton_forward(q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, kernel: str,
+                    mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from ..triton.performer import performer_forward  # on the first call: triton is a large import
+    return tuple(performer_forward(q, k, v, projection, kernel=kernel, mode=mode, value=value_of(v)))
 
 
-@performer_fwd.register_fake
-def _performer_fwd_fake(q, k, v, projection, kernel, mode, value, backend):
+def _triton_backward(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, ctx: Tensor,
+                     ksum: Tensor, stab: Tensor, kernel: str, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    from ..triton.performer import performer_backward
+    dq, dk, dv = performer_backward(dout, q, k, v, projection, ctx, ksum, stab, kernel=kernel, mode=mode,
+                                    value=value_of(v))
+    return dq, dk, empty_if_none(dv, q)
+
+
+def _forward_fake(q, k, v, projection, kernel, mode):
     batch, n, heads, _ = q.shape
-    dv = q.shape[3] if value == "q" else v.shape[3]
+    dv = q.shape[3] if v is None else v.shape[3]
     bh, m = batch * heads, projection.shape[0]
     f32 = torch.float32
     return (q.new_empty(batch, n, heads, dv), q.new_empty(bh, m, dv, dtype=f32), q.new_empty(bh, m, dtype=f32),
             q.new_empty(bh, dtype=f32))
 
 
-@torch.library.custom_op("armour_kernels::performer_bwd", mutates_args=())
-def performer_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Optional[Tensor], projection: Tensor, ctx: Tensor,
-                  ksum: Tensor, stab: Tensor, kernel: str, mode: str, value: str,
-                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv); dv is an empty tensor for value="q"."""
-    dq, dk, dv = launcher(backend, "performer", "backward")(dout, q, k, v, projection, ctx, ksum, stab,
-                                                            kernel=kernel, mode=mode, value=value)
-    return dq, dk, empty_if_none(dv, q)
-
-
-@performer_bwd.register_fake
-def _performer_bwd_fake(dout, q, k, v, projection, ctx, ksum, stab, kernel, mode, value, backend):
-    dv = q.new_empty(v.shape) if value == "v" else q.new_empty(0)
+def _backward_fake(dout, q, k, v, projection, ctx, ksum, stab, kernel, mode):
+    dv = v.new_empty(v.shape) if v is not None else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), dv
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, projection, kernel, mode, value, backend = inputs
-    _, context, ksum, stab = output
-    ctx.save_for_backward(q, k, v, projection, context, ksum, stab)
-    ctx.options = (kernel, mode, value, backend)
-    ctx.mark_non_differentiable(context, ksum, stab)
-
-
-def _backward(ctx, dout, _dcontext, _dksum, _dstab):
-    q, k, v, projection, context, ksum, stab = ctx.saved_tensors
-    kernel, mode, value, backend = ctx.options
-    dq, dk, dv = performer_bwd(dout, q, k, v, projection, context, ksum, stab, kernel, mode, value, backend)
-    return dq, dk, (dv if value == "v" else None), None, None, None, None, None
-
-
-performer_fwd.register_autograd(_backward, setup_context=_setup_context)
+OPS = LinearAttentionOps("performer", _triton_forward, _triton_backward, _forward_fake, _backward_fake,
+                         tensor_inputs=4)
 
 
 def _check(q, k, v, projection, kernel, mode, value):
@@ -114,8 +97,7 @@ def performer_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, pro
                         mode=mode, value=value)
         return out.transpose(1, 2)
     check_kernel_dtype(OP, backend, q)
-    out, _, _, _ = performer_fwd(q, k, v, projection.detach(), kernel, mode, value, backend)
-    return out
+    return OPS.forward(backend, q.device)(q, k, v, projection.detach(), kernel, mode)[0]
 
 
 __all__ = ["performer_attention", "KERNELS"]

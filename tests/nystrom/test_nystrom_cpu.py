@@ -10,7 +10,7 @@ import armour_kernels
 from armour_kernels import cpu
 from armour_kernels.backend import select
 from helpers import assert_close
-from linear_attention_checks import check_gradients, nystrom_pair, packed_qkv, random_conv
+from linear_attention_checks import check_dispatcher_op, check_gradients, nystrom_pair, packed_qkv, random_conv
 
 OP = "nystrom_attention"
 pytestmark = pytest.mark.skipif(not cpu.has_op(OP), reason="armour_kernels._C not built with the Nyström kernels")
@@ -62,10 +62,21 @@ def test_auto_backend_picks_the_cpu_kernels():
 
 
 def test_extension_checks_its_inputs():
-    """The extension's own checks, which direct callers of armour_kernels._C reach (the op's are
-    test_nystrom_op.py's)."""
+    """The C++ kernels' own checks, which direct callers of the dispatcher op reach (the public op's
+    are test_nystrom_op.py's)."""
     q, k, v = packed_qkv("cpu", 1, 20, 2, 16, torch.float32, "v")
     with pytest.raises(RuntimeError, match="must agree"):
-        cpu._C.nystrom_attention(q, k[..., :8], v, None, 4, 6, "clean")
+        torch.ops.armour_kernels.nystrom_fwd(q, k[..., :8], v, None, 4, 6, "clean")
     with pytest.raises(RuntimeError, match="mode"):
-        cpu._C.nystrom_attention(q, k, v, None, 4, 6, "dirty")
+        torch.ops.armour_kernels.nystrom_fwd(q, k, v, None, 4, 6, "dirty")
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.armour_kernels.nystrom_fwd(q.double(), k.double(), v.double(), None, 4, 6, "clean")
+
+
+@pytest.mark.parametrize("value", ["v", "q"])
+def test_dispatcher_op_runs_without_python(value):
+    """The op behind backend="cpu": C++ kernels and autograd (the conv weight's gradient included),
+    no backend argument, no double backward."""
+    q, k, v = (t.requires_grad_() if t is not None else None
+               for t in packed_qkv("cpu", 1, 20, 2, 16, torch.float32, value))
+    check_dispatcher_op("nystrom", (q, k, v, random_conv("cpu", 2, 5).requires_grad_(), 4, 6, "seed"))

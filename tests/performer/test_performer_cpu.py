@@ -10,7 +10,8 @@ import armour_kernels
 from armour_kernels import cpu
 from armour_kernels.backend import select
 from helpers import assert_close
-from linear_attention_checks import check_gradients, packed_qkv, performer_pair, random_projection
+from linear_attention_checks import (check_dispatcher_op, check_gradients, packed_qkv, performer_pair,
+                                     random_projection)
 
 OP = "performer_attention"
 pytestmark = pytest.mark.skipif(not cpu.has_op(OP), reason="armour_kernels._C not built with the Performer kernels")
@@ -62,8 +63,20 @@ def test_auto_backend_picks_the_cpu_kernels():
 
 
 def test_extension_checks_its_inputs():
-    """The extension's own checks, which direct callers of armour_kernels._C reach (the op's are
-    test_performer_op.py's)."""
+    """The C++ kernels' own checks, which direct callers of the dispatcher op reach (the public op's
+    are test_performer_op.py's)."""
     q, k, v = packed_qkv("cpu", 1, 20, 2, 16, torch.float64, "v")
-    with pytest.raises(RuntimeError, match="float32"):
-        cpu._C.performer_attention(q, k, v, random_projection("cpu", 16, 20), "softmax", "clean")
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        torch.ops.armour_kernels.performer_fwd(q, k, v, random_projection("cpu", 16, 20), "softmax", "clean")
+    with pytest.raises(RuntimeError, match="kernel must be"):
+        torch.ops.armour_kernels.performer_fwd(q.float(), k.float(), v.float(), random_projection("cpu", 16, 20),
+                                               "gelu", "clean")
+
+
+@pytest.mark.parametrize("value", ["v", "q"])
+def test_dispatcher_op_runs_without_python(value):
+    """The op behind backend="cpu": C++ kernels and autograd (seed mode's attached stabiliser), no
+    backend argument, no double backward."""
+    q, k, v = (t.requires_grad_() if t is not None else None
+               for t in packed_qkv("cpu", 1, 20, 2, 16, torch.float32, value))
+    check_dispatcher_op("performer", (q, k, v, random_projection("cpu", 16, 20), "softmax", "seed"))
