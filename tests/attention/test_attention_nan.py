@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import python_ref
 from python_ref.attention import attention_probs
 from armour_kernels import attention
-from helpers import TOLERANCES, backend_dtype_params, device_for
+from helpers import assert_same_nans_and_close, backend_dtype_params, device_for
 
 # NumPy (the Triton interpreter) warns about the NaN it is asked to make
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -100,20 +100,6 @@ def sdpa_reference(q, k, v, bias, value="v", mask_diagonal=False):
         with sdpa_kernel(SDPBackend.MATH):
             out = F.scaled_dot_product_attention(q, k, python_ref.value_tensor(q, k, v, value), attn_mask=bias)
     return heads_first(out)
-
-
-def assert_same_nans_and_close(actual, expected, dtype, msg, scale=1.0):
-    """NaN (and ±inf) exactly where `expected` has them, the rest within the dtype's tolerance."""
-    actual, expected = actual.detach().cpu().double(), expected.detach().double()
-    nan_got, nan_want = actual.isnan(), expected.isnan()
-    assert torch.equal(nan_got, nan_want), (
-        f"{msg}: NaN at {nan_got.nonzero().tolist()[:6]}..., expected at {nan_want.nonzero().tolist()[:6]}... "
-        f"({int(nan_got.sum())} vs {int(nan_want.sum())} elements)")
-    atol, rtol = TOLERANCES[dtype]
-    finite = expected[expected.isfinite()]
-    mag = max(finite.abs().max().item(), 1.0) if finite.numel() else 1.0
-    torch.testing.assert_close(actual, expected, atol=atol * mag * scale, rtol=rtol * scale, equal_nan=True,
-                               msg=lambda m: f"{msg}: {m}")
 
 
 def check_case(backend, dtype, case, n=N, value="v", mask_diagonal=False):
