@@ -11,8 +11,8 @@ from linear_attention_checks import check_nan_positions, nystrom_pair, packed_qk
 
 NAN, INF = float("nan"), float("inf")
 # (input, element, value): one token of one head
-POISONS = [("q", (0, 7, 1, 3), NAN), ("v", (0, 9, 1, 2), NAN), ("q", (1, 3, 0, 0), INF), ("conv_weight", (1, 0, 4, 0), NAN),
-           ("k", (1, 20, 0, 5), NAN)]
+POISONS = [("q", (0, 7, 1, 3), NAN), ("v", (0, 9, 1, 2), NAN), ("q", (1, 3, 0, 0), INF),
+           ("conv_weight", (1, 0, 4, 0), NAN), ("k", (1, 20, 0, 5), NAN)]
 POISON_IDS = ["nan_q", "nan_v", "inf_q", "nan_conv", "nan_k"]
 # seen failing in the Triton interpreter (seed mode: the batch-wide pinv scale)
 TRITON_FAILS = {("q", "seed")}
