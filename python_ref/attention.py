@@ -62,10 +62,17 @@ def attention_scores(q, k, *, scale=None, bias=None, mask_diagonal=False):
 
 def attention_probs(scores):
     """softmax over the keys, with one addition: a row with no finite score (every key masked to -inf
-    by the bias) has no weights at all — all zeros, so its output is 0 and no gradient flows from it
-    (PyTorch's scaled_dot_product_attention does the same; softmax alone would give NaN)."""
+    by the bias) has no weights at all — all zeros, so its output is 0 · value and no gradient flows
+    from it (PyTorch's scaled_dot_product_attention does the same; softmax alone would give NaN).
+
+    Only -inf masks a row: a NaN score anywhere in it makes the whole row NaN, as softmax does. A
+    NaN that reaches a masked row otherwise (through 0 · NaN in the value, forward or backward) stays
+    NaN too, as in SDPA, rather than becoming a confident 0: the masked rows' zeros are a product with
+    the row mask, not a fill, and their -inf scores are made finite by nan_to_num, whose gradient is
+    the incoming one times 0 there (a fill's would be 0)."""
     empty = (scores == float("-inf")).all(dim=-1, keepdim=True)
-    return torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    finite = scores.nan_to_num(nan=float("nan"), posinf=float("inf"), neginf=0.0)
+    return torch.softmax(torch.where(empty, finite, scores), dim=-1) * ~empty
 
 
 def attention(q, k, v=None, *, value="v", scale=None, bias=None, mask_diagonal=False):

@@ -53,6 +53,22 @@ def assert_close(actual, expected, dtype=None, scale=1.0, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol * mag * scale, rtol=rtol * scale, msg=msg or None)
 
 
+def assert_same_nans_and_close(actual, expected, dtype, msg, scale=1.0):
+    """NaN exactly where `expected` (a float64 reference) has NaN, ±inf where it has them, every other
+    element within the dtype's tolerance scaled by the largest finite |expected|: the NaN-in, NaN-out
+    tests (docs/numerics.md)."""
+    actual, expected = actual.detach().cpu().double(), expected.detach().double()
+    nan_got, nan_want = actual.isnan(), expected.isnan()
+    assert torch.equal(nan_got, nan_want), (
+        f"{msg}: NaN at {nan_got.nonzero().tolist()[:6]}..., expected at {nan_want.nonzero().tolist()[:6]}... "
+        f"({int(nan_got.sum())} vs {int(nan_want.sum())} elements)")
+    atol, rtol = TOLERANCES[dtype]
+    finite = expected[expected.isfinite()]
+    mag = max(finite.abs().max().item(), 1.0) if finite.numel() else 1.0
+    torch.testing.assert_close(actual, expected, atol=atol * mag * scale, rtol=rtol * scale, equal_nan=True,
+                               msg=lambda m: f"{msg}: {m}")
+
+
 def assert_bad_argument(fn, args, change, error, match):
     """fn(q, k, v, **rest) on `args` updated by `change` raises `error` with a message matching `match`."""
     args = {**args, **change}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import armour_kernels
-from helpers import assert_close, device_for
+from helpers import assert_close, assert_same_nans_and_close, device_for
 from python_ref.nystrom import nystrom_attention as nystrom_reference
 from python_ref.performer import default_num_features, gaussian_orthogonal_random_matrix
 from python_ref.performer import performer_attention as performer_reference
@@ -91,6 +91,35 @@ def check_gradients(op, ref, tensors, dtype, grads=True):
         if mine is not None:
             assert mine.grad.dtype == mine.dtype and mine.grad.shape == mine.shape, name
             assert_close(mine.grad, want.grad, dtype, msg=f"d{name}")
+
+
+def poisoned(tensors, name, index, x):
+    """A copy of `tensors` (q, k, v[, conv weight]) with element `index` of input `name` set to x."""
+    out = list(tensors)
+    i = INPUT_NAMES.index(name)
+    out[i] = out[i].detach().clone()
+    out[i][index] = x
+    return out
+
+
+def check_nan_positions(op, ref, tensors, dtype, grads_cover=False):
+    """NaN in, NaN out: op(*tensors) and the gradient of every input are NaN exactly where the
+    float64 reference's are, and within the dtype's tolerance elsewhere. grads_cover: the gradients
+    are only required to be NaN wherever the reference's are (where more NaN is expected)."""
+    ours, refs = _leaves(tensors), _leaves(tensors, torch.float64)
+    out = op(*ours)
+    expected = ref(*refs)
+    assert_same_nans_and_close(out, expected, dtype, "out")
+    dout = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mine = [t for t in ours if t is not None]
+    theirs = [t for t in refs if t is not None]
+    grads = torch.autograd.grad(out, mine, dout.to(dtype))
+    want = torch.autograd.grad(expected, theirs, dout)
+    for name, got, ref_grad in zip(INPUT_NAMES, grads, want):
+        if grads_cover:
+            assert got.isnan()[ref_grad.isnan()].all(), f"d{name}: a NaN of the reference's is missing"
+        else:
+            assert_same_nans_and_close(got, ref_grad, dtype, f"d{name}", scale=2.0)
 
 
 def check_sum_gradients(op, ref, tensors, dtype):

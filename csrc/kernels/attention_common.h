@@ -414,7 +414,8 @@ typename V::S finish_row(const AttentionArgs& a, int64_t b, int64_t h, int64_t i
 // One row's online-softmax step once its maximum `blk` over this key tile is known (log2 units):
 // p[c] = 2^(row[c] - m_new) (written in the GEMM operand type P: the score row itself, or bf16),
 // the running max m and sum l are updated and, past the first tile, the output row o is rescaled
-// by 2^(m_old - m_new). A row with no finite score so far keeps m = -inf and l = 0 (its p are 0).
+// by 2^(m_old - m_new). A row with no finite score so far keeps m = -inf and l = 0 (its p are 0). A
+// NaN score makes l NaN for good (NaN · alpha + total), whether or not the max saw it.
 template <class V, int Deg, class P>
 inline void softmax_row(const typename V::S* row, int64_t bkp, typename V::S blk, typename V::S& m,
                         typename V::S& l, P* p, typename V::S* o, int64_t ldo, bool first) {
@@ -444,7 +445,7 @@ inline void softmax_row(const typename V::S* row, int64_t bkp, typename V::S blk
     l = total;
     return;
   }
-  const S alpha = std::exp2(m_old - m_use);  // m_old = -inf: 0, and o is 0 anyway
+  const S alpha = std::exp2(m_old - m_use);  // m_old = -inf: 0, o is 0 · value (NaN there stays NaN)
   l = l * alpha + total;
   if (alpha != S(1)) {
     const V va = V::set1(alpha);
@@ -461,9 +462,14 @@ S value_at(const AttentionArgs& a, int64_t b, int64_t h, int64_t j, int64_t c) {
   return load_as<S>(row_ptr<T>(t, b, j, h) + c * t.sd);
 }
 
-// out row = o / l and lse = ln 2 · (m + log2 l). A row without a finite score (m = -inf) is either
-// diagonal-only (mask_diagonal, a finite diagonal: the paper's rule keeps it, so the row is value
-// row i and lse its diagonal score) or fully masked: out = 0 and lse = +inf (kernel_api.h).
+// out row = o / l and lse = ln 2 · (m + log2 l). A NaN score anywhere in the row (NaN in q, k or the
+// bias, +inf - inf, a +inf score) made l NaN (2^(NaN - m) is NaN whatever m; the row max may have
+// dropped it: max instructions return a number when one operand is NaN), so out and lse come out NaN
+// as SDPA's. A row whose every score is -inf has m = -inf and l = 0 (nothing else gives l = 0): either
+// diagonal-only (mask_diagonal, the diagonal score not -inf: the paper's rule keeps it, so the row is
+// value row i and lse its diagonal score; a NaN or +inf diagonal makes the row NaN, softmax of it
+// alone) or fully masked: P = 0, so out = 0 · value (what the P·V product left in o: 0, or NaN in a
+// column where a value row has NaN or inf, as SDPA's 0 · V) and lse = +inf (kernel_api.h).
 template <class V, class T>
 void store_out_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t nr, const typename V::S* o,
                     int64_t ldo, const typename V::S* m, const typename V::S* l, const typename V::S* diag) {
@@ -472,14 +478,16 @@ void store_out_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, in
     const int64_t i = i0 + r;
     T* out = static_cast<T*>(a.out) + ((b * a.Nq + i) * a.H + h) * a.Dv;
     S* lse = static_cast<S*>(a.lse) + (b * a.H + h) * a.Nq + i;
-    if (m[r] != neg_inf<S>()) {
-      store_row<V>(o + r * ldo, a.Dv, S(1) / l[r], out);
+    const S* orow = o + r * ldo;
+    if (!(m[r] == neg_inf<S>() && l[r] == S(0))) {  // a finite score, or a NaN one
+      store_row<V>(orow, a.Dv, S(1) / l[r], out);
       *lse = static_cast<S>(kLn2) * (m[r] + std::log2(l[r]));
     } else if (a.mask_diagonal && i < a.Nk && diag[r] != neg_inf<S>()) {
-      for (int64_t c = 0; c < a.Dv; ++c) store_as(out + c, value_at<T, S>(a, b, h, i, c));
-      *lse = static_cast<S>(kLn2) * diag[r];
+      const S poison = diag[r] - diag[r];  // 0; NaN for a NaN or +inf diagonal score
+      for (int64_t c = 0; c < a.Dv; ++c) store_as(out + c, orow[c] + value_at<T, S>(a, b, h, i, c) + poison);
+      *lse = static_cast<S>(kLn2) * diag[r] + poison;
     } else {
-      for (int64_t c = 0; c < a.Dv; ++c) store_as(out + c, S(0));
+      store_row<V>(orow, a.Dv, S(1), out);
       *lse = pos_inf<S>();
     }
   }

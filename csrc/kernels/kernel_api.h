@@ -100,8 +100,9 @@ struct AttentionArgs {
 
   // forward outputs: out (B, Nq, H, Dv) contiguous in dtype; lse (B, H, Nq) contiguous in the
   // accumulation type (float, double for f64). A fully masked row (every score -inf, through the
-  // bias; docs/numerics.md) gets out = 0 and lse = +inf, so the backward's exp(s - lse) is 0 for
-  // every key of it (no -inf - -inf) and the row adds nothing to any gradient.
+  // bias; docs/numerics.md) gets out = 0 · value (0 unless a value row holds NaN or inf) and lse =
+  // +inf, so the backward's exp(s - lse) is 0 for every key of it (no -inf - -inf) and, with finite
+  // inputs, the row adds nothing to any gradient. A row with a NaN score gets out and lse NaN.
   void* out = nullptr;
   void* lse = nullptr;
 

@@ -114,18 +114,29 @@ inline void scale_inplace(float a, float* y, int64_t len) {
   for (int64_t i = 0; i < len; i += VecF::W) (av * VecF::load(y + i)).store(y + i);
 }
 
-// Max of x[0, len) (vector body, scalar tail).
+// max(a, b), NaN when either is NaN. The max instructions (and std::max, a > b ? a : b) return one
+// operand when the other is NaN, so a reduction built on them alone can drop a NaN: where one
+// maximum is shared beyond its own row (Performer's key stabiliser, batch-wide in seed mode), a
+// NaN input must reach it, as in PyTorch's max.
+inline float nan_max(float a, float b) { return a != a || b != b ? a + b : (a > b ? a : b); }
+
+// Max of x[0, len) (vector body, scalar tail); NaN if any element is NaN.
 inline float max_n(const float* x, int64_t len) {
   VecF m = VecF::set1(-INFINITY);
   int64_t i = 0;
-  for (; i + VecF::W <= len; i += VecF::W) m = vmax(m, VecF::load(x + i));
-  float r = hmax(m);
-  for (; i < len; ++i) r = x[i] > r ? x[i] : r;
+  for (; i + VecF::W <= len; i += VecF::W) m = vmax_nan(m, VecF::load(x + i));
+  float lanes[VecF::W];
+  m.store(lanes);
+  float r = -INFINITY;
+  for (int k = 0; k < VecF::W; ++k) r = nan_max(r, lanes[k]);
+  for (; i < len; ++i) r = nan_max(r, x[i]);
   return r;
 }
 
 // Max of x[0, len) with x[len, padded) set to −inf first (padded a multiple of W): whole vectors
-// only, no scalar tail (a dependent chain of scalar max ops costs as much as the vector part).
+// only, no scalar tail (a dependent chain of scalar max ops costs as much as the vector part). A
+// NaN among x[0, len) need not survive: every caller exponentiates the row against it, which
+// makes the row NaN anyway.
 inline float max_padded(float* x, int64_t len, int64_t padded) {
   for (int64_t j = len; j < padded; ++j) x[j] = -INFINITY;
   VecF m = VecF::load(x);
@@ -153,23 +164,27 @@ inline float exp_shifted(float* x, float shift, int64_t padded) {
   return hsum(sum);
 }
 
-// In place softmax of x[0, len) (padded a multiple of W, ≥ len; the lanes past len become 0).
-// Returns the natural log of the sum of exponentials.
+// In place softmax of x[0, len) (padded a multiple of W, ≥ len; the lanes past len become 0, also
+// in a NaN row, where 0 · (1 / NaN) would leave NaN there). Returns the natural log of the sum of
+// exponentials.
 inline float softmax_row(float* x, int64_t len, int64_t padded) {
   const float mx = max_padded(x, len, padded);  // the padding lanes −inf: vexp gives 0 there
   const float total = exp_shifted(x, mx, padded);
   scale_inplace(1.f / total, x, padded);
+  for (int64_t j = len; j < padded; ++j) x[j] = 0.f;
   return mx + std::log(total);
 }
 
 // The softmax backward of one row in place: da ← a ∘ (da − Σ a∘da) over [0, padded) (a's
-// padding lanes are 0, so they give 0).
-inline void softmax_grad_row(const float* a, float* da, int64_t padded) {
+// padding lanes are 0, so they give 0). The padding lanes of da are left 0: the GEMMs never write
+// them, so a NaN left there by a NaN row (0 · NaN) would reach the next (b, h) through its sum.
+inline void softmax_grad_row(const float* a, float* da, int64_t len, int64_t padded) {
   VecF acc = VecF::zero();
   for (int64_t j = 0; j < padded; j += VecF::W) acc = fmadd(VecF::load(a + j), VecF::load(da + j), acc);
   const VecF s = VecF::set1(hsum(acc));
   for (int64_t j = 0; j < padded; j += VecF::W)
     (VecF::load(a + j) * (VecF::load(da + j) - s)).store(da + j);
+  for (int64_t j = len; j < padded; ++j) da[j] = 0.f;
 }
 
 // y[j0, j0 + NV·W) (+)= Σ_{k<K} x[k] · B[k, j0 + …]: NV independent accumulators stay in registers.

@@ -42,7 +42,7 @@ inline void nys_query_grad_body(void* ctx, int64_t begin, int64_t end) {
       for (int64_t r = 0; r < nb; ++r) softmax_row(s.p + r * Mp, M, Mp);  // A1 (padding lanes 0)
       const Rows dout = rows_of(a.dout, t.b, i0, t.h, nb, Dv, dcopy.p);
       p.gemm(nb, M, Dv, dout.p, dout.ld, yt.p, Mp, da.p, Mp, false);  // dA1 = dO Yᵀ
-      for (int64_t r = 0; r < nb; ++r) softmax_grad_row(s.p + r * Mp, da.p + r * Mp, Mp);  // dS1
+      for (int64_t r = 0; r < nb; ++r) softmax_grad_row(s.p + r * Mp, da.p + r * Mp, M, Mp);  // dS1
       float* dq = a.dq + ((t.b * a.N + i0) * p.H + t.h) * D;
       p.gemm(nb, D, M, da.p, Mp, ks.p, D, dq, p.H * D, false);  // dq = D^-1/2 dS1 k̃
       load_transposed(a.dout, t.b, i0, t.h, nb, Dv, 1.f, dot.p, Rp);

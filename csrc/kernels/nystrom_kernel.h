@@ -77,7 +77,7 @@ inline void nys_key_forward_body(void* ctx, int64_t begin, int64_t end) {
         float* si = s.p + i * KBp;
         for (int64_t j = nb; j < KBp; ++j) si[j] = -INFINITY;
         const float bm = max_n(si, KBp);
-        const float m_new = bm > mx.p[i] ? bm : mx.p[i];
+        const float m_new = nan_max(bm, mx.p[i]);
         const float l = exp_shifted(si, m_new, KBp);
         const float alpha = std::exp(mx.p[i] - m_new);  // 0 on the first block (−inf)
         if (alpha != 1.f) scale_inplace(alpha, acc.p + i * Dvp, Dvp);

@@ -63,8 +63,8 @@ inline void perf_query_grad_body(void* ctx, int64_t begin, int64_t end) {
           if (a.softmax) dphi = dphi * (VecF::load(fr + j) - eps);  // relu: the mask below
           dphi.store(gr + j);
         }
-        if (!a.softmax)
-          for (int64_t j = 0; j < M; ++j) gr[j] = ur[j] > 0.f ? gr[j] : 0.f;
+        if (!a.softmax)  // relu's mask as torch's: 0 where u ≤ 0 (a NaN u passes its NaN gradient)
+          for (int64_t j = 0; j < M; ++j) gr[j] = ur[j] <= 0.f ? 0.f : gr[j];
         for (int64_t j = M; j < Mp; ++j) gr[j] = 0.f;
         for (int64_t j = 0; j < Mp; j += VecF::W) gs = gs + VecF::load(gr + j);
         gsum.p[r] = hsum(gs);
@@ -122,7 +122,7 @@ inline void perf_key_grad_body(void* ctx, int64_t begin, int64_t end) {
         feature_row(a, ur, 0.5f * dn * dn * dot_n(kr, kr, D), stab, false, fr, Mp);
         for (int64_t j = 0; j < M; ++j) {
           const float dphi = gr[j] + dz.p[j];
-          gr[j] = a.softmax ? dphi * (fr[j] - 1e-4f) : (ur[j] > 0.f ? dphi : 0.f);
+          gr[j] = a.softmax ? dphi * (fr[j] - 1e-4f) : (ur[j] <= 0.f ? 0.f : dphi);  // relu: as above
         }
         for (int64_t j = M; j < Mp; ++j) gr[j] = 0.f;
         VecF gs = VecF::zero();

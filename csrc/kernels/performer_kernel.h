@@ -70,8 +70,9 @@ inline void perf_context_body(void* ctx, int64_t begin, int64_t end) {
           for (int64_t d = 0; d < D; ++d) s = fmadd(VecF::load(kt.p + d * KBp + j), VecF::load(kt.p + d * KBp + j), s);
           (VecF::set1(0.5f * dn * dn) * s).store(hn.p + j);
         }
-        const float bm = max_n(ut.p, M * KBp);
-        if (bm > run) {  // rescale what was summed under the old maximum
+        // A NaN u makes run NaN for good (the max of u that seed mode shares over the batch)
+        const float bm = nan_max(max_n(ut.p, M * KBp), run);
+        if (!(bm == run)) {  // rescale what was summed under the old maximum
           const float alpha = std::exp(run - bm);
           scale_inplace(alpha, acc.p, M * Dvp);
           for (int64_t i = 0; i < M; ++i) es.p[i] *= alpha;

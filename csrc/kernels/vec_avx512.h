@@ -28,6 +28,10 @@ inline VecF fmadd(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.
 inline VecF vmax(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
 inline VecF vmin(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
 inline float hmax(VecF a) { return _mm512_reduce_max_ps(a.v); }
+// max that propagates NaN: a NaN lane of either operand gives NaN (a + b) there.
+inline VecF vmax_nan(VecF a, VecF b) {
+  return {_mm512_mask_add_ps(_mm512_max_ps(a.v, b.v), _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q), a.v, b.v)};
+}
 inline float hsum(VecF a) { return _mm512_reduce_add_ps(a.v); }
 
 // exp(x): n = round(x·log2 e), Cody-Waite reduction r = x - n·ln2 (two constants, exact for the

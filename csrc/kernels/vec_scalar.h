@@ -22,6 +22,10 @@ template <class T> inline Scalar1<T> operator*(Scalar1<T> a, Scalar1<T> b) { ret
 template <class T> inline Scalar1<T> fmadd(Scalar1<T> a, Scalar1<T> b, Scalar1<T> c) { return {a.v * b.v + c.v}; }
 template <class T> inline Scalar1<T> vmax(Scalar1<T> a, Scalar1<T> b) { return {a.v > b.v ? a.v : b.v}; }
 template <class T> inline Scalar1<T> vmin(Scalar1<T> a, Scalar1<T> b) { return {a.v < b.v ? a.v : b.v}; }
+// max that propagates NaN (vec_avx2.h, vec_avx512.h): NaN when either operand is NaN.
+template <class T> inline Scalar1<T> vmax_nan(Scalar1<T> a, Scalar1<T> b) {
+  return {a.v != a.v || b.v != b.v ? a.v + b.v : (a.v > b.v ? a.v : b.v)};
+}
 template <class T> inline T hmax(Scalar1<T> a) { return a.v; }
 template <class T> inline T hsum(Scalar1<T> a) { return a.v; }
 template <class T> inline Scalar1<T> vexp(Scalar1<T> a) { return {std::exp(a.v)}; }
