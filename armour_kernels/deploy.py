@@ -6,9 +6,10 @@
 2. LeViT's BatchNorms folded into their projections (`fold_batchnorm`, exact, in fp32),
    its attention bias tables gathered once into dense biases (`dense_attention_biases`) and its
    stem output laid out channels-last (`channels_last_stem`: contiguous tokens for the GEMMs),
-3. the fused modules patched in (`patch`): attention runs as the custom op
-   `armour_kernels::attention_fwd`, which has a fake implementation, so inductor calls it
-   directly from its generated code (no graph break: it compiles with fullgraph=True),
+3. the fused modules patched in (`patch`): attention runs as the dispatcher op
+   `armour_kernels::attention` (a C++ kernel on CPU), which has a fake implementation, so
+   inductor calls it directly from its generated code (no graph break: it compiles with
+   fullgraph=True; no Python on the call),
 4. the weights cast once to `dtype` and frozen (no gradients),
 5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN

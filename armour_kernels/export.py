@@ -1,7 +1,7 @@
 """Exporting patched models: `torch.export` keeps the fused custom ops; ONNX gets a decomposed graph.
 
 - `torch.export.export(model, (x,))` works on a patched model as it is: the ops
-  (`armour_kernels::attention_fwd`, ...) are torch custom ops with fake implementations, so
+  (`armour_kernels::attention`, ...) are torch operators with fake implementations, so
   they appear in the graph as single nodes and run the fused kernels when the program runs.
 - ONNX has no form for those custom ops (no ONNX kernel exists for them), so `to_onnx` exports
   a decomposed graph: it unpatches a copy of the model (the modules `patch` replaced come back,

@@ -45,8 +45,16 @@ _SYMBOLS = {"linear_act": "linear_hardswish"}
 
 
 def has_op(name: str) -> bool:
-    """True when the extension is built and implements op `name`."""
-    return _C is not None and hasattr(_C, _SYMBOLS.get(name, name))
+    """True when the extension is built and implements op `name`: a CPU kernel of the dispatcher op
+    armour_kernels::<name> (csrc/torch_ops/), or a function of the module."""
+    if _C is None:
+        return False
+    symbol = _SYMBOLS.get(name, name)
+    if hasattr(_C, symbol):
+        return True
+    import torch
+    return (torch._C._dispatch_has_kernel(f"armour_kernels::{symbol}")
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"armour_kernels::{symbol}", "CPU"))
 
 
 def _require():

@@ -1,0 +1,21 @@
+// The armour_kernels operator library: every op's schema, in one place. The kernels are
+// registered per dispatch key elsewhere: the CPU kernels in C++ (attention_cpu.cpp), autograd in
+// C++ (attention_autograd.cpp), the CUDA kernels (Triton launchers) and the fake (meta)
+// implementations from Python (armour_kernels/ops/). No schema takes a backend: which kernel runs
+// is the dispatcher's choice from the tensors' device.
+#include <torch/library.h>
+
+TORCH_LIBRARY(armour_kernels, m) {
+  // softmax(scale·q·kᵀ + bias)·value in the (B, N, H, D) layout (docs/layouts.md) -> (out, lse).
+  // value: "v", "q", "k", "q+v", "q+k"; bias dense (broadcast to (B, H, Nq, Nk)) or, with
+  // bias_index (Nq, Nk), the LeViT (H, R) table. lse (B, H, Nq) is float32 (float64 for float64).
+  m.def(
+      "attention(Tensor q, Tensor k, Tensor? v, Tensor? bias, Tensor? bias_index, str value, float scale, "
+      "bool mask_diagonal) -> (Tensor, Tensor)");
+  // -> (dq, dk, dv, dbias): dv empty without a v part, dbias empty unless need_dbias; dbias in the
+  // bias's own shape and the accumulation dtype (float32, float64 for float64).
+  m.def(
+      "attention_backward(Tensor dout, Tensor q, Tensor k, Tensor? v, Tensor? bias, Tensor? bias_index, "
+      "Tensor out, Tensor lse, str value, float scale, bool mask_diagonal, bool need_dbias) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
