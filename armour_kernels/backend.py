@@ -79,6 +79,8 @@ def cpu_has_op(op: str) -> bool:
 
 def select(op: str, device: torch.device, backend: str = "auto") -> str:
     """The backend ("triton", "cpu" or "reference") that runs `op` on tensors of `device`."""
+    if backend == "auto" and not _OVERRIDES and _ENV_BACKEND == "auto" and device.type == "cpu" and _CPU_OPS.get(op):
+        return "cpu"  # the common case in few steps: it is asked on every call of every op
     backend = requested(check(backend))
     if backend == "reference":
         return backend

@@ -1,6 +1,6 @@
 // The armour_kernels operator library: every op's schema, in one place. The kernels are
-// registered per dispatch key elsewhere: the CPU kernels in C++ (attention_cpu.cpp), autograd in
-// C++ (attention_autograd.cpp), the CUDA kernels (Triton launchers) and the fake (meta)
+// registered per dispatch key elsewhere: the CPU kernels in C++ (attention_cpu.cpp,
+// linear_hardswish.cpp), autograd in C++ (attention_autograd.cpp, linear_hardswish.cpp), the CUDA kernels (Triton launchers) and the fake (meta)
 // implementations from Python (armour_kernels/ops/). No schema takes a backend: which kernel runs
 // is the dispatcher's choice from the tensors' device.
 #include <torch/library.h>
@@ -18,4 +18,6 @@ TORCH_LIBRARY(armour_kernels, m) {
       "attention_backward(Tensor dout, Tensor q, Tensor k, Tensor? v, Tensor? bias, Tensor? bias_index, "
       "Tensor out, Tensor lse, str value, float scale, bool mask_diagonal, bool need_dbias) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // hardswish(x @ weightᵀ + bias): x (..., in), weight (out, in), bias (out,) or None, one dtype.
+  m.def("linear_hardswish(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
