@@ -65,14 +65,22 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+_CPU_OPS: dict[str, bool] = {}  # op -> cpu.has_op(op): the extension's ops never change in a process
+
+
 def cpu_has_op(op: str) -> bool:
     """True when the compiled extension armour_kernels._C provides the CPU kernel of `op`."""
-    from . import cpu
-    return cpu.has_op(op)
+    found = _CPU_OPS.get(op)
+    if found is None:
+        from . import cpu
+        found = _CPU_OPS[op] = cpu.has_op(op)
+    return found
 
 
 def select(op: str, device: torch.device, backend: str = "auto") -> str:
     """The backend ("triton", "cpu" or "reference") that runs `op` on tensors of `device`."""
+    if backend == "auto" and not _OVERRIDES and _ENV_BACKEND == "auto" and device.type == "cpu" and _CPU_OPS.get(op):
+        return "cpu"  # the common case in few steps: it is asked on every call of every op
     backend = requested(check(backend))
     if backend == "reference":
         return backend

@@ -6,9 +6,10 @@
 2. the rewrites, all of them in surgery/: LeViT's BatchNorms folded into their projections
    (`fold_batchnorm`, exact, in fp32), the fused modules patched in (`patch`), LeViT's attention
    bias tables gathered once into dense biases and its stem output laid out channels-last
-   (surgery/serving.py: contiguous tokens for the GEMMs). The fused ops are registered torch
-   custom ops with fake implementations, so inductor calls them directly from its generated
-   code (no graph break: it compiles with fullgraph=True),
+   (surgery/serving.py: contiguous tokens for the GEMMs). The fused ops are dispatcher
+   ops (`armour_kernels::attention`, ...: C++ kernels on CPU) with fake implementations, so
+   inductor calls them directly from its generated code (no graph break: it compiles with
+   fullgraph=True; no Python on the call),
 3. the weights cast once to `dtype` and frozen (no gradients),
 4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN

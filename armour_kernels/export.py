@@ -1,8 +1,8 @@
 """Exporting models: an AOTInductor package of the served model, keeping the fused custom ops;
 ONNX, a decomposed graph.
 
-- `torch.export.export(model, (x,))` works on a patched model as it is: the fused ops are torch
-  custom ops with fake implementations, so they appear in the graph as single nodes and run the
+- `torch.export.export(model, (x,))` works on a patched model as it is: the fused ops
+  (`armour_kernels::attention`, ...) are torch operators with fake implementations, so they appear in the graph as single nodes and run the
   fused kernels when the program runs.
 - `export_package(model, example_inputs, path, dtype=...)` writes the model prepared as for
   `optimize` (armour_kernels/deploy.py: folded, patched, cast) as an AOTInductor package

@@ -1,9 +1,11 @@
 // Python bindings of armour_kernels._C (pybind11). The kernels are in isa_*.cpp, the tensor
-// plumbing in ops.cpp; this file only names things and exposes the ISA switch.
+// plumbing in ops.cpp; ops that are torch operators (attention) are registered with the dispatcher
+// (torch_ops/), not here: this file names the rest and exposes the ISA switch.
 #include <torch/extension.h>
 
 #include "kernels/kernel_api.h"
 #include "ops.h"
+#include "torch_ops/attention_op.h"
 
 namespace armour {
 std::string dispatch_name(Isa isa, GemmUse gemm);
@@ -23,17 +25,23 @@ void set_isa(const std::string& name) {
   armour::set_current_isa(isa, gemm);
 }
 
+// armour_kernels::attention called from eager Python: a typed binding into the dispatcher (the
+// op, its autograd and its kernels are the dispatcher's; this is only a cheaper way to call it than
+// torch.ops' boxed call, which matches the schema and boxes every argument on each call, ~3 µs of
+// a tiny call). Compiled graphs and tensor subclasses call torch.ops (ops/attention.py).
+at::Tensor call_attention(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& bias_index,
+                          const std::string& value, double scale, bool mask_diagonal) {
+  return std::get<0>(armour::attention_op().call(q, k, v, bias, bias_index, value, scale, mask_diagonal));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "armour_kernels CPU kernels (scalar / AVX2 / AVX-512 / AMX, chosen at run time)";
-  m.def("attention", &armour::attention_forward, "attention forward: (out, lse)", py::arg("q"), py::arg("k"),
-        py::arg("v"), py::arg("bias"), py::arg("bias_index"), py::arg("value"), py::arg("scale"),
-        py::arg("mask_diagonal"));
-  m.def("attention_backward", &armour::attention_backward, "attention backward: (dq, dk, dv, dbias)",
-        py::arg("dout"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_index"),
-        py::arg("out"), py::arg("lse"), py::arg("value"), py::arg("scale"), py::arg("mask_diagonal"),
-        py::arg("need_dbias"));
+  m.def("call_attention", &call_attention, "armour_kernels::attention(...)[0] through the dispatcher",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bias"), py::arg("bias_index"), py::arg("value"),
+        py::arg("scale"), py::arg("mask_diagonal"));
   m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
   m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");

@@ -1,5 +1,5 @@
 // The CPU kernels of the dispatcher ops armour_kernels::nystrom_fwd, nystrom_bwd, performer_fwd and
-// performer_bwd (schemas in torch_ops/linear_attention_schemas.cpp, registered for the CPU key in
+// performer_bwd (schemas in torch_ops/schemas.cpp, registered for the CPU key in
 // torch_ops/linear_attention_cpu.cpp), implemented in nystrom_ops.cpp and performer_ops.cpp.
 //
 // Tensors float32, float16 or bfloat16 with any strides, computed in float32: out and the

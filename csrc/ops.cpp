@@ -3,12 +3,15 @@
 #include "ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <limits>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "kernels/kernel_api.h"
+#include "torch_ops/bias_index.h"
 
 namespace armour {
 namespace {
@@ -24,8 +27,27 @@ DType kernel_dtype(const at::Tensor& t, const char* what) {
     case at::kBFloat16: return DType::bf16;
     case at::kDouble: return DType::f64;
     default:
-      TORCH_CHECK(false, "armour_kernels._C: ", what, " must be float32, bfloat16 or float64, got ", t.scalar_type());
+      TORCH_CHECK_TYPE(false, "armour_kernels._C: ", what, " must be float32, bfloat16 or float64, got ", t.scalar_type());
   }
+}
+
+// How Python spells a dtype, so the messages read like the rest of the package's.
+std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "torch.float16";
+    case at::kFloat: return "torch.float32";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kDouble: return "torch.float64";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+std::string py_shape(at::IntArrayRef s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
 }
 
 Strided4 strided(const at::Tensor& t) {
@@ -38,43 +60,59 @@ Strided4 strided(const at::Tensor& t) {
   return s;
 }
 
-void check_4d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "armour_kernels._C attention: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == 4, "armour_kernels._C attention: ", name, " must be 4-D (B, N, H, D), got shape ", t.sizes());
+constexpr int64_t kMaxHeadDim = 256;  // armour_kernels.constants.MAX_HEAD_DIM
+
+// The op's argument checks (the errors armour_kernels.attention raises on the cpu backend, and
+// tests/attention/test_attention_errors.py matches): TypeError for a wrong type or dtype,
+// ValueError for a wrong shape or value. `like` is q for the other inputs.
+void check_4d(const at::Tensor& t, const char* name, const at::Tensor* like = nullptr, bool head = true) {
+  TORCH_CHECK_VALUE(t.dim() == 4, "attention: ", name, " must be 4-D (B, N, H, D), got shape ", py_shape(t.sizes()));
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "attention: ", name,
+                   " must be a floating-point tensor (float16, float32, bfloat16 or float64), got ",
+                   py_dtype(t.scalar_type()));
+  if (like != nullptr)
+    TORCH_CHECK_TYPE(t.scalar_type() == like->scalar_type() && t.device() == like->device(), "attention: ", name,
+                     " dtype ", py_dtype(t.scalar_type()), " on ", t.device(), " but q is ",
+                     py_dtype(like->scalar_type()), " on ", like->device());
+  TORCH_CHECK_VALUE(!head || (t.size(3) >= 1 && t.size(3) <= kMaxHeadDim), "attention: head dims from 1 to ", kMaxHeadDim,
+                    " are supported, ", name, " has ", t.size(3));
 }
 
 // Validates the inputs of forward and backward alike and fills everything but the outputs.
+// The LeViT index is checked and widened to int64 by checked_bias_index (bias_index.h), once per
+// index tensor version; *wide_index keeps that int64 index alive while the kernel reads it.
 AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& bias_index,
-                       const std::string& value, double scale, bool mask_diagonal, at::Tensor* dense_bias) {
+                       const std::string& value, double scale, bool mask_diagonal, at::Tensor* dense_bias,
+                       at::Tensor* wide_index) {
+  TORCH_CHECK_VALUE(value == "v" || value == "q" || value == "k" || value == "q+v" || value == "q+k",
+                    "attention: value must be one of ('v', 'q', 'k', 'q+v', 'q+k'), got '", value, "'");
   check_4d(q, "q");
-  check_4d(k, "k");
+  check_4d(k, "k", &q);
+  TORCH_CHECK_TYPE(q.device().is_cpu(), "attention: the CPU kernels need CPU tensors, got ", q.device());
   AttentionArgs a;
   a.dtype = kernel_dtype(q, "q");
-  TORCH_CHECK(k.scalar_type() == q.scalar_type(), "armour_kernels._C attention: k dtype ", k.scalar_type(),
-              " differs from q dtype ", q.scalar_type());
   a.B = q.size(0);
   a.Nq = q.size(1);
   a.H = q.size(2);
   a.Dk = q.size(3);
   a.Nk = k.size(1);
-  TORCH_CHECK(k.size(0) == a.B && k.size(2) == a.H && k.size(3) == a.Dk,
-              "armour_kernels._C attention: k must be (B, Nk, H, Dk) matching q ", q.sizes(), ", got ", k.sizes());
-  TORCH_CHECK(value == "v" || value == "q" || value == "k" || value == "q+v" || value == "q+k",
-              "armour_kernels._C attention: value must be one of v, q, k, q+v, q+k; got '", value, "'");
+  TORCH_CHECK_VALUE(k.size(0) == a.B && k.size(2) == a.H && k.size(3) == a.Dk, "attention: k must be (B, Nk, H, Dk): q ",
+                    py_shape(q.sizes()), " and k ", py_shape(k.sizes()), " must agree in B, H and D");
   const bool has_v_part = value.find('v') != std::string::npos;
   const bool has_q_part = value.find('q') != std::string::npos;
-  TORCH_CHECK(!has_q_part || a.Nq == a.Nk, "armour_kernels._C attention: value='", value,
-              "' needs as many queries as keys, got Nq=", a.Nq, " Nk=", a.Nk);
+  const bool v_given = v.has_value() && v->defined();
   if (has_v_part) {
-    TORCH_CHECK(v.has_value() && v->defined(), "armour_kernels._C attention: value='", value, "' needs v");
-    check_4d(*v, "v");
-    TORCH_CHECK(v->scalar_type() == q.scalar_type(), "armour_kernels._C attention: v dtype ", v->scalar_type(),
-                " differs from q dtype ", q.scalar_type());
-    TORCH_CHECK(v->size(0) == a.B && v->size(1) == a.Nk && v->size(2) == a.H,
-                "armour_kernels._C attention: v must be (B, Nk, H, Dv) = (", a.B, ", ", a.Nk, ", ", a.H,
-                ", Dv), got ", v->sizes());
+    TORCH_CHECK_VALUE(v_given, "attention: value='", value, "' needs v");
+    check_4d(*v, "v", &q);
+    TORCH_CHECK_VALUE(v->size(0) == a.B && v->size(1) == a.Nk && v->size(2) == a.H, "attention: v ",
+                      py_shape(v->sizes()), " must match k ", py_shape(k.sizes()), " in B, N and H");
+  } else {
+    TORCH_CHECK_VALUE(!v_given, "attention: v is given but value='", value, "' does not use it");
   }
+  TORCH_CHECK_VALUE(!has_q_part || a.Nq == a.Nk, "attention: value='", value,
+                    "' needs as many queries as keys, got Nq=", a.Nq, ", Nk=", a.Nk);
+  TORCH_CHECK_VALUE(std::isfinite(scale), "attention: scale must be a finite number, got ", scale);
   auto add_part = [&](const at::Tensor& t, ValueSrc src) {
     a.part[a.n_parts] = strided(t);
     a.part_width[a.n_parts] = t.size(3);
@@ -88,21 +126,18 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
   a.q = strided(q);
   a.k = strided(k);
 
+  const bool index_given = bias_index.has_value() && bias_index->defined();
   if (bias.has_value() && bias->defined()) {
     const at::Tensor& bt = *bias;
-    TORCH_CHECK(bt.device().is_cpu(), "armour_kernels._C attention: bias must be a CPU tensor");
+    TORCH_CHECK_TYPE(at::isFloatingType(bt.scalar_type()), "attention: bias must be a floating-point tensor, got ",
+                     py_dtype(bt.scalar_type()));
+    TORCH_CHECK_TYPE(bt.device() == q.device(), "attention: bias is on ", bt.device(), " but q is on ", q.device());
     a.bias_dtype = kernel_dtype(bt, "bias");
-    if (bias_index.has_value() && bias_index->defined()) {
-      const at::Tensor& idx = *bias_index;
-      TORCH_CHECK(bt.dim() == 2 && bt.size(0) == a.H, "armour_kernels._C attention: with bias_index, bias must be the (H, R) table, H=",
-                  a.H, ", got ", bt.sizes());
-      TORCH_CHECK(idx.scalar_type() == at::kLong && idx.dim() == 2 && idx.size(0) == a.Nq && idx.size(1) == a.Nk,
-                  "armour_kernels._C attention: bias_index must be int64 (Nq, Nk) = (", a.Nq, ", ", a.Nk, "), got ",
-                  idx.scalar_type(), " ", idx.sizes());
-      TORCH_CHECK(idx.device().is_cpu(), "armour_kernels._C attention: bias_index must be a CPU tensor");
-      // The index's range ([0, R)) is checked by the op layer (ops/attention.py check_index_range), once
-      // per index tensor and version: a min/max pass here on every call cost ~20 µs per attention call,
-      // 2% of a LeViT-128S batch-1 forward.
+    if (index_given) {
+      TORCH_CHECK_VALUE(bt.dim() == 2 && bt.size(0) == a.H, "attention: with bias_index the bias is the (H, R) table, H=",
+                        a.H, "; got ", py_shape(bt.sizes()));
+      *wide_index = checked_bias_index(*bias_index, a.Nq, a.Nk, bt.size(1), q.device());
+      const at::Tensor& idx = *wide_index;
       a.bias_kind = BiasKind::table;
       a.bias = bt.data_ptr();
       a.bias_sh = bt.stride(0);
@@ -112,14 +147,15 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
       a.index_si = idx.stride(0);
       a.index_sj = idx.stride(1);
     } else {
-      TORCH_CHECK(bt.dim() <= 4, "armour_kernels._C attention: dense bias must broadcast to (B, H, Nq, Nk), got ", bt.sizes());
-      at::Tensor e;
-      try {
-        e = bt.expand({a.B, a.H, a.Nq, a.Nk});
-      } catch (const c10::Error&) {
-        TORCH_CHECK(false, "armour_kernels._C attention: dense bias of shape ", bt.sizes(),
-                    " does not broadcast to (B, H, Nq, Nk) = (", a.B, ", ", a.H, ", ", a.Nq, ", ", a.Nk, ")");
+      std::vector<int64_t> full{a.B, a.H, a.Nq, a.Nk};
+      bool broadcasts = bt.dim() <= 4;
+      for (int64_t d = 0; broadcasts && d < bt.dim(); ++d) {
+        const int64_t s = bt.size(bt.dim() - 1 - d);
+        broadcasts = s == 1 || s == full[3 - d];
       }
+      TORCH_CHECK_VALUE(broadcasts, "attention: bias of shape ", py_shape(bt.sizes()),
+                        " does not broadcast to (B, H, Nq, Nk) = ", py_shape(full));
+      at::Tensor e = bt.expand(full);
       *dense_bias = e;  // keeps the expanded view alive while the kernel reads it
       a.bias_kind = BiasKind::dense;
       a.bias = e.data_ptr();
@@ -129,8 +165,7 @@ AttentionArgs describe(const at::Tensor& q, const at::Tensor& k, const std::opti
       a.bias_sj = e.stride(3);
     }
   } else {
-    TORCH_CHECK(!(bias_index.has_value() && bias_index->defined()),
-                "armour_kernels._C attention: bias_index given without a bias table");
+    TORCH_CHECK_VALUE(!index_given, "attention: bias_index needs the bias table (bias=(H, R) tensor)");
   }
   a.scale = scale;
   a.mask_diagonal = mask_diagonal;
@@ -164,28 +199,45 @@ void gather_table_once(AttentionArgs& a, const at::Tensor& table, const at::Tens
 
 }  // namespace
 
+namespace {
+
+std::optional<at::Tensor> widen_half(const std::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined() && t->scalar_type() == at::kHalf) return t->to(at::kFloat);
+  return t;
+}
+
+bool is_half_call(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v) {
+  // float16 is computed in float32 (no fp16 engine on the CPUs served on) and rounded once. The
+  // inputs' own checks run first, so that a dtype mismatch is not hidden by the widening.
+  if (q.scalar_type() != at::kHalf) return false;
+  check_4d(q, "q");
+  check_4d(k, "k", &q);
+  if (v.has_value() && v->defined()) check_4d(*v, "v", &q);
+  return true;
+}
+
+}  // namespace
+
 std::vector<at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
                                           const std::optional<at::Tensor>& bias,
                                           const std::optional<at::Tensor>& bias_index, const std::string& value,
                                           double scale, bool mask_diagonal) {
-  const auto widen = [](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-    if (t.has_value() && t->defined() && t->scalar_type() == at::kHalf) return t->to(at::kFloat);
-    return t;
-  };
-  if (q.scalar_type() == at::kHalf) {
-    // float16: computed in float32 (no fp16 engine on the CPUs served on) and rounded once.
-    std::vector<at::Tensor> r = attention_forward(q.to(at::kFloat), k.to(at::kFloat), widen(v), widen(bias),
+  if (is_half_call(q, k, v)) {
+    std::vector<at::Tensor> r = attention_forward(q.to(at::kFloat), k.to(at::kFloat), widen_half(v), bias,
                                                   bias_index, value, scale, mask_diagonal);
     return {r[0].to(at::kHalf), r[1]};
   }
-  at::Tensor dense_bias;
+  at::Tensor dense_bias, index;
   // The kernels read float32 / bfloat16 / float64 biases: a float16 bias is widened.
-  AttentionArgs a = describe(q, k, v, widen(bias), bias_index, value, scale, mask_diagonal, &dense_bias);
+  const std::optional<at::Tensor> kbias = widen_half(bias);
+  AttentionArgs a = describe(q, k, v, kbias, bias_index, value, scale, mask_diagonal, &dense_bias, &index);
   const auto lse_opts = q.options().dtype(acc_type(a.dtype));
-  if (no_work(a))  // empty in, empty out; no keys: the fully masked convention, like SDPA's zeros
+  // The one place the empty cases are answered (docs/numerics.md): empty in, empty out; no keys:
+  // every row fully masked, out 0 (as SDPA gives) and lse +inf.
+  if (no_work(a))
     return {at::zeros({a.B, a.Nq, a.H, a.Dv}, q.options()),
             at::full({a.B, a.H, a.Nq}, std::numeric_limits<double>::infinity(), lse_opts)};
-  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *bias, *bias_index, &dense_bias);
+  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *kbias, index, &dense_bias);
   at::Tensor out = at::empty({a.B, a.Nq, a.H, a.Dv}, q.options());
   at::Tensor lse = at::empty({a.B, a.H, a.Nq}, lse_opts);
   a.out = out.data_ptr();
@@ -199,34 +251,45 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
                                            const std::optional<at::Tensor>& bias_index, const at::Tensor& out,
                                            const at::Tensor& lse, const std::string& value, double scale,
                                            bool mask_diagonal, bool need_dbias) {
-  at::Tensor dense_bias;
-  AttentionArgs a = describe(q, k, v, bias, bias_index, value, scale, mask_diagonal, &dense_bias);
+  if (is_half_call(q, k, v)) {
+    std::vector<at::Tensor> r =
+        attention_backward(dout.to(at::kFloat), q.to(at::kFloat), k.to(at::kFloat), widen_half(v), bias, bias_index,
+                           out.to(at::kFloat), lse, value, scale, mask_diagonal, need_dbias);
+    for (int i = 0; i < 3; ++i)
+      if (r[i].defined() && r[i].numel() > 0) r[i] = r[i].to(at::kHalf);
+    return r;
+  }
+  at::Tensor dense_bias, index;
+  const std::optional<at::Tensor> kbias = widen_half(bias);
+  AttentionArgs a = describe(q, k, v, kbias, bias_index, value, scale, mask_diagonal, &dense_bias, &index);
   for (const at::Tensor* t : {&dout, &out}) {
-    check_4d(*t, t == &dout ? "dout" : "out");
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "armour_kernels._C attention_backward: dout/out dtype ",
-                t->scalar_type(), " differs from q dtype ", q.scalar_type());
-    TORCH_CHECK(t->sizes() == at::IntArrayRef({a.B, a.Nq, a.H, a.Dv}), "armour_kernels._C attention_backward: dout/out must be (B, Nq, H, Dv) = (",
-                a.B, ", ", a.Nq, ", ", a.H, ", ", a.Dv, "), got ", t->sizes());
+    check_4d(*t, t == &dout ? "dout" : "out", &q, /*head=*/false);  // Dv_total wide
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({a.B, a.Nq, a.H, a.Dv}),
+                      "attention_backward: dout/out must be (B, Nq, H, Dv) = (", a.B, ", ", a.Nq, ", ", a.H, ", ",
+                      a.Dv, "), got ", t->sizes());
   }
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({a.B, a.H, a.Nq}), "armour_kernels._C attention_backward: lse must be (B, H, Nq), got ",
-              lse.sizes());
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({a.B, a.H, a.Nq}), "attention_backward: lse must be (B, H, Nq), got ",
+                    lse.sizes());
   const auto acc_opts = q.options().dtype(acc_type(a.dtype));
-  const bool has_dv = v.has_value() && v->defined() && value.find('v') != std::string::npos;
+  const bool has_dv = value.find('v') != std::string::npos;
+  // Absent outputs (no v part, no bias gradient wanted) are empty tensors: the schema returns Tensors.
+  at::Tensor dq, dk, dv = at::empty({0}, q.options()), dbias = at::empty({0}, acc_opts);
+  need_dbias = need_dbias && a.bias_kind != BiasKind::none;
   if (no_work(a)) {  // no query rows or no keys: nothing flows anywhere
-    at::Tensor dbias;
-    if (need_dbias && a.bias_kind == BiasKind::dense) dbias = at::zeros({a.B, a.H, a.Nq, a.Nk}, acc_opts);
-    if (need_dbias && a.bias_kind == BiasKind::table) dbias = at::zeros({a.H, a.table_R}, acc_opts);
-    return {at::zeros_like(q, at::MemoryFormat::Contiguous), at::zeros_like(k, at::MemoryFormat::Contiguous),
-            has_dv ? at::zeros_like(*v, at::MemoryFormat::Contiguous) : at::Tensor(), dbias};
+    dq = at::zeros_like(q, at::MemoryFormat::Contiguous);
+    dk = at::zeros_like(k, at::MemoryFormat::Contiguous);
+    if (has_dv) dv = at::zeros_like(*v, at::MemoryFormat::Contiguous);
+    if (need_dbias) dbias = at::zeros(bias->sizes(), acc_opts);
+    return {dq, dk, dv, dbias};
   }
-  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *bias, *bias_index, &dense_bias);
+  if (a.bias_kind == BiasKind::table && a.B > 1) gather_table_once(a, *kbias, index, &dense_bias);
   at::Tensor lse_c = lse.to(acc_type(a.dtype)).contiguous();
   a.dout = strided(dout);
   a.o = strided(out);
   a.lse_in = lse_c.data_ptr();
-  at::Tensor dq = at::empty_like(q, at::MemoryFormat::Contiguous);
-  at::Tensor dk = at::empty_like(k, at::MemoryFormat::Contiguous);
-  at::Tensor dv, dbias, partial, dtable;
+  dq = at::empty_like(q, at::MemoryFormat::Contiguous);
+  dk = at::empty_like(k, at::MemoryFormat::Contiguous);
+  at::Tensor partial, dtable;
   a.dq = dq.data_ptr();
   a.dk = dk.data_ptr();
   if (has_dv) {
@@ -239,7 +302,8 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
     partial = at::empty({2 * a.n_chunks, a.partial_size}, acc_opts);
     a.partial = partial.data_ptr();
   }
-  if (need_dbias && a.bias_kind == BiasKind::dense && !bias_index.has_value()) {
+  const bool table = bias_index.has_value() && bias_index->defined();
+  if (need_dbias && !table) {
     dbias = at::empty({a.B, a.H, a.Nq, a.Nk}, acc_opts);
     a.dbias = dbias.data_ptr();
   } else if (need_dbias) {
@@ -252,13 +316,16 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
     a.dtable = dtable.data_ptr();
   }
   current_kernels().attention_backward(a);
-  if (dtable.defined() && a.dtable_scatter) {
+  if (need_dbias && !table) {
+    // Written at (B, H, Nq, Nk), one slice per task (race-free); reduced to the shape the caller gave.
+    dbias = at::sum_to(dbias, bias->sizes());
+  } else if (need_dbias && a.dtable_scatter) {
     dbias = dtable.sum(0);
-  } else if (dtable.defined()) {
-    dbias = at::zeros({a.H, a.table_R}, acc_opts)
-                .index_add_(1, bias_index->reshape({-1}), dtable.sum(0).reshape({a.H, a.Nq * a.Nk}));
+  } else if (need_dbias) {
+    dbias = at::zeros({a.H, a.table_R}, acc_opts).index_add_(1, index.reshape({-1}),
+                                                             dtable.sum(0).reshape({a.H, a.Nq * a.Nk}));
   }
-  // dbias is in the accumulation type (float64 for float64 inputs); the op casts it to the bias dtype.
+  // dbias is in the accumulation type (float64 for float64 inputs); autograd casts it to the bias dtype.
   return {dq, dk, dv, dbias};
 }
 

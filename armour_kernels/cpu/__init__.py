@@ -42,21 +42,21 @@ def import_error() -> str | None:
     return _IMPORT_ERROR
 
 
-# Op name (as the backend policy asks) → the extension function that implements it, where they differ.
-_SYMBOLS = {"linear_act": "linear_hardswish"}
 # Ops whose CPU kernel the extension registers with PyTorch's dispatcher (no Python binding), asked
 # once here: select() asks on every call, torch.compile traces it.
-_DISPATCHER_OPS = {"nystrom_attention": "armour_kernels::nystrom_fwd",
+_DISPATCHER_OPS = {"attention": "armour_kernels::attention", "linear_act": "armour_kernels::linear_hardswish",
+                   "nystrom_attention": "armour_kernels::nystrom_fwd",
                    "performer_attention": "armour_kernels::performer_fwd"}
 _DISPATCHED = frozenset(name for name, op in _DISPATCHER_OPS.items()
                         if _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"))
 
 
 def has_op(name: str) -> bool:
-    """True when the extension is built and implements op `name`."""
+    """True when the extension is built and implements op `name`: a CPU kernel of a dispatcher op
+    (csrc/torch_ops/, asked once at import) or a function of the module."""
     if name in _DISPATCHER_OPS:
         return name in _DISPATCHED
-    return _C is not None and hasattr(_C, _SYMBOLS.get(name, name))
+    return _C is not None and hasattr(_C, name)
 
 
 def _require():

@@ -126,7 +126,7 @@ def clear_weight_cache() -> None:
 ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
 
 # In-place activations for the ATen path (the GEMM output is fresh, so nobody else sees it).
-_INPLACE = {"none": lambda y: y, "hardswish": lambda y: F.hardswish(y, inplace=True), "relu": torch.relu_,
+_INPLACE = {"none": lambda y: y, "hardswish": torch._C._nn.hardswish_, "relu": torch.relu_,
             "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
             "silu": lambda y: F.silu(y, inplace=True)}
 
@@ -149,6 +149,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     output when the dtypes agree (oneDNN's binary-add post-op measured no faster than that on the
     AMD EPYC CI machine, and slower in fp32), else promoted as `y + residual` would be.
     """
+    if (2 * x.numel() * weight.shape[0] < ONEDNN_MIN_FLOPS.get(dtype, 0) and x.dtype == dtype
+            and weight.dtype == dtype and (bias is None or bias.dtype == dtype)):
+        # A small GEMM already in its dtype: ATen's, on x as it is (no reshape, cast or view; a
+        # tiny call is mostly such per-call work).
+        return _add_residual(_INPLACE[act](F.linear(x, weight, bias)), residual)
     y = _gemm(x.reshape(-1, x.shape[-1]).to(dtype), weight, bias, act, dtype)
     return _add_residual(y.view(*x.shape[:-1], weight.shape[0]), residual)
 

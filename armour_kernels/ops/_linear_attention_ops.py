@@ -1,7 +1,7 @@
 """How the Nyström and Performer ops reach their kernels: the dispatcher ops, and the one Triton path
 the dispatcher cannot take.
 
-Each family has two ops whose schemas are declared in C++ (csrc/torch_ops/linear_attention_schemas.cpp):
+Each family has two ops whose schemas are declared in C++ (csrc/torch_ops/schemas.cpp):
 armour_kernels::<family>_fwd, which returns the output and what the backward needs, and
 armour_kernels::<family>_bwd. The extension registers their CPU kernels and their autograd
 (csrc/torch_ops/); here they get their fake kernels (shapes and dtypes, for torch.compile and

@@ -12,7 +12,8 @@ picks the path (docs/linear_act.md):
     Triton inference          backend "triton", no gradient wanted,           armour_kernels::linear_act_infer
                               Hardswish and/or a residual to fuse             → triton/linear_act.py
     Linear + Hardswish with   a gradient wanted, Hardswish after the GEMM     armour_kernels::linear_hardswish
-    autograd                  only, backend "cpu" or "triton"                 (custom op, backward below)
+    autograd                  only, backend "cpu" or "triton"                 (dispatcher op: C++ kernel and
+                                                                              autograd, Triton on CUDA)
     PyTorch                   everything else: "reference", other             F.linear + the activation
                               activations with a gradient, and CPU under
                               torch.compile (inductor then fuses and
@@ -30,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import cpu
 from ..backend import select, wants_grad
 from ..constants import ACTIVATIONS
 
@@ -55,10 +57,11 @@ def activation_of(module: Optional[nn.Module]) -> Optional[str]:
     return None
 
 
-def compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor, device: Optional[torch.device] = None) -> torch.dtype:
     """The dtype F.linear computes in here: autocast's when autocast is on for x's device, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    kind = (device or x.device).type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
     return x.dtype
 
 
@@ -74,40 +77,53 @@ def _cpu():
 
 def _cpu_inference(kernel: str, dtype: torch.dtype, x: Tensor, *tensors, grad: Optional[bool] = None) -> bool:
     """Whether the CPU inference path runs this call (see the table in the module docstring)."""
-    if kernel != "cpu" or torch.compiler.is_compiling() or not x.numel():
+    if kernel != "cpu" or (grad if grad is not None else wants_grad(x, *tensors)) or not x.numel():
         return False
-    if grad if grad is not None else wants_grad(x, *tensors):
-        return False
-    return _cpu().available(dtype)
+    return not torch.compiler.is_compiling() and (_CPU_MODULE or _cpu()) and _CPU_MODULE[0].available(dtype)
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if t is None else t.to(dtype)
 
 
-# ----------------------------------------------------------------------------- custom ops
+# ----------------------------------------------------------------------------- ops
 
-@torch.library.custom_op("armour_kernels::linear_hardswish", mutates_args=())
-def _linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:
-    if backend == "cpu":
-        return _cpu().linear_hardswish_forward(x, weight, bias)
-    if backend == "triton":
-        from ..triton.linear_act import linear_act_forward
-        return linear_act_forward(x, weight, bias, act_out=True)
-    return F.hardswish(F.linear(x, weight, bias))
+def _triton_linear_hardswish(x, weight, bias):
+    from ..triton.linear_act import linear_act_forward
+    return linear_act_forward(x, weight, bias, act_out=True)
 
 
-@_linear_hardswish.register_fake
-def _(x, weight, bias, backend):
+def _linear_hardswish_fake(x, weight, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+# armour_kernels::linear_hardswish is a dispatcher op (schema in csrc/torch_ops/schemas.cpp): its
+# CPU kernel and its autograd are C++ (csrc/torch_ops/linear_hardswish.cpp), its CUDA kernel the
+# Triton launcher (triton imported on the first call), its fake implementation here.
+_LINEAR_HARDSWISH = None
+if cpu.built():
+    torch.library.register_fake("armour_kernels::linear_hardswish", _linear_hardswish_fake)
+    torch.library.register_kernel("armour_kernels::linear_hardswish", "cuda", _triton_linear_hardswish)
+    _LINEAR_HARDSWISH = torch.ops.armour_kernels.linear_hardswish.default
+
+
+@torch.library.custom_op("armour_kernels::triton_linear_hardswish", mutates_args=())
+def _triton_linear_hardswish_op(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The Triton launcher on CPU tensors (the interpreter; the dispatcher would send CPU tensors to
+    the C++ kernel), or on CUDA without the built extension."""
+    return _triton_linear_hardswish(x, weight, bias)
+
+
+_triton_linear_hardswish_op.register_fake(_linear_hardswish_fake)
+
+
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, _ = inputs
+    x, weight, bias = inputs
     ctx.save_for_backward(x, weight, bias)
 
 
 def _backward(ctx, grad):
+    """What csrc/torch_ops/linear_hardswish.cpp does for the dispatcher op."""
     x, weight, bias = ctx.saved_tensors
     z = F.linear(x, weight, bias)  # the pre-activation, recomputed: the fused forward never stores it
     dz = torch.ops.aten.hardswish_backward(grad, z)
@@ -115,10 +131,20 @@ def _backward(ctx, grad):
     dz2 = dz.reshape(-1, dz.shape[-1])
     dw = dz2.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
     db = dz2.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
-    return dx, dw, db, None
+    return dx, dw, db
 
 
-_linear_hardswish.register_autograd(_backward, setup_context=_setup_context)
+_triton_linear_hardswish_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _linear_hardswish(x, weight, bias, kernel):
+    """hardswish(x·Wᵀ + b) with autograd on backend `kernel`: the dispatcher op wherever it has the
+    kernel (CPU, CUDA), the interpreter's op for Triton on CPU tensors, PyTorch for "reference"."""
+    if kernel == "reference":
+        return F.hardswish(F.linear(x, weight, bias))
+    if _LINEAR_HARDSWISH is not None and (kernel == "cpu" or x.is_cuda):
+        return _LINEAR_HARDSWISH(x, weight, bias)
+    return _triton_linear_hardswish_op(x, weight, bias)
 
 
 @torch.library.custom_op("armour_kernels::linear_act_infer", mutates_args=())
@@ -138,12 +164,16 @@ def _(x, weight, bias, act_in, act_out, residual=None):
 # ----------------------------------------------------------------------------- checks
 
 def _check(x, weight, bias, act, residual=None):
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
+    """TypeError / ValueError for bad arguments. Ordered so that a good call costs few Python steps:
+    it runs on every call, and a tiny layer's whole kernel takes a few µs."""
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
+            and (residual is None or isinstance(residual, Tensor))):
+        for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
     if act not in ACTIVATIONS:
         raise ValueError(f"{OP}: act must be one of {ACTIVATIONS}, got {act!r}")
-    if not x.dtype.is_floating_point:
+    if not x.is_floating_point():
         raise TypeError(f"{OP}: floating-point inputs only, got {x.dtype}")
     if weight.dim() != 2:
         raise ValueError(f"{OP}: weight must be (out_features, in_features), got {tuple(weight.shape)}")
@@ -151,12 +181,16 @@ def _check(x, weight, bias, act, residual=None):
         raise ValueError(f"{OP}: x's last dim must be in_features={weight.shape[1]}, got x {tuple(x.shape)}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise ValueError(f"{OP}: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None and t.device != x.device:
-            raise TypeError(f"{OP}: {name} is on {t.device}, x is on {x.device}")
+    device = x.device
+    if weight.device != device or (bias is not None and bias.device != device) or (
+            residual is not None and residual.device != device):
+        for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
+            if t is not None and t.device != device:
+                raise TypeError(f"{OP}: {name} is on {t.device}, x is on {device}")
     if residual is not None and residual.shape != (*x.shape[:-1], weight.shape[0]):
         raise ValueError(f"{OP}: residual must have the output's shape {(*x.shape[:-1], weight.shape[0])}, "
                          f"got {tuple(residual.shape)}")
+    return device
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -182,9 +216,9 @@ def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act:
     the activation). `inplace_input`: the caller owns x and lets the input Hardswish overwrite it
     (only honoured when no gradient is wanted).
     """
-    _check(x, weight, bias, act, residual)
-    kernel = select(OP, x.device, backend)
-    dtype = compute_dtype(x)
+    device = _check(x, weight, bias, act, residual)
+    kernel = select(OP, device, backend)
+    dtype = compute_dtype(x, device)
     grad = wants_grad(x, weight, bias, residual)
     if _cpu_inference(kernel, dtype, x, grad=grad):
         x = F.hardswish(x, inplace=inplace_input) if act_in else x

@@ -1,5 +1,5 @@
 // The C++ kernels of the Nyström and Performer ops for CPU tensors (nystrom_ops.cpp,
-// performer_ops.cpp; schemas in linear_attention_schemas.cpp).
+// performer_ops.cpp; schemas in schemas.cpp).
 #include <torch/library.h>
 
 #include "linear_ops.h"

@@ -61,7 +61,7 @@ def test_prepared_model_has_no_graph_break():
     explained = torch._dynamo.explain(prepare(model))(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     ops = {str(node.target) for graph in explained.graphs for node in graph.graph.nodes}
-    assert any("attention_infer" in op for op in ops), sorted(ops)  # the C++ dispatcher op (inference)
+    assert "armour_kernels.attention.default" in ops, sorted(ops)  # the C++ dispatcher op
 
 
 def test_optimize_levit_fp32_same_outputs_original_untouched():
@@ -79,7 +79,7 @@ def test_optimize_levit_fp32_same_outputs_original_untouched():
     ops = {e.key for e in prof.key_averages()}
     # inductor's code calls the attention op itself (no graph break back into eager Python): the C++
     # dispatcher op, no Python on the call
-    assert "armour_kernels::attention_infer" in ops
+    assert "armour_kernels::attention" in ops
     # frozen: every GEMM runs on a weight prepacked at compile time, none through ATen's addmm / mm
     assert {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops and not {"aten::addmm", "aten::mm"} & ops, ops
     assert_unchanged(model, before)
