@@ -33,7 +33,7 @@ def _check_mask(mask: Tensor, dtype: torch.dtype, device: torch.device, shape: L
             if size != 1 and size != target:
                 broadcasts = False
     if not broadcasts:
-        raise ValueError(owner + ": attn_mask of shape " + str(sizes) + " does not broadcast to (B, H, Nq, Nk) = "
+        raise ValueError(owner + ": attn_mask of shape " + str(list(sizes)) + " does not broadcast to (B, H, Nq, Nk) = "
                          + str(shape))
 
 
