@@ -15,6 +15,9 @@ has lost).
 """
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -24,6 +27,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import armour_kernels
 from armour_kernels.nn import FX_LEAF_MODULES
+from helpers import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
@@ -167,6 +171,22 @@ def _assert_fused_leaves(graph_module):
 
 def test_fused_classes_are_timm_notrace_modules():
     assert set(FX_LEAF_MODULES) <= set(get_notrace_modules())
+
+
+def test_fx_leaves_without_timm():
+    """timm is optional: without it armour_kernels.nn imports, and a plain torch.fx trace keeps the fused
+    modules whole (the module records its own leaf node)."""
+    code = ("import sys; sys.modules['timm'] = None\n"
+            "import torch, torch.fx\n"
+            "from armour_kernels.nn import FusedDeiTAttention, FX_LEAF_MODULES\n"
+            "assert FusedDeiTAttention in FX_LEAF_MODULES\n"
+            "m = torch.nn.Sequential(FusedDeiTAttention(16, 2, backend='reference'))\n"
+            "g = torch.fx.symbolic_trace(m)\n"
+            "assert [n.op for n in g.graph.nodes] == ['placeholder', 'call_module', 'output']\n"
+            "x = torch.randn(1, 3, 16); assert torch.equal(g(x), m(x)); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("name", MODELS)
