@@ -200,7 +200,6 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         o = self._attend(q, kv[..., :D], kv[..., D:], "v")
         return self._project_out(o, _grid(q_out, self.use_conv))
 
-    @torch.jit.unused
     def _project_queries(self, x: Tensor) -> Tensor:
         """q = Linear_BN(subsample(x)); folded, linear mode, eval: the GEMM through `linear_act`."""
         *subsample, projection = self.q.children()
