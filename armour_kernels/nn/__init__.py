@@ -8,16 +8,27 @@
     FusedViXAttention                        Vision Xformers softmax attention (vit-pytorch layout)
     FusedMlp                                 timm / DeiT MLP on the Linear + activation ops
     adopt, Adopted                           how a fused module takes over the module it replaces
+    mask_bias                                attn_mask / is_causal as the attention op's dense bias
+    FX_LEAF_MODULES                          the classes torch.fx keeps whole (leaves); registered with
+                                             timm's notrace registry at import when timm is installed
 """
+from ._fx import LEAF_MODULES as FX_LEAF_MODULES
+from ._fx import register_leaves
 from .adopt import Adopted, adopt
 from .attention import ArmourAttention, FusedDeiTAttention
 from .levit import LevitAttention, LevitAttentionDownsample, LevitBlock, LevitDownsampleBlock, LevitMlp
 from .levit_stem import LevitStem
 from .linear_act import FusedMlp
+from .masks import mask_bias
 from .nystrom import NystromAttention
 from .performer import PerformerAttention, RandomFeatures
 from .vix import FusedViXAttention
 
+# The modules patch puts into timm DeiT / ViT / LeViT: torch.fx leaves, so a traced graph calls them
+# (and their kernels) instead of tracing into them.
+register_leaves(FusedDeiTAttention, ArmourAttention, FusedMlp, LevitAttention, LevitAttentionDownsample, LevitMlp,
+                LevitBlock, LevitDownsampleBlock, LevitStem)
+
 __all__ = ["FusedDeiTAttention", "ArmourAttention", "LevitAttention", "LevitAttentionDownsample", "LevitMlp",
            "LevitBlock", "LevitDownsampleBlock", "LevitStem", "NystromAttention", "PerformerAttention",
-           "RandomFeatures", "FusedViXAttention", "FusedMlp", "adopt", "Adopted"]
+           "RandomFeatures", "FusedViXAttention", "FusedMlp", "adopt", "Adopted", "mask_bias", "FX_LEAF_MODULES"]

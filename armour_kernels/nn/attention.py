@@ -13,15 +13,27 @@ q, k and v are strided views of the projection output (B, N, n, H, D): nothing i
 between the projection GEMM and the attention kernel, and the kernel writes (B, N, H, D)
 contiguous, which is already the (B, N, C) input of `proj`. Both projections go through
 `armour_kernels.ops.linear_act` (on CPU in inference: oneDNN, ~2x ATen's fp32 GEMM on AMD CPUs).
+
+`forward(x, attn_mask=None, is_causal=False)` is timm's `Attention.forward`: the masks become the
+op's dense bias (nn/masks.py). Under `torch.jit.script` the module runs its scripted branch (the
+projections as ATen Linear, the attention op through the dispatcher: nn/_scripted.py); under
+torch.fx it is a leaf (nn/_fx.py).
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
+import torch
 import torch.nn as nn
+from torch import Tensor
 
 from ..constants import DEIT_VARIANTS  # variant → (value source, key is query, mask diagonal)
 from ..ops.attention import attention
 from ..ops.linear_act import linear_act
+from ._fx import eager_forward
+from ._scripted import attention_op
 from .adopt import adopt
+from .masks import mask_bias
 
 
 class FusedDeiTAttention(nn.Module):
@@ -50,6 +62,9 @@ class FusedDeiTAttention(nn.Module):
         self.scale = float(scale)
         self.variant = variant
         self.backend = backend
+        # The variant as plain attributes, for the scripted forward (TorchScript reads no dict of tuples).
+        self.value, self.key_is_query, self.mask_diagonal = DEIT_VARIANTS[variant]
+        self.projections = 3 if variant == "regular" else 2
 
     @classmethod
     def from_module(cls, original: nn.Module, *, variant: str = "regular", backend: str = "auto"):
@@ -65,27 +80,46 @@ class FusedDeiTAttention(nn.Module):
                              f"{projections} × {module.num_heads} heads × {module.head_dim}")
         return module
 
-    def forward(self, x, attn_mask=None, is_causal=False):
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("FusedDeiTAttention: attention masks are not supported by the fused kernel")
-        if self.training and getattr(self.attn_drop, "p", 0.0) > 0:
-            raise NotImplementedError("FusedDeiTAttention: the fused kernel has no attention dropout; "
-                                      "set attn_drop to 0 (DeiT's default) or use eval mode")
-        batch, n, _ = x.shape
-        projections = 3 if self.variant == "regular" else 2
-        packed = linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend)
-        parts = packed.view(batch, n, projections, self.num_heads, self.head_dim)
-        value, key_is_query, mask_diagonal = DEIT_VARIANTS[self.variant]
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        """timm's `Attention.forward`: attn_mask bool (True = take part) or additive float,
+        broadcastable to (B, H, N, N); is_causal as SDPA's."""
+        if torch.jit.is_scripting():
+            return self._scripted_forward(x, attn_mask, is_causal)
+        return self._eager_forward(x, attn_mask, is_causal)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
+        self._check_dropout()
+        q, k, v = self._split(linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend))
+        bias = mask_bias(attn_mask, is_causal, q, k, "FusedDeiTAttention")
+        out = attention(q, k, v, value=self.value, scale=self.scale, bias=bias, mask_diagonal=self.mask_diagonal,
+                        backend=self.backend)
+        return self.proj_drop(linear_act(out.flatten(2), self.proj.weight, self.proj.bias, backend=self.backend))
+
+    def _scripted_forward(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
+        """The same under TorchScript: the projections as ATen Linear, the op through the dispatcher."""
+        self._check_dropout()
+        q, k, v = self._split(self.qkv(x))
+        bias = mask_bias(attn_mask, is_causal, q, k, "FusedDeiTAttention")
+        out = attention_op(q, k, v, bias, None, self.value, self.scale, self.mask_diagonal, self.backend)
+        return self.proj_drop(self.proj(out.flatten(2)))
+
+    def _check_dropout(self):
+        if hasattr(self.attn_drop, "p"):  # TorchScript evaluates hasattr when it compiles
+            if self.training and self.attn_drop.p > 0:
+                raise NotImplementedError("FusedDeiTAttention: the fused kernel has no attention dropout; "
+                                          "set attn_drop to 0 (DeiT's default) or use eval mode")
+
+    def _split(self, packed: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """q, k, v (v None when the value is not v) as views of the packed projection (B, N, n·H·D)."""
+        parts = packed.unflatten(-1, (self.projections, self.num_heads, self.head_dim))
         first, second = parts[:, :, 0], parts[:, :, 1]
-        if self.variant == "regular":
-            q, k, v = first, second, parts[:, :, 2]
-        elif key_is_query:
-            q, k, v = first, first, second
-        else:
-            q, k, v = first, second, None
-        out = attention(q, k, v, value=value, scale=self.scale, mask_diagonal=mask_diagonal, backend=self.backend)
-        out = out.reshape(batch, n, self.num_heads * self.head_dim)
-        return self.proj_drop(linear_act(out, self.proj.weight, self.proj.bias, backend=self.backend))
+        v: Optional[Tensor] = None
+        if self.projections == 3:
+            return first, second, parts[:, :, 2]
+        if self.key_is_query:
+            return first, first, second
+        return first, second, v
 
     def extra_repr(self):
         return f"variant={self.variant!r}, num_heads={self.num_heads}, head_dim={self.head_dim}, backend={self.backend!r}"

@@ -15,15 +15,23 @@ python_ref LeViT blocks, BatchNorm folded or not:
   residual) each one fused GEMM (docs/linear_act.md).
 - Unfolded or training: the projections run their own modules (BatchNorm in batch-statistics
   mode cannot be folded), the attention runs through the autograd op.
+- Under `torch.jit.script`: the projections and blocks run their own modules (ATen), the attention
+  the same op through the dispatcher (nn/_scripted.py). Under torch.fx each module is a leaf
+  (nn/_fx.py).
 """
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from ..constants import LEVIT_VALUES
 from ..ops.attention import attention
 from ..ops.linear_act import linear_act, mlp
+from ._fx import eager_forward
+from ._scripted import attention_op
 from .adopt import Adopted
 
 
@@ -52,23 +60,28 @@ def folded_projection(module: nn.Module):
 # Linear mode keeps tokens as (B, N, C); conv mode as (B, C, H, W). Inside the fused blocks
 # everything is tokens; these two move between the forms without copying.
 
-def _per_head(t: torch.Tensor, heads: int, conv: bool) -> torch.Tensor:
+def _per_head(t: Tensor, heads: int, conv: bool) -> Tensor:
     """Projection output → (B, N, heads, width per head), a view."""
     if conv:
         return t.flatten(2).unflatten(1, (heads, -1)).permute(0, 3, 1, 2)
     return t.unflatten(-1, (heads, -1))
 
 
-def _tokens_to_layout(t: torch.Tensor, conv: bool, grid) -> torch.Tensor:
+def _tokens_to_layout(t: Tensor, conv: bool, grid: Optional[List[int]]) -> Tensor:
     """(B, N, C) tokens → the block's own layout ((B, C, H, W) channels-last view in conv mode)."""
-    if conv:
+    if conv and grid is not None:
         return t.unflatten(1, grid).permute(0, 3, 1, 2)
     return t
 
 
-def _layout_to_tokens(t: torch.Tensor, conv: bool) -> torch.Tensor:
+def _layout_to_tokens(t: Tensor, conv: bool) -> Tensor:
     """The block's own layout → (B, N, C) tokens, a view (the inverse of `_tokens_to_layout`)."""
     return t.flatten(2).transpose(1, 2) if conv else t
+
+
+def _grid(x: Tensor, conv: bool) -> Optional[List[int]]:
+    """The (H, W) grid of a conv-mode activation (B, C, H, W); None in linear mode."""
+    return x.shape[2:] if conv else None
 
 
 def _is_hardswish(module) -> bool:
@@ -89,6 +102,10 @@ class _LevitAttentionBase(Adopted):
         return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
                          bias_index=self.attention_bias_idxs, backend=self.backend)
 
+    def _scripted_attend(self, q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> Tensor:
+        return attention_op(q, k, v, self.attention_biases, self.attention_bias_idxs, value, self.scale, False,
+                            self.backend)
+
     def _project_heads(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A packed projection of x → (B, N, heads, width per head).
 
@@ -106,15 +123,21 @@ class _LevitAttentionBase(Adopted):
         """o (B, N, H, Dv) from the op → Hardswish → proj [+ residual], back in the block's layout.
 
         Folded, eval: one GEMM that activates its input and adds the residual (the block input)."""
-        tokens = o.flatten(2)
         folded = folded_projection(self.proj.ln) if hasattr(self.proj, "ln") else None
         if folded is not None and not self.training and _is_hardswish(self.proj.act):
             weight, bias = folded  # o is the op's fresh output: the input Hardswish may run in place
             res = None if residual is None else _layout_to_tokens(residual, self.use_conv)
-            y = linear_act(tokens, weight, bias, act_in=True, residual=res, backend=self.backend, inplace_input=True)
+            y = linear_act(o.flatten(2), weight, bias, act_in=True, residual=res, backend=self.backend,
+                           inplace_input=True)
             return _tokens_to_layout(y, self.use_conv, grid)
-        y = self.proj(_tokens_to_layout(tokens, self.use_conv, grid))
-        return y if residual is None else residual + y
+        return self._modules_project_out(o, grid, residual)
+
+    def _modules_project_out(self, o: Tensor, grid: Optional[List[int]], residual: Optional[Tensor]) -> Tensor:
+        """The same with the `proj` module itself (unfolded, training, TorchScript)."""
+        y = self.proj(_tokens_to_layout(o.flatten(2), self.use_conv, grid))
+        if residual is None:
+            return y
+        return residual + y
 
 
 class LevitAttention(_LevitAttentionBase):
@@ -130,16 +153,28 @@ class LevitAttention(_LevitAttentionBase):
         if self.value not in LEVIT_VALUES.values():
             raise ValueError(f"LevitAttention: value must be one of {tuple(LEVIT_VALUES.values())}, got {self.value!r}")
 
-    def forward(self, x, residual=None):
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """attn(x) [+ residual]: LevitBlock passes residual=x, so proj and the add are one GEMM."""
-        grid = tuple(x.shape[2:]) if self.use_conv else None
-        qkv = self._project_heads(self.qkv, x)
-        D = self.key_dim
-        q, k = qkv[..., :D], qkv[..., D:2 * D]
-        v = None if self.value == "q+k" else qkv[..., 2 * D:]
+        if torch.jit.is_scripting():
+            q, k, v = self._split(_per_head(self.qkv(x), self.num_heads, self.use_conv))
+            o = self._scripted_attend(q, k, v, self.value)
+            return self._modules_project_out(o, _grid(x, self.use_conv), residual)
+        return self._eager_forward(x, residual)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        q, k, v = self._split(self._project_heads(self.qkv, x))
         if self.value == "q+v" and v.shape[-1] == 0:
             raise ValueError("LevitAttention: value 'q+v' (armour) needs a v_half part in qkv")
-        return self._project_out(self._attend(q, k, v, self.value), grid, residual)
+        return self._project_out(self._attend(q, k, v, self.value), _grid(x, self.use_conv), residual)
+
+    def _split(self, qkv: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Per head [q D, k D, third] → q, k and v (None for armour_plus, whose value is concat(q, k))."""
+        D = self.key_dim
+        v: Optional[Tensor] = None
+        if self.value != "q+k":
+            v = qkv[..., 2 * D:]
+        return qkv[..., :D], qkv[..., D:2 * D], v
 
     def extra_repr(self):
         return f"value={self.value!r}, num_heads={self.num_heads}, key_dim={self.key_dim}, backend={self.backend!r}"
@@ -148,15 +183,24 @@ class LevitAttention(_LevitAttentionBase):
 class LevitAttentionDownsample(_LevitAttentionBase):
     """LeViT subsample attention: q from the stride-2 grid, k / v (width 4D) from the full grid."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            kv, q_out = _per_head(self.kv(x), self.num_heads, self.use_conv), self.q(x)
+            D = self.key_dim
+            o = self._scripted_attend(_per_head(q_out, self.num_heads, self.use_conv), kv[..., :D], kv[..., D:], "v")
+            return self._modules_project_out(o, _grid(q_out, self.use_conv), None)
+        return self._eager_forward(x)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor) -> Tensor:
         kv = self._project_heads(self.kv, x)
         q_out = self._project_queries(x)
         q = _per_head(q_out, self.num_heads, self.use_conv)
         D = self.key_dim
         o = self._attend(q, kv[..., :D], kv[..., D:], "v")
-        return self._project_out(o, tuple(q_out.shape[2:]) if self.use_conv else None)
+        return self._project_out(o, _grid(q_out, self.use_conv))
 
-    def _project_queries(self, x):
+    def _project_queries(self, x: Tensor) -> Tensor:
         """q = Linear_BN(subsample(x)); folded, linear mode, eval: the GEMM through `linear_act`."""
         *subsample, projection = self.q.children()
         folded = None if self.training or self.use_conv else folded_projection(projection)
@@ -177,12 +221,24 @@ class LevitMlp(Adopted):
         super().__init__(original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
 
-    def forward(self, x, residual=None):
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """mlp(x) [+ residual]: the blocks pass residual=x, added in the second GEMM's epilogue."""
+        if torch.jit.is_scripting():
+            return self._modules_forward(x, residual)
+        return self._eager_forward(x, residual)
+
+    def _modules_forward(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        """The original computation, module by module (unfolded, training, TorchScript)."""
+        y = self.ln2(self.drop(self.act(self.ln1(x))))
+        if residual is None:
+            return y
+        return residual + y
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         first, second = folded_projection(self.ln1), folded_projection(self.ln2)
         if self.training or first is None or second is None or not _is_hardswish(self.act):
-            y = self.ln2(self.drop(self.act(self.ln1(x))))
-            return y if residual is None else residual + y
+            return self._modules_forward(x, residual)
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
         res = None if residual is None else (residual.permute(0, 2, 3, 1) if self.use_conv else residual)
         y = mlp(tokens, first, second, act="hardswish", residual=res, backend=self.backend)
@@ -205,7 +261,14 @@ class LevitBlock(Adopted):
     runs the original `x + drop_path(f(x))`.
     """
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # the original computation
+            x = x + self.drop_path1(self.attn(x))
+            return x + self.drop_path2(self.mlp(x))
+        return self._eager_forward(x)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor) -> Tensor:
         if isinstance(self.attn, LevitAttention) and not _drops(self.drop_path1):
             x = self.attn(x, residual=x)
         else:
@@ -218,7 +281,14 @@ class LevitDownsampleBlock(Adopted):
 
     Replaces timm / python_ref `LevitDownsample` (same children, same state-dict keys)."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # the original computation
+            x = self.attn_downsample(x)
+            return x + self.drop_path(self.mlp(x))
+        return self._eager_forward(x)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor) -> Tensor:
         return _mlp_residual(self.mlp, self.drop_path, self.attn_downsample(x))
 
 

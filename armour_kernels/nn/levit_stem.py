@@ -7,13 +7,17 @@ inference on CPU, `LevitStem` runs the chain on oneDNN in channels-last with eac
 post-op, a few images at a time (armour_kernels.ops.linear_act.conv_chain): 25 ms for the same batch.
 
 The module adopts the original's children (conv1, act1, …, conv4; the same Parameters and
-state-dict keys) and otherwise runs them in order, as the original does.
+state-dict keys) and otherwise runs them in order, as the original does — also under
+`torch.jit.script`. Under torch.fx it is a leaf (nn/_fx.py).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+from torch import Tensor
 
 from ..ops.linear_act import activation_of, conv_chain
+from ._fx import eager_forward
 from .adopt import Adopted
 
 
@@ -37,6 +41,7 @@ class LevitStem(Adopted):
         super().__init__(original, backend)
         self.stride = getattr(original, "stride", 16)
 
+    @torch.jit.unused
     def _layers(self):
         """[(weight, bias, stride, padding, activation)] when every conv is folded and every activation
         fusable and follows a conv; None otherwise (the children then run one by one)."""
@@ -52,10 +57,19 @@ class LevitStem(Adopted):
             layers[-1][-1] = act
         return layers or None
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._modules_forward(x)
+        return self._eager_forward(x)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor) -> Tensor:
         layers = None if self.training else self._layers()
         if layers is not None:
             return conv_chain(x, layers, backend=self.backend)
+        return self._modules_forward(x)
+
+    def _modules_forward(self, x: Tensor) -> Tensor:
         for child in self.children():
             x = child(x)
         return x

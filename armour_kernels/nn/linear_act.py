@@ -5,13 +5,17 @@ original's submodules (same Parameters, same state-dict keys). When fc1 → act 
 is to compute (no norm between, no active dropout) it runs `armour_kernels.ops.linear_act.mlp`,
 which on CPU in inference is oneDNN GEMMs with the activation as a post-op, in row chunks so the
 4×-wide hidden activation never exists for the whole batch (docs/linear_act.md). Otherwise it
-runs the original computation unchanged.
+runs the original computation unchanged — which is also what it runs under `torch.jit.script`
+(ATen's Linear and activation); under torch.fx it is a leaf (nn/_fx.py).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+from torch import Tensor
 
 from ..ops.linear_act import activation_of, mlp
+from ._fx import eager_forward
 from .adopt import Adopted
 
 
@@ -23,6 +27,7 @@ class FusedMlp(Adopted):
         if not hasattr(self, "norm"):
             self.norm = None
 
+    @torch.jit.unused
     def _fusable(self) -> str | None:
         """The activation name when fc1 → act → fc2 is all there is to compute, else None."""
         if not (isinstance(self.fc1, nn.Linear) and isinstance(self.fc2, nn.Linear)):
@@ -33,11 +38,21 @@ class FusedMlp(Adopted):
             return None
         return activation_of(self.act)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._modules_forward(x)
+        return self._eager_forward(x)
+
+    @eager_forward
+    def _eager_forward(self, x: Tensor) -> Tensor:
         act = self._fusable()
         if act is not None:
             return mlp(x, (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias), act=act,
                        backend=self.backend)
+        return self._modules_forward(x)
+
+    def _modules_forward(self, x: Tensor) -> Tensor:
+        """The original computation, module by module."""
         h = self.drop1(self.act(self.fc1(x)))
         if self.norm is not None:
             h = self.norm(h)

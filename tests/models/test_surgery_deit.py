@@ -94,3 +94,30 @@ def test_armour_attention_module():
     module.attn_drop.p = 0.1
     with pytest.raises(NotImplementedError, match="dropout"):
         module(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("variant", list(DEIT_VARIANTS))
+def test_scripted_attention_matches_eager(variant):
+    """torch.jit.script runs every variant on the attention op (forward and gradients), with a mask too."""
+    torch.manual_seed(3)
+    module = FusedDeiTAttention(64, num_heads=2, variant=variant)
+    scripted = torch.jit.script(module)
+    assert "armour_kernels::attention" in str(scripted.inlined_graph)
+    mask = torch.rand(2, 1, 1, 9) > 0.3
+    for kwargs in ({}, {"attn_mask": mask}):
+        results = []
+        for fn in (module, scripted):
+            x = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+            module.zero_grad()
+            out = fn(x, **kwargs)
+            out.square().sum().backward()
+            results.append((out.detach(), x.grad, module.qkv.weight.grad.clone()))
+        for eager, script in zip(*results):
+            torch.testing.assert_close(script, eager, atol=2e-5, rtol=2e-5)
+
+
+def test_scripted_reference_backend_says_it_is_python():
+    module = torch.jit.script(FusedDeiTAttention(64, num_heads=2, backend="reference"))
+    with pytest.raises(Exception, match="'reference' backend is Python and does not run in TorchScript"):
+        module(torch.randn(1, 4, 64))
