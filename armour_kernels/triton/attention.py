@@ -330,11 +330,16 @@ def _attention_bwd_dkdv_kernel(
     if unit >= UNITS:
         return
     offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    # One (b, h) per program (HO = H, MEMBERS = MH = 1: the loop runs once), or, for ACCUMULATE,
-    # the members of one reduced plane in a fixed order.
+    # One (b, h) per program (HO = H), or, for ACCUMULATE, the members of one reduced plane in a
+    # fixed order. MEMBERS is not specialised (it follows the batch), and a loop of unknown length
+    # around the whole body costs registers, so outside ACCUMULATE the loop is a constant 1.
     slot = unit // HO
     head = (unit % HO).to(tl.int32)
-    for member in range(0, MEMBERS):
+    if DBIAS == GRAD_ACCUMULATE:
+        count = MEMBERS
+    else:
+        count = 1
+    for member in range(0, count):
         b = slot + (member // MH) * (UNITS // HO)
         h = head + (member % MH).to(tl.int32)
         if b < B:

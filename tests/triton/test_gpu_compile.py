@@ -63,7 +63,8 @@ def test_report_names_the_first_spill_free_config():
 
     env = dict(device="none", threads=2, command="armour-bench cubin", torch="2.11")
     table = markdown(env, {"problem": [row("M=128 N=64", 96), row("M=64 N=64", 0), row("M=32 N=32", 0, 4)]}, 90)
-    assert "| problem | attention.k | 3 | 1 | M=64 N=64 | 8/3 | 255 | 0 | 32 | 8 |" in table
+    assert "| problem | attention.k | 3 | 1 | M=64 N=64 | 8/3 | 255 | 0 | 32 | 8 | 0.0 |" in table
+    assert "mma.sync | compile s |" in markdown(env, {"problem": [row("M=64 N=64", 0)]}, 80)  # sm_80: no wgmma
 
 
 def test_report_compiles_with_the_launch_specialisation():
