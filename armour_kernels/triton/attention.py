@@ -213,7 +213,7 @@ def _attention_fwd_kernel(
 
 # ----------------------------------------------------------------------------- backward
 
-@triton.jit
+@triton.jit(do_not_specialize=["BH"])
 def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sdh, sdd,
                                      BH, H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
@@ -536,7 +536,13 @@ def _shortlist(kernel):
         kept = fits(configs, named_args, **kwargs)
         narrow = [c for c in kept if c.kwargs[resident] <= max(32, meta[rows])
                   and c.kwargs[streamed] <= max(32, meta[cols])]
-        return shortlist(narrow or kept)
+        kept = narrow or kept
+        if meta.get("PREC") == "ieee":
+            # IEEE fp32 dots are FMA loops, not tensor-core MMAs: every list entry above 32×32 spills
+            # registers on sm_90 (bench/results/offline-sm90/, the "fp32 ieee" rows), so the
+            # smallest tiles first.
+            kept = sorted(kept, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+        return shortlist(kept)
     return prune
 
 

@@ -436,17 +436,21 @@ def _seed_stabiliser_grad(k, proj, dn, dstab, dk, cfg, warps):
     B, n, H, D = k.shape
     block = cfg["BLOCK_N"]
     part = _key_block_maxima(k, proj, dn, cfg, warps)
-    where = part.reshape(-1).argmax()
+    # Indices as 1-element tensors and index_select, never 0-d tensors: a 0-d tensor used as an
+    # index is read on the host.
+    where = part.reshape(-1).argmax().reshape(1)
     bh, blk = where // part.shape[1], where % part.shape[1]
     b, h = bh // H, bh % H
     rows = blk * block + torch.arange(block, device=k.device)
     inside = rows < n
     rows = torch.where(inside, rows, n - 1)  # rows past the end: read a real row, never chosen below
-    u = (k[b, rows, h].float() @ proj.T) * dn
-    u = torch.where(inside[:, None], u, float("-inf"))
-    token, feat = u.reshape(-1).argmax() // proj.shape[0], u.reshape(-1).argmax() % proj.shape[0]
-    flat = (b * n + rows[token]) * H + h  # the row of dk (B, n, H, D) seen as (B·n·H, D)
-    dk.view(-1, D).index_add_(0, flat.reshape(1), (dstab.sum() * dn * proj[feat]).reshape(1, D).to(dk.dtype))
+    block_k = k.index_select(0, b).index_select(2, h).index_select(1, rows).reshape(block, D)  # one image's copy
+    u = (block_k.float() @ proj.T) * dn
+    u = torch.where(inside[:, None], u, float("-inf")).reshape(-1)
+    best = u.argmax().reshape(1)
+    token, feat = best // proj.shape[0], best % proj.shape[0]
+    flat = (b * n + rows.index_select(0, token)) * H + h  # the row of dk (B, n, H, D) seen as (B·n·H, D)
+    dk.view(-1, D).index_add_(0, flat, (dstab.sum() * dn * proj.index_select(0, feat)).to(dk.dtype))
 
 
 def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value):

@@ -94,3 +94,44 @@ assert signature["NQ"] == "i32" and "NQ" not in hinted                    # 197:
 print("compiled")
 '''
     run_compiled_script(script, timeout=300)
+
+
+def test_a_new_batch_size_compiles_nothing_new():
+    """Every launch of a forward + backward (attention with the LeViT table, Nyström, Performer seed,
+    linear_act) is specialised the same way at batch 1, 3 and 16: the batch's launch scalars are
+    not specialised, so a new batch size reuses the compiled kernels."""
+    script = r'''
+import torch
+from triton.runtime.jit import KernelInterface
+from armour_kernels.triton import attention as ta, linear_act as tla, nystrom as tn, performer as tp
+from armour_kernels.triton.cubin import launch_specialisation
+
+launches = []
+KernelInterface.__getitem__ = lambda self, grid: (lambda *a, **kw: launches.append((self, a, kw)))
+ta.triton_interpreting = tla.triton_interpreting = lambda: True  # plain launches, fixed blocks
+projection = torch.randn(24, 16)
+
+def specialisations(batch):
+    launches.clear()
+    q, k, v = (torch.randn(batch, 49, 4, 16) for _ in range(3))
+    table, index = torch.randn(4, 49), torch.randint(0, 49, (49, 49))
+    kw = dict(value="q+v", scale=None, mask_diagonal=False)
+    out, lse = ta.attention_forward(q, k, v, table, index, **kw)
+    ta.attention_backward(torch.randn_like(out), q, k, v, table, index, out, lse, need_dbias=True, **kw)
+    out, saved = tn.nystrom_forward(q, k, v, None, num_landmarks=8, mode="seed")
+    tn.nystrom_backward(torch.randn_like(out), q, k, v, None, saved, num_landmarks=8, mode="seed")
+    out, ctx, ksum, stab = tp.performer_forward(q, k, v, projection, kernel="softmax", mode="clean", value="v")
+    tp.performer_backward(torch.randn_like(out), q, k, v, projection, ctx, ksum, stab, kernel="softmax",
+                          mode="clean", value="v")
+    tla.linear_act_forward(torch.randn(batch * 49, 64), torch.randn(32, 64), act_out=True)
+    found = set()
+    for fn, args, kwargs in launches:
+        signature, _, named, attrs, _ = launch_specialisation(fn, args, kwargs)
+        found.add((fn.__name__, str(signature), str(sorted(named.items())), str(attrs)))
+    return found
+
+one, three, sixteen = (specialisations(b) for b in (1, 3, 16))
+assert one == three == sixteen, (one ^ sixteen) | (three ^ sixteen)
+print("compiled", len(one))
+'''
+    run_compiled_script(script, timeout=300)

@@ -4,7 +4,8 @@ A read (.item(), .tolist(), int() / float() / bool() of a tensor) waits for the 
 everything queued before it: the launch pipeline drains once per call. Here, in the interpreter,
 those reads raise while the launchers run (forward and backward of every family, the seed modes,
 the deterministic table gradient); on a GPU, bench/gpu_sweep.py runs them under
-torch.cuda.set_sync_debug_mode("error").
+torch.cuda.set_sync_debug_mode("error"), which also sees the reads PyTorch makes in C++ (e.g. a
+0-d tensor used as an index), invisible here.
 """
 import contextlib
 
