@@ -80,6 +80,9 @@ def measure(fn, reps: int) -> dict:
     """first-call, wall and kernel-only ms of fn, and its longest kernels."""
     first = first_call_ms(fn)
     wall = wall_ms(fn, reps)
-    kernels, names = kernel_ms(fn, reps)
+    try:
+        kernels, names = kernel_ms(fn, reps)
+    except Exception as error:  # the profiler's fault, not the call's: keep the wall time
+        kernels, names = None, [f"profiler: {type(error).__name__}: {str(error)[:200]}"]
     return dict(first_call_ms=round(first, 3), wall_ms=round(wall, 4),
                 kernel_ms=None if kernels is None else round(kernels, 4), kernels=names)
