@@ -14,6 +14,11 @@ import triton.language as tl
 from ._grid import flat_program_id
 
 PROGRAMS_TARGET = 512  # programs per reduction launch before splitting further stops paying
+# Launch scalars that change with the batch size, left unspecialised (do_not_specialize) so that a
+# new batch size does not compile the kernels again: B·H, and a split reduction's split count and
+# blocks per split (both follow B·H).
+BATCH_FREE = ["BH"]
+SPLIT_FREE = ["BH", "blocks_per_split", "SPLITS"]
 
 
 def split_sizes(n_blocks: int, programs: int) -> tuple[int, int]:

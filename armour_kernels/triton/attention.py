@@ -61,6 +61,7 @@ from ..constants import MAX_HEAD_DIM, VALUE_PARTS, BiasKind, ValueSource
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._constants import BIAS_DENSE, BIAS_TABLE, LN2, LOG2E, SRC_K, SRC_NONE, SRC_Q, SRC_V
 from ._grid import flat_grid, flat_program_id
+from ._tuning import ForcedConfigs, shortlist
 
 # The LeViT table gradient is a scatter-add of B·Nq·Nk scores into H·R entries (R ≈ Nk): every
 # entry takes ~B·Nq atomic adds. Images b go to partial tables b % TABLE_GRAD_SLOTS, summed after
@@ -85,9 +86,14 @@ class BiasGrad(enum.IntEnum):
     TABLE_ATOMIC = 4   # LeViT table: relaxed atomics into per-image-slot partial tables
 
 
-# The autotuning buckets are kernel arguments only so that the autotuner can key on them: never
-# specialised on (a bucket of 1 would otherwise become a constexpr and a separate compile).
-_BUCKETS = ["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET"]
+# Never specialised on (do_not_specialize): the autotuning buckets, kernel arguments only so that
+# the autotuner can key on them, and every launch scalar that changes with the batch size (B·H,
+# the dK/dV kernel's units, members and table slots). Specialised, a batch of 1 or a 16-divisible
+# batch would make them constexprs / divisibility hints and so a separate compile per batch size.
+_BUCKETS = ["NQ_BUCKET", "NK_BUCKET"]
+_FWD_FREE = _BUCKETS + ["BH"]
+_DKDV_FREE = _BUCKETS + ["B", "UNITS", "MEMBERS", "dtable_slots"]
+_DQ_FREE = _BUCKETS + ["BH"]
 
 GRAD_STORE = tl.constexpr(int(BiasGrad.STORE))
 GRAD_ATOMIC = tl.constexpr(int(BiasGrad.ATOMIC))
@@ -151,14 +157,14 @@ def _scores(a, b_mat, rows, cols, b, h, NQ, NK, qk_scale,
 
 # ----------------------------------------------------------------------------- forward
 
-@triton.jit(do_not_specialize=_BUCKETS)
+@triton.jit(do_not_specialize=_FWD_FREE)
 def _attention_fwd_kernel(
         Q, K, V1, V2, Bias, BiasIdx, KeepDiag, Out, Lse,
         sqb, sqn, sqh, sqd, skb, skn, skh, skd,
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sob, son, soh,
-        BH, H, NQ, NK, DQK, D1, D2, qk_scale, NQ_BUCKET, NK_BUCKET, BH_BUCKET,
+        BH, H, NQ, NK, DQK, D1, D2, qk_scale, NQ_BUCKET, NK_BUCKET,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, HAS_P2: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_DK: tl.constexpr, BLOCK_D1: tl.constexpr, BLOCK_D2: tl.constexpr):
@@ -207,7 +213,7 @@ def _attention_fwd_kernel(
 
 # ----------------------------------------------------------------------------- backward
 
-@triton.jit
+@triton.jit(do_not_specialize=["BH"])
 def _attention_bwd_preprocess_kernel(Out, DO, Delta, sob, son, soh, sdb, sdn, sdh, sdd,
                                      BH, H, NQ, DTOT, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] (the rowsum(dO∘O) of dS = P∘(dP − delta))."""
@@ -301,14 +307,14 @@ def _dkdv_head(Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DK, DV, DQ
         tl.store(DQAcc + key_rows * DQK + offs_dk[None, :], dv1, mask=n_ok & (offs_dk[None, :] < DQK))
 
 
-@triton.jit(do_not_specialize=_BUCKETS)
+@triton.jit(do_not_specialize=_DKDV_FREE)
 def _attention_bwd_dkdv_kernel(
         Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DK, DV, DQAcc, DBias,
         sqb, sqn, sqh, sqd, skb, skn, skh, skd,
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        B, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET, BH_BUCKET,
+        B, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET,
         UNITS, HO, MEMBERS, MH, gb, gh, dtable_stride, dtable_slots,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, DBIAS: tl.constexpr, PREC: tl.constexpr,
@@ -324,11 +330,16 @@ def _attention_bwd_dkdv_kernel(
     if unit >= UNITS:
         return
     offs_n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    # One (b, h) per program (HO = H, MEMBERS = MH = 1: the loop runs once), or, for ACCUMULATE,
-    # the members of one reduced plane in a fixed order.
+    # One (b, h) per program (HO = H), or, for ACCUMULATE, the members of one reduced plane in a
+    # fixed order. MEMBERS is not specialised (it follows the batch), and a loop of unknown length
+    # around the whole body costs registers, so outside ACCUMULATE the loop is a constant 1.
     slot = unit // HO
     head = (unit % HO).to(tl.int32)
-    for member in range(0, MEMBERS):
+    if DBIAS == GRAD_ACCUMULATE:
+        count = MEMBERS
+    else:
+        count = 1
+    for member in range(0, count):
         b = slot + (member // MH) * (UNITS // HO)
         h = head + (member % MH).to(tl.int32)
         if b < B:
@@ -342,14 +353,14 @@ def _attention_bwd_dkdv_kernel(
             tl.debug_barrier()  # the next member reads back what this one stored
 
 
-@triton.jit(do_not_specialize=_BUCKETS)
+@triton.jit(do_not_specialize=_DQ_FREE)
 def _attention_bwd_dq_kernel(
         Q, K, V1, V2, Bias, BiasIdx, KeepDiag, DO, Lse, Delta, DQ, DQAcc,
         sqb, sqn, sqh, sqd, skb, skn, skh, skd,
         s1b, s1n, s1h, s1d, s2b, s2n, s2h, s2d,
         sbb, sbh, sbm, sbn, sim, sin, sfb, sfh,
         sdb, sdn, sdh, sdd,
-        BH, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET, BH_BUCKET,
+        BH, H, NQ, NK, DQK, D1, D2, qk_scale, sm_scale, NQ_BUCKET, NK_BUCKET,
         P1: tl.constexpr, P2: tl.constexpr,
         BIAS: tl.constexpr, MASK_DIAG: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -391,10 +402,11 @@ def _attention_bwd_dq_kernel(
 
 
 @triton.jit
-def _table_segment_sum_kernel(G, Perm, Starts, Out, H, R, NQK, MAX_LEN, BLOCK_R: tl.constexpr):
+def _table_segment_sum_kernel(G, Perm, Starts, Out, H, R, NQK, BLOCK_R: tl.constexpr):
     """Deterministic LeViT table gradient: Out[h, r] = Σ G[h, ij] over the (i, j) with index r,
     added in one fixed order (Perm: the flat (i, j) sorted stably by index; Starts: each entry's
-    first position in Perm, R + 1 of them)."""
+    first position in Perm, R + 1 of them). The loop runs to the longest segment of this block,
+    read here, so the host never reads a device value (no sync)."""
     h, blk = _block_of(R, BLOCK_R)
     if h >= H:
         return
@@ -403,7 +415,7 @@ def _table_segment_sum_kernel(G, Perm, Starts, Out, H, R, NQK, MAX_LEN, BLOCK_R:
     start = tl.load(Starts + r, mask=ok, other=0)
     end = tl.load(Starts + r + 1, mask=ok, other=0)
     acc = tl.zeros((BLOCK_R,), tl.float32)
-    for t in range(0, MAX_LEN):
+    for t in range(0, tl.max(end - start, 0)):
         live = start + t < end
         ij = tl.load(Perm + start + t, mask=live, other=0)
         acc += tl.load(G + h * NQK + ij, mask=live, other=0.0)
@@ -417,8 +429,23 @@ def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-SHARED_MEMORY_BYTES = 232448  # what one program may use on sm_90 (227 KiB)
+SHARED_MEMORY_BYTES = 232448  # what one program may use on sm_90 (227 KiB): the offline default
 REGISTER_BUDGET = 192         # estimated live fp32 values per thread (`_estimates`) before ptxas spills
+
+
+def shared_memory_limit(device=None) -> int:
+    """Shared memory one program may use on `device`'s GPU (the opt-in limit, read once per
+    device); SHARED_MEMORY_BYTES (the H100's) without a GPU, e.g. when compiling offline."""
+    if device is None or getattr(device, "type", "cpu") != "cuda" or not torch.cuda.is_available():
+        return SHARED_MEMORY_BYTES
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SHARED_BY_DEVICE:
+        props = torch.cuda.get_device_properties(index)
+        _SHARED_BY_DEVICE[index] = int(getattr(props, "shared_memory_per_block_optin", SHARED_MEMORY_BYTES))
+    return _SHARED_BY_DEVICE[index]
+
+
+_SHARED_BY_DEVICE: dict[int, int] = {}
 
 
 def _estimates(kernel, block_m, block_n, warps, stages, dk, dv, bias, element):
@@ -443,7 +470,7 @@ def _estimates(kernel, block_m, block_n, warps, stages, dk, dv, bias, element):
 
 
 def _pruner(kernel):
-    """The autotuner's early prune for one kernel: keep the configs that fit the SM's shared memory
+    """The configs of one kernel that fit: the SM's shared memory (read from the device)
     and whose estimated registers fit, and, with a bias, no 8-warp config whose MMA rows are fewer
     than 64 (it falls back from wgmma to mma.sync and spills the bias tiles)."""
     def prune(configs, named_args, **kwargs):
@@ -452,12 +479,13 @@ def _pruner(kernel):
         dk, dv = meta["BLOCK_DK"], meta["BLOCK_D1"] + (meta["BLOCK_D2"] if has_second else 0)
         bias = int(meta["BIAS"])
         element = meta["Q"].element_size()
+        limit = shared_memory_limit(meta["Q"].device)
         kept = []
         for config in configs:
             m, n, warps = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps
             shared, live = _estimates(kernel, m, n, warps, config.num_stages, dk, dv, bias, element)
             mma_rows = n if kernel == "dkdv" else m
-            if shared <= SHARED_MEMORY_BYTES and live <= REGISTER_BUDGET and not (warps == 8 and mma_rows < 64 and bias):
+            if shared <= limit and live <= REGISTER_BUDGET and not (warps == 8 and mma_rows < 64 and bias):
                 kept.append(config)
         return kept or configs[-1:]
     return prune
@@ -483,22 +511,54 @@ def _configs(shapes):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-# Autotuning keys: sequence lengths and B·H by power-of-two bucket (a retune per bucket, not per
-# length; B·H decides how many programs fill the GPU), the padded head dims and every constexpr
-# that changes the code.
-_KEY = ["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
+# Autotuning keys: sequence lengths by power-of-two bucket (a retune per bucket, not per length),
+# the padded head dims and every constexpr that changes the code. Not the batch: a new batch size
+# neither retunes nor recompiles (its scalars are not specialised, `_FWD_FREE` …).
+_KEY = ["NQ_BUCKET", "NK_BUCKET", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
 FWD_KEY = _KEY + ["HAS_P2"]
 DKDV_KEY = _KEY + ["P1", "P2", "DBIAS"]
 DQ_KEY = _KEY + ["P1", "P2"]
+# Which block size tiles the rows a program keeps resident, and which the streamed ones.
+_TILES = {"fwd": ("BLOCK_M", "BLOCK_N", "NQ_BUCKET", "NK_BUCKET"),
+          "dkdv": ("BLOCK_N", "BLOCK_M", "NK_BUCKET", "NQ_BUCKET"),
+          "dq": ("BLOCK_M", "BLOCK_N", "NQ_BUCKET", "NK_BUCKET")}
+
+
+def _shortlist(kernel):
+    """The autotuner's early prune: the fitting configs (`_pruner`) whose tiles are not wider than
+    the (padded) sequence they tile (a 128-row tile over LeViT's 16 or 49 queries only computes
+    padding), the first `_tuning.SHORTLIST` of them. Never empty: the smallest config is the fallback."""
+    fits = _pruner(kernel)
+    resident, streamed, rows, cols = _TILES[kernel]
+
+    def prune(configs, named_args, **kwargs):
+        meta = {**named_args, **kwargs}
+        kept = fits(configs, named_args, **kwargs)
+        narrow = [c for c in kept if c.kwargs[resident] <= max(32, meta[rows])
+                  and c.kwargs[streamed] <= max(32, meta[cols])]
+        kept = narrow or kept
+        if meta.get("PREC") == "ieee":
+            # IEEE fp32 dots are FMA loops, not tensor-core MMAs: every list entry above 32×32 spills
+            # registers on sm_90 (bench/results/offline-sm90/, the "fp32 ieee" rows), so the
+            # smallest tiles first.
+            kept = sorted(kept, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+        return shortlist(kept)
+    return prune
+
+
+def _configs(shapes):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
 def _tuned(kernel, name, configs, key, **kwargs):
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _pruner(name)}, **kwargs)(kernel)
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _shortlist(name)},
+                           **kwargs)(kernel)
 
 
 _fwd_tuned = _tuned(_attention_fwd_kernel, "fwd", _configs(_FWD_CONFIGS), FWD_KEY)
 _dkdv_tuned = _tuned(_attention_bwd_dkdv_kernel, "dkdv", _configs(_DKDV_CONFIGS), DKDV_KEY, reset_to_zero=["DBias"])
 _dq_tuned = _tuned(_attention_bwd_dq_kernel, "dq", _configs(_DQ_CONFIGS), DQ_KEY)
+TUNED = {"fwd": _fwd_tuned, "dkdv": _dkdv_tuned, "dq": _dq_tuned}
 
 # Under the interpreter (CPU tensors): one small fixed tile, so tests stay fast.
 _INTERPRETER_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32}
@@ -509,14 +569,29 @@ def bucket(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
 
 
+FORCED = ForcedConfigs(TUNED)
+
+
+def forced_configs(**configs):
+    """Inside (a context manager), each named kernel ("fwd", "dkdv", "dq") launches with the given
+    triton.Config instead of autotuning (`_tuning.ForcedConfigs`)."""
+    return FORCED.use(**configs)
+
+
 def _launch(kernel, tuned, grid_over, grid_rows, units, *args, **meta):
-    """Autotuned on CUDA; one fixed small configuration in the interpreter.
+    """Autotuned on CUDA; one fixed small configuration in the interpreter; the forced config
+    (`forced_configs`) on both.
 
     `grid_over` names the block size that tiles the `grid_rows` rows; the flat grid runs over
     (row block, unit) with `units` units (usually B·H)."""
     if units == 0 or grid_rows == 0:
         return
-    if triton_interpreting():
+    forced = FORCED.get(next(name for name, t in TUNED.items() if t is tuned))
+    if forced is not None:
+        blocks = triton.cdiv(grid_rows, forced.kwargs[grid_over])  # (DBias is allocated zeroed)
+        extra = {} if triton_interpreting() else dict(num_warps=forced.num_warps, num_stages=forced.num_stages)
+        kernel[flat_grid(blocks * units)](*args, **meta, **forced.kwargs, **extra)
+    elif triton_interpreting():
         blocks = triton.cdiv(grid_rows, _INTERPRETER_BLOCKS[grid_over])
         kernel[flat_grid(blocks * units)](*args, **meta, **_INTERPRETER_BLOCKS)
     else:
@@ -605,7 +680,7 @@ class _IndexEntry:
     version: int
     entries: int
     narrow: torch.Tensor
-    segments: tuple | None = None  # (perm int32, starts int32 (R + 1), longest segment): deterministic grad
+    segments: tuple | None = None  # (perm int32, starts int32 (R + 1)): the deterministic gradient's order
 
 
 _INDEX_CACHE: dict[int, _IndexEntry] = {}
@@ -630,13 +705,12 @@ def _index_entry(bias_index, entries: int) -> _IndexEntry:
 
 
 def _segments(entry: _IndexEntry, bias_index):
-    """(perm, starts, longest) of the index: the fixed summation order of the deterministic table gradient."""
+    """(perm, starts) of the index: the fixed summation order of the deterministic table gradient."""
     if entry.segments is None:
         flat = bias_index.reshape(-1).to(torch.int64)
         ordered, perm = torch.sort(flat, stable=True)
         starts = torch.searchsorted(ordered, torch.arange(entry.entries + 1, device=flat.device))
-        longest = int((starts[1:] - starts[:-1]).max()) if entry.entries else 0
-        entry.segments = (perm.to(torch.int32), starts.to(torch.int32), longest)
+        entry.segments = (perm.to(torch.int32), starts.to(torch.int32))
     return entry.segments
 
 
@@ -652,7 +726,7 @@ class _Problem:
     strides: tuple        # q, k, part1, part2 (4 each), then bias (4), index (2), keep-diagonal (2)
     sizes: dict           # H, NQ, NK, D1, D2
     constexprs: dict
-    buckets: dict         # the autotuning buckets NQ_BUCKET, NK_BUCKET, BH_BUCKET
+    buckets: dict         # the autotuning buckets NQ_BUCKET, NK_BUCKET
     index: _IndexEntry | None
 
 
@@ -692,7 +766,7 @@ def _problem(q, k, v, bias, bias_index, value, scale, mask_diagonal) -> _Problem
                     bias_ptrs=bias_ptrs,
                     strides=(*_strides4(q), *_strides4(k), *_strides4(p1), *_strides4(p2), *bias_strides),
                     sizes=dict(H=heads, NQ=nq, NK=k.shape[1], D1=d1, D2=d2), constexprs=constexprs,
-                    buckets=dict(NQ_BUCKET=bucket(nq), NK_BUCKET=bucket(k.shape[1]), BH_BUCKET=bucket(batch * heads)),
+                    buckets=dict(NQ_BUCKET=bucket(nq), NK_BUCKET=bucket(k.shape[1])),
                     index=entry)
 
 
@@ -795,12 +869,12 @@ def _finish_bias_grad(plan: _BiasGradPlan, pb: _Problem, bias, bias_index):
 def _table_segment_sum(grad, entry: _IndexEntry, bias_index):
     """(H, Nq·Nk) reduced dense gradient → (H, R) table gradient, in a fixed order."""
     heads, entries = grad.shape[0], entry.entries
-    perm, starts, longest = _segments(entry, bias_index)
+    perm, starts = _segments(entry, bias_index)
     out = _empty((heads, entries), torch.float32, grad.device)
     block = 64
     if heads * entries:
         _table_segment_sum_kernel[flat_grid(triton.cdiv(entries, block) * heads)](
-            grad.contiguous(), perm, starts, out, heads, entries, grad.shape[1], longest, BLOCK_R=block)
+            grad.contiguous(), perm, starts, out, heads, entries, grad.shape[1], BLOCK_R=block)
     return out
 
 

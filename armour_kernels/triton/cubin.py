@@ -13,7 +13,9 @@ on CUDA ones, and each launch is specialised by Triton's own binder for the valu
 (`launch_specialisation`: 16-divisible sizes and strides, aligned pointers, integers equal to 1
 as constants), so what is compiled is what a GPU launch would compile, not a generic variant
 with more registers and fewer vectorised accesses. Each autotuned launch compiles the configs
-its pruner keeps. Must run with TRITON_INTERPRET unset.
+its pruner keeps (the shortlist a real first call benchmarks). Any arch Triton's NVIDIA backend
+targets: 90 (H100 / H200: wgmma) and 80 (A100: mma.sync); the attention pruner is given that
+arch's shared-memory limit while compiling. Must run with TRITON_INTERPRET unset.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -31,6 +34,8 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 H100_SHARED_BYTES = 232448  # shared memory one block may use on sm_90 (227 KiB)
+# ... per compute capability (the opt-in limit): what the offline compile prunes and checks against
+SHARED_BYTES = {90: H100_SHARED_BYTES, 89: 101376, 86: 101376, 80: 166912}
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class CubinStats:
     shared_bytes: int
     wgmma: int             # Hopper warp-group MMA instructions in the PTX
     mma_sync: int          # pre-Hopper warp MMA instructions
+    compile_s: float = 0.0  # seconds to compile (source → cubin, on this machine)
 
     def as_dict(self):
         return asdict(self)
@@ -68,7 +74,8 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     return int(registers.group(1)), int(spills.group(1)) if spills else 0
 
 
-def _measure(fn: JITFunction, kernel, constexprs: dict, *, num_warps: int, num_stages: int, arch: int) -> CubinStats:
+def _measure(fn: JITFunction, kernel, constexprs: dict, *, num_warps: int, num_stages: int, arch: int,
+             seconds: float = 0.0) -> CubinStats:
     ptx = kernel.asm["ptx"]
     registers, spills = _ptxas_usage(ptx, arch)
     # The tile sizes name a config; feature-dim blocks (BLOCK_D*) follow from the problem.
@@ -76,15 +83,17 @@ def _measure(fn: JITFunction, kernel, constexprs: dict, *, num_warps: int, num_s
     family = fn.__module__.rsplit(".", 1)[-1]  # nystrom._output_kernel vs performer._output_kernel
     return CubinStats(kernel=f"{family}.{fn.__name__}", config=config, num_warps=num_warps, num_stages=num_stages,
                       registers=registers, spill_bytes=spills, shared_bytes=kernel.metadata.shared,
-                      wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"))
+                      wgmma=ptx.count("wgmma.mma_async"), mma_sync=ptx.count("mma.sync"), compile_s=round(seconds, 2))
 
 
 def compile_stats(fn: JITFunction, signature: dict, constexprs: dict, *, num_warps: int, num_stages: int,
                   arch: int = 90, attrs: dict | None = None) -> CubinStats:
     """Compile `fn` for sm_`arch` from an explicit signature (and specialisation `attrs`) and measure it."""
+    start = time.perf_counter()
     kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
                             target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
-    return _measure(fn, kernel, constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch)
+    return _measure(fn, kernel, constexprs, num_warps=num_warps, num_stages=num_stages, arch=arch,
+                    seconds=time.perf_counter() - start)
 
 
 def launch_specialisation(fn: JITFunction, args: tuple, kwargs: dict, arch: int = 90):
@@ -104,9 +113,11 @@ def launch_specialisation(fn: JITFunction, args: tuple, kwargs: dict, arch: int 
 def compile_launch(fn: JITFunction, args: tuple, kwargs: dict, *, arch: int = 90) -> CubinStats:
     """Compile one launch of `fn` as a GPU would (`launch_specialisation`) and measure it."""
     signature, constexprs, named, attrs, options = launch_specialisation(fn, args, kwargs, arch)
+    start = time.perf_counter()
     kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
                             target=GPUTarget("cuda", arch, 32), options=options.__dict__)
-    return _measure(fn, kernel, named, num_warps=options.num_warps, num_stages=options.num_stages, arch=arch)
+    return _measure(fn, kernel, named, num_warps=options.num_warps, num_stages=options.num_stages, arch=arch,
+                    seconds=time.perf_counter() - start)
 
 
 @contextmanager
@@ -137,13 +148,15 @@ def compiling_launches(record: list, *, arch: int = 90, max_configs: int | None 
                 compile_once(self.fn, args, {**kwargs, **config.all_kwargs()})
         return launch
 
-    saved = JITFunction.__getitem__, Autotuner.__getitem__
+    from . import attention
+    saved = JITFunction.__getitem__, Autotuner.__getitem__, attention.SHARED_MEMORY_BYTES
     JITFunction.__getitem__, Autotuner.__getitem__ = plain, tuned
+    attention.SHARED_MEMORY_BYTES = SHARED_BYTES.get(arch, H100_SHARED_BYTES)  # the pruner's limit for this arch
     try:
         yield record
     finally:
-        JITFunction.__getitem__, Autotuner.__getitem__ = saved
+        JITFunction.__getitem__, Autotuner.__getitem__, attention.SHARED_MEMORY_BYTES = saved
 
 
-__all__ = ["CubinStats", "H100_SHARED_BYTES", "compile_launch", "compile_stats", "compiling_launches",
+__all__ = ["CubinStats", "H100_SHARED_BYTES", "SHARED_BYTES", "compile_launch", "compile_stats", "compiling_launches",
            "launch_specialisation"]

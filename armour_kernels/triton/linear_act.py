@@ -22,6 +22,7 @@ import triton.language as tl
 from ..backend import interpreting as triton_interpreting
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._grid import flat_grid, flat_program_id
+from ._tuning import ForcedConfigs, shortlist
 
 
 @triton.jit
@@ -29,7 +30,8 @@ def _hardswish(x):
     return x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) * (1.0 / 6.0)
 
 
-@triton.jit(do_not_specialize=["M_BUCKET"])
+# M (the batch's rows) is not specialised, so a new batch size neither recompiles nor retunes.
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _linear_act_kernel(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
     M, N, K, M_BUCKET,
@@ -92,7 +94,24 @@ def _gpu_configs():
 # M by power-of-two bucket (the row count decides how many programs fill the GPU; a retune per
 # bucket, not per batch size), N and K exactly (the weight's shape, fixed per layer).
 LINEAR_ACT_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "HAS_RES", "ACT_IN", "ACT_OUT", "IEEE_FP32"]
-_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=LINEAR_ACT_KEY)(_linear_act_kernel)
+
+
+def _prune(configs, named_args, **kwargs):
+    """No tile wider than the (padded) output it covers, then the first `_tuning.SHORTLIST`."""
+    meta = {**named_args, **kwargs}
+    cols = max(16, triton.next_power_of_2(meta["N"]))
+    narrow = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, meta["M_BUCKET"]) and c.kwargs["BLOCK_N"] <= max(64, cols)]
+    return shortlist(narrow or configs[-1:])
+
+
+_linear_act_autotuned = triton.autotune(configs=_gpu_configs(), key=LINEAR_ACT_KEY,
+                                        prune_configs_by={"early_config_prune": _prune})(_linear_act_kernel)
+FORCED = ForcedConfigs(["linear_act"])
+
+
+def forced_config(config):
+    """Inside (a context manager), linear_act launches with `config` instead of autotuning."""
+    return FORCED.use(linear_act=config)
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -137,7 +156,12 @@ def linear_act_forward(x, weight, bias=None, *, act_in=False, act_out=False, res
     args = (x2, weight, b, r2, y, M, N, K, triton.next_power_of_2(M), x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
             r2.stride(0), r2.stride(1), y.stride(0), y.stride(1))
     flags = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT_IN=act_in, ACT_OUT=act_out, IEEE_FP32=ieee)
-    if triton_interpreting():
+    forced = FORCED.get("linear_act")
+    if forced is not None:
+        blocks = triton.cdiv(M, forced.kwargs["BLOCK_M"]) * triton.cdiv(N, forced.kwargs["BLOCK_N"])
+        extra = {} if triton_interpreting() else dict(num_warps=forced.num_warps, num_stages=forced.num_stages)
+        _linear_act_kernel[flat_grid(blocks)](*args, **flags, **forced.kwargs, **extra)
+    elif triton_interpreting():
         # Few, large programs: the interpreter's cost is per program and per loop step.
         bm = min(64, max(16, triton.next_power_of_2(M)))
         blocks = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=64, GROUP_M=4)

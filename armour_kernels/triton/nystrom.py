@@ -49,8 +49,11 @@ import triton.language as tl
 
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._grid import flat_grid, flat_program_id
+from ._nan import nan_max
 from ._pinv import landmark_pinv
 from ._precision import EXACT, dot, dot_native, precisions
+from ._split import BATCH_FREE as _BATCH_FREE
+from ._split import SPLIT_FREE as _SPLIT_FREE
 from ._split import split_block, split_program, split_sizes
 
 PINV_MAX_M = 64  # above this the fp32 m×m matrices overflow shared memory (128: 256 KiB): PyTorch runs the pinv
@@ -87,7 +90,7 @@ def _store_small(ptr, x, m, n_cols, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr
     tl.store(ptr + rows[:, None] * n_cols + cols[None, :], x, mask=(rows[:, None] < m) & (cols[None, :] < n_cols))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _landmarks_kernel(q_ptr, k_ptr, ql_ptr, kl_ptr, BH, H, m, D, pad, group, scale,
                       sqb, sqn, sqh, sqd, skb, skn, skh, skd,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -125,7 +128,7 @@ def _key_block(ql, k_ptr, v_ptr, keys, n, D, DV, skn, skd, svn, svd,
     return k, v, tl.where(keys[None, :] < n, s, float("-inf"))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPLIT_FREE)
 def _a3v_kernel(ql_ptr, k_ptr, v_ptr, acc_ptr, max_ptr, sum_ptr, BH, n, H, m, D, DV, pad, blocks_per_split,
                 L_BLOCKS, SPLITS, skb, skn, skh, skd, svb, svn, svh, svd,
                 BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -172,7 +175,7 @@ def _softmax_rows(s, valid_cols):
     return p / tl.sum(p, axis=1)[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, BH, m, D, DV, iterations,
                  MAXIMA_ONLY: tl.constexpr, SEED: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC_EXACT: tl.constexpr):
@@ -189,8 +192,8 @@ def _pinv_kernel(ql_ptr, kl_ptr, w_ptr, y_ptr, maxima_ptr, BH, m, D, DV, iterati
     kl = _small(kl_ptr + bh * m * D, m, D, BLOCK_M, BLOCK_D)
     valid = (idx[:, None] < m) & (idx[None, :] < m)
     a2 = tl.where(valid, _softmax_rows(dot(ql, tl.trans(kl), PREC_EXACT), idx[None, :] < m), 0.0)
-    row_max = tl.max(tl.sum(tl.abs(a2), axis=1), axis=0)
-    col_max = tl.max(tl.sum(tl.abs(a2), axis=0), axis=0)
+    row_max = nan_max(tl.sum(tl.abs(a2), axis=1), 0)  # a NaN reaches Z₀ (and, seed, every head), as torch.max
+    col_max = nan_max(tl.sum(tl.abs(a2), axis=0), 0)
     if MAXIMA_ONLY:
         tl.store(maxima_ptr + bh * 2, row_max)
         tl.store(maxima_ptr + bh * 2 + 1, col_max)
@@ -238,7 +241,7 @@ def _conv_rows(x_ptr, w_ptr, h, rows, n, DV, sxn, sxd, KSIZE, SIGN: tl.constexpr
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, BH, n, H, m, D, DV, scale, KSIZE,
                    sqb, sqn, sqh, sqd, svb, svn, svh, svd, sob, son, soh, sod,
                    HAS_CONV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -261,7 +264,7 @@ def _output_kernel(q_ptr, v_ptr, kl_ptr, y_ptr, w_ptr, out_ptr, BH, n, H, m, D, 
              out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPLIT_FREE)
 def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_ptr,
                       dy_ptr, dkl_ptr, dw_ptr, BH, n, H, m, D, DV, pad, group, scale, KSIZE, blocks_per_split,
                       SPLITS, sqb, sqn, sqh, sqd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod,
@@ -316,7 +319,7 @@ def _bwd_query_kernel(q_ptr, v_ptr, do_ptr, kl_ptr, y_ptr, dql_ptr, dvq_ptr, dq_
         tl.store(dw_ptr + part * KSIZE + taps, dw, mask=taps < KSIZE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPLIT_FREE)
 def _bwd_key_kernel(k_ptr, v_ptr, do_ptr, ql_ptr, lse_ptr, dwv_ptr, rs_ptr, dkl_ptr, w_ptr,
                     dk_ptr, dv_ptr, dql_ptr, BH, n, H, m, D, DV, pad, group, KSIZE, blocks_per_split, SPLITS,
                     skb, skn, skh, skd, svb, svn, svh, svd, sdob, sdon, sdoh, sdod,

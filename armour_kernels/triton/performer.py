@@ -17,7 +17,7 @@ row-wise kernels loop over the chunks, the reductions over tokens run one progra
   _bwd_key_kernel            dk, dv (dv folded into dq for value="q"), seed-mode dM partials
 All of the backward is fused Triton except the seed mode's one-element routing of dM (PyTorch).
 
-Gradient of a feature map, with G = ∂L/∂φ and E = ∂φ/∂u (φ − 1e-4 for softmax, [u > 0] for relu):
+Gradient of a feature map, with G = ∂L/∂φ and E = ∂φ/∂u (φ − 1e-4 for softmax, [u > 0 or NaN] for relu, as torch):
   dx = dn·(G∘E)·P − dn²·rowsum(G∘E)·x   (the second term only for softmax, from ‖x‖²).
 In seed mode the key stabiliser is not detached: dM = −Σ G∘E over everything, routed by the
 launcher to the single (token, feature) that holds the maximum.
@@ -42,7 +42,10 @@ import triton.language as tl
 
 from . import _interpreter_compat  # noqa: F401  (NumPy 2.4 vs the Triton interpreter)
 from ._grid import flat_grid, flat_program_id
+from ._nan import nan_max
 from ._precision import dot, dot_native, precisions
+from ._split import BATCH_FREE as _BATCH_FREE
+from ._split import SPLIT_FREE as _SPLIT_FREE
 from ._split import split_block, split_sizes
 
 SOFTMAX_EPS = tl.constexpr(1e-4)  # φ's additive constants (docs/performer.md)
@@ -65,7 +68,7 @@ def _features(x, u, dn, stab, valid, SOFTMAX: tl.constexpr):
         diag = tl.sum(x * x, axis=1) * (dn * dn * 0.5)
         phi = tl.exp(u - diag[:, None] - stab) + SOFTMAX_EPS
     else:
-        phi = tl.maximum(u, 0.0) + RELU_EPS
+        phi = tl.maximum(u, 0.0, propagate_nan=tl.PropagateNan.ALL) + RELU_EPS  # relu(NaN) = NaN
     return tl.where(valid, phi, 0.0)
 
 
@@ -77,7 +80,7 @@ def _feature_grad(g, x, u, phi, proj, dn, valid, SOFTMAX: tl.constexpr, PREC_VAL
         gsum = tl.sum(ge, axis=1)
         dx = dot(ge, proj, PREC_VALUE) * dn - (dn * dn) * gsum[:, None] * x
     else:
-        ge = tl.where(valid & (u > 0), g, 0.0)
+        ge = tl.where(valid & ((u > 0) | (u != u)), g, 0.0)  # torch's relu passes the gradient at NaN
         gsum = tl.sum(ge, axis=1)
         dx = dot(ge, proj, PREC_VALUE) * dn
     return dx, gsum
@@ -132,7 +135,7 @@ def _reduction_program(H, SPLITS, CHUNKS):
     return bh, rest // CHUNKS, rest % CHUNKS, bh // H, (bh % H).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _key_max_kernel(k_ptr, p_ptr, part_ptr, BH, n, H, m, D, dn,
                     skb, skn, skh, skd,
                     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -146,11 +149,12 @@ def _key_max_kernel(k_ptr, p_ptr, part_ptr, BH, n, H, m, D, dn,
     best = float("-inf")
     for c in range(0, tl.cdiv(m, BLOCK_F)):
         _, u, valid = _chunk(k, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
-        best = tl.maximum(best, tl.max(tl.max(tl.where(valid, u, float("-inf")), axis=1), axis=0))
+        chunk_max = nan_max(nan_max(tl.where(valid, u, float("-inf")), 1), 0)
+        best = tl.maximum(best, chunk_max, propagate_nan=tl.PropagateNan.ALL)
     tl.store(part_ptr + bh * tl.cdiv(n, BLOCK_N) + blk, best)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPLIT_FREE)
 def _context_kernel(k_ptr, p_ptr, v_ptr, stab_ptr, ctx_ptr, ksum_ptr, BH, n, H, m, D, DV, dn, blocks_per_split,
                     SPLITS, CHUNKS, skb, skn, skh, skd, svb, svn, svh, svd,
                     SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
@@ -185,7 +189,7 @@ def _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
         stab = stab + float("-inf")
         for c in range(0, tl.cdiv(m, BLOCK_F)):
             _, u, valid = _chunk(q, p_ptr, c, rows, n, m, D, dn, BLOCK_F, BLOCK_D, PREC_EXACT)
-            stab = tl.maximum(stab, tl.max(tl.where(valid, u, float("-inf")), axis=1))
+            stab = tl.maximum(stab, nan_max(tl.where(valid, u, float("-inf")), 1), propagate_nan=tl.PropagateNan.ALL)
         stab = tl.where(rows < n, stab, 0.0)  # padded rows: keep them finite
     num = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
     den = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -198,7 +202,7 @@ def _query_stats(q, p_ptr, ctx_ptr, ksum_ptr, bh, rows, n, m, D, DV, dn,
     return stab, num, tl.where(rows < n, den, 1.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, BH, n, H, m, D, DV, dn,
                    sqb, sqn, sqh, sqd, sob, son, soh, sod,
                    SOFTMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr,
@@ -218,7 +222,7 @@ def _output_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, out_ptr, BH, n, H, m, D, DV,
              (num / den[:, None]).to(out_ptr.dtype.element_ty), mask=(rows[:, None] < n) & (dvs[None, :] < DV))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, stab_ptr, den_ptr, delta_ptr,
                            BH, n, H, m, D, DV, dn,
                            sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod, sdqb, sdqn, sdqh, sdqd,
@@ -258,7 +262,7 @@ def _bwd_query_rows_kernel(q_ptr, p_ptr, ctx_ptr, ksum_ptr, do_ptr, dq_ptr, stab
     tl.store(delta_ptr + bh * n + rows, delta, mask=rows < n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPLIT_FREE)
 def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, stab_ptr, den_ptr, delta_ptr, dctx_ptr, dksum_ptr,
                              BH, n, H, m, D, DV, dn, blocks_per_split, SPLITS, CHUNKS,
                              sqb, sqn, sqh, sqd, sdob, sdon, sdoh, sdod,
@@ -286,7 +290,7 @@ def _bwd_query_reduce_kernel(q_ptr, p_ptr, do_ptr, stab_ptr, den_ptr, delta_ptr,
     _store_chunk(dctx_ptr, dksum_ptr, bh * SPLITS + split, c, CHUNKS * BLOCK_F, dctx, dksum, BLOCK_F, BLOCK_DV)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BATCH_FREE)
 def _bwd_key_kernel(k_ptr, v_ptr, p_ptr, stab_ptr, dctx_ptr, dksum_ptr, dk_ptr, dv_ptr, dstab_ptr,
                     BH, n, H, m, D, DV, dn,
                     skb, skn, skh, skd, svb, svn, svh, svd,
@@ -426,16 +430,27 @@ def _seed_stabiliser_grad(k, proj, dn, dstab, dk, cfg, warps):
 
     The block maxima pre-pass finds the (batch·head, token block) holding the maximum; u is
     recomputed for that one block in PyTorch to find the (token, feature) — the element
-    torch.max() routes the gradient to (up to exact ties).
+    torch.max() routes the gradient to (up to exact ties). Every index stays a device tensor
+    (gathers and an index_add), so the backward never waits on the GPU.
     """
     B, n, H, D = k.shape
+    block = cfg["BLOCK_N"]
     part = _key_block_maxima(k, proj, dn, cfg, warps)
-    bh, blk = divmod(int(part.argmax()), part.shape[1])
-    b, h = divmod(bh, H)
-    rows = slice(blk * cfg["BLOCK_N"], min(n, (blk + 1) * cfg["BLOCK_N"]))
-    u = (k[b, rows, h].float() @ proj.T) * dn
-    token, feat = divmod(int(u.argmax()), proj.shape[0])
-    dk[b, rows.start + token, h] += dstab.sum() * dn * proj[feat]
+    # Indices as 1-element tensors and index_select, never 0-d tensors: a 0-d tensor used as an
+    # index is read on the host.
+    where = part.reshape(-1).argmax().reshape(1)
+    bh, blk = where // part.shape[1], where % part.shape[1]
+    b, h = bh // H, bh % H
+    rows = blk * block + torch.arange(block, device=k.device)
+    inside = rows < n
+    rows = torch.where(inside, rows, n - 1)  # rows past the end: read a real row, never chosen below
+    block_k = k.index_select(0, b).index_select(2, h).index_select(1, rows).reshape(block, D)  # one image's copy
+    u = (block_k.float() @ proj.T) * dn
+    u = torch.where(inside[:, None], u, float("-inf")).reshape(-1)
+    best = u.argmax().reshape(1)
+    token, feat = best // proj.shape[0], best % proj.shape[0]
+    flat = (b * n + rows.index_select(0, token)) * H + h  # the row of dk (B, n, H, D) seen as (B·n·H, D)
+    dk.view(-1, D).index_add_(0, flat, (dstab.sum() * dn * proj.index_select(0, feat)).to(dk.dtype))
 
 
 def performer_backward(dout, q, k, v, projection, ctx, ksum, stab, *, kernel, mode, value):

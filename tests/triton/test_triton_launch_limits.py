@@ -237,7 +237,7 @@ def test_batch_offsets_past_2_31(family):
 # ----------------------------------------------------------------------------- autotuning keys
 
 def test_attention_autotune_keys():
-    common = ["NQ_BUCKET", "NK_BUCKET", "BH_BUCKET", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
+    common = ["NQ_BUCKET", "NK_BUCKET", "BLOCK_DK", "BLOCK_D1", "BLOCK_D2", "BIAS", "MASK_DIAG", "PREC"]
     assert ta._fwd_tuned.keys == common + ["HAS_P2"]
     assert ta._dkdv_tuned.keys == common + ["P1", "P2", "DBIAS"]
     assert ta._dq_tuned.keys == common + ["P1", "P2"]
@@ -247,11 +247,11 @@ def test_attention_autotune_keys():
 
 def test_launchers_pass_power_of_two_buckets(grids):
     keys = []
-    for batch, heads, n in ((3, 4, 197), (2, 5, 200), (2, 7, 256)):  # B·H 12, 10, 14; N 197..256: one bucket
+    for batch, heads, n in ((3, 4, 197), (64, 4, 200), (1, 4, 256)):  # any batch, N 197..256: one bucket
         q = _meta(batch, n, heads, 16)
         ta.attention_forward(q, q, None, None, None, value="q", scale=None, mask_diagonal=False)
         name, _, meta = grids[-1]
-        assert (meta["NQ_BUCKET"], meta["NK_BUCKET"], meta["BH_BUCKET"]) == (256, 256, 16)
+        assert (meta["NQ_BUCKET"], meta["NK_BUCKET"]) == (256, 256)
         keys.append(tuple(meta[k] for k in ta._fwd_tuned.keys))
     assert len(set(keys)) == 1  # one tuning serves all three
     for rows in (700, 1000):
@@ -335,3 +335,26 @@ def test_config_pruner_follows_the_compile_report():
     assert (64, 32, 8, 3) not in kept("dkdv", ta._dkdv_tuned, 16, 64, bias=2)         # mma.sync + bias: spills
     assert (128, 128, 8, 3) in kept("fwd", ta._fwd_tuned, 128, 128)                   # 224 KiB in bf16
     assert (128, 128, 8, 3) not in kept("fwd", ta._fwd_tuned, 128, 128, dtype=torch.float32)  # twice that in fp32
+
+
+def test_autotuner_benchmarks_a_shortlist(monkeypatch):
+    """At most 3 configs per key (a cold cache's compile budget), none with tiles wider than the
+    sequence (LeViT's last stage: 16 tokens); ARMOUR_TRITON_AUTOTUNE=full widens it to every fit."""
+    def kept(kernel, tuned, n):
+        meta = dict(BLOCK_DK=16, BLOCK_D1=16, BLOCK_D2=16, HAS_P2=True, P2=1, BIAS=2, NQ_BUCKET=n, NK_BUCKET=n,
+                    Q=torch.empty(1, dtype=torch.bfloat16))
+        return ta._shortlist(kernel)(tuned.configs, meta)
+
+    for kernel, tuned in ta.TUNED.items():
+        short = kept(kernel, tuned, 16)
+        assert 1 <= len(short) <= 3 and all(c.kwargs["BLOCK_M"] <= 32 and c.kwargs["BLOCK_N"] <= 32 for c in short)
+        assert len(kept(kernel, tuned, 256)) == 3
+        monkeypatch.setenv("ARMOUR_TRITON_AUTOTUNE", "full")
+        assert len(kept(kernel, tuned, 256)) == len(ta._pruner(kernel)(tuned.configs, dict(
+            BLOCK_DK=16, BLOCK_D1=16, BLOCK_D2=16, HAS_P2=True, P2=1, BIAS=2, Q=torch.empty(1, dtype=torch.bfloat16))))
+        monkeypatch.delenv("ARMOUR_TRITON_AUTOTUNE")
+    assert len(tla._prune(tla._linear_act_autotuned.configs, dict(N=256, M_BUCKET=64))) <= 3
+
+
+def test_shared_memory_limit_defaults_to_the_h100():
+    assert ta.shared_memory_limit(torch.device("cpu")) == ta.SHARED_MEMORY_BYTES == 232448
