@@ -30,7 +30,7 @@ class TorchMissing(build_ext):
 
 
 def cpu_extension():
-    # The kernels are compiled per ISA inside the sources (csrc/isa_*.cpp use #pragma GCC target
+    # The kernels are compiled per ISA inside the sources (csrc/isa/isa_*.cpp use #pragma GCC target
     # and are chosen at run time by CPUID), so no -march flag here: the build runs on any x86-64.
     sources = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "**", "*.cpp"), recursive=True))
     if CppExtension is None:  # packaging only (sdist, metadata): TorchMissing stops a compile

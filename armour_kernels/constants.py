@@ -3,7 +3,7 @@
 One file, so the Python ops, the Triton kernels (which receive the IntEnum codes as
 `tl.constexpr` arguments and compare against them by name) and the module / surgery layers
 never spell a code or a choice list twice. The C++ kernels take the strings and map them in
-csrc/ops.cpp. python_ref keeps its own copies on purpose (it is the independent definition the
+csrc/attention/host.cpp. python_ref keeps its own copies on purpose (it is the independent definition the
 tests compare against; a test checks both agree).
 """
 from __future__ import annotations

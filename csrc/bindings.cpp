@@ -1,10 +1,11 @@
 // Python bindings of armour_kernels._C (pybind11). The kernels are in isa_*.cpp, the tensor
-// plumbing in ops.cpp; ops that are torch operators (attention) are registered with the dispatcher
+// plumbing in attention/host.cpp; ops that are torch operators (attention) are registered with the dispatcher
 // (torch_ops/), not here: this file names the rest and exposes the ISA switch.
 #include <torch/extension.h>
 
 #include "kernels/kernel_api.h"
-#include "ops.h"
+#include "attention/host.h"
+#include "linear_layer/linear_hardswish.h"
 #include "torch_ops/attention_op.h"
 
 namespace armour {

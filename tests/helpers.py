@@ -170,8 +170,8 @@ def record_launches(monkeypatch):
 def run_compiled_script(script: str, timeout: int):
     """Run `script` in a fresh Python without TRITON_INTERPRET, so Triton really compiles.
 
-    The GPU compile tests (tests/triton/) lower every kernel to an H100 (sm_90) cubin this way
-    without a GPU; the script prints "compiled" when it got through.
+    The launch-limit tests (tests/triton/) compile kernels this way without a GPU; the script
+    prints "compiled" when it got through.
     """
     import subprocess
     import sys

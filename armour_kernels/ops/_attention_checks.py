@@ -1,6 +1,6 @@
 """The attention op's argument checks in Python, for the paths whose kernels are not C++: the
 Triton launchers (CUDA, or the interpreter) and the reference. The C++ CPU kernel checks the same
-things with the same messages (csrc/ops.cpp, csrc/torch_ops/bias_index.h), so a bad argument
+things with the same messages (csrc/attention/host.cpp, csrc/torch_ops/bias_index.h), so a bad argument
 raises the same TypeError / ValueError whichever backend would run (tests/attention/test_attention_errors.py).
 
 The LeViT index's range is read once per index tensor and version (check_index_range); inside a

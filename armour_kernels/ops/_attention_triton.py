@@ -32,7 +32,7 @@ def value_width(q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> int:
 
 def _no_work(q: Tensor, k: Tensor) -> bool:
     """No query row (empty output) or no key (zeros, as SDPA gives): docs/numerics.md; the C++
-    kernel answers the same cases the same way (csrc/ops.cpp)."""
+    kernel answers the same cases the same way (csrc/attention/host.cpp)."""
     batch, nq, heads, _ = q.shape
     return batch * nq * heads == 0 or k.shape[1] == 0
 

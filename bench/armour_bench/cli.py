@@ -22,13 +22,8 @@ SUBCOMMANDS = {
 }
 
 
-# Subcommands whose module lives outside this package: the offline sm_90 report still sits in the
-# library, beside the Triton compile hooks it drives (armour_kernels/triton/cubin.py).
-MODULES = {"cubin": "armour_kernels.benchmarks.cubin"}
-
-
 def _module(name: str):
-    return importlib.import_module(MODULES.get(name, f"armour_bench.{name}"))
+    return importlib.import_module(f"armour_bench.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -144,7 +144,7 @@ def write_per_call(folder: str, rows: list[dict]) -> None:
              "Attention B=1 N=16 H=1 D=16 (`armour_attention`, value=q) against `F.scaled_dot_product_attention`;",
              "`linear_act(act=\"hardswish\")` on 16 tokens 64 -> 64 against `F.hardswish(F.linear(...))`. 1 thread,",
              "medians of per-round means, the two sides interleaved round by round. Command:",
-             "`python -m armour_kernels.benchmarks.overhead <folder>`.", "",
+             "`python -m armour_bench.overhead <folder>`.", "",
              f"torch {meta['torch']}, CPU kernels {meta['isa']}.", "", *per_call_table(rows), ""]
     with open(os.path.join(folder, "overhead-cpu.md"), "w") as f:
         f.write("\n".join(lines))

@@ -38,7 +38,7 @@ enum class ValueSrc : int { q = 0, k = 1, v = 2 };
 // brgemm entry points are torch functions, which the ISA code must not see (see the top of this
 // file), while the work around the GEMMs (packing, exp, conversions) is what decides the speed and
 // belongs in the per-ISA code. So the ISA kernels run the whole algorithm and call these plain
-// function pointers for the products; the torch side (attention_gemm.cpp) fills them in when the
+// function pointers for the products; the torch side (attention/brgemm.cpp) fills them in when the
 // CPU and the torch build have the micro-kernels and the ISA switch allows them. Null pointers: the
 // kernels use their own hand-written micro-kernels.
 //
@@ -177,7 +177,7 @@ void set_current_isa(Isa isa, GemmUse gemm);  // caller checks cpu_supports firs
 const KernelTable& current_kernels();
 const char* isa_name(Isa isa);
 
-// attention_gemm.cpp (torch side): whether this torch build has the fp32 brgemm, and the bf16 one
+// attention/brgemm.cpp (torch side): whether this torch build has the fp32 brgemm, and the bf16 one
 // that oneDNN runs on AMX tiles here; the GEMM callbacks a call gets under the current dispatch.
 bool torch_brgemm_f32();
 bool torch_amx_brgemm();

@@ -4,7 +4,7 @@
 // table per ISA.
 //
 // Each op is a few passes over the tokens, split into tasks (b, h, split) run by parallel_for;
-// the torch side (linear_host.cpp, nystrom_ops.cpp, performer_ops.cpp) runs the passes in order
+// the torch side (linear_attention/host.cpp, linear_attention/nystrom.cpp, linear_attention/performer.cpp) runs the passes in order
 // and does the small (b, h)-sized work between them with ATen ops (the m×m pinv, merging the
 // per-split partial sums). The GEMM-shaped work inside a pass goes to `gemm`, the torch side's
 // GEMM micro-kernel (at::native::cpublas::brgemm); the ISA code does what is left: softmax and
@@ -118,7 +118,7 @@ struct LinearKernelTable {
 const LinearKernelTable& linear_kernels_scalar();
 const LinearKernelTable& linear_kernels_avx2();
 const LinearKernelTable& linear_kernels_avx512();
-const LinearKernelTable& current_linear_kernels();  // linear_dispatch.cpp; avx512bf16 → avx512
+const LinearKernelTable& current_linear_kernels();  // isa/linear_attention_dispatch.cpp; avx512bf16 → avx512
 
 #define ARMOUR_DEFINE_LINEAR_TABLE(ISA)                                                                      \
   const LinearKernelTable& linear_kernels_##ISA() {                                                          \

@@ -1,4 +1,4 @@
-// Nyström attention on CPU (docs/nystrom.md), forward passes. The torch side (nystrom_ops.cpp)
+// Nyström attention on CPU (docs/nystrom.md), forward passes. The torch side (linear_attention/nystrom.cpp)
 // runs them in order, with the m×m work between them in ATen:
 //   1. nystrom_landmarks    q̃ = landmark means of q·D^-1/2, k̃ = of k (the front padding counts
 //                           as zero rows in the means without being stored);

@@ -1,5 +1,5 @@
 // Performer (FAVOR+) forward on CPU (docs/performer.md). φ(q), φ(k) (n×m) only ever exist one
-// block of tokens at a time. Two passes, with the torch side (performer_ops.cpp) in between:
+// block of tokens at a time. Two passes, with the torch side (linear_attention/performer.cpp) in between:
 //   1. performer_context  per split of the keys: Σ e·vᵀ, Σ e (and Σ v), with
 //                         e = exp(u − ‖dn k‖²/2 − M_run), u = (dn k)Pᵀ, M_run the running max of
 //                         u (rescaled when it grows, like an online softmax), or e = φ (relu);

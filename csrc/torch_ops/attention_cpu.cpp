@@ -1,8 +1,8 @@
-// The CPU kernels of armour_kernels::attention / attention_backward (ops.cpp) behind the dispatcher:
+// The CPU kernels of armour_kernels::attention / attention_backward (attention/host.cpp) behind the dispatcher:
 // eager calls, compiled graphs and AOTInductor packages reach them with no Python on the call.
 #include <torch/library.h>
 
-#include "ops.h"
+#include "attention/host.h"
 
 namespace {
 

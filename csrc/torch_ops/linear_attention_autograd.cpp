@@ -9,7 +9,7 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
-#include "linear_ops.h"
+#include "linear_attention/ops.h"
 
 namespace {
 

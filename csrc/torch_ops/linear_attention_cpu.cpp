@@ -1,8 +1,8 @@
-// The C++ kernels of the Nyström and Performer ops for CPU tensors (nystrom_ops.cpp,
-// performer_ops.cpp; schemas in schemas.cpp).
+// The C++ kernels of the Nyström and Performer ops for CPU tensors (linear_attention/nystrom.cpp,
+// linear_attention/performer.cpp; schemas in schemas.cpp).
 #include <torch/library.h>
 
-#include "linear_ops.h"
+#include "linear_attention/ops.h"
 
 TORCH_LIBRARY_IMPL(armour_kernels, CPU, m) {
   m.impl("nystrom_fwd", TORCH_FN(armour::nystrom_fwd_cpu));

@@ -1,11 +1,11 @@
-// armour_kernels::linear_hardswish behind the dispatcher: the CPU kernel (ops.cpp's GEMM + fused
+// armour_kernels::linear_hardswish behind the dispatcher: the CPU kernel (linear_layer/linear_hardswish.cpp's GEMM + fused
 // bias and Hardswish) and, for every device, the autograd. The CUDA kernel is the Triton launcher,
 // registered from Python (armour_kernels/ops/linear_act.py).
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "ops.h"
+#include "linear_layer/linear_hardswish.h"
 
 namespace {
 

@@ -14,8 +14,6 @@ NAN, INF = float("nan"), float("inf")
 POISONS = [("q", (0, 7, 1, 3), NAN), ("v", (0, 9, 1, 2), NAN), ("q", (1, 3, 0, 0), INF),
            ("conv_weight", (1, 0, 4, 0), NAN), ("k", (1, 20, 0, 5), NAN)]
 POISON_IDS = ["nan_q", "nan_v", "inf_q", "nan_conv", "nan_k"]
-# seen failing in the Triton interpreter (seed mode: the batch-wide pinv scale)
-TRITON_FAILS = {("q", "seed")}
 # mode "seed": the pinv scale's gradient is summed over the batch and sent back through the maxima of
 # A2's abs-sums, batch-wide. Which (b, h) holds a maximum decides where python_ref's max sends a NaN
 # gradient (a float32 and a float64 run can disagree), and the C++ side's max_grad
@@ -32,9 +30,7 @@ def inputs(backend):
 @pytest.mark.parametrize("mode", ["clean", "seed"])
 @pytest.mark.parametrize("poison", POISONS[:4], ids=POISON_IDS[:4])
 @pytest.mark.parametrize("backend", backend_params(op="nystrom_attention"))
-def test_nan_and_inf_follow_the_reference(backend, poison, mode, request):
-    if backend == "triton" and (poison[0], mode) in TRITON_FAILS:
-        request.applymarker(pytest.mark.xfail(reason="Triton NaN handling: helper triton", strict=False))
+def test_nan_and_inf_follow_the_reference(backend, poison, mode):
     op, ref = nystrom_pair(backend, 8, mode, "v")
     check_nan_positions(op, ref, poisoned(inputs(backend), *poison), torch.float32, grads_cover=mode == "seed")
 

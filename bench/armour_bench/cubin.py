@@ -2,9 +2,9 @@
 
 For each representative problem (DeiT / LeViT attention shapes, head dims 16–256, LeViT MLP
 GEMMs, the Nyström and Performer paper configs) the real launchers run on CPU tensors under
-`armour_kernels.triton.cubin.compiling_launches`, so every config the autotuner could pick is
+`armour_bench.offline_compile.compiling_launches`, so every config the autotuner could pick is
 compiled with the signature it would really get, and ptxas reports registers, spills and shared
-memory, each launch specialised as a GPU launch would be (`triton.cubin.launch_specialisation`),
+memory, each launch specialised as a GPU launch would be (`offline_compile.launch_specialisation`),
 and how long each compile takes here (what a cold cache costs a first call: the autotuner compiles
 its shortlist of each key). Every path: each value source, no / dense / broadcast / table bias,
 the atomic and the deterministic bias gradients (with the table's segment sum), fp32 with IEEE
@@ -47,7 +47,7 @@ VARIANT_CASES = ["DeiT-Ti regular", "LeViT armour q+v 16/16+32 table"]
 
 
 def attention_case(dtype, batch, nq, nk, heads, dqk, dv, value, bias, mask_diagonal, deterministic=False):
-    from ..triton.attention import attention_backward, attention_forward
+    from armour_kernels.triton.attention import attention_backward, attention_forward
     q = torch.randn(batch, nq, heads, dqk, dtype=dtype)
     k = torch.randn(batch, nk, heads, dqk, dtype=dtype)
     v = torch.randn(batch, nk, heads, dv, dtype=dtype) if dv else None
@@ -78,7 +78,7 @@ def _with_tf32(allow, thunk):
 
 
 def linear_act_case(dtype):
-    from ..triton.linear_act import hardswish_linear_forward, linear_hardswish_forward
+    from armour_kernels.triton.linear_act import hardswish_linear_forward, linear_hardswish_forward
     for rows, cin, cout in ((256 * 196, 128, 256), (256 * 49, 256, 512)):  # LeViT-128S MLP, stage 1 and 2
         x, w, b = torch.randn(rows, cin, dtype=dtype), torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
         linear_hardswish_forward(x, w, b)
@@ -87,8 +87,8 @@ def linear_act_case(dtype):
 
 def linear_attention_case(dtype):
     from python_ref.performer import gaussian_orthogonal_random_matrix
-    from ..triton.nystrom import nystrom_backward, nystrom_forward
-    from ..triton.performer import performer_backward, performer_forward
+    from armour_kernels.triton.nystrom import nystrom_backward, nystrom_forward
+    from armour_kernels.triton.performer import performer_backward, performer_forward
     q, k, v = (torch.randn(2, 1025, 4, 32, dtype=dtype) for _ in range(3))  # the Vision Xformers config
     conv = torch.randn(4, 1, 33, 1)
     for value, mode in (("v", "clean"), ("q", "clean"), ("v", "seed")):  # seed: the pinv's maxima pre-pass
@@ -167,7 +167,7 @@ def markdown(env, results, arch) -> str:
 
 
 def run(args) -> int:
-    from ..triton.cubin import compiling_launches
+    from .offline_compile import compiling_launches
     os.environ.pop("TRITON_INTERPRET", None)
     # A fresh Triton cache, so each compile's seconds are a cold cache's (not a cache hit).
     os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="armour-cubin-")

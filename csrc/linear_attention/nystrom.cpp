@@ -7,9 +7,9 @@
 
 #include <cmath>
 
-#include "linear_host.h"
-#include "linear_ops.h"
-#include "nystrom_pinv.h"
+#include "linear_attention/host.h"
+#include "linear_attention/ops.h"
+#include "linear_attention/nystrom_pinv.h"
 
 namespace armour {
 namespace {

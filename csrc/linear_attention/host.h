@@ -1,5 +1,5 @@
-// Torch side of the CPU Nyström / Performer kernels: what the entry points (nystrom_ops.cpp,
-// performer_ops.cpp) share — input checks, strides, the GEMM and threads given to the kernels,
+// Torch side of the CPU Nyström / Performer kernels: what the entry points (linear_attention/nystrom.cpp,
+// linear_attention/performer.cpp) share — input checks, strides, the GEMM and threads given to the kernels,
 // how each (b, h)'s tokens are split into tasks, and summing the per-split partials.
 #pragma once
 

@@ -1,4 +1,6 @@
-// Torch-side entry points of armour_kernels._C (implemented in ops.cpp, bound in bindings.cpp).
+// The attention kernels' torch-side entry points (host.cpp): argument checks, tensors described to
+// the ISA kernels, outputs allocated. Registered as the CPU kernels of armour_kernels::attention /
+// attention_backward in torch_ops/attention_cpu.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,13 +24,5 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& dout, const at::Ten
                                            const std::optional<at::Tensor>& bias_index, const at::Tensor& out,
                                            const at::Tensor& lse, const std::string& value, double scale,
                                            bool mask_diagonal, bool need_dbias);
-
-// hardswish(x @ weightᵀ + bias). gemm: "onednn_fused" (oneDNN GEMM with bias + Hardswish as its
-// post-op, in registers), "onednn" / "aten" (oneDNN / at::matmul GEMM, then our vectorised
-// bias + Hardswish pass in place), "auto" (onednn_fused when torch has oneDNN and the dtype is
-// float32 / bfloat16, else aten).
-at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            const std::string& gemm);
-bool has_onednn_linear();
 
 }  // namespace armour

@@ -1,5 +1,5 @@
 // The scale of Nyström's first pinv iterate and its gradient, batched over B·H (see nystrom_pinv.h).
-#include "nystrom_pinv.h"
+#include "linear_attention/nystrom_pinv.h"
 
 #include <ATen/ATen.h>
 

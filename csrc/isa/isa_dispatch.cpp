@@ -4,7 +4,7 @@
 // products, or brgemm with AMX tiles for the bf16 products too). Named "avx512", "avx512+brgemm",
 // "amx" (= avx512bf16 with AMX). The default is the best the CPU supports (CPUID via libgcc, which
 // also checks that the OS saves the AVX / AVX-512 registers; for AMX, CPUID and XCR0 here and
-// oneDNN's own check through attention_gemm.cpp), or what set_current_isa picked
+// oneDNN's own check through attention/brgemm.cpp), or what set_current_isa picked
 // (armour_kernels.cpu.use_isa / ARMOUR_KERNELS_CPU_ISA, handled on the Python side).
 #include <cpuid.h>
 

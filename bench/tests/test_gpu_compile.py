@@ -2,19 +2,19 @@
 
 The interpreter tests check the numbers; this lowers the same sources through Triton's GPU
 pipeline (TTIR → TTGIR → PTX → cubin with the bundled ptxas), which the interpreter never does.
-The real launchers run on CPU tensors under armour_kernels.triton.cubin.compiling_launches, so
+The real launchers run on CPU tensors under armour_bench.offline_compile.compiling_launches, so
 the signatures compiled are the ones they use. Each compile must fit the H100's shared memory,
 and at the DeiT / LeViT head dims the autotuner's first attention config must not spill
 registers (the offline evidence behind the config lists: `armour-bench cubin`). In a subprocess:
 TRITON_INTERPRET must be unset there.
 """
 import pytest
-from helpers import run_compiled_script
+from compiled_script import run_compiled_script
 
 SCRIPT = r'''
 import torch
-from armour_kernels.benchmarks.cubin import ATTENTION_CASES, attention_case, linear_act_case, linear_attention_case
-from armour_kernels.triton.cubin import H100_SHARED_BYTES, compiling_launches
+from armour_bench.cubin import ATTENTION_CASES, attention_case, linear_act_case, linear_attention_case
+from armour_bench.offline_compile import H100_SHARED_BYTES, compiling_launches
 
 CASES = {case[0]: case for case in ATTENTION_CASES}
 for problem, dtype, run in {PROBLEMS}:
@@ -55,7 +55,7 @@ def test_linear_act_nystrom_performer_compile_for_sm90():
 
 def test_report_names_the_first_spill_free_config():
     """`armour-bench cubin`'s table: per kernel, the count of spilling configs and the best one."""
-    from armour_kernels.benchmarks.cubin import markdown
+    from armour_bench.cubin import markdown
 
     def row(config, spill, warps=8):
         return dict(kernel="attention.k", config=config, num_warps=warps, num_stages=3, registers=255,
@@ -75,7 +75,7 @@ def test_report_compiles_with_the_launch_specialisation():
 import torch
 from triton.runtime.jit import KernelInterface
 from armour_kernels.triton import attention as ta
-from armour_kernels.triton.cubin import launch_specialisation
+from armour_bench.offline_compile import launch_specialisation
 
 launches = []
 KernelInterface.__getitem__ = lambda self, grid: (lambda *a, **kw: launches.append((self, a, kw)))
@@ -104,7 +104,7 @@ def test_a_new_batch_size_compiles_nothing_new():
 import torch
 from triton.runtime.jit import KernelInterface
 from armour_kernels.triton import attention as ta, linear_act as tla, nystrom as tn, performer as tp
-from armour_kernels.triton.cubin import launch_specialisation
+from armour_bench.offline_compile import launch_specialisation
 
 launches = []
 KernelInterface.__getitem__ = lambda self, grid: (lambda *a, **kw: launches.append((self, a, kw)))

@@ -148,7 +148,7 @@ def compiling_launches(record: list, *, arch: int = 90, max_configs: int | None 
                 compile_once(self.fn, args, {**kwargs, **config.all_kwargs()})
         return launch
 
-    from . import attention
+    from armour_kernels.triton import attention
     saved = JITFunction.__getitem__, Autotuner.__getitem__, attention.SHARED_MEMORY_BYTES
     JITFunction.__getitem__, Autotuner.__getitem__ = plain, tuned
     attention.SHARED_MEMORY_BYTES = SHARED_BYTES.get(arch, H100_SHARED_BYTES)  # the pruner's limit for this arch

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "linear_host.h"
-#include "linear_ops.h"
+#include "linear_attention/host.h"
+#include "linear_attention/ops.h"
 
 namespace armour {
 namespace {

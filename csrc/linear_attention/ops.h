@@ -1,6 +1,6 @@
 // The CPU kernels of the dispatcher ops armour_kernels::nystrom_fwd, nystrom_bwd, performer_fwd and
 // performer_bwd (schemas in torch_ops/schemas.cpp, registered for the CPU key in
-// torch_ops/linear_attention_cpu.cpp), implemented in nystrom_ops.cpp and performer_ops.cpp.
+// torch_ops/linear_attention_cpu.cpp), implemented in linear_attention/nystrom.cpp and linear_attention/performer.cpp.
 //
 // Tensors float32, float16 or bfloat16 with any strides, computed in float32: out and the
 // gradients come back in their input's dtype, what the forward saves for the backward in float32.

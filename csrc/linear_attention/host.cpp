@@ -1,5 +1,5 @@
-// Torch side shared by the CPU Nyström / Performer entry points (see linear_host.h).
-#include "linear_host.h"
+// Torch side shared by the CPU Nyström / Performer entry points (see linear_attention/host.h).
+#include "linear_attention/host.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
