@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 # Imported on first access: `triton` and `timm` pull in large packages, and the model-level
 # submodules (nn, armourize) the python_ref model definitions, which the kernels never need.
 _LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery", "deploy", "plan")
-_LAZY_FUNCTIONS = {"armourize": "surgery.armourize", "optimize": "deploy", "export_package": "export", "explain": "plan",
-                   "load_package": "export"}
+_LAZY_FUNCTIONS = {"armourize": "surgery.armourize", "optimize": "deploy", "export_package": "export",
+                   "load_package": "export", "explain": "plan"}
 
 
 def __getattr__(name: str):

@@ -41,7 +41,7 @@ from .backend import select, wants_grad
 # ----------------------------------------------------------------------------- the plan object
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Plan:
     op: str
     backend: str
@@ -55,6 +55,10 @@ class Plan:
         """The C++ kernels' dispatch path ("amx", "avx512+brgemm", ...) when they run this call, else None."""
         native = self.backend == "cpu" and self.path in ("dispatcher", "autograd-op")
         return cpu.isa() if native and not self.empty else None
+
+    def __repr__(self) -> str:  # the fields and the ISA read now: what explain() shows
+        fields = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)]
+        return f"Plan({', '.join(fields)}, isa={self.isa!r})"
 
 
 _PLANS: dict = {}  # (op, backend, path, dtype, empty, min_flops) -> the one Plan with those fields
@@ -210,9 +214,10 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what the linea
 
 def _linear_attention_plan(op: str, q, backend: str) -> Plan:
     """The shared rule: no batch or no heads is an empty output answered before any kernel (the
-    other dims are checked ≥ 1); the kernels take KERNEL_DTYPES and compute in float32 (their saved
-    statistics are float32), "reference" any floating dtype in its own; a dtype the kernels lack is a
-    TypeError, not a silent fall back."""
+    other dims are checked ≥ 1); the kernels take KERNEL_DTYPES, "reference" any floating dtype in
+    its own; a dtype the kernels lack is a TypeError, not a silent fall back. The C++ kernels compute
+    in float32 (16-bit inputs converted on the way in); the Triton kernels in the input dtype with
+    float32 accumulation (the products that feed exp in ≈ fp32: triton/nystrom.py, performer.py)."""
     backend = select(op, q.device, backend)
     dtype = q.dtype
     empty = q.shape[0] * q.shape[2] == 0
@@ -221,8 +226,9 @@ def _linear_attention_plan(op: str, q, backend: str) -> Plan:
     if not empty and dtype not in KERNEL_DTYPES:
         raise TypeError(f"{op}: backend {backend!r} supports {KERNEL_DTYPES}, got {dtype}; "
                         "use backend='reference' for other dtypes")
-    path = "dispatcher" if backend == "cpu" else _triton_path(q.device)
-    return _plan(op, backend, path, torch.float32, empty)
+    if backend == "cpu":
+        return _plan(op, backend, "dispatcher", torch.float32, empty)
+    return _plan(op, backend, _triton_path(q.device), dtype, empty)
 
 
 def nystrom_plan(q, *, backend: str = "auto") -> Plan:
@@ -248,6 +254,7 @@ def explain(op: str, *tensors, **options) -> Plan:
     return plans[op](*tensors, **options)
 
 
-__all__ = ["Plan", "attention_plan", "attention_path", "linear_act_path", "linear_act_plan", "nystrom_plan", "performer_plan", "explain",
+__all__ = ["Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
+           "performer_plan", "explain",
            "attention_empty", "compute_dtype", "cpu_inference", "gemm_engine", "ONEDNN_MIN_FLOPS",
            "KERNEL_DTYPES", "TRITON_ACTIVATIONS", "TRITON_DTYPES"]

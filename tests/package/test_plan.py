@@ -126,10 +126,26 @@ def test_linear_attention_plans(family):
         p = family(q)
         assert (p.backend, p.path, p.compute_dtype, p.empty) == ("cpu", "dispatcher", torch.float32, False)
     p = family(q, backend="triton")
-    assert p.path == "triton-interpreter"
+    assert (p.path, p.compute_dtype) == ("triton-interpreter", torch.float16)  # float32 accumulation
     ref = family(q.double(), backend="reference")
     assert (ref.path, ref.compute_dtype) == ("reference", torch.float64)
     with pytest.raises(TypeError, match="use backend='reference'"):
         family(q.double(), backend="triton")
     empty = family(_qk(b=0, dtype=torch.float64)[0], backend="triton")  # nothing to compute: no dtype error
     assert empty.empty
+
+
+def test_plans_trace_without_graph_breaks(monkeypatch):
+    monkeypatch.setattr(plan, "_PLANS", {})  # the plan objects made while tracing, too
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def traced(q, x, w):
+        scaled = q * 2 if plan.attention_path(q, "reference") == "reference" else q
+        _, path, dtype = plan.linear_act_path(x, w, None, "relu", False, None, "reference")
+        linear = x.to(dtype) if path == "torch" else x
+        return scaled, linear, q + 1 if plan.nystrom_plan(q, backend="reference").empty else q
+
+    q, _ = _qk()
+    x, w, _ = _linear()
+    scaled, linear, same = traced(q, x, w)
+    assert torch.equal(scaled, q * 2) and torch.equal(linear, x) and torch.equal(same, q)
