@@ -22,10 +22,10 @@ from torch import Tensor
 
 from .. import cpu
 from ..constants import VALUE_SOURCES
+from ..plan import attention_empty, attention_path
 from ._attention_checks import check, check_scale, range_checked
 from ._attention_triton import register_dispatcher_kernels, triton_attention, value_width
 from ._empty import zeros_of
-from ..plan import attention_empty, attention_path
 
 # The dispatcher op, when the extension that defines it is built; loading the extension here
 # (~2 ms) makes the schemas exist at `import armour_kernels`, as an AOTInductor package that calls
