@@ -22,9 +22,9 @@ __version__ = "0.1.0"
 
 # Imported on first access: `triton` and `timm` pull in large packages, and the model-level
 # submodules (nn, armourize) the python_ref model definitions, which the kernels never need.
-_LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery", "deploy")
+_LAZY_SUBMODULES = ("nn", "cpu", "triton", "export", "timm", "ops", "constants", "surgery", "deploy", "plan")
 _LAZY_FUNCTIONS = {"armourize": "surgery.armourize", "optimize": "deploy", "export_package": "export",
-                   "load_package": "export"}
+                   "load_package": "export", "explain": "plan"}
 
 
 def __getattr__(name: str):
@@ -41,4 +41,4 @@ def __dir__():
 
 __all__ = ["__version__", "BACKENDS", "backends", "use_backend", "attention", "armour_attention",
            "nystrom_attention", "performer_attention", "linear_act", "linear_hardswish", "patch", "unpatch",
-           "fold_batchnorm", "armourize", "optimize", "export_package", "load_package"]
+           "fold_batchnorm", "armourize", "optimize", "export_package", "load_package", "explain"]

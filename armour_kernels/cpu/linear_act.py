@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .. import plan
 from . import _require
 
 # Target size of one chunk's intermediate (MLP hidden rows, stem first-conv output): small enough
@@ -116,15 +117,6 @@ def clear_weight_cache() -> None:
     _CAST.clear()
 
 
-# A GEMM of fewer flops than this goes to ATen (MKL / its bf16 GEMM) with the activation applied in
-# place after it, instead of to oneDNN: a oneDNN call has a fixed cost (primitive lookup) of some
-# µs more than ATen's, more than the packed oneDNN GEMM gains on small fp32 products. Measured on
-# Intel Xeon Sapphire Rapids, 1 thread (`armour-bench linear_act`, its engines table:
-# bench/results/cpu-intel-xeon-amx-2core/linear_act-cpu.md): fp32 at LeViT-128S's 12.8 MFLOP
-# layers ATen ties or wins (88 µs against 95 packed), at DeiT-Ti's 44-58 MFLOP layers packed oneDNN
-# wins by 4-9%; bf16 (AMX) packed oneDNN wins at every size measured, down to 4.7 MFLOP.
-ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
-
 # In-place activations for the ATen path (the GEMM output is fresh, so nobody else sees it).
 _INPLACE = {"none": lambda y: y, "hardswish": torch._C._nn.hardswish_, "relu": torch.relu_,
             "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
@@ -133,8 +125,7 @@ _INPLACE = {"none": lambda y: y, "hardswish": torch._C._nn.hardswish_, "relu": t
 
 def _gemm(rows: torch.Tensor, weight: torch.Tensor, bias, act: str, dtype: torch.dtype) -> torch.Tensor:
     """act(rows @ weightᵀ + bias) for 2-D rows already in `dtype`, on the engine that is faster at this size."""
-    flops = 2 * rows.shape[0] * rows.shape[1] * weight.shape[0]
-    if flops < ONEDNN_MIN_FLOPS.get(dtype, 0):
+    if plan.gemm_engine(2 * rows.shape[0] * rows.shape[1] * weight.shape[0], dtype) == "aten":
         return _INPLACE[act](F.linear(rows, cast_once(weight, dtype), cast_once(bias, dtype)))
     attr, algorithm = ONEDNN_ACTIVATIONS[act]
     return torch.ops.mkldnn._linear_pointwise(rows, packed_weight(weight, dtype, rows.shape[0]),
@@ -142,14 +133,18 @@ def _gemm(rows: torch.Tensor, weight: torch.Tensor, bias, act: str, dtype: torch
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str, dtype: torch.dtype,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, engine: str | None = None) -> torch.Tensor:
     """act(x @ weightᵀ + bias) [+ residual] in `dtype`; x (..., in) → (..., out).
+
+    engine: "aten" or "onednn" as armour_kernels.plan.linear_act_plan chose it (None: asked here).
 
     `residual` (same shape as the result) is added after the activation, in place into the fresh
     output when the dtypes agree (oneDNN's binary-add post-op measured no faster than that on the
     AMD EPYC CI machine, and slower in fp32), else promoted as `y + residual` would be.
     """
-    if (2 * x.numel() * weight.shape[0] < ONEDNN_MIN_FLOPS.get(dtype, 0) and x.dtype == dtype
+    if engine is None:
+        engine = plan.gemm_engine(2 * x.numel() * weight.shape[0], dtype)
+    if (engine == "aten" and x.dtype == dtype
             and weight.dtype == dtype and (bias is None or bias.dtype == dtype)):
         # A small GEMM already in its dtype: ATen's, on x as it is (no reshape, cast or view; a
         # tiny call is mostly such per-call work).

@@ -19,22 +19,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..plan import TRITON_DTYPES
+from ..plan import attention_empty
 from ._attention_checks import check, check_index_range, check_scale
-
-# The dtypes the Triton kernels compute in.
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def value_width(q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> int:
     widths = {"q": q.shape[-1], "k": k.shape[-1], "v": v.shape[-1] if v is not None else 0}
     return sum(widths[part] for part in value.split("+"))
-
-
-def _no_work(q: Tensor, k: Tensor) -> bool:
-    """No query row (empty output) or no key (zeros, as SDPA gives): docs/numerics.md; the C++
-    kernel answers the same cases the same way (csrc/attention/host.cpp)."""
-    batch, nq, heads, _ = q.shape
-    return batch * nq * heads == 0 or k.shape[1] == 0
 
 
 def triton_forward(q, k, v, bias, bias_index, value, scale, mask_diagonal):
@@ -47,7 +39,7 @@ def triton_forward(q, k, v, bias, bias_index, value, scale, mask_diagonal):
                         "use backend='reference' for other dtypes")
     if bias_index is not None:
         check_index_range(bias_index, bias.shape[1])
-    if _no_work(q, k):
+    if attention_empty(q, k):  # plan.py: nothing to compute
         batch, nq, heads, _ = q.shape
         return (q.new_zeros((batch, nq, heads, value_width(q, k, v, value))),
                 q.new_full((batch, heads, nq), math.inf, dtype=torch.float32))
@@ -58,7 +50,7 @@ def triton_forward(q, k, v, bias, bias_index, value, scale, mask_diagonal):
 def triton_backward(dout, q, k, v, bias, bias_index, out, lse, value, scale, mask_diagonal, need_dbias):
     """(dq, dk, dv, dbias) from the Triton backward; dv / dbias are empty tensors when absent."""
     need_dbias = need_dbias and bias is not None
-    if _no_work(q, k):
+    if attention_empty(q, k):  # plan.py: nothing to compute
         dv = torch.zeros_like(v) if "v" in value else None
         dbias = bias.new_zeros(bias.shape, dtype=torch.float32) if need_dbias else None
         dq, dk = torch.zeros_like(q), torch.zeros_like(k)

@@ -6,13 +6,10 @@ registered and chosen is _linear_attention_ops.py.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..constants import LINEAR_ATTENTION_VALUES as VALUES
 from ..constants import MODES
-
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def heads_first(t):
@@ -55,8 +52,3 @@ def check_qkv(op: str, q, k, v, value: str, same_length: bool) -> None:
     elif v is not None:
         raise ValueError(f"{op}: v is given but value='q' uses the query as the value")
 
-
-def check_kernel_dtype(op: str, backend: str, q) -> None:
-    if q.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{op}: backend {backend!r} supports {KERNEL_DTYPES}, got {q.dtype}; "
-                        "use backend='reference' for other dtypes")

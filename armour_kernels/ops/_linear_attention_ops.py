@@ -65,11 +65,9 @@ class LinearAttentionOps:
         self.triton_backward.register_fake(backward_fake)
         self.triton_forward.register_autograd(self._backward, setup_context=self._setup_context)
 
-    def forward(self, backend: str, device: torch.device):
-        """The forward op for `backend` ("cpu" or "triton", as select() chose it) on `device`'s tensors."""
-        if backend == "triton" and (device.type != "cuda" or self.native is None):
-            return self.triton_forward
-        return self.native
+    def forward(self, path: str):
+        """The forward op of a plan's path (armour_kernels.plan): the dispatcher op, or the Triton custom op."""
+        return self.native if path == "dispatcher" else self.triton_forward
 
     # The Python autograd of the Triton-only ops, as csrc/torch_ops/linear_attention_autograd.cpp.
     def _setup_context(self, ctx, inputs, output):

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from .. import cpu
-from ..backend import select
 from ..constants import VALUE_SOURCES
+from ..plan import attention_empty, attention_path
 from ._attention_checks import check, check_scale, range_checked
 from ._attention_triton import register_dispatcher_kernels, triton_attention, value_width
 from ._empty import zeros_of
@@ -49,10 +49,8 @@ def _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal):
 
     bias_index = check(q, k, v, value, bias, bias_index)
     scale = check_scale(scale, q)
-    batch, nq, heads, _ = q.shape
-    if batch * nq * heads == 0 or k.shape[1] == 0:
-        # No query row (an empty output), or no key (zeros, as SDPA gives): docs/numerics.md.
-        return zeros_of((batch, nq, heads, value_width(q, k, v, value)), q, k, v, bias)
+    if attention_empty(q, k):
+        return zeros_of((*q.shape[:3], value_width(q, k, v, value)), q, k, v, bias)
     work = torch.promote_types(q.dtype, torch.float32)
 
     def heads_first(t):
@@ -80,11 +78,11 @@ def attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, value: str = 
     """
     if not isinstance(q, Tensor):
         raise TypeError(f"attention: q must be a tensor, got {type(q).__name__}")
-    backend = select("attention", q.device, backend)
-    if backend == "reference":
+    path = attention_path(q, backend)  # plan.py has the rules
+    if path == "reference":
         return _reference(q, k, v, value, scale, bias, bias_index, mask_diagonal)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if _ATTENTION is not None and (backend == "cpu" or q.is_cuda):
+    if path == "dispatcher":
         # The kernels check the arguments (the C++ kernel on CPU, the Triton launcher's wrapper on CUDA).
         if type(q) is Tensor and not torch.compiler.is_compiling():
             return _CALL_ATTENTION(q, k, v, bias, bias_index, value, scale, bool(mask_diagonal))

@@ -2,24 +2,10 @@
 
 The dense layers around attention — LeViT's BN-folded Linear_BN + Hardswish, its Hardswish →
 proj, DeiT's qkv / proj / MLP, LeViT's convolution stem — call these, never a backend; the op
-picks the path (docs/linear_act.md):
-
-    path                      when                                            kernel
-    CPU inference             backend "cpu", no gradient wanted, float32 /    cpu/linear_act.py: oneDNN GEMMs and
-                              bfloat16 compute, not being compiled            convs with fused post-ops and weights
-                                                                              prepared once (ATen for small fp32
-                                                                              GEMMs), chunked MLP
-    Triton inference          backend "triton", no gradient wanted,           armour_kernels::linear_act_infer
-                              Hardswish and/or a residual to fuse             → triton/linear_act.py
-    Linear + Hardswish with   a gradient wanted, Hardswish after the GEMM     armour_kernels::linear_hardswish
-    autograd                  only, backend "cpu" or "triton"                 (dispatcher op: C++ kernel and
-                                                                              autograd, Triton on CUDA)
-    PyTorch                   everything else: "reference", other             F.linear + the activation
-                              activations with a gradient, and CPU under
-                              torch.compile (inductor then fuses and
-                              prepacks the GEMMs itself)
-
-Under CPU autocast the compute dtype is autocast's, as for F.linear.
+picks the path by asking armour_kernels.plan.linear_act_plan, where the rules live (which of the
+CPU inference engines, the Triton inference GEMM, the Linear + Hardswish op with autograd or plain
+PyTorch runs, and the compute dtype: autocast's under CPU autocast, as for F.linear).
+docs/linear_act.md has the table.
 """
 from __future__ import annotations
 
@@ -34,14 +20,13 @@ from torch import Tensor
 from .. import cpu
 from ..backend import select, wants_grad
 from ..constants import ACTIVATIONS
+from ..plan import compute_dtype, cpu_inference, linear_act_path
 
 OP = "linear_act"
 
 # The PyTorch form of each activation (the definition every kernel path is tested against).
 TORCH_ACTIVATIONS = {"none": lambda t: t, "hardswish": F.hardswish, "relu": F.relu, "gelu": F.gelu,
                      "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "silu": F.silu}
-_TRITON_ACTIVATIONS = ("none", "hardswish")  # what the Triton GEMM epilogue applies
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def activation_of(module: Optional[nn.Module]) -> Optional[str]:
@@ -57,14 +42,6 @@ def activation_of(module: Optional[nn.Module]) -> Optional[str]:
     return None
 
 
-def compute_dtype(x: Tensor, device: Optional[torch.device] = None) -> torch.dtype:
-    """The dtype F.linear computes in here: autocast's when autocast is on for x's device, else x's."""
-    kind = (device or x.device).type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
-
-
 _CPU_MODULE = []  # armour_kernels.cpu.linear_act, imported on first use (a cpu-only import; keeps this file light)
 
 
@@ -73,13 +50,6 @@ def _cpu():
         from ..cpu import linear_act as cpu_linear_act
         _CPU_MODULE.append(cpu_linear_act)
     return _CPU_MODULE[0]
-
-
-def _cpu_inference(kernel: str, dtype: torch.dtype, x: Tensor, *tensors, grad: Optional[bool] = None) -> bool:
-    """Whether the CPU inference path runs this call (see the table in the module docstring)."""
-    if kernel != "cpu" or (grad if grad is not None else wants_grad(x, *tensors)) or not x.numel():
-        return False
-    return not torch.compiler.is_compiling() and (_CPU_MODULE or _cpu()) and _CPU_MODULE[0].available(dtype)
 
 
 def _cast(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -217,25 +187,20 @@ def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act:
     (only honoured when no gradient is wanted).
     """
     device = _check(x, weight, bias, act, residual)
-    kernel = select(OP, device, backend)
-    dtype = compute_dtype(x, device)
-    grad = wants_grad(x, weight, bias, residual)
-    if _cpu_inference(kernel, dtype, x, grad=grad):
+    kernel, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend)  # plan.py's rules
+    if path == "aten" or path == "onednn":  # CPU inference
         x = F.hardswish(x, inplace=inplace_input) if act_in else x
-        return _cpu().linear(x, weight, bias, act, dtype, residual=residual)
-    fuses = act_in or act != "none" or residual is not None  # a plain GEMM is cuBLAS's job
-    if kernel == "triton" and fuses and act in _TRITON_ACTIVATIONS and dtype in _TRITON_DTYPES:
+        return _cpu().linear(x, weight, bias, act, dtype, residual, path)
+    if path == "triton-infer":
         cast = (x.to(dtype), weight.to(dtype), _cast(bias, dtype))
-        if not grad:
-            if residual is None or residual.dtype == dtype:
-                return _linear_act_infer(*cast, act_in, act == "hardswish", residual)
-            return _add(_linear_act_infer(*cast, act_in, act == "hardswish"), residual)
-        if act == "hardswish" and not act_in:
-            return _add(_linear_hardswish(*cast, "triton"), residual)
-    if kernel == "cpu" and grad and act == "hardswish" and not act_in and not torch.compiler.is_compiling():
-        cast = (x.to(dtype), weight.to(dtype), _cast(bias, dtype))
-        return _add(_linear_hardswish(*cast, "cpu"), residual)
-    return _torch_linear_act(x, weight, bias, act, act_in, residual, inplace_input and not grad)
+        if residual is None or residual.dtype == dtype:
+            return _linear_act_infer(*cast, act_in, act == "hardswish", residual)
+        return _add(_linear_act_infer(*cast, act_in, act == "hardswish"), residual)
+    if path == "autograd-op":
+        cast = (x.to(dtype), weight.to(dtype), _cast(bias, dtype))  # the C++ kernel widens float16 inside
+        return _add(_linear_hardswish(*cast, kernel), residual)
+    inplace = inplace_input and not wants_grad(x, weight, bias, residual)
+    return _torch_linear_act(x, weight, bias, act, act_in, residual, inplace)
 
 
 def linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
@@ -254,9 +219,9 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
 
     CPU inference: oneDNN in row chunks, so the hidden activation never exists for the whole batch."""
     (w1, b1), (w2, b2) = fc1, fc2
-    kernel = select(OP, x.device, backend)
     dtype = compute_dtype(x)
-    if act in TORCH_ACTIVATIONS and _cpu_inference(kernel, dtype, x, w1, b1, w2, b2, residual):
+    grad = wants_grad(x, w1, b1, w2, b2, residual)
+    if act in TORCH_ACTIVATIONS and cpu_inference(select(OP, x.device, backend), dtype, x, grad):
         _check(x, w1, b1, act)
         return _cpu().mlp(x, (w1, b1), act, (w2, b2), dtype, residual=residual)
     hidden = linear_act(x, w1, b1, act=act, backend=backend)
@@ -268,9 +233,9 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
 
     CPU inference: one channels-last oneDNN chain with each activation as a post-op, a few images
     at a time (the result is then channels-last). Elsewhere: F.conv2d and the activation, layer by layer."""
-    kernel = select(OP, x.device, backend)
     dtype = compute_dtype(x)
-    if _cpu_inference(kernel, dtype, x, *(t for layer in layers for t in layer[:2])):
+    grad = wants_grad(x, *(t for layer in layers for t in layer[:2]))
+    if cpu_inference(select(OP, x.device, backend), dtype, x, grad):
         return _cpu().conv_chain(x, layers, dtype)
     for weight, bias, stride, padding, act in layers:
         x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))

@@ -22,9 +22,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..backend import select
 from ._empty import zeros_of
-from ._linear_attention import MODES, check_choice, check_kernel_dtype, check_qkv, heads_first
+from ..plan import nystrom_plan
+from ._linear_attention import MODES, check_choice, check_qkv, heads_first
 from ._linear_attention_ops import LinearAttentionOps, empty_if_none, value_of
 
 OP = "nystrom_attention"
@@ -103,16 +103,15 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, num_l
     backend: "auto" | "triton" | "cpu" | "reference" (docs/backends.md).
     """
     _check(q, k, v, num_landmarks, pinv_iterations, mode, value, conv_weight)
-    backend = select(OP, q.device, backend)
-    if q.shape[0] * q.shape[2] == 0:  # no batch or no heads: an empty output (docs/numerics.md)
+    plan = nystrom_plan(q, backend=backend)  # plan.py has the rules: path, dtypes, empty inputs
+    if plan.empty:  # an empty output (docs/numerics.md)
         return zeros_of((*q.shape[:3], q.shape[3] if v is None else v.shape[3]), q, k, v, conv_weight)
-    if backend == "reference":
+    if plan.path == "reference":
         from python_ref.nystrom import nystrom_attention as reference
         out = reference(heads_first(q), heads_first(k), heads_first(v), num_landmarks=num_landmarks,
                         pinv_iterations=pinv_iterations, mode=mode, value=value, conv_weight=conv_weight)
         return out.transpose(1, 2)
-    check_kernel_dtype(OP, backend, q)
-    return OPS.forward(backend, q.device)(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode)[0]
+    return OPS.forward(plan.path)(q, k, v, conv_weight, num_landmarks, pinv_iterations, mode)[0]
 
 
 __all__ = ["nystrom_attention"]

@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..backend import select
 from ..constants import PERFORMER_KERNELS as KERNELS
 from ._empty import zeros_of
-from ._linear_attention import MODES, check_choice, check_kernel_dtype, check_qkv, heads_first
+from ..plan import performer_plan
+from ._linear_attention import MODES, check_choice, check_qkv, heads_first
 from ._linear_attention_ops import LinearAttentionOps, empty_if_none, value_of
 
 OP = "performer_attention"
@@ -88,16 +88,15 @@ def performer_attention(q: Tensor, k: Tensor, v: Optional[Tensor] = None, *, pro
     backend: "auto" | "triton" | "cpu" | "reference" (docs/backends.md).
     """
     _check(q, k, v, projection, kernel, mode, value)
-    backend = select(OP, q.device, backend)
-    if q.shape[0] * q.shape[2] == 0:  # no batch or no heads: an empty output (docs/numerics.md)
+    plan = performer_plan(q, backend=backend)  # plan.py has the rules: path, dtypes, empty inputs
+    if plan.empty:  # an empty output (docs/numerics.md)
         return zeros_of((*q.shape[:3], q.shape[3] if v is None else v.shape[3]), q, k, v, projection)
-    if backend == "reference":
+    if plan.path == "reference":
         from python_ref.performer import performer_attention as reference
         out = reference(heads_first(q), heads_first(k), heads_first(v), projection=projection, kernel=kernel,
                         mode=mode, value=value)
         return out.transpose(1, 2)
-    check_kernel_dtype(OP, backend, q)
-    return OPS.forward(backend, q.device)(q, k, v, projection.detach(), kernel, mode)[0]
+    return OPS.forward(plan.path)(q, k, v, projection.detach(), kernel, mode)[0]
 
 
 __all__ = ["performer_attention", "KERNELS"]

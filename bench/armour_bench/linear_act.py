@@ -9,7 +9,7 @@ Two tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armou
 2. The inference GEMM engines (`engines`): ATen's F.linear with the activation in place, oneDNN's
    fused linear on the plain weight, and on the weight prepacked once (what the inference path
    runs), at the DeiT-Ti and LeViT-128S layer shapes of one image and of batch 64. The `auto` column
-   is armour_kernels' choice (cpu/linear_act.py: ATen below ONEDNN_MIN_FLOPS, else packed oneDNN),
+   is armour_kernels' choice (plan.py: ATen below ONEDNN_MIN_FLOPS, else packed oneDNN),
    and the table says whether that choice was the faster engine: this is the measurement the
    thresholds rest on, per CPU.
 """
@@ -83,7 +83,8 @@ def run(args) -> int:
 
 def engine_row(layer, batch, dtype_name, dtype, repeats):
     """One layer shape on each inference GEMM engine, timed interleaved; which is faster, what `auto` chose."""
-    from armour_kernels.cpu.linear_act import (ONEDNN_ACTIVATIONS, ONEDNN_MIN_FLOPS, _INPLACE, _gemm, available,
+    from armour_kernels.plan import gemm_engine
+    from armour_kernels.cpu.linear_act import (ONEDNN_ACTIVATIONS, _INPLACE, _gemm, available,
                                                packed_weight)
     name, tokens, cin, cout, act = layer
     x = torch.randn(batch * tokens, cin).to(dtype)
@@ -96,7 +97,7 @@ def engine_row(layer, batch, dtype_name, dtype, repeats):
         steps["onednn packed"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, attr, [], algorithm)
     times = interleaved_ms(steps, "cpu", max(repeats, 25))
     flops = 2 * x.shape[0] * cin * cout
-    chose = "aten" if flops < ONEDNN_MIN_FLOPS.get(dtype, 0) or not available(dtype) else "onednn packed"
+    chose = "onednn packed" if available(dtype) and gemm_engine(flops, dtype) == "onednn" else "aten"
     fastest = min(("aten", "onednn packed"), key=lambda k: times.get(k, float("inf")))
     row = dict(layer=name, batch=batch, rows=x.shape[0], cin=cin, cout=cout, act=act, dtype=dtype_name,
                mflop=flops / 1e6, ms=times, chose=chose, fastest=fastest,

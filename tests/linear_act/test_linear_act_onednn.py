@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from helpers import assert_close
 
 from armour_kernels import fold_batchnorm, patch
+from armour_kernels import plan
+from armour_kernels.backend import wants_grad
 from armour_kernels.cpu import linear_act as dense
 from armour_kernels.nn.levit_stem import LevitStem
 from armour_kernels.nn.linear_act import FusedMlp
@@ -37,7 +39,7 @@ def _rand(*shape, seed=0, dtype=torch.float32):
 def engine(request, monkeypatch):
     """Both GEMM engines of the CPU inference path, whatever the problem size."""
     threshold = 0.0 if request.param == "onednn" else float("inf")
-    monkeypatch.setattr(dense, "ONEDNN_MIN_FLOPS", {torch.float32: threshold, torch.bfloat16: threshold})
+    monkeypatch.setattr(plan, "ONEDNN_MIN_FLOPS", {torch.float32: threshold, torch.bfloat16: threshold})
     return request.param
 
 
@@ -125,7 +127,9 @@ def test_conv_chain_in_chunks_matches_pytorch(batch, small_chunks):
 
 def test_cpu_inference_only_inference_on_cpu_in_fp32_or_bf16():
     x, w = _rand(2, 8), nn.Parameter(_rand(4, 8))
-    serves = ops._cpu_inference
+    def serves(backend, dtype, x, w):
+        return plan.cpu_inference(backend, dtype, x, wants_grad(x, w))
+
     assert not serves("cpu", torch.float32, x, w)  # grad mode on and w requires grad: autograd path
     with torch.no_grad():
         assert serves("cpu", torch.float32, x, w)
