@@ -10,13 +10,17 @@
      ours optimize   armour_kernels.optimize (fused + torch.compile with freezing)
      onnxruntime     the timm model in onnxruntime (fp32), intra-op threads = ours
      openvino        the timm model in OpenVINO, precision hint and threads set explicitly
+   and, like for like (same model on both sides), ours eager / optimize on timm's DeiT-Ti and
+   onnxruntime / openvino on Armour-Ti (exported decomposed, armour_kernels.export.to_onnx)
    (benchmarks/peers.py; a peer whose package is missing says so in its row) for each case
    (batch, threads): by default batch 1 on 1 thread (one request at a time), 16 and 64 on
-   2 threads. `--all` adds DeiT-Ti fused, Armour-128S and Armour+-128S.
+   2 threads. `--all` adds Armour-128S and Armour+-128S.
    Every implementation of a case is timed interleaved, round by round, for a time budget
    (benchmarks/timing.py), after warm-up; the table gives the median with its IQR, and how
    many times faster `ours optimize` is than each peer, from the per-round ratios: when their
-   IQR contains 1.0 it says "no clear difference".
+   IQR contains 1.0 it says "no clear difference"; a row of another model than the headline's also
+   against ours optimize on its own model ("same model on both sides"). Every row has its
+   first-call seconds (compile_s: build, compilation or export + session, and the first call).
 4. At batch 1 on CPU: µs per call of ours eager / timm eager / ours optimize and how much of it
    the GEMM / convolution / attention kernels take, and a torch.profiler breakdown of our eager
    LeViT-128S call (benchmarks/overhead.py).
@@ -25,9 +29,9 @@
 
 The compiled rows are compiled once per model and thread count: statically at batch 1, and as one
 batch-dynamic graph shared by batch 16 and 64 (their rows say `dynamic_batch`). Most of the run is
-torch.compile (8 compilations of ~20-40 s on 2 cores) and OpenVINO / ONNX builds; `--quick` (batch 1
+torch.compile (10 compilations of ~20-40 s on 2 cores) and OpenVINO / ONNX builds; `--quick` (batch 1
 on 1 thread and 64 on 2 threads, compiled rows at batch 1 only, no timm compile, 1 s budgets) needs
-2 compilations; `--no-compile` none.
+3 compilations; `--no-compile` none.
 ARMOUR_BENCH_TINY=1 (or --tiny) shrinks the models to 32×32 images and one block per stage
 (a seconds-long smoke run; the tests use it).
 """
@@ -53,6 +57,7 @@ DEFAULT_OUT = Path("bench/out")
 IMPLS = ("timm eager", "ours eager", "timm compile", "ours optimize", "onnxruntime", "openvino")
 COMPILED = ("timm compile", "ours optimize")
 OURS = ("ours eager", "ours optimize")
+ONNX_PEERS = ("onnxruntime", "openvino")  # also run on each Armour model of ours (same model on both sides)
 HEADLINE = "ours optimize"
 
 
@@ -64,8 +69,11 @@ class Group:
     ours: tuple                 # ((label, armourize variant or None), ...)
 
 
+# DeiT-Ti: Armour-Ti (ours) against timm's DeiT-Ti, and, like for like, our kernels on DeiT-Ti itself
+# (optimize() of the timm model) and the ONNX peers on Armour-Ti: the kernels' gain apart from the
+# smaller model's.
 GROUPS = (Group("LeViT-128S", "levit_128s", (("LeViT-128S", None),)),
-          Group("DeiT-Ti", "deit_tiny_patch16_224", (("Armour-Ti", "armour"),)))
+          Group("DeiT-Ti", "deit_tiny_patch16_224", (("Armour-Ti", "armour"), ("DeiT-Ti", None))))
 ALL_GROUPS = (Group("LeViT-128S", "levit_128s", (("LeViT-128S", None), ("Armour-128S", "armour"),
                                                  ("Armour+-128S", "armour_plus"))),
               Group("DeiT-Ti", "deit_tiny_patch16_224", (("Armour-Ti", "armour"), ("DeiT-Ti", None))))
@@ -95,7 +103,7 @@ def add_arguments(parser):
                                help="leave out both compiled rows (timm compile, ours optimize)")
     parser.add_argument("--max-autotune", action="store_true",
                         help="ours optimize with max_autotune=True (inductor's GEMM templates; minutes more to compile)")
-    parser.add_argument("--all", action="store_true", help="also DeiT-Ti fused, Armour-128S and Armour+-128S")
+    parser.add_argument("--all", action="store_true", help="also Armour-128S and Armour+-128S")
     parser.add_argument("--tiny", action="store_true", default=os.environ.get("ARMOUR_BENCH_TINY", "0") not in ("", "0"),
                         help="tiny models (32×32 images, one block per stage): a seconds-long smoke run")
 
@@ -184,20 +192,35 @@ def build_models(group: Group, tiny: bool):
     return base, ours
 
 
-def _entries(group: Group, impls, ours_models: dict) -> list:
-    """(impl, model label) pairs of a group, in table order."""
+def _entries(group: Group, impls, ours_variants: dict) -> list:
+    """(impl, model label) pairs of a group, in table order: ours on each of our models, timm on the
+    peer, the ONNX peers on the peer and on each Armour model of ours (ours_variants: label → variant)."""
     entries = []
     for impl in impls:
         if impl in OURS:
-            entries += [(impl, label) for label in ours_models]
+            entries += [(impl, label) for label in ours_variants]
+        elif impl in ONNX_PEERS:
+            entries += [(impl, label) for label in dict.fromkeys([group.peer, *ours_variants])
+                        if label == group.peer or ours_variants[label] is not None]
         else:
             entries.append((impl, group.peer))
     return entries
 
 
-def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: bool = False,
-           max_autotune: bool = False):
-    """The callable of one (impl, model), or raises peers.Unavailable."""
+def _onnx_file(onnx_files: dict, label: str, model, example):
+    """The ONNX export of one model, made once per case and shared by onnxruntime and openvino."""
+    if label not in onnx_files:
+        try:
+            onnx_files[label] = peers.OnnxFile(model, example)
+        except peers.Unavailable as missing:
+            onnx_files[label] = missing
+    if isinstance(onnx_files[label], Exception):
+        raise peers.Unavailable(str(onnx_files[label]))
+    return onnx_files[label]
+
+
+def _build(impl: str, model, example, dtype, onnx=None, dynamic_batch: bool = False, max_autotune: bool = False):
+    """The callable of one (impl, model), or raises peers.Unavailable; onnx: the OnnxFile of the ONNX peers."""
     if impl == "timm eager":
         return peers.timm_eager(model, example, dtype)
     if impl == "ours eager":
@@ -206,16 +229,9 @@ def _build(impl: str, model, example, dtype, onnx_holder: dict, dynamic_batch: b
         return peers.timm_compile(model, example, dtype, dynamic_batch=dynamic_batch)
     if impl == "ours optimize":
         return peers.ours_optimize(model, example, dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune)
-    if "onnx" not in onnx_holder:  # one export shared by onnxruntime and openvino
-        try:
-            onnx_holder["onnx"] = peers.OnnxFile(model, example)
-        except peers.Unavailable as missing:
-            onnx_holder["onnx"] = missing
-    if isinstance(onnx_holder["onnx"], Exception):
-        raise peers.Unavailable(str(onnx_holder["onnx"]))
     if impl == "onnxruntime":
-        return peers.onnxruntime_session(onnx_holder["onnx"], example, dtype)
-    return peers.openvino_model(onnx_holder["onnx"], example, dtype)
+        return peers.onnxruntime_session(onnx, example, dtype)
+    return peers.openvino_model(onnx, example, dtype)
 
 
 def _ours_eager(model, example, dtype):
@@ -236,7 +252,13 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
                  progress: Progress, compiled: dict | None = None) -> list:
     """Build every implementation of one case, time them interleaved; one row each.
 
-    compiled: the group's batch-dynamic compiled models by (impl, model, threads), shared between cases."""
+    compiled: the group's batch-dynamic compiled models by (impl, model, threads), shared between cases,
+    each with its first-call seconds.
+
+    Each row's compile_s: the seconds from the source model to the first result — the build and the
+    first call: optimize()'s compile, torch.compile's first call, the ONNX export plus onnxruntime's
+    session creation or OpenVINO's convert_model + compile_model, the copy and patch of the eager
+    rows. A batch-dynamic graph shared with an earlier case keeps the seconds it took there."""
     compiled = {} if compiled is None else compiled
     dtype, size = DTYPES[dtype_name], (32 if s.tiny else 224)
     if threads:
@@ -244,9 +266,9 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
     torch.manual_seed(1)
     example = torch.randn(batch, 3, size, size, device=s.device)
     where = f"{group.peer} {dtype_name} batch {batch}" + (f" × {threads} thread{'s' * (threads > 1)}" if threads else "")
-    rows, fns, onnx = [], {}, {}
-    for impl, label in _entries(group, s.impls, ours_models):
-        model = ours_models[label] if impl in OURS else base
+    rows, fns, onnx_files = [], {}, {}
+    for impl, label in _entries(group, s.impls, dict(group.ours)):
+        model = ours_models[label] if label in ours_models and (impl in OURS or label != group.peer) else base
         progress.step(f"{where}: building {impl} ({label})")
         row = dict(group=group.peer, model=label, impl=impl, batch=batch, threads=threads,
                    dtype="fp32" if impl == "onnxruntime" else dtype_name)
@@ -259,26 +281,33 @@ def measure_case(group: Group, base, ours_models: dict, s: Settings, dtype_name:
         dynamic = impl in COMPILED and s.dynamic_batch(batch, threads)
         if dynamic:
             row["dynamic_batch"] = True  # one graph for this thread count's batch sizes
-        start = time.perf_counter()
+        start, before, key = time.perf_counter(), 0.0, (impl, label, threads)
         try:
-            key = (impl, label, threads)
+            onnx = None
+            if impl in ONNX_PEERS:
+                onnx = _onnx_file(onnx_files, label, model, example)
+                start, before = time.perf_counter(), onnx.export_s  # the export counts for both ONNX peers
             if dynamic and key in compiled:
-                fn = compiled[key]
+                fn, before = compiled[key]
+                row["compile_shared"] = True  # compiled in an earlier case of this thread count
             else:
                 fn = _build(impl, model.to(s.device), example, dtype, onnx, dynamic_batch=dynamic,
                             max_autotune=s.max_autotune)
-                if dynamic:
-                    compiled[key] = fn
             with torch.no_grad():
                 fn(example)  # a failing configuration must not lose the rest of the table
             fns[(impl, label)] = fn
             row["status"] = "ok"
         except Exception as error:  # noqa: BLE001 - reported in the row, the run goes on
             row["status"] = _error_text(error)
-        row["build_s"] = round(time.perf_counter() - start, 2)
+        seconds = time.perf_counter() - start
+        row["build_s"] = round(seconds, 2)  # this case's build and first call
+        row["compile_s"] = round(before if row.get("compile_shared") else before + seconds, 2)
+        if dynamic and row["status"] == "ok" and key not in compiled:
+            compiled[key] = (fn, row["compile_s"])
         rows.append(row)
-    if isinstance(onnx.get("onnx"), peers.OnnxFile):
-        onnx["onnx"].close()
+    for onnx in onnx_files.values():
+        if isinstance(onnx, peers.OnnxFile):
+            onnx.close()
     progress.step(f"{where}: timing {len(fns)} implementations interleaved ({s.budget_s:g} s)")
     row_load = record.load_average()
     timings = _time(fns, example, s)
@@ -338,8 +367,11 @@ def _overhead(rows: list, fns: dict, example) -> None:
 
 
 def add_ratios(rows: list) -> None:
-    """Each row of a case gets `vs_<headline>`: how many times faster ours optimize (the group's
-    first model of ours) is than it; ours eager gets `vs_timm_eager`."""
+    """Each row of a case gets `optimize_vs_this`: how many times faster ours optimize (the group's
+    first model of ours) is than it; ours eager gets `vs_timm_eager`. Where ours optimize runs
+    several models (Armour-Ti and DeiT-Ti), each other row also gets `same_model_optimize_vs_this`:
+    ours optimize on that same model against it (like for like: the kernels' gain without Armour's
+    smaller model)."""
     cases = {}
     for row in rows:
         cases.setdefault((row["group"], row["batch"], row["threads"], row["dtype_run"]), []).append(row)
@@ -347,9 +379,13 @@ def add_ratios(rows: list) -> None:
         timed = [r for r in case if "_timing" in r]
         headline = next((r for r in timed if r["impl"] == HEADLINE), None)
         timm = next((r for r in timed if r["impl"] == "timm eager"), None)
+        optimized = {r["model"]: r for r in timed if r["impl"] == HEADLINE}
         for row in timed:
             if headline is not None and row is not headline:
                 row["optimize_vs_this"] = ratio(headline["_timing"], row["_timing"]).as_dict()
+            same = optimized.get(row["model"])
+            if len(optimized) > 1 and same is not None and same is not row:
+                row["same_model_optimize_vs_this"] = ratio(same["_timing"], row["_timing"]).as_dict()
             if timm is not None and row["impl"] in OURS:
                 row["vs_timm_eager"] = ratio(row["_timing"], timm["_timing"]).as_dict()
 
@@ -364,14 +400,23 @@ def _ratio_text(r: dict | None) -> str:
 
 # ----------------------------------------------------------------------------- report
 
+def _compile_text(row) -> str:
+    """The first-call seconds; `(shared)` when a batch-dynamic graph compiled in an earlier case serves this one."""
+    if "compile_s" not in row:
+        return ""
+    return f"{row['compile_s']:.1f}" + (" (shared)" if row.get("compile_shared") else "")
+
+
 def _case_text(row) -> str:
     threads = f", {row['threads']} thread{'s' * (row['threads'] > 1)}" if row["threads"] else ""
     return f"{row['group']}, {row['dtype_run']}, batch {row['batch']}{threads}"
 
 
 def table(rows: list) -> str:
-    """Plain-text tables, one per case: img/s with IQR, ms per call, ours optimize ÷ this."""
-    header = ["impl", "model", "img/s", "IQR img/s", "ms/call", f"{HEADLINE} is … faster"]
+    """Plain-text tables, one per case: img/s with IQR, ms per call, first-call seconds, ours optimize ÷ this
+    (the headline model, and the same model on both sides where the row's model is another)."""
+    header = ["impl", "model", "img/s", "IQR img/s", "ms/call", "first call s", f"{HEADLINE} is … faster",
+              "same model on both sides"]
     blocks, cases = [], {}
     for row in rows:
         cases.setdefault(_case_text(row), []).append(row)
@@ -381,14 +426,15 @@ def table(rows: list) -> str:
             if "img_per_s" in r:
                 lines.append([r["impl"], r["model"], f"{r['img_per_s']:.1f}",
                               f"{r['img_per_s_low']:.1f}-{r['img_per_s_high']:.1f}", f"{r['median_ms']:.2f}",
-                              _ratio_text(r.get("optimize_vs_this"))])
+                              _compile_text(r), _ratio_text(r.get("optimize_vs_this")),
+                              _ratio_text(r.get("same_model_optimize_vs_this"))])
             else:  # a row without a timing: its reason, written across the number columns
                 status[len(lines)] = r["status"]
-                lines.append([r["impl"], r["model"], "", "", "", ""])
+                lines.append([r["impl"], r["model"], "", "", "", "", "", ""])
         widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
 
         def fmt(cols, note=None):
-            cells = [c.ljust(w) if i < 2 else c.rjust(w) if i < 5 else c for i, (c, w) in enumerate(zip(cols, widths))]
+            cells = [c.ljust(w) if i < 2 or i > 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))]
             return "  ".join(cells[:2] + [note] if note else cells).rstrip()
         block = [title, fmt(header), fmt(["-" * w for w in widths])] + [fmt(l, status.get(i)) for i, l in
                                                                           enumerate(lines)]
@@ -404,16 +450,26 @@ def markdown(report: dict) -> str:
              f"Method: every implementation of a case timed interleaved, round by round, ~{report['budget_s']:g} s "
              f"of rounds per implementation after 2 warm-up calls; median and interquartile range (IQR) of the "
              "per-call times; ratios are medians (IQR) of the per-round ratios, \"no clear difference\" when that IQR "
-             "contains 1.0. onnxruntime always runs fp32.", "",
-             f"| case | impl | model | img/s | IQR img/s | ms/call | {HEADLINE} is … faster | ours vs timm eager |",
-             "|---|---|---|---:|---|---:|---|---|"]
+             "contains 1.0. onnxruntime always runs fp32. *first call s*: seconds from the source model to the "
+             "first result (optimize()'s or torch.compile's compilation, the ONNX export plus onnxruntime's session "
+             "or OpenVINO's compile_model; *shared*: a batch-dynamic graph compiled in an earlier case). "
+             f"*{HEADLINE} is … faster* compares with the group's first model of ours (Armour-Ti against "
+             "DeiT-Ti); *same model on both sides* compares a row with ours optimize on the same model (our "
+             "kernels on DeiT-Ti, the ONNX peers on Armour-Ti), so the kernels' gain is not confused with "
+             "Armour's smaller model.", "",
+             f"| case | impl | model | img/s | IQR img/s | ms/call | first call s | {HEADLINE} is … faster | "
+             "same model on both sides | ours vs timm eager |",
+             "|---|---|---|---:|---|---:|---:|---|---|---|"]
     for r in rows:
         if "img_per_s" in r:
             lines.append(f"| {_case_text(r)} | {r['impl']} | {r['model']} | {r['img_per_s']:.1f} | "
                          f"{r['img_per_s_low']:.1f}-{r['img_per_s_high']:.1f} | {r['median_ms']:.2f} | "
-                         f"{_ratio_text(r.get('optimize_vs_this'))} | {_ratio_text(r.get('vs_timm_eager'))} |")
+                         f"{_compile_text(r)} | {_ratio_text(r.get('optimize_vs_this'))} | "
+                         f"{_ratio_text(r.get('same_model_optimize_vs_this'))} | "
+                         f"{_ratio_text(r.get('vs_timm_eager'))} |")
         else:
-            lines.append(f"| {_case_text(r)} | {r['impl']} | {r['model']} | {r['status']} | | | | |")
+            lines.append(f"| {_case_text(r)} | {r['impl']} | {r['model']} | {r['status']} | | | "
+                         f"{_compile_text(r)} | | | |")
     profiled = [r for r in rows if "overhead" in r]
     if profiled:
         lines += ["", "## Per-call cost at batch 1", "",

@@ -15,6 +15,8 @@ Hardswish against F.linear + F.hardswish): medians over rounds, the two sides in
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 # Ops whose self time is the arithmetic of a layer (GEMM, convolution, attention).
@@ -29,10 +31,18 @@ def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:
     "kernel_us": µs per call inside KERNEL_OPS, "profiled_us": µs per call of all ops' self time}."""
     from torch.profiler import ProfilerActivity, profile
 
+    if not torch.cuda.is_available():
+        # Kineto (the profiler's library) asks the CUDA driver for its devices when it starts, even for
+        # CPU-only profiling; without a GPU that fails by design and it prints "ERROR ...
+        # gpuGetDeviceCount failed with code 35". Its log level above ERROR (5) keeps that out of a
+        # CPU run; read when kineto starts, so it must be set before the first profile.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     with torch.no_grad():
         for _ in range(warmup):
             fn()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        # acc_events=True: one profiling cycle here, so keeping events across cycles changes nothing;
+        # without it torch 2.11 warns at every start that events are cleared between cycles.
+        with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
             for _ in range(calls):
                 fn()
     events = [e for e in prof.key_averages() if e.key != "ProfilerStep*"]

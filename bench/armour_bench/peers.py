@@ -20,7 +20,9 @@ armour_kernels[bench]` brings them.
 from __future__ import annotations
 
 import importlib
+import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -65,27 +67,58 @@ def ours_eager(model: nn.Module, example: torch.Tensor, dtype: torch.dtype):
 INFERENCE_TENSORS = False
 
 
+def quiet_cuda_home_probe() -> None:
+    """Import torch.utils.cpp_extension (inductor imports it when it first compiles) with its logger
+    at ERROR: on a CUDA build of torch without a GPU it logs "No CUDA runtime is found, using
+    CUDA_HOME=..." at import, which says nothing about a CPU run (it is about building CUDA
+    extensions, which nothing here does). Its other messages stay as they are."""
+    name = "torch.utils.cpp_extension"
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(name)
+    finally:
+        logger.setLevel(level)
+
+
 def timm_compile(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False):
-    """torch.compile (inductor, freezing) of the model as PyTorch runs it; compiled on the example."""
-    return compile_frozen(timm_eager(model, example, dtype), example, inductor_options(example.device),
+    """torch.compile (inductor, freezing) of the model as PyTorch runs it; compiled on the example.
+
+    One eager call first: timm's LeViT fills a per-device cache of its attention biases
+    (`attention_bias_cache`) at its first eval call. Traced on an empty cache, the graph is guarded
+    on the cache being empty, so the next call failed that guard and Dynamo compiled a second,
+    unfrozen graph outside the inductor options (optimize's warning, and a slower timm compile row)."""
+    quiet_cuda_home_probe()
+    serving = timm_eager(model, example, dtype)
+    with torch.no_grad():
+        serving(example)
+    return compile_frozen(serving, example, inductor_options(example.device),
                           fullgraph=False, dynamic_batch=dynamic_batch, inference_tensors=INFERENCE_TENSORS)
 
 
 def ours_optimize(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, dynamic_batch: bool = False,
                   max_autotune: bool = False):
+    quiet_cuda_home_probe()
     return optimize(model, example, dtype=dtype, dynamic_batch=dynamic_batch, max_autotune=max_autotune,
                     inference_tensors=INFERENCE_TENSORS)
 
 
 class OnnxFile:
-    """The model exported once to ONNX (fp32, static shape of the example) in a temporary folder."""
+    """The model exported once to ONNX (fp32, static shape of the example) in a temporary folder.
+
+    A patched model (or one of python_ref's Armour models) exports decomposed
+    (armour_kernels.export.to_onnx): the same weights and outputs, plain ONNX nodes.
+    export_s: the seconds the export took (part of both ONNX peers' first-call time)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor):
         require("onnx")
         from armour_kernels.export import to_onnx
         self._folder = tempfile.TemporaryDirectory(prefix="armour-bench-")
+        start = time.perf_counter()
         self.path = to_onnx(model.float().cpu(), example.float().cpu(), Path(self._folder.name) / "model.onnx",
                             dynamic_batch=False)
+        self.export_s = time.perf_counter() - start
 
     def close(self):
         self._folder.cleanup()
@@ -131,4 +164,5 @@ def openvino_model(onnx: OnnxFile, example: torch.Tensor, dtype: torch.dtype):
 
 
 __all__ = ["Unavailable", "require", "timm_eager", "ours_eager", "timm_compile", "ours_optimize", "OnnxFile",
-           "onnxruntime_session", "openvino_model", "INSTALL_HINT"]
+           "onnxruntime_session", "openvino_model", "INSTALL_HINT",
+           "quiet_cuda_home_probe"]
