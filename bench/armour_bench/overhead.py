@@ -90,8 +90,8 @@ def per_call(rounds: int = 40, calls: int = 50, threads: int = 1) -> list[dict]:
     [{case, ours_us, torch_us, ratio, goal}]."""
     import torch.nn.functional as F
 
-    from ..ops.attention import armour_attention
-    from ..ops.linear_act import linear_act
+    from armour_kernels.ops.attention import armour_attention
+    from armour_kernels.ops.linear_act import linear_act
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

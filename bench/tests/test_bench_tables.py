@@ -29,3 +29,12 @@ def test_tables_prints_every_row_and_writes_json(capsys, tmp_path, monkeypatch):
     assert [r["label"] for r in rows] == [row.label for row in ROWS] and all(r["matches"] for r in rows)
     assert next(r for r in rows if r["label"] == "Armour-Ti")["paper_delta"] == "-7.8%"
     assert set(next(r for r in rows if r["label"] == "LeViT-128S")["counts"]) == {"folded", "unfolded"}
+
+
+def test_overhead_per_call_runs_and_writes_its_table(tmp_path):
+    """`python -m armour_bench.overhead <folder>`: a few rounds of each tiny call, the table written."""
+    from armour_bench import overhead
+    rows = overhead.per_call(rounds=2, calls=2)
+    assert len(rows) == 4 and all(r["ours_us"] > 0 and r["torch_us"] > 0 for r in rows), rows
+    overhead.write_per_call(str(tmp_path), rows)
+    assert (tmp_path / "overhead-cpu.md").read_text().startswith("# Per-call overhead")
