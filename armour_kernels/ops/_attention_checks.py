@@ -15,17 +15,11 @@ from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..constants import MAX_HEAD_DIM, VALUE_SOURCES
+from ._tensor_checks import check_bnhd
 
 
 def _check_tensor(name, t, like=None):
-    if not isinstance(t, Tensor):
-        raise TypeError(f"attention: {name} must be a tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"attention: {name} must be (B, N, H, D), got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"attention: {name} must be a floating-point tensor, got {t.dtype}")
-    if like is not None and (t.dtype != like.dtype or t.device != like.device):
-        raise TypeError(f"attention: {name} is {t.dtype} on {t.device} but q is {like.dtype} on {like.device}")
+    check_bnhd("attention", name, t, like)
     if not 1 <= t.shape[-1] <= MAX_HEAD_DIM:
         raise ValueError(f"attention: head dims from 1 to {MAX_HEAD_DIM} are supported, {name} has {t.shape[-1]}")
 

@@ -6,10 +6,9 @@ registered and chosen is _linear_attention_ops.py.
 """
 from __future__ import annotations
 
-from torch import Tensor
-
 from ..constants import LINEAR_ATTENTION_VALUES as VALUES
 from ..constants import MODES
+from ._tensor_checks import check_bnhd
 
 
 def heads_first(t):
@@ -22,14 +21,7 @@ def check_choice(op: str, name: str, got, allowed) -> None:
 
 
 def check_tensor(op: str, name: str, t, like=None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
-    if t.dim() != 4:
-        raise ValueError(f"{op}: {name} must be (B, N, H, D), got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
-    if like is not None and (t.dtype != like.dtype or t.device != like.device):
-        raise TypeError(f"{op}: {name} is {t.dtype} on {t.device} but q is {like.dtype} on {like.device}")
+    check_bnhd(op, name, t, like)
     if t.shape[1] < 1 or t.shape[3] < 1:
         raise ValueError(f"{op}: {name} needs at least one token and one feature, got shape {tuple(t.shape)}")
 
