@@ -59,10 +59,22 @@ PERFORMER_KERNELS = ("softmax", "relu")
 # The Linear + activation family (docs/linear_act.md): activations the fused layers apply.
 ACTIVATIONS = ("none", "hardswish", "relu", "gelu", "gelu_tanh", "silu")
 
+
+class Activation(enum.IntEnum):
+    """The code of each activation in ACTIVATIONS (its index), as the C++ dense op takes it (Act in
+    csrc/kernels/kernel_api.h, same order)."""
+
+    NONE = 0
+    HARDSWISH = 1
+    RELU = 2
+    GELU = 3
+    GELU_TANH = 4
+    SILU = 5
+
 MAX_HEAD_DIM = 256
 
 LOG2E = 1.0 / math.log(2.0)  # the kernels work in exp2: exp(x) = exp2(x·log2 e)
 LN2 = math.log(2.0)
 
 __all__ = ["ValueSource", "BiasKind", "VALUE_PARTS", "VALUE_SOURCES", "DEIT_VARIANTS", "LEVIT_VALUES",
-           "LINEAR_ATTENTION_VALUES", "MODES", "PERFORMER_KERNELS", "ACTIVATIONS", "MAX_HEAD_DIM", "LOG2E", "LN2"]
+           "LINEAR_ATTENTION_VALUES", "MODES", "PERFORMER_KERNELS", "ACTIVATIONS", "Activation", "MAX_HEAD_DIM", "LOG2E", "LN2"]

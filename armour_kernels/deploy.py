@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from .surgery import patch
 from .surgery.fold import fold_batchnorm
-from .surgery.serving import channels_last_stem, dense_attention_biases
+from .surgery.serving import channels_last_stem, dense_attention_biases, pack_dense_layers
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -64,9 +64,10 @@ def input_tuple(example_inputs) -> tuple:
 
 
 def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
-            dense_biases: bool = True) -> ServingModel:
+            dense_biases: bool = True, pack: bool = True) -> ServingModel:
     """The eager serving model: a deep copy, eval, BatchNorms folded, fused modules patched in,
-    LeViT bias tables gathered (`dense_biases`), weights cast to `dtype`, no gradients.
+    LeViT bias tables gathered (`dense_biases`), weights cast to `dtype`, no gradients, and
+    (`pack`, CPU) the fused modules' projection weights packed for the CPU dense op.
     `model` is not changed."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"armour_kernels.optimize: expected an nn.Module, got {type(model).__name__}")
@@ -80,7 +81,16 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
     if dense_biases:
         dense_attention_biases(model)
     channels_last_stem(model)
-    return ServingModel(model.to(dtype), dtype).eval()
+    model = model.to(dtype)
+    if pack and _packs(backend):
+        pack_dense_layers(model)
+    return ServingModel(model, dtype).eval()
+
+
+def _packs(backend: str) -> bool:
+    """Whether the dense layers get packed weights: the C++ dense op is there and the backend runs on the CPU."""
+    from . import cpu
+    return cpu.built() and backend in ("auto", "cpu")
 
 
 def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_autotune: bool = False) -> dict:
@@ -248,7 +258,7 @@ def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph
 
 def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
              cpp_wrapper: bool = False, max_autotune: bool = False, dynamic_batch: bool = False,
-             inference_tensors: bool = True) -> nn.Module:
+             inference_tensors: bool = True, pack: bool = True) -> nn.Module:
     """A compiled copy of `model` ready to serve (see the module docstring); `model` is not changed.
 
     example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
@@ -259,9 +269,11 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     inference_tensors: compile now, too, for inputs created under torch.inference_mode() (Dynamo
     guards them apart from ordinary tensors; ~6 s more for LeViT-128S); False when the requests
     are ordinary tensors, and a first inference-tensor request then compiles.
+    pack: the fused modules' dense layers run the CPU dense op on weights packed once (docs/dense.md);
+    False leaves them to inductor (prepacked MKL / oneDNN GEMMs, its own epilogue fusion).
     """
     example = input_tuple(example_inputs)
-    serving = prepare(model, dtype=dtype, backend=backend)
+    serving = prepare(model, dtype=dtype, backend=backend, pack=pack)
     options = inductor_options(device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
     return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True,
                           inference_tensors=inference_tensors)

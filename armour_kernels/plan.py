@@ -165,15 +165,18 @@ def cpu_inference(backend: str, dtype: torch.dtype, x, grad: bool) -> bool:
     return _DENSE[0].available(dtype)
 
 
-def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None) -> tuple:
+def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None, packed=None) -> tuple:
     """(backend, path, compute dtype) of `linear_act(...)`: what the op asks on every call, positional
     and without a Plan object (linear_act_plan has the rules in words). grad: whether autograd wants
-    a gradient (None: asked of the tensors)."""
+    a gradient (None: asked of the tensors). packed: the weight as dense_pack made it, or None."""
     device = x.device
     backend = select(LINEAR_ACT, device, backend)
     dtype = compute_dtype(x, device)
     if grad is None:
         grad = wants_grad(x, weight, bias, residual)
+    if packed is not None and backend == "cpu" and not grad and dtype == x.dtype == packed.dtype \
+            and (residual is None or residual.dtype == dtype) and (bias is None or bias.dtype == dtype):
+        return backend, "dense", dtype
     if cpu_inference(backend, dtype, x, grad):
         return backend, gemm_engine(2 * x.numel() * weight.shape[0], dtype), dtype
     if backend == "triton" and act in TRITON_ACTIVATIONS and dtype in TRITON_DTYPES:
@@ -187,9 +190,11 @@ def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None) 
 
 
 def linear_act_plan(x, weight, bias=None, *, act: str = "none", act_in: bool = False, residual=None,
-                    backend: str = "auto", grad: Optional[bool] = None) -> Plan:
-    """The plan of `linear_act(x, weight, bias, act=, act_in=, residual=)` (docs/linear_act.md):
+                    backend: str = "auto", grad: Optional[bool] = None, packed=None) -> Plan:
+    """The plan of `linear_act(x, weight, bias, act=, act_in=, residual=, packed=)` (docs/linear_act.md):
 
+        "dense"            a packed weight (a served model, docs/dense.md), backend "cpu", no
+                           gradient, everything in one dtype: the C++ dense op (also when compiled)
         "onednn" / "aten"  backend "cpu" and cpu_inference(): by FLOPs, gemm_engine()
         "triton-infer"     backend "triton", no gradient, something to fuse (act_in, Hardswish or a
                            residual; a plain GEMM is cuBLAS's job), act and dtype the epilogue has
@@ -200,7 +205,7 @@ def linear_act_plan(x, weight, bias=None, *, act: str = "none", act_in: bool = F
 
     The compute dtype is autocast's under autocast, as for F.linear; the C++ Linear + Hardswish
     kernel computes float16 in float32."""
-    backend, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend, grad)
+    backend, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend, grad, packed)
     if path == "autograd-op" and backend == "cpu":
         dtype = _cpu_kernel_dtype(dtype)
     min_flops = ONEDNN_MIN_FLOPS.get(dtype, 0) if path in ("aten", "onednn") else None

@@ -5,6 +5,7 @@
 
 #include "kernels/kernel_api.h"
 #include "attention/host.h"
+#include "linear_layer/dense.h"
 #include "linear_layer/linear_hardswish.h"
 #include "torch_ops/attention_op.h"
 
@@ -45,6 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale"), py::arg("mask_diagonal"));
   m.def("linear_hardswish", &armour::linear_hardswish, "hardswish(x @ weight.T + bias)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
+  m.def("dense_layout", &armour::dense_layout,
+        "the layout dense_pack chooses for this weight now: fp32-brgemm, bf16-amx or plain", py::arg("weight"));
   m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
   m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
         "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");

@@ -21,7 +21,7 @@ torch.fx it is a leaf (nn/_fx.py).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ from ..constants import DEIT_VARIANTS  # variant → (value source, key is query
 from ..ops.attention import attention
 from ..ops.linear_act import linear_act
 from ._fx import eager_forward
+from ._packed import packed_of
 from ._scripted import attention_op
 from .adopt import adopt
 from .masks import mask_bias
@@ -90,11 +91,18 @@ class FusedDeiTAttention(nn.Module):
     @eager_forward
     def _eager_forward(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
         self._check_dropout()
-        q, k, v = self._split(linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend))
+        q, k, v = self._split(linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend,
+                                         packed=packed_of(self.qkv)))
         bias = mask_bias(attn_mask, is_causal, q, k, "FusedDeiTAttention")
         out = attention(q, k, v, value=self.value, scale=self.scale, bias=bias, mask_diagonal=self.mask_diagonal,
                         backend=self.backend)
-        return self.proj_drop(linear_act(out.flatten(2), self.proj.weight, self.proj.bias, backend=self.backend))
+        return self.proj_drop(linear_act(out.flatten(2), self.proj.weight, self.proj.bias, backend=self.backend,
+                                         packed=packed_of(self.proj)))
+
+    @torch.jit.unused
+    def dense_layers(self) -> List[nn.Module]:
+        """The Linears whose weights this module hands to linear_act (what a served model packs)."""
+        return [self.qkv, self.proj]
 
     def _scripted_forward(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
         """The same under TorchScript: the projections as ATen Linear, the op through the dispatcher."""

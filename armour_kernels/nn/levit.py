@@ -31,6 +31,7 @@ from ..constants import LEVIT_VALUES
 from ..ops.attention import attention
 from ..ops.linear_act import linear_act, mlp
 from ._fx import eager_forward
+from ._packed import packed_of
 from ._scripted import attention_op
 from .adopt import Adopted
 
@@ -102,6 +103,12 @@ class _LevitAttentionBase(Adopted):
         return attention(q, k, v, value=value, scale=self.scale, bias=self.attention_biases,
                          bias_index=self.attention_bias_idxs, backend=self.backend)
 
+    @torch.jit.unused
+    def dense_layers(self) -> List[nn.Module]:
+        """The projections whose folded weights this block hands to linear_act (what a served model packs)."""
+        inputs = [self.qkv] if hasattr(self, "qkv") else [self.kv, list(self.q.children())[-1]]
+        return inputs + [self.proj.ln] if hasattr(self.proj, "ln") else inputs
+
     def _scripted_attend(self, q: Tensor, k: Tensor, v: Optional[Tensor], value: str) -> Tensor:
         return attention_op(q, k, v, self.attention_biases, self.attention_bias_idxs, value, self.scale, False,
                             self.backend)
@@ -116,7 +123,8 @@ class _LevitAttentionBase(Adopted):
         folded = None if self.training else folded_projection(module)
         if folded is not None:
             tokens = _layout_to_tokens(x, self.use_conv)
-            return linear_act(tokens, *folded, backend=self.backend).unflatten(-1, (self.num_heads, -1))
+            return linear_act(tokens, *folded, backend=self.backend,
+                              packed=packed_of(module)).unflatten(-1, (self.num_heads, -1))
         return _per_head(module(x), self.num_heads, self.use_conv)
 
     def _project_out(self, o: torch.Tensor, grid, residual=None) -> torch.Tensor:
@@ -128,7 +136,7 @@ class _LevitAttentionBase(Adopted):
             weight, bias = folded  # o is the op's fresh output: the input Hardswish may run in place
             res = None if residual is None else _layout_to_tokens(residual, self.use_conv)
             y = linear_act(o.flatten(2), weight, bias, act_in=True, residual=res, backend=self.backend,
-                           inplace_input=True)
+                           inplace_input=True, packed=packed_of(self.proj.ln))
             return _tokens_to_layout(y, self.use_conv, grid)
         return self._modules_project_out(o, grid, residual)
 
@@ -207,7 +215,7 @@ class LevitAttentionDownsample(_LevitAttentionBase):
         if folded is not None:
             for module in subsample:
                 x = module(x)
-            return linear_act(x, *folded, backend=self.backend)
+            return linear_act(x, *folded, backend=self.backend, packed=packed_of(projection))
         return self.q(x)
 
     def extra_repr(self):
@@ -220,6 +228,10 @@ class LevitMlp(Adopted):
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__(original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
+
+    @torch.jit.unused
+    def dense_layers(self) -> List[nn.Module]:
+        return [self.ln1, self.ln2]
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         """mlp(x) [+ residual]: the blocks pass residual=x, added in the second GEMM's epilogue."""
@@ -241,7 +253,8 @@ class LevitMlp(Adopted):
             return self._modules_forward(x, residual)
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
         res = None if residual is None else (residual.permute(0, 2, 3, 1) if self.use_conv else residual)
-        y = mlp(tokens, first, second, act="hardswish", residual=res, backend=self.backend)
+        y = mlp(tokens, first, second, act="hardswish", residual=res, backend=self.backend,
+                packed=(packed_of(self.ln1), packed_of(self.ln2)))
         return y.permute(0, 3, 1, 2) if self.use_conv else y
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..ops.linear_act import activation_of, mlp
 from ._fx import eager_forward
+from ._packed import packed_of
 from .adopt import Adopted
 
 
@@ -38,6 +39,11 @@ class FusedMlp(Adopted):
             return None
         return activation_of(self.act)
 
+    @torch.jit.unused
+    def dense_layers(self) -> list:
+        """The Linears whose weights this module hands to linear_act (what a served model packs)."""
+        return [self.fc1, self.fc2]
+
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
             return self._modules_forward(x)
@@ -48,7 +54,7 @@ class FusedMlp(Adopted):
         act = self._fusable()
         if act is not None:
             return mlp(x, (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias), act=act,
-                       backend=self.backend)
+                       backend=self.backend, packed=(packed_of(self.fc1), packed_of(self.fc2)))
         return self._modules_forward(x)
 
     def _modules_forward(self, x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .. import cpu
 from ..backend import select, wants_grad
-from ..constants import ACTIVATIONS
+from ..constants import ACTIVATIONS, Activation
 from ..plan import compute_dtype, cpu_inference, linear_act_path
 
 OP = "linear_act"
@@ -131,6 +131,38 @@ def _(x, weight, bias, act_in, act_out, residual=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+# armour_kernels::dense / ::dense_pack (csrc/torch_ops/dense.cpp): the serving dense layer on the CPU,
+# inference only (docs/dense.md). Its fakes here, so inductor calls it from its generated code.
+_DENSE = _DENSE_PACK = None
+if cpu.built():
+    _DENSE = torch.ops.armour_kernels.dense.default
+    _DENSE_PACK = torch.ops.armour_kernels.dense_pack.default
+
+    @torch.library.register_fake("armour_kernels::dense")
+    def _dense_fake(x, weight, bias, residual, act, act_in, out_features):
+        return x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() == 2 else out_features))
+
+    @torch.library.register_fake("armour_kernels::dense_pack")
+    def _dense_pack_fake(weight):  # packing happens on real weights only (serving preparation)
+        raise RuntimeError("armour_kernels::dense_pack packs concrete weights; call it outside tracing")
+
+
+def dense_pack(weight: Tensor) -> Tensor:
+    """`weight` (out, in) in the layout the CPU dense op runs fastest with here (docs/dense.md): oneDNN's
+    fp32 micro-kernel blocks, bf16 VNNI blocks for AMX, or the weight itself where neither applies."""
+    if _DENSE_PACK is None:
+        raise RuntimeError("dense_pack needs the C++ extension (armour_kernels._C)")
+    return _DENSE_PACK(weight.detach())
+
+
+def dense(x: Tensor, packed: Tensor, bias: Optional[Tensor], out_features: int, *, act: str = "none",
+          act_in: bool = False, residual: Optional[Tensor] = None) -> Tensor:
+    """act(act_in(x) @ Wᵀ + bias) + residual on the CPU dense op, `packed` = dense_pack(W); inference only."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"dense: act must be one of {ACTIVATIONS}, got {act!r}")
+    return _DENSE(x, packed, bias, residual, int(Activation[act.upper()]), act_in, out_features)
+
+
 # ----------------------------------------------------------------------------- checks
 
 def _check(x, weight, bias, act, residual=None):
@@ -179,15 +211,18 @@ def _add(y, residual):
 
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act: str = "none",
                act_in: bool = False, residual: Optional[Tensor] = None, backend: str = "auto",
-               inplace_input: bool = False) -> Tensor:
+               inplace_input: bool = False, packed: Optional[Tensor] = None) -> Tensor:
     """act(act_in(x) @ weightᵀ + bias) [+ residual]; act_in (bool) applies Hardswish to x first.
 
     x (..., in), weight (out, in), bias (out,) or None, residual (..., out) or None (added after
     the activation). `inplace_input`: the caller owns x and lets the input Hardswish overwrite it
-    (only honoured when no gradient is wanted).
+    (only honoured when no gradient is wanted). `packed`: dense_pack(weight), made once by a
+    served model (armour_kernels.optimize): its CPU inference calls run the dense op on it.
     """
     device = _check(x, weight, bias, act, residual)
-    kernel, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend)  # plan.py's rules
+    kernel, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend, None, packed)
+    if path == "dense":
+        return dense(x, packed, bias, weight.shape[0], act=act, act_in=act_in, residual=residual)
     if path == "aten" or path == "onednn":  # CPU inference
         x = F.hardswish(x, inplace=inplace_input) if act_in else x
         return _cpu().linear(x, weight, bias, act, dtype, residual, path)
@@ -214,11 +249,16 @@ def linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *
 
 
 def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tensor] = None,
-        backend: str = "auto") -> Tensor:
-    """fc2(act(fc1(x))) [+ residual]; fc1, fc2 = (weight, bias or None).
+        backend: str = "auto", packed: tuple = (None, None)) -> Tensor:
+    """fc2(act(fc1(x))) [+ residual]; fc1, fc2 = (weight, bias or None); packed: their dense_pack
+    weights (a served model) or Nones.
 
-    CPU inference: oneDNN in row chunks, so the hidden activation never exists for the whole batch."""
+    CPU inference: oneDNN in row chunks, so the hidden activation never exists for the whole batch;
+    with packed weights, two dense-op calls."""
     (w1, b1), (w2, b2) = fc1, fc2
+    if packed[0] is not None and packed[1] is not None:
+        hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0])
+        return linear_act(hidden, w2, b2, residual=residual, backend=backend, packed=packed[1])
     dtype = compute_dtype(x)
     grad = wants_grad(x, w1, b1, w2, b2, residual)
     if act in TORCH_ACTIVATIONS and cpu_inference(select(OP, x.device, backend), dtype, x, grad):
@@ -242,5 +282,5 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
     return x
 
 
-__all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "activation_of", "compute_dtype",
+__all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "dense", "dense_pack", "activation_of", "compute_dtype",
            "TORCH_ACTIVATIONS"]

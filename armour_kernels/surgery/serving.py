@@ -1,16 +1,18 @@
 """Serving rewrites: what `optimize` / `export_package` do to a frozen, patched copy of a model
 beyond `patch` and `fold_batchnorm` (armour_kernels/deploy.py, armour_kernels/export.py).
 
-Both are exact (same outputs) and only pay off for inference with fixed weights, so `patch` does
+All are exact (same outputs) and only pay off for inference with fixed weights, so `patch` does
 not do them: `dense_attention_biases` gathers each LeViT bias table into the dense bias it stands
-for, `channels_last_stem` lays a token-mode LeViT's stem output out channels-last.
+for, `channels_last_stem` lays a token-mode LeViT's stem output out channels-last,
+`pack_dense_layers` packs the fused modules' projection weights for the CPU dense op.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..nn.levit import LevitAttention, LevitAttentionDownsample
+from ..nn._packed import PACKED, weight_holder
+from ..nn.levit import LevitAttention, LevitAttentionDownsample, folded_projection
 from .match import ClassTable
 
 # LeViT's convolution stems: timm's, python_ref's, and the fused one `patch` puts in their place.
@@ -82,4 +84,35 @@ def dense_attention_biases(model: nn.Module) -> int:
     return gathered
 
 
-__all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases"]
+def pack_dense_layers(model: nn.Module) -> int:
+    """Pack the projection weights of every fused module for the CPU dense op, in place; how many.
+
+    Each fused module lists the projections it hands to linear_act (`dense_layers()`); each weight
+    (folded LeViT projections included) is packed once by `armour_kernels.ops.dense_pack` into
+    the layout of this CPU's micro-kernels — oneDNN's fp32 brgemm blocks, bf16 VNNI blocks on
+    AMX, or left as it is where neither applies — and attached to the module holding it as the
+    non-persistent buffer `armour_packed` (nn/_packed.py). From then on the module's inference
+    calls run `armour_kernels::dense` (GEMM + bias + activation + residual per tile, docs/dense.md),
+    eagerly and under torch.compile / torch.export alike. Call it after the final dtype cast:
+    the layout depends on the dtype. CPU weights only; a projection that is not folded (a
+    BatchNorm left, a conv that is not 1×1) is left alone.
+    """
+    from ..ops.linear_act import dense_pack
+
+    packed = 0
+    for module in model.modules():
+        layers = getattr(module, "dense_layers", None)
+        if not callable(layers):
+            continue
+        for layer in layers():
+            folded = folded_projection(layer)
+            if folded is None or folded[0].device.type != "cpu" or not folded[0].is_floating_point():
+                continue
+            holder = weight_holder(layer)
+            with torch.no_grad():
+                holder.register_buffer(PACKED, dense_pack(folded[0]), persistent=False)
+            packed += 1
+    return packed
+
+
+__all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases", "pack_dense_layers"]

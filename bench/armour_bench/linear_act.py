@@ -11,7 +11,9 @@ Two tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armou
    runs), at the DeiT-Ti and LeViT-128S layer shapes of one image and of batch 64. The `auto` column
    is armour_kernels' choice (plan.py: ATen below ONEDNN_MIN_FLOPS, else packed oneDNN),
    and the table says whether that choice was the faster engine: this is the measurement the
-   thresholds rest on, per CPU.
+   thresholds rest on, per CPU. Beside them the serving dense op (`dense`: armour_kernels::dense on
+   the weight dense_pack made, what optimize() runs) and, in fp32, MKL's packed sgemm (what
+   inductor's freezing runs), with the dense op's speed-up over the fastest of the others.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ ENGINE_LAYERS = (("DeiT-Ti qkv", 197, 192, 576, "none"), ("DeiT-Ti mlp.fc1", 197
                  ("DeiT-Ti mlp.fc2", 197, 768, 192, "none"), ("LeViT-128S s1 qkv", 196, 128, 256, "none"),
                  ("LeViT-128S s1 mlp.fc1", 196, 128, 256, "hardswish"),
                  ("LeViT-128S s2 mlp.fc1", 49, 256, 512, "hardswish"),
-                 ("LeViT-128S s3 proj", 16, 384, 384, "none"))
+                 ("LeViT-128S s3 proj", 16, 384, 384, "none"),
+                 ("LeViT-128S s3 mlp.fc1", 16, 384, 768, "hardswish"))
 ENGINE_BATCHES = (1, 64)
 
 
@@ -95,13 +98,23 @@ def engine_row(layer, batch, dtype_name, dtype, repeats):
         packed = packed_weight(w, dtype, x.shape[0])
         steps["onednn plain"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
         steps["onednn packed"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, attr, [], algorithm)
+    if dtype == torch.float32 and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"):
+        mkl_w = torch.ops.mkl._mkl_reorder_linear_weight(w, x.shape[0])
+        steps["mkl packed"] = lambda: _INPLACE[act](torch.ops.mkl._mkl_linear(x, mkl_w, w, b, x.shape[0]))
+    from armour_kernels import cpu
+    if cpu.has_op("dense"):
+        from armour_kernels.ops.linear_act import dense, dense_pack
+        dense_w = dense_pack(w)
+        steps["dense"] = lambda: dense(x, dense_w, b, cout, act=act)
     times = interleaved_ms(steps, "cpu", max(repeats, 25))
     flops = 2 * x.shape[0] * cin * cout
     chose = "onednn packed" if available(dtype) and gemm_engine(flops, dtype) == "onednn" else "aten"
     fastest = min(("aten", "onednn packed"), key=lambda k: times.get(k, float("inf")))
     row = dict(layer=name, batch=batch, rows=x.shape[0], cin=cin, cout=cout, act=act, dtype=dtype_name,
                mflop=flops / 1e6, ms=times, chose=chose, fastest=fastest,
-               chose_vs_fastest=times[fastest] / times[chose])
+               chose_vs_fastest=times[fastest] / times[chose],
+               dense_speedup=(min(t for k, t in times.items() if k != "dense") / times["dense"]
+                              if "dense" in times else None))
     print(f"{name} batch {batch} {dtype_name}: " + " | ".join(f"{k} {t * 1e3:.0f} us" for k, t in times.items())
           + f" -> auto={chose} ({row['chose_vs_fastest']:.2f} of the faster)", flush=True)
     return row
@@ -123,15 +136,19 @@ def markdown(env, rows):
 def engines_markdown(rows):
     if not rows:
         return ""
-    names = ("aten", "onednn plain", "onednn packed", "auto")
+    names = ("aten", "onednn plain", "onednn packed", "mkl packed", "auto", "dense")
     lines = ["", "## Inference GEMM engines", "",
-             "Median µs per call (timed interleaved). `auto` is what the inference path runs (ATen below "
-             "ONEDNN_MIN_FLOPS, else oneDNN on the prepacked weight); the last column is the faster engine's "
-             "time over the chosen one's (1.00: the choice was the faster).", "",
-             "| layer | batch | rows×in→out | act | dtype | MFLOP | " + " | ".join(names) + " | auto chose | faster / chosen |",
-             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+             "Median µs per call (timed interleaved). `auto` is what the eager inference path runs (ATen below "
+             "ONEDNN_MIN_FLOPS, else oneDNN on the prepacked weight); `faster / chosen` is the faster engine's "
+             "time over the chosen one's (1.00: the choice was the faster). `dense` is the serving dense op on "
+             "its packed weight (what optimize() runs, docs/dense.md); `dense ×` its speed-up over the fastest "
+             "other column.", "",
+             "| layer | batch | rows×in→out | act | dtype | MFLOP | " + " | ".join(names)
+             + " | auto chose | faster / chosen | dense × |",
+             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for r in rows:
         cells = " | ".join(f"{r['ms'][n] * 1e3:.0f}" if n in r["ms"] else "-" for n in names)
+        dense = f"{r['dense_speedup']:.2f}" if r.get("dense_speedup") else "-"
         lines.append(f"| {r['layer']} | {r['batch']} | {r['rows']}×{r['cin']}→{r['cout']} | {r['act']} | {r['dtype']} | "
-                     f"{r['mflop']:.1f} | {cells} | {r['chose']} | {r['chose_vs_fastest']:.2f} |")
+                     f"{r['mflop']:.1f} | {cells} | {r['chose']} | {r['chose_vs_fastest']:.2f} | {dense} |")
     return "\n".join(lines) + "\n"

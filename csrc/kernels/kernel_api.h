@@ -138,11 +138,35 @@ struct EpilogueArgs {
   ParallelFor parallel_for = nullptr;
 };
 
+// The activations of the dense layers, in the order of armour_kernels.constants.Activation.
+enum class Act : int { none = 0, hardswish = 1, relu = 2, gelu = 3, gelu_tanh = 4, silu = 5 };
+
+// The epilogue of a dense layer on one tile (docs/dense.md):
+//   y[r, c] = act(acc[r, c] + bias[c]) + residual[r, c]
+// acc: the GEMM's accumulators (fp32 from brgemm) or, in place, y itself (acc == y, acc_dtype ==
+// dtype). y, bias and residual are in dtype; rows of `cols` contiguous elements, ld* apart. With
+// no bias / residual / act it is a conversion: LeViT's input Hardswish uses it (act only) to write
+// the activated GEMM operand.
+struct DenseTile {
+  DType dtype = DType::f32;
+  DType acc_dtype = DType::f32;
+  const void* acc = nullptr;
+  int64_t ld_acc = 0;
+  int64_t rows = 0, cols = 0;
+  void* y = nullptr;
+  int64_t ld_y = 0;
+  const void* bias = nullptr;      // (cols,) or null
+  const void* residual = nullptr;  // (rows, cols) ld_residual apart, or null
+  int64_t ld_residual = 0;
+  Act act = Act::none;
+};
+
 struct KernelTable {
   const char* name;
   void (*attention_forward)(const AttentionArgs&);
   void (*attention_backward)(const AttentionArgs&);
   void (*bias_hardswish)(const EpilogueArgs&);
+  void (*dense_epilogue)(const DenseTile&);
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
@@ -162,7 +186,8 @@ const KernelTable& kernels_avx512bf16();
 // `#pragma GCC pop_options`, so the accessor itself is baseline code.
 #define ARMOUR_DEFINE_KERNEL_TABLE(ISA)                                                              \
   const KernelTable& kernels_##ISA() {                                                               \
-    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, &ISA::bias_hardswish}; \
+    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, &ISA::bias_hardswish, \
+                                    &ISA::dense_epilogue};                                          \
     return table;                                                                                    \
   }
 

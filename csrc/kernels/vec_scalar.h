@@ -19,6 +19,7 @@ struct Scalar1 {
 template <class T> inline Scalar1<T> operator+(Scalar1<T> a, Scalar1<T> b) { return {a.v + b.v}; }
 template <class T> inline Scalar1<T> operator-(Scalar1<T> a, Scalar1<T> b) { return {a.v - b.v}; }
 template <class T> inline Scalar1<T> operator*(Scalar1<T> a, Scalar1<T> b) { return {a.v * b.v}; }
+template <class T> inline Scalar1<T> operator/(Scalar1<T> a, Scalar1<T> b) { return {a.v / b.v}; }
 template <class T> inline Scalar1<T> fmadd(Scalar1<T> a, Scalar1<T> b, Scalar1<T> c) { return {a.v * b.v + c.v}; }
 template <class T> inline Scalar1<T> vmax(Scalar1<T> a, Scalar1<T> b) { return {a.v > b.v ? a.v : b.v}; }
 template <class T> inline Scalar1<T> vmin(Scalar1<T> a, Scalar1<T> b) { return {a.v < b.v ? a.v : b.v}; }

@@ -21,6 +21,13 @@ TORCH_LIBRARY(armour_kernels, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // hardswish(x @ weightᵀ + bias): x (..., in), weight (out, in), bias (out,) or None, one dtype.
   m.def("linear_hardswish(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // The serving dense layer (inference only, docs/dense.md): act(act_in(x) @ Wᵀ + bias) + residual.
+  // weight: dense_pack(W) (the micro-kernels' layout on this CPU) or W (out, in); act: the
+  // Activation code (armour_kernels.constants); act_in: Hardswish on x first.
+  m.def("dense_pack(Tensor weight) -> Tensor");
+  m.def(
+      "dense(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int act, bool act_in, int out_features) "
+      "-> Tensor");
 
   // Nyström and Performer (docs/nystrom.md, docs/performer.md): each family's forward, which also
   // returns what its backward needs, and that backward. v = None means value "q": the query is the

@@ -1,0 +1,298 @@
+// Torch side of the serving dense layer (dense.h): packing, tiling and threads around
+// at::native::cpublas::brgemm, the epilogue from the ISA kernels (kernels/dense_epilogue.h).
+//
+// Why not oneDNN's linear primitive or MKL: at the shapes served (LeViT at batch 1: M = 196, 49, 16
+// rows; K, N = 128..768), oneDNN's matmul primitive runs bf16 at 0.3–0.8× of the brgemm
+// micro-kernel on AMX with the same packed weight, and fp32 MKL / oneDNN at 0.65–0.95× of the f32
+// micro-kernel (Sapphire Rapids, 1 thread: bench/results/<cpu>/linear_act-cpu.md); neither takes a residual
+// or an input activation, which then cost a pass over memory each.
+//
+// Tiling: a task is one block of kMB rows × a range of 64-column weight blocks; the fp32
+// accumulators of one (kMB × 64) tile live in a per-thread scratch buffer, the epilogue writes the
+// tile out (bias, activation, residual, dtype) straight after its GEMM. The rows of x are read in
+// place (any row stride); with act_in the task first writes Hardswish(its rows) to scratch.
+#include "linear_layer/dense.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/kernel_api.h"
+#include "torch_glue.h"
+
+namespace armour {
+namespace {
+
+constexpr int64_t kNB = 64;        // weight block width (columns of y per micro-kernel call)
+constexpr int64_t kMB_f32 = 64;    // rows per task, fp32 (swept: 16/32/64, bench/results/<cpu>/linear_act-cpu.md)
+constexpr int64_t kMB_bf16 = 32;   // rows per task, bf16 on AMX (two 16-row tiles)
+
+enum class Layout { plain, f32_blocks, bf16_vnni };
+
+#define DENSE_CHECK(cond, ...) TORCH_CHECK(cond, "armour_kernels::dense: ", __VA_ARGS__)
+
+bool brgemm_f32_usable() {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  return current_gemm() != GemmUse::native && current_isa() >= Isa::avx2 && at::globalContext().userEnabledMkldnn();
+#else
+  return false;
+#endif
+}
+
+bool brgemm_bf16_usable() {
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+  return current_gemm() == GemmUse::amx && torch_amx_brgemm();
+#else
+  return false;
+#endif
+}
+
+Layout choose(const at::Tensor& weight) {
+  if (weight.scalar_type() == at::kFloat && brgemm_f32_usable()) return Layout::f32_blocks;
+  if (weight.scalar_type() == at::kBFloat16 && weight.size(1) % 2 == 0 && brgemm_bf16_usable())
+    return Layout::bf16_vnni;
+  return Layout::plain;
+}
+
+Layout layout_of(const at::Tensor& w) {
+  if (w.dim() == 3 && w.scalar_type() == at::kFloat && w.size(2) == kNB) return Layout::f32_blocks;
+  if (w.dim() == 4 && w.scalar_type() == at::kBFloat16 && w.size(2) == kNB && w.size(3) == 2)
+    return Layout::bf16_vnni;
+  DENSE_CHECK(w.dim() == 2, "weight must be (out, in) or what dense_pack returned, got ", w.sizes(), " ",
+              w.scalar_type());
+  return Layout::plain;
+}
+
+thread_local std::vector<float> t_acc;          // one tile's fp32 accumulators
+thread_local std::vector<uint16_t> t_rows_bf16;  // act_in: the activated rows of a task
+thread_local std::vector<float> t_rows_f32;
+
+template <class T>
+T* scratch(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+DType dtype_of(const at::Tensor& t) { return kernel_dtype(t, "x"); }
+
+struct Problem {
+  int64_t M, K, N, nb;
+  const char* a;  // x rows
+  int64_t lda;    // elements
+  const char* b;  // packed weight
+  char* y;
+  const void* bias;
+  const char* res;
+  int64_t ld_res;
+  Act act;
+  bool act_in;
+  DType dtype;
+  size_t esize;
+};
+
+template <class T>
+void run_tiles(const Problem& p, int64_t MB) {
+  const int64_t mblocks = (p.M + MB - 1) / MB;
+  // Enough tasks for every thread: split the columns too when the rows are few (batch 1).
+  const int64_t threads = at::get_num_threads();
+  const int64_t nsplit = std::min(p.nb, std::max<int64_t>(1, (2 * threads + mblocks - 1) / mblocks));
+  const int64_t per = (p.nb + nsplit - 1) / nsplit;
+  constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
+  const int64_t Kb = p.K;  // VNNI blocks hold K / 2 pairs: same element count per block
+  at::parallel_for(0, mblocks * nsplit, 1, [&](int64_t begin, int64_t end) {
+    float* acc = scratch(t_acc, MB * kNB);
+    const KernelTable& kernels = current_kernels();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t m0 = (task / nsplit) * MB, mb = std::min(MB, p.M - m0);
+      const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
+      const T* a = reinterpret_cast<const T*>(p.a) + m0 * p.lda;
+      int64_t lda = p.lda;
+      if (p.act_in) {  // Hardswish of this task's rows, written once, read by every column block
+        T* rows = vnni ? reinterpret_cast<T*>(scratch(t_rows_bf16, mb * p.K))
+                       : reinterpret_cast<T*>(scratch(t_rows_f32, mb * p.K));
+        DenseTile t;
+        t.dtype = t.acc_dtype = p.dtype;
+        t.acc = a;
+        t.ld_acc = p.lda;
+        t.rows = mb;
+        t.cols = p.K;
+        t.y = rows;
+        t.ld_y = p.K;
+        t.act = Act::hardswish;
+        kernels.dense_epilogue(t);
+        a = rows;
+        lda = p.K;
+      }
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const T* b = reinterpret_cast<const T*>(p.b) + blk * Kb * kNB;
+        at::native::cpublas::brgemm(mb, kNB, p.K, lda, kNB, kNB, false, a, b, acc, vnni);
+        const int64_t n0 = blk * kNB;
+        DenseTile t;
+        t.dtype = p.dtype;
+        t.acc = acc;
+        t.ld_acc = kNB;
+        t.rows = mb;
+        t.cols = std::min(kNB, p.N - n0);
+        t.y = p.y + (m0 * p.N + n0) * p.esize;
+        t.ld_y = p.N;
+        t.bias = p.bias ? static_cast<const char*>(p.bias) + n0 * p.esize : nullptr;
+        t.residual = p.res ? p.res + (m0 * p.ld_res + n0) * p.esize : nullptr;
+        t.ld_residual = p.ld_res;
+        t.act = p.act;
+        kernels.dense_epilogue(t);
+      }
+    }
+    if (vnni) at::native::cpublas::brgemm_release(true);  // free the AMX tile state (see attention/brgemm.cpp)
+  });
+}
+
+// Where no micro-kernel applies: ATen's GEMM, then the epilogue over the output in place.
+at::Tensor plain_dense(const at::Tensor& x2, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& res,
+                       Act act, bool act_in) {
+  const at::Tensor a = act_in ? at::hardswish(x2) : x2;
+  at::Tensor y = at::mm(a, weight.t());
+  if (y.numel() == 0 || (!bias.defined() && !res.defined() && act == Act::none)) return y;
+  const DType dt = dtype_of(y);
+  const int64_t N = y.size(1);
+  const KernelTable& kernels = current_kernels();
+  at::parallel_for(0, y.size(0), 16, [&](int64_t r0, int64_t r1) {
+    DenseTile t;
+    t.dtype = t.acc_dtype = dt;
+    t.acc = static_cast<char*>(y.data_ptr()) + r0 * N * y.element_size();
+    t.ld_acc = N;
+    t.rows = r1 - r0;
+    t.cols = N;
+    t.y = const_cast<void*>(t.acc);
+    t.ld_y = N;
+    t.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    t.residual = res.defined() ? static_cast<const char*>(res.data_ptr()) + r0 * res.stride(0) * res.element_size()
+                               : nullptr;
+    t.ld_residual = res.defined() ? res.stride(0) : 0;
+    t.act = act;
+    kernels.dense_epilogue(t);
+  });
+  return y;
+}
+
+// Rows of a (..., C) tensor as a 2-D (rows, C) matrix with unit column stride (a view when it can be).
+at::Tensor rows_of(const at::Tensor& t) {
+  at::Tensor r = t.reshape({-1, t.size(-1)});
+  return r.stride(1) == 1 && r.stride(0) >= r.size(1) ? r : r.contiguous();
+}
+
+}  // namespace
+
+const char* dense_layout(const at::Tensor& weight) {
+  switch (choose(weight)) {
+    case Layout::f32_blocks: return "fp32-brgemm";
+    case Layout::bf16_vnni: return "bf16-amx";
+    default: return "plain";
+  }
+}
+
+at::Tensor dense_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2, "armour_kernels::dense_pack: weight must be (out, in), got ", weight.sizes());
+  TORCH_CHECK(weight.device().is_cpu(), "armour_kernels::dense_pack: CPU tensors only");
+  const Layout layout = choose(weight);
+  if (layout == Layout::plain || weight.numel() == 0) return weight.contiguous();
+  const int64_t N = weight.size(0), K = weight.size(1), nb = (N + kNB - 1) / kNB;
+  at::Tensor padded = at::zeros({nb * kNB, K}, weight.options());
+  padded.narrow(0, 0, N).copy_(weight);
+  at::Tensor blocks = padded.view({nb, kNB, K}).transpose(1, 2).contiguous();  // (nb, K, 64): B = Wᵀ per block
+  if (layout == Layout::f32_blocks) return blocks;
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+  at::Tensor vnni = at::empty({nb, K / 2, kNB, 2}, weight.options());
+  for (int64_t b = 0; b < nb; ++b)
+    at::native::cpublas::pack(K, kNB, kNB, kNB, at::kBFloat16, at::kBFloat16, blocks[b].data_ptr(),
+                              vnni[b].data_ptr());
+  return vnni;
+#else
+  return weight.contiguous();
+#endif
+}
+
+at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
+                 const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features) {
+  DENSE_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "CPU tensors only");
+  DENSE_CHECK(act_code >= 0 && act_code <= static_cast<int64_t>(Act::silu), "unknown activation code ", act_code);
+  const Act act = static_cast<Act>(act_code);
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "armour_kernels::dense: weight dtype ",
+                   weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  if (x.scalar_type() == at::kHalf) {  // computed in float32, rounded once (no fp16 engine on these CPUs)
+    std::optional<at::Tensor> b32, r32;
+    if (bias_in.has_value() && bias_in->defined()) b32 = bias_in->to(at::kFloat);
+    if (residual_in.has_value() && residual_in->defined()) r32 = residual_in->to(at::kFloat);
+    return dense(x.to(at::kFloat), weight.to(at::kFloat), b32, r32, act_code, act_in, out_features).to(at::kHalf);
+  }
+  const DType dt = kernel_dtype(x, "x");
+  const Layout layout = layout_of(weight);
+  const int64_t K = x.dim() >= 1 ? x.size(-1) : -1;
+  const int64_t N = layout == Layout::plain ? weight.size(0) : out_features;
+  const int64_t packed_k = layout == Layout::plain       ? weight.size(1)
+                           : layout == Layout::bf16_vnni ? 2 * weight.size(1)
+                                                         : weight.size(1);
+  DENSE_CHECK(x.dim() >= 1 && K == packed_k, "x (..., in) does not match the weight: x ", x.sizes(), ", in = ",
+              packed_k);
+  DENSE_CHECK(out_features == N || (layout == Layout::plain && out_features < 0), "out_features ", out_features,
+              " does not match the weight's ", N);
+  DENSE_CHECK(layout == Layout::plain || N <= weight.size(0) * kNB, "out_features ", N, " exceeds the packed weight");
+  at::Tensor bias, res;
+  if (bias_in.has_value() && bias_in->defined()) {
+    bias = *bias_in;
+    DENSE_CHECK(bias.dim() == 1 && bias.size(0) == N, "bias must be (", N, ",), got ", bias.sizes());
+    TORCH_CHECK_TYPE(bias.scalar_type() == x.scalar_type(), "armour_kernels::dense: bias dtype ", bias.scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    bias = bias.contiguous();
+  }
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  if (residual_in.has_value() && residual_in->defined()) {
+    DENSE_CHECK(residual_in->sizes().vec() == out_shape, "residual must have the output's shape ", out_shape, ", got ",
+                residual_in->sizes());
+    TORCH_CHECK_TYPE(residual_in->scalar_type() == x.scalar_type(), "armour_kernels::dense: residual dtype ",
+                     residual_in->scalar_type(), " differs from x dtype ", x.scalar_type());
+    res = rows_of(*residual_in);
+  }
+  const at::Tensor x2 = rows_of(x);
+  if (layout == Layout::plain) return plain_dense(x2, weight, bias, res, act, act_in).view(out_shape);
+
+  at::Tensor y = at::empty({x2.size(0), N}, x.options());
+  if (y.numel() == 0) return y.view(out_shape);
+  if (K == 0) {  // no products: the epilogue of zeros
+    y.zero_();
+    return plain_dense(x2, at::zeros({N, 0}, x.options()), bias, res, act, false).view(out_shape);
+  }
+  Problem p;
+  p.M = x2.size(0);
+  p.K = K;
+  p.N = N;
+  p.nb = weight.size(0);
+  p.a = static_cast<const char*>(x2.data_ptr());
+  p.lda = x2.stride(0);
+  p.b = static_cast<const char*>(weight.data_ptr());
+  p.y = static_cast<char*>(y.data_ptr());
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.res = res.defined() ? static_cast<const char*>(res.data_ptr()) : nullptr;
+  p.ld_res = res.defined() ? res.stride(0) : 0;
+  p.act = act;
+  p.act_in = act_in;
+  p.dtype = dt;
+  p.esize = x.element_size();
+  DENSE_CHECK(weight.is_contiguous(), "a packed weight must be contiguous");
+  if (layout == Layout::f32_blocks) {
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+    run_tiles<float>(p, kMB_f32);
+#endif
+  } else {
+    DENSE_CHECK(brgemm_bf16_usable(), "this weight was packed for AMX, which the current CPU dispatch does not use; "
+                "pack it again with dense_pack under the dispatch you serve with");
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+    run_tiles<at::BFloat16>(p, kMB_bf16);
+#endif
+  }
+  return y.view(out_shape);
+}
+
+}  // namespace armour

@@ -1,0 +1,26 @@
+// The serving dense layer: y = act(act_in(x) · Wᵀ + b) + residual with the weight packed once for
+// oneDNN's batch-reduce GEMM micro-kernels and the epilogue applied to each output tile while it
+// is in cache (docs/dense.md). Inference only: no autograd.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+namespace armour {
+
+// The weight (out, in) in the layout `dense` runs fastest with on this CPU under the current ISA
+// dispatch: fp32 blocks (n_blocks, in, 64) for oneDNN's AVX-512 / AVX2 micro-kernel, bf16 VNNI
+// blocks (n_blocks, in / 2, 64, 2) for AMX, or the weight itself (contiguous) where neither applies
+// (float64, float16, bf16 without AMX, odd `in` in bf16, torch without brgemm).
+at::Tensor dense_pack(const at::Tensor& weight);
+
+// x (..., in) → (..., out_features). weight: what dense_pack returned (or a plain (out, in) weight),
+// bias (out,), residual (..., out) in x's dtype. act: kernels' Act code; act_in: Hardswish on x first.
+at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features);
+
+// What dense_pack chooses for `weight` now: "fp32-brgemm", "bf16-amx" or "plain".
+const char* dense_layout(const at::Tensor& weight);
+
+}  // namespace armour

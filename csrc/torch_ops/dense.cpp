@@ -1,0 +1,31 @@
+// armour_kernels::dense and ::dense_pack behind the dispatcher: CPU kernels (linear_layer/dense.cpp),
+// and an autograd kernel that refuses a call needing a gradient (the op is inference-only: training
+// uses linear_act, whose paths have autograd) instead of silently returning a result with no graph.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "linear_layer/dense.h"
+
+namespace {
+
+using DenseFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                           const std::optional<at::Tensor>&, int64_t, bool, int64_t);
+
+at::Tensor dense_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features) {
+  const auto grad = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->requires_grad(); };
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(x.requires_grad() || weight.requires_grad() || grad(bias) || grad(residual)),
+              "armour_kernels::dense is inference-only (no gradient); use armour_kernels.ops.linear_act to train");
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("armour_kernels::dense", "").typed<DenseFn>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(x, weight, bias, residual, act, act_in, out_features);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(armour_kernels, CPU, m) {
+  m.impl("dense", TORCH_FN(armour::dense));
+  m.impl("dense_pack", TORCH_FN(armour::dense_pack));
+}
+
+TORCH_LIBRARY_IMPL(armour_kernels, Autograd, m) { m.impl("dense", TORCH_FN(dense_autograd)); }

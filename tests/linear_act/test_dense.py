@@ -1,0 +1,170 @@
+"""The CPU serving dense op (armour_kernels::dense, docs/dense.md) against PyTorch's Linear + activation:
+every dispatch path this CPU supports (each packs its own layout), every activation, input Hardswish,
+bias, residual, odd shapes, non-contiguous inputs, NaN / inf, bad arguments, and the paths a served
+model takes (eager, torch.compile with freezing, torch.export)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armour_kernels import cpu
+from armour_kernels.constants import ACTIVATIONS
+from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS, dense, dense_pack, linear_act
+
+from helpers import assert_close, assert_same_nans_and_close
+
+pytestmark = pytest.mark.skipif(not cpu.has_op("dense"), reason="the C++ extension is not built")
+
+ISAS = cpu.supported_isas() if cpu.built() else []
+DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
+
+
+def expected(x, w, b, act, act_in, residual):
+    """The definition, in float64: residual + act(act_in(x) @ wᵀ + b)."""
+    x, w = x.double(), w.double()
+    if act_in:
+        x = torch.nn.functional.hardswish(x)
+    y = TORCH_ACTIVATIONS[act](torch.nn.functional.linear(x, w, None if b is None else b.double()))
+    return y if residual is None else y + residual.double()
+
+
+def make(M, K, N, dtype, *, bias=True, residual=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    r = torch.randn(M, N, generator=g).to(dtype) if residual else None
+    return x, w, b, r
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    with cpu.use_isa(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activations(isa, dtype, act):
+    x, w, b, r = make(70, 48, 96, dtype, residual=True)
+    y = dense(x, dense_pack(w), b, 96, act=act, residual=r)
+    assert y.dtype == dtype and y.shape == (70, 96)
+    assert_close(y, expected(x, w, b, act, False, r), dtype, msg=f"{isa} {act}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M,K,N", [(0, 16, 32), (1, 16, 16), (5, 16, 1), (197, 192, 576), (49, 256, 70),
+                                   (16, 384, 768), (33, 33, 65), (130, 128, 128)])
+@pytest.mark.parametrize("act_in,bias,residual", [(False, False, False), (True, True, True), (False, True, False)])
+def test_shapes(isa, dtype, M, K, N, act_in, bias, residual):
+    x, w, b, r = make(M, K, N, dtype, bias=bias, residual=residual, seed=M + K + N)
+    y = dense(x, dense_pack(w), b, N, act="hardswish", act_in=act_in, residual=r)
+    assert y.shape == (M, N)
+    if M == 0:
+        return
+    assert_close(y, expected(x, w, b, "hardswish", act_in, r), dtype, msg=f"{isa} {M}x{K}x{N}")
+
+
+def test_leading_dims_and_strides(isa):
+    """x and residual (..., C) with any leading shape, non-contiguous rows, a transposed residual."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 64, 2, generator=g)[..., 0]  # column stride 2: copied to rows
+    w = torch.randn(80, 64, generator=g) / 8
+    b = torch.randn(80, generator=g)
+    r = torch.randn(2, 80, 7, generator=g).transpose(1, 2)
+    y = dense(x, dense_pack(w), b, 80, act="relu", act_in=True, residual=r)
+    assert y.shape == (2, 7, 80)
+    assert_close(y, expected(x, w, b, "relu", True, r), torch.float32)
+    rows = torch.randn(3, 5, 200, generator=g)[:, :, 10:74]  # row stride 200: read in place
+    assert_close(dense(rows, dense_pack(w), None, 80), expected(rows, w, None, "none", False, None), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_nan_and_inf(isa, dtype, act):
+    """NaN in → NaN out in the rows (and only the rows) it reaches; ±inf as PyTorch gives them."""
+    x, w, b, r = make(40, 32, 64, dtype, residual=True)
+    x[3, 5] = float("nan")
+    x[7, :] = 0
+    x[7, 0] = float("inf")
+    r[11, 2] = float("nan")
+    r[12, 3] = float("-inf")
+    y = dense(x, dense_pack(w), b, 64, act=act, residual=r)
+    want = expected(x, w, b, act, False, r)
+    if act in ("gelu", "hardswish", "silu", "gelu_tanh"):  # ±inf through these: NaN or ±inf by formula
+        y, want = y[torch.arange(40) != 7], want[torch.arange(40) != 7]
+        assert y.isnan().any()
+    assert_same_nans_and_close(y, want, dtype, f"{isa} {act}")
+
+
+def test_plain_weight_and_layouts():
+    """A plain (out, in) weight is accepted on every path; dense_pack says which layout it chose."""
+    x, w, b, r = make(9, 32, 40, torch.float32, residual=True)
+    assert_close(dense(x, w, b, 40, residual=r), expected(x, w, b, "none", False, r), torch.float32)
+    assert cpu._require().dense_layout(w) in ("fp32-brgemm", "plain")
+    assert cpu._require().dense_layout(w.double()) == "plain"
+    assert cpu._require().dense_layout(w[:, :31].bfloat16()) == "plain"  # odd `in`: no VNNI pairs
+
+
+def test_bad_arguments():
+    x, w, b, r = make(4, 32, 40, torch.float32, residual=True)
+    p = dense_pack(w)
+    with pytest.raises(RuntimeError, match="does not match the weight"):
+        dense(x[:, :31], p, b, 40)
+    with pytest.raises(RuntimeError, match="out_features"):
+        dense(x, w, b, 41)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        dense(x, p, b[:39], 40)
+    with pytest.raises(TypeError, match="bias dtype"):
+        dense(x, p, b.double(), 40)
+    with pytest.raises(RuntimeError, match="residual must have the output's shape"):
+        dense(x, p, b, 40, residual=r[:3])
+    with pytest.raises(TypeError, match="weight dtype"):
+        dense(x.double(), p, None, 40)
+    with pytest.raises(ValueError, match="act must be one of"):
+        dense(x, p, b, 40, act="tanh")
+    with pytest.raises(RuntimeError, match="inference-only"):
+        dense(x.requires_grad_(), p, b, 40)
+    if "amx" in ISAS and len(ISAS) > 1:
+        with cpu.use_isa("amx"):
+            pb = dense_pack(w.bfloat16())
+        assert pb.dim() == 4
+        with cpu.use_isa(ISAS[0]), pytest.raises(RuntimeError, match="packed for AMX"):
+            dense(x.detach().bfloat16(), pb, None, 40)
+
+
+def test_linear_act_runs_dense_with_packed_weight():
+    """linear_act with `packed=` in inference takes the dense op (plan "dense"); with a gradient wanted it
+    computes with the plain weight (autograd)."""
+    from armour_kernels.plan import linear_act_plan
+
+    x, w, b, r = make(6, 32, 48, torch.float32, residual=True)
+    p = dense_pack(w)
+    assert linear_act_plan(x, w, b, act="hardswish", residual=r, packed=p).path == "dense"
+    y = linear_act(x, w, b, act="hardswish", act_in=True, residual=r, packed=p)
+    assert_close(y, expected(x, w, b, "hardswish", True, r), torch.float32)
+    xg = x.clone().requires_grad_()
+    assert linear_act_plan(xg, w, b, act="hardswish", packed=p).path != "dense"
+    linear_act(xg, w, b, act="hardswish", packed=p).sum().backward()
+    assert xg.grad is not None
+
+
+def test_compile_and_export():
+    """Under torch.compile (freezing, fullgraph) and torch.export the op is called as it is."""
+    x, w, b, r = make(12, 64, 64, torch.float32, residual=True)
+    p = dense_pack(w)
+
+    def f(x, r):
+        return dense(x, p, b, 64, act="gelu", residual=r)
+
+    want = expected(x, w, b, "gelu", False, r)
+    with torch.no_grad():
+        assert_close(torch.compile(f, fullgraph=True)(x, r), want, torch.float32)
+
+    class M(torch.nn.Module):
+        def forward(self, x, r):
+            return f(x, r)
+
+    ep = torch.export.export(M(), (x, r))
+    assert "armour_kernels.dense" in str(ep.graph)
+    assert_close(ep.module()(x, r), want, torch.float32)
