@@ -257,8 +257,7 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
     with packed weights, two dense-op calls."""
     (w1, b1), (w2, b2) = fc1, fc2
     if packed[0] is not None and packed[1] is not None:
-        hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0])
-        return linear_act(hidden, w2, b2, residual=residual, backend=backend, packed=packed[1])
+        return _packed_mlp(x, fc1, fc2, act, residual, backend, packed)
     dtype = compute_dtype(x)
     grad = wants_grad(x, w1, b1, w2, b2, residual)
     if act in TORCH_ACTIVATIONS and cpu_inference(select(OP, x.device, backend), dtype, x, grad):
@@ -266,6 +265,25 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
         return _cpu().mlp(x, (w1, b1), act, (w2, b2), dtype, residual=residual)
     hidden = linear_act(x, w1, b1, act=act, backend=backend)
     return linear_act(hidden, w2, b2, residual=residual, backend=backend)
+
+
+def _packed_mlp(x, fc1, fc2, act, residual, backend, packed):
+    """mlp() on packed weights: two linear_act calls (the dense op in inference), in row chunks when the
+    hidden activation would be large, as the oneDNN path does (cpu/linear_act.py: CHUNK_BYTES; above
+    glibc's 32 MiB mmap threshold every call's hidden buffer would page-fault afresh)."""
+    (w1, b1), (w2, b2) = fc1, fc2
+    rows = x.reshape(-1, x.shape[-1])
+    step = max(64, _cpu().CHUNK_BYTES // max(1, w1.shape[0] * x.element_size()))
+    if rows.shape[0] <= step:
+        hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0])
+        return linear_act(hidden, w2, b2, residual=residual, backend=backend, packed=packed[1])
+    res = None if residual is None else residual.reshape(-1, w2.shape[0])
+    outs = []
+    for start in range(0, rows.shape[0], step):
+        hidden = linear_act(rows[start:start + step], w1, b1, act=act, backend=backend, packed=packed[0])
+        outs.append(linear_act(hidden, w2, b2, backend=backend, packed=packed[1],
+                               residual=None if res is None else res[start:start + step]))
+    return torch.cat(outs).view(*x.shape[:-1], w2.shape[0])
 
 
 def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:

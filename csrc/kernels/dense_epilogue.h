@@ -36,7 +36,7 @@ inline V activate(V x, Act act) {
     case Act::gelu: {  // x · Φ(x), Φ(x) = (1 + erf(x/√2)) / 2
       const V z = x * V::set1(S(0.7071067811865476));
       const V az = vmax(z, V::zero() - z);
-      const V t = V::set1(S(1)) / (V::set1(S(1)) + V::set1(S(0.3275911)) * az);
+      const V t = vrcp(V::set1(S(1)) + V::set1(S(0.3275911)) * az);  // ≥ 1: the fast reciprocal is exact enough
       V p = V::set1(S(1.061405429));
       p = fmadd(p, t, V::set1(S(-1.453152027)));
       p = fmadd(p, t, V::set1(S(1.421413741)));

@@ -27,6 +27,11 @@ inline VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline VecF operator/(VecF a, VecF b) { return {_mm256_div_ps(a.v, b.v)}; }
+// 1 / d for finite d > 0 to ~2^-22 (rcp and one Newton step).
+inline VecF vrcp(VecF d) {
+  const __m256 r = _mm256_rcp_ps(d.v);
+  return {_mm256_mul_ps(r, _mm256_fnmadd_ps(d.v, r, _mm256_set1_ps(2.f)))};
+}
 inline VecF fmadd(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 // max/min return the second operand when either is NaN: callers put the data second.
 inline VecF vmax(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }

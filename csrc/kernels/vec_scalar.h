@@ -20,6 +20,7 @@ template <class T> inline Scalar1<T> operator+(Scalar1<T> a, Scalar1<T> b) { ret
 template <class T> inline Scalar1<T> operator-(Scalar1<T> a, Scalar1<T> b) { return {a.v - b.v}; }
 template <class T> inline Scalar1<T> operator*(Scalar1<T> a, Scalar1<T> b) { return {a.v * b.v}; }
 template <class T> inline Scalar1<T> operator/(Scalar1<T> a, Scalar1<T> b) { return {a.v / b.v}; }
+template <class T> inline Scalar1<T> vrcp(Scalar1<T> d) { return {T(1) / d.v}; }
 template <class T> inline Scalar1<T> fmadd(Scalar1<T> a, Scalar1<T> b, Scalar1<T> c) { return {a.v * b.v + c.v}; }
 template <class T> inline Scalar1<T> vmax(Scalar1<T> a, Scalar1<T> b) { return {a.v > b.v ? a.v : b.v}; }
 template <class T> inline Scalar1<T> vmin(Scalar1<T> a, Scalar1<T> b) { return {a.v < b.v ? a.v : b.v}; }

@@ -168,3 +168,18 @@ def test_compile_and_export():
     ep = torch.export.export(M(), (x, r))
     assert "armour_kernels.dense" in str(ep.graph)
     assert_close(ep.module()(x, r), want, torch.float32)
+
+
+def test_packed_mlp_in_row_chunks():
+    """mlp() on packed weights cuts a large batch into row chunks (hidden activation kept a few MB): same result."""
+    from armour_kernels.ops.linear_act import mlp
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2600, 32, generator=g)  # 5200 rows x 768 hidden fp32 = 16 MB: three chunks
+    w1, b1 = torch.randn(768, 32, generator=g) / 6, torch.randn(768, generator=g)
+    w2, b2 = torch.randn(32, 768, generator=g) / 28, torch.randn(32, generator=g)
+    r = torch.randn(2, 2600, 32, generator=g)
+    y = mlp(x, (w1, b1), (w2, b2), act="gelu", residual=r, packed=(dense_pack(w1), dense_pack(w2)))
+    want = expected(expected(x, w1, b1, "gelu", False, None), w2, b2, "none", False, r)
+    assert y.shape == x.shape
+    assert_close(y, want, torch.float32)
