@@ -137,6 +137,14 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
 
 
+# Above this many rows per call the bf16 dense op loses to oneDNN's matmul on its own packed weight
+# (which reuses each weight block over more rows: on Sapphire Rapids, 1 thread, 0.6-0.75x at 1024 to
+# 12608 rows, 1.1-1.4x at LeViT's 16-197 rows of one image: bench/results/cpu-intel-xeon-amx-2core/
+# linear_act-cpu.md), so larger bf16 calls take the other paths; fp32 runs the dense op at any size
+# (level with or ahead of MKL's packed sgemm, which inductor would run, and it fuses the residual).
+DENSE_MAX_ROWS = {torch.bfloat16: 512}
+
+
 def gemm_engine(flops: int, dtype: torch.dtype) -> str:
     """"aten" or "onednn": the faster engine of the CPU inference path for a GEMM of `flops` in `dtype`."""
     return "aten" if flops < ONEDNN_MIN_FLOPS.get(dtype, 0) else "onednn"
@@ -175,7 +183,8 @@ def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None, 
     if grad is None:
         grad = wants_grad(x, weight, bias, residual)
     if packed is not None and backend == "cpu" and not grad and dtype == x.dtype == packed.dtype \
-            and (residual is None or residual.dtype == dtype) and (bias is None or bias.dtype == dtype):
+            and (residual is None or residual.dtype == dtype) and (bias is None or bias.dtype == dtype) \
+            and x.numel() <= DENSE_MAX_ROWS.get(dtype, x.numel()) * x.shape[-1]:
         return backend, "dense", dtype
     if cpu_inference(backend, dtype, x, grad):
         return backend, gemm_engine(2 * x.numel() * weight.shape[0], dtype), dtype
@@ -194,7 +203,8 @@ def linear_act_plan(x, weight, bias=None, *, act: str = "none", act_in: bool = F
     """The plan of `linear_act(x, weight, bias, act=, act_in=, residual=, packed=)` (docs/linear_act.md):
 
         "dense"            a packed weight (a served model, docs/dense.md), backend "cpu", no
-                           gradient, everything in one dtype: the C++ dense op (also when compiled)
+                           gradient, everything in one dtype, at most DENSE_MAX_ROWS rows (bf16):
+                           the C++ dense op (also when compiled)
         "onednn" / "aten"  backend "cpu" and cpu_inference(): by FLOPs, gemm_engine()
         "triton-infer"     backend "triton", no gradient, something to fuse (act_in, Hardswish or a
                            residual; a plain GEMM is cuBLAS's job), act and dtype the epilogue has
@@ -259,7 +269,7 @@ def explain(op: str, *tensors, **options) -> Plan:
     return plans[op](*tensors, **options)
 
 
-__all__ = ["Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
+__all__ = ["DENSE_MAX_ROWS", "Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
            "performer_plan", "explain",
            "attention_empty", "compute_dtype", "cpu_inference", "gemm_engine", "ONEDNN_MIN_FLOPS",
            "KERNEL_DTYPES", "TRITON_ACTIVATIONS", "TRITON_DTYPES"]

@@ -183,3 +183,16 @@ def test_packed_mlp_in_row_chunks():
     want = expected(expected(x, w1, b1, "gelu", False, None), w2, b2, "none", False, r)
     assert y.shape == x.shape
     assert_close(y, want, torch.float32)
+
+
+def test_large_bf16_calls_take_the_other_paths():
+    """bf16 calls above DENSE_MAX_ROWS rows go to oneDNN (faster there), with the same result."""
+    from armour_kernels.plan import DENSE_MAX_ROWS, linear_act_plan
+
+    rows = DENSE_MAX_ROWS[torch.bfloat16]
+    w = torch.randn(64, 32).bfloat16()
+    p = dense_pack(w)
+    assert linear_act_plan(torch.randn(rows, 32).bfloat16(), w, packed=p).path == "dense"
+    x = torch.randn(rows + 1, 32).bfloat16()
+    assert linear_act_plan(x, w, packed=p).path != "dense"
+    assert_close(linear_act(x, w, act="relu", packed=p), expected(x, w, None, "relu", False, None), torch.bfloat16)
