@@ -10,12 +10,15 @@
    ops (`armour_kernels::attention`, ...: C++ kernels on CPU) with fake implementations, so
    inductor calls them directly from its generated code (no graph break: it compiles with
    fullgraph=True; no Python on the call),
-3. the weights cast once to `dtype` and frozen (no gradients),
+3. the weights cast once to `dtype` and frozen (no gradients); on the CPU the fused modules'
+   projection weights packed once for the dense op (`pack_dense_layers`, docs/dense.md): those
+   layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the bias,
+   activation, LeViT's input Hardswish and the residual add applied per output tile,
 4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
-   layouts on CPU). Under compilation the fused modules hand their dense layers to PyTorch's
-   `F.linear` / convolutions (ops.linear_act leaves oneDNN to inductor while compiling), which
-   is what lets inductor prepack them and fuse the bias, activation and residual around them.
+   layouts on CPU) that remain: the stem convolutions, the head, and — with pack=False, on
+   CUDA, or for bf16 calls above DENSE_MAX_ROWS rows — the dense layers, which the fused modules
+   then hand to PyTorch's `F.linear` so that inductor prepacks them and fuses what is around them.
    The example inputs are run once, so the compilation happens here and not at the first request.
 
 The served model takes inputs in any floating dtype and returns outputs in the input's dtype

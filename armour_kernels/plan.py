@@ -184,7 +184,7 @@ def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None, 
         grad = wants_grad(x, weight, bias, residual)
     if packed is not None and backend == "cpu" and not grad and dtype == x.dtype == packed.dtype \
             and (residual is None or residual.dtype == dtype) and (bias is None or bias.dtype == dtype) \
-            and x.numel() <= DENSE_MAX_ROWS.get(dtype, x.numel()) * x.shape[-1]:
+            and (dtype not in DENSE_MAX_ROWS or x.numel() <= DENSE_MAX_ROWS[dtype] * x.shape[-1]):
         return backend, "dense", dtype
     if cpu_inference(backend, dtype, x, grad):
         return backend, gemm_engine(2 * x.numel() * weight.shape[0], dtype), dtype

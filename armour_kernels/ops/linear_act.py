@@ -274,7 +274,9 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed):
     (w1, b1), (w2, b2) = fc1, fc2
     rows = x.reshape(-1, x.shape[-1])
     step = max(64, _cpu().CHUNK_BYTES // max(1, w1.shape[0] * x.element_size()))
-    if rows.shape[0] <= step:
+    # Not cut while being compiled: with a batch-dynamic graph the chunk count would specialise the batch
+    # (and a compiled graph's buffers are allocated per call either way).
+    if torch.compiler.is_compiling() or rows.shape[0] <= step:
         hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0])
         return linear_act(hidden, w2, b2, residual=residual, backend=backend, packed=packed[1])
     res = None if residual is None else residual.reshape(-1, w2.shape[0])

@@ -23,7 +23,8 @@ import torch
 KERNEL_OPS = ("mkl::_mkl_linear", "mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise", "aten::addmm",
               "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::_mkldnn_linear",
               "aten::_scaled_dot_product_flash_attention_for_cpu", "armour_kernels::attention",
-              "armour_kernels::attention_backward", "armour_kernels::linear_hardswish", "aten::_softmax")
+              "armour_kernels::attention_backward", "armour_kernels::linear_hardswish", "armour_kernels::dense",
+              "aten::_softmax")
 
 
 def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:

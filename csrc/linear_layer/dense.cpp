@@ -284,12 +284,16 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
   if (layout == Layout::f32_blocks) {
 #ifdef CPUBLAS_BRGEMM_F32F32F32
     run_tiles<float>(p, kMB_f32);
+#else
+    DENSE_CHECK(false, "this torch has no fp32 brgemm: pack the weight again with dense_pack here");
 #endif
   } else {
     DENSE_CHECK(brgemm_bf16_usable(), "this weight was packed for AMX, which the current CPU dispatch does not use; "
                 "pack it again with dense_pack under the dispatch you serve with");
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
     run_tiles<at::BFloat16>(p, kMB_bf16);
+#else
+    DENSE_CHECK(false, "this torch has no bf16 brgemm: pack the weight again with dense_pack here");
 #endif
   }
   return y.view(out_shape);

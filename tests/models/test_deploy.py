@@ -87,6 +87,43 @@ def test_optimize_levit_fp32_same_outputs_original_untouched():
     assert not model.training
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_optimize_runs_the_dense_op_on_packed_weights(dtype):
+    """optimize() packs the fused modules' projections (non-persistent buffers: state dict unchanged) and
+    its compiled graph calls armour_kernels::dense for them; pack=False leaves them to inductor. Same outputs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from armour_kernels.nn._packed import PACKED
+
+    model = small_timm_levit()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    served = prepare(model, dtype=dtype)
+    packed = [m for m in served.modules() if hasattr(m, PACKED)]
+    assert len(packed) == 3 * 4 + 2 * 5, len(packed)  # 3 blocks: qkv, proj, 2 MLP; 2 subsamples: kv, q, proj, 2 MLP
+    assert served.state_dict().keys() == prepare(model, dtype=dtype, pack=False).state_dict().keys()
+    for pack in (True, False):
+        optimized = armour_kernels.optimize(model, x, dtype=dtype, pack=pack, inference_tensors=False)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = optimized(x)
+        assert_close(got, expected, dtype)
+        dense_calls = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::dense")
+        assert dense_calls == (len(packed) if pack else 0), dense_calls
+
+
+def test_dynamic_batch_with_packed_mlp_chunks():
+    """A batch-dynamic compile whose example batch is large enough for the packed MLP's row chunks still
+    compiles one graph for every batch (the chunking steps aside for a symbolic row count)."""
+    model = small_armour_ti()  # 17 tokens, MLP hidden 768: chunks of 2048 rows in fp32
+    x = torch.randn(130, 3, 32, 32)
+    optimized = armour_kernels.optimize(model, x, dynamic_batch=True, inference_tensors=False)
+    for batch in (130, 7):
+        xb = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert_close(optimized(xb), model(xb), torch.float32)
+
+
 def test_every_calling_mode_reuses_the_frozen_graphs():
     """Under inference_mode (ordinary or inference-tensor inputs), no_grad or grad mode on, the
     optimized model runs the frozen graphs optimize compiled: no new compilation, no unpacked GEMM."""

@@ -1,7 +1,8 @@
 """The CPU serving dense op (armour_kernels::dense, docs/dense.md) against PyTorch's Linear + activation:
 every dispatch path this CPU supports (each packs its own layout), every activation, input Hardswish,
-bias, residual, odd shapes, non-contiguous inputs, NaN / inf, bad arguments, and the paths a served
-model takes (eager, torch.compile with freezing, torch.export)."""
+bias, residual, odd shapes, non-contiguous inputs, NaN / inf, bad arguments, linear_act / mlp with
+packed weights (.ci/sanitize runs this file; the op under torch.compile / torch.export is in
+test_dense_compile.py)."""
 from __future__ import annotations
 
 import pytest
@@ -9,32 +10,15 @@ import torch
 
 from armour_kernels import cpu
 from armour_kernels.constants import ACTIVATIONS
-from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS, dense, dense_pack, linear_act
+from armour_kernels.ops.linear_act import dense, dense_pack, linear_act
 
+from dense_cases import expected, make
 from helpers import assert_close, assert_same_nans_and_close
 
 pytestmark = pytest.mark.skipif(not cpu.has_op("dense"), reason="the C++ extension is not built")
 
 ISAS = cpu.supported_isas() if cpu.built() else []
 DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
-
-
-def expected(x, w, b, act, act_in, residual):
-    """The definition, in float64: residual + act(act_in(x) @ wᵀ + b)."""
-    x, w = x.double(), w.double()
-    if act_in:
-        x = torch.nn.functional.hardswish(x)
-    y = TORCH_ACTIVATIONS[act](torch.nn.functional.linear(x, w, None if b is None else b.double()))
-    return y if residual is None else y + residual.double()
-
-
-def make(M, K, N, dtype, *, bias=True, residual=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(M, K, generator=g).to(dtype)
-    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(dtype)
-    b = torch.randn(N, generator=g).to(dtype) if bias else None
-    r = torch.randn(M, N, generator=g).to(dtype) if residual else None
-    return x, w, b, r
 
 
 @pytest.fixture(params=ISAS)
@@ -147,27 +131,6 @@ def test_linear_act_runs_dense_with_packed_weight():
     assert linear_act_plan(xg, w, b, act="hardswish", packed=p).path != "dense"
     linear_act(xg, w, b, act="hardswish", packed=p).sum().backward()
     assert xg.grad is not None
-
-
-def test_compile_and_export():
-    """Under torch.compile (freezing, fullgraph) and torch.export the op is called as it is."""
-    x, w, b, r = make(12, 64, 64, torch.float32, residual=True)
-    p = dense_pack(w)
-
-    def f(x, r):
-        return dense(x, p, b, 64, act="gelu", residual=r)
-
-    want = expected(x, w, b, "gelu", False, r)
-    with torch.no_grad():
-        assert_close(torch.compile(f, fullgraph=True)(x, r), want, torch.float32)
-
-    class M(torch.nn.Module):
-        def forward(self, x, r):
-            return f(x, r)
-
-    ep = torch.export.export(M(), (x, r))
-    assert "armour_kernels.dense" in str(ep.graph)
-    assert_close(ep.module()(x, r), want, torch.float32)
 
 
 def test_packed_mlp_in_row_chunks():

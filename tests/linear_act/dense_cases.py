@@ -1,0 +1,24 @@
+"""Inputs and the float64 definition the dense-op tests compare against (test_dense_cpu.py, test_dense_compile.py)."""
+from __future__ import annotations
+
+import torch
+
+from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS
+
+
+def expected(x, w, b, act, act_in, residual):
+    """The definition, in float64: residual + act(act_in(x) @ wᵀ + b)."""
+    x, w = x.double(), w.double()
+    if act_in:
+        x = torch.nn.functional.hardswish(x)
+    y = TORCH_ACTIVATIONS[act](torch.nn.functional.linear(x, w, None if b is None else b.double()))
+    return y if residual is None else y + residual.double()
+
+
+def make(M, K, N, dtype, *, bias=True, residual=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    r = torch.randn(M, N, generator=g).to(dtype) if residual else None
+    return x, w, b, r
