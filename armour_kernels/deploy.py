@@ -10,8 +10,9 @@
    ops (`armour_kernels::attention`, ...: C++ kernels on CPU) with fake implementations, so
    inductor calls them directly from its generated code (no graph break: it compiles with
    fullgraph=True; no Python on the call),
-3. the weights cast once to `dtype` and frozen (no gradients); on the CPU the fused modules'
-   projection weights packed once for the dense op (`pack_dense_layers`, docs/dense.md): those
+3. the weights cast once to `dtype` (on the CPU kernels LeViT's gathered attention biases stay
+   float32: faster and closer, `cast_keeping_float32_biases`) and frozen (no gradients); on the
+   CPU the fused modules' projection weights packed once for the dense op (`pack_dense_layers`, docs/dense.md): those
    layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the bias,
    activation, LeViT's input Hardswish and the residual add applied per output tile,
 4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
@@ -42,7 +43,7 @@ import torch.nn as nn
 
 from .surgery import patch
 from .surgery.fold import fold_batchnorm
-from .surgery.serving import channels_last_stem, dense_attention_biases, pack_dense_layers
+from .surgery.serving import cast_keeping_float32_biases, channels_last_stem, dense_attention_biases, pack_dense_layers
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -84,16 +85,21 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
     if dense_biases:
         dense_attention_biases(model)
     channels_last_stem(model)
-    model = model.to(dtype)
-    if pack and _packs(backend):
+    on_cpu_kernels = _cpu_kernels(model, backend)
+    model = cast_keeping_float32_biases(model, dtype) if on_cpu_kernels else model.to(dtype)
+    if pack and on_cpu_kernels:
         pack_dense_layers(model)
     return ServingModel(model, dtype).eval()
 
 
-def _packs(backend: str) -> bool:
-    """Whether the dense layers get packed weights: the C++ dense op is there and the backend runs on the CPU."""
+def _cpu_kernels(model: nn.Module, backend: str) -> bool:
+    """Whether the served model runs the C++ CPU kernels: the extension is built, the backend is "auto" or
+    "cpu" and the weights are on the CPU (then the dense layers get packed weights and the LeViT biases
+    stay float32)."""
     from . import cpu
-    return cpu.built() and backend in ("auto", "cpu")
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    return cpu.built() and backend in ("auto", "cpu") and on_cpu
 
 
 def inductor_options(device: torch.device, *, cpp_wrapper: bool = False, max_autotune: bool = False) -> dict:

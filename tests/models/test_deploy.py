@@ -103,6 +103,8 @@ def test_optimize_runs_the_dense_op_on_packed_weights(dtype):
     packed = [m for m in served.modules() if hasattr(m, PACKED)]
     assert len(packed) == 3 * 4 + 2 * 5, len(packed)  # 3 blocks: qkv, proj, 2 MLP; 2 subsamples: kv, q, proj, 2 MLP
     assert served.state_dict().keys() == prepare(model, dtype=dtype, pack=False).state_dict().keys()
+    biases = [m.attention_biases for m in served.modules() if hasattr(m, "attention_bias_idxs")]
+    assert biases and all(b.dtype == torch.float32 for b in biases)  # gathered, kept float32 for the CPU kernel
     for pack in (True, False):
         optimized = armour_kernels.optimize(model, x, dtype=dtype, pack=pack, inference_tensors=False)
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
