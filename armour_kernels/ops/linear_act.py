@@ -273,7 +273,7 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed):
     glibc's 32 MiB mmap threshold every call's hidden buffer would page-fault afresh)."""
     (w1, b1), (w2, b2) = fc1, fc2
     rows = x.reshape(-1, x.shape[-1])
-    step = max(64, _cpu().CHUNK_BYTES // max(1, w1.shape[0] * x.element_size()))
+    step = _cpu()._chunks(w1.shape[0], x.element_size())  # the oneDNN MLP's rows per chunk
     # Not cut while being compiled: with a batch-dynamic graph the chunk count would specialise the batch
     # (and a compiled graph's buffers are allocated per call either way).
     if torch.compiler.is_compiling() or rows.shape[0] <= step:

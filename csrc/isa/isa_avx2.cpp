@@ -25,7 +25,6 @@ namespace avx2 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx2.h"
 #include "kernels/attention_kernel.h"
-#include "kernels/bias_hardswish.h"
 #include "kernels/dense_epilogue.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"

@@ -27,7 +27,6 @@ namespace avx512 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
-#include "kernels/bias_hardswish.h"
 #include "kernels/dense_epilogue.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"

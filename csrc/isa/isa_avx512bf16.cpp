@@ -30,7 +30,6 @@ namespace avx512bf16 {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
-#include "kernels/bias_hardswish.h"
 #include "kernels/dense_epilogue.h"
 }  // namespace avx512bf16
 }  // namespace armour

@@ -25,7 +25,6 @@ namespace scalar {
 #include "kernels/vec_scalar.h"
 #include "kernels/vec_baseline.h"
 #include "kernels/attention_kernel.h"
-#include "kernels/bias_hardswish.h"
 #include "kernels/dense_epilogue.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"

@@ -129,14 +129,6 @@ struct AttentionArgs {
   int64_t partial_size = 0;       // Nq·Dk + Dk·Nk + Dv·Nk
 };
 
-// y[r, c] = hardswish(y[r, c] + bias[c]) in place, rows of `cols` contiguous elements (ld apart).
-struct EpilogueArgs {
-  DType dtype = DType::f32;
-  void* y = nullptr;
-  int64_t rows = 0, cols = 0, ld = 0;
-  const void* bias = nullptr;     // (cols,) contiguous in dtype, or null
-  ParallelFor parallel_for = nullptr;
-};
 
 // The activations of the dense layers, in the order of armour_kernels.constants.Activation.
 enum class Act : int { none = 0, hardswish = 1, relu = 2, gelu = 3, gelu_tanh = 4, silu = 5 };
@@ -165,7 +157,6 @@ struct KernelTable {
   const char* name;
   void (*attention_forward)(const AttentionArgs&);
   void (*attention_backward)(const AttentionArgs&);
-  void (*bias_hardswish)(const EpilogueArgs&);
   void (*dense_epilogue)(const DenseTile&);
 };
 
@@ -186,7 +177,7 @@ const KernelTable& kernels_avx512bf16();
 // `#pragma GCC pop_options`, so the accessor itself is baseline code.
 #define ARMOUR_DEFINE_KERNEL_TABLE(ISA)                                                              \
   const KernelTable& kernels_##ISA() {                                                               \
-    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, &ISA::bias_hardswish, \
+    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, \
                                     &ISA::dense_epilogue};                                          \
     return table;                                                                                    \
   }

@@ -75,8 +75,6 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-DType dtype_of(const at::Tensor& t) { return kernel_dtype(t, "x"); }
-
 struct Problem {
   int64_t M, K, N, nb;
   const char* a;  // x rows
@@ -151,10 +149,22 @@ void run_tiles(const Problem& p, int64_t MB) {
 // Where no micro-kernel applies: ATen's GEMM, then the epilogue over the output in place.
 at::Tensor plain_dense(const at::Tensor& x2, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& res,
                        Act act, bool act_in) {
-  const at::Tensor a = act_in ? at::hardswish(x2) : x2;
-  at::Tensor y = at::mm(a, weight.t());
-  if (y.numel() == 0 || (!bias.defined() && !res.defined() && act == Act::none)) return y;
-  const DType dt = dtype_of(y);
+  at::Tensor y = at::mm(act_in ? at::hardswish(x2) : x2, weight.t());
+  epilogue_in_place(y, bias, res, static_cast<int64_t>(act));
+  return y;
+}
+
+// Rows of a (..., C) tensor as a 2-D (rows, C) matrix with unit column stride (a view when it can be).
+at::Tensor rows_of(const at::Tensor& t) {
+  at::Tensor r = t.reshape({-1, t.size(-1)});
+  return r.stride(1) == 1 && r.stride(0) >= r.size(1) ? r : r.contiguous();
+}
+
+}  // namespace
+
+void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Tensor& res, int64_t act) {
+  if (y.numel() == 0 || (!bias.defined() && !res.defined() && act == static_cast<int64_t>(Act::none))) return;
+  const DType dt = kernel_dtype(y, "y");
   const int64_t N = y.size(1);
   const KernelTable& kernels = current_kernels();
   at::parallel_for(0, y.size(0), 16, [&](int64_t r0, int64_t r1) {
@@ -170,19 +180,10 @@ at::Tensor plain_dense(const at::Tensor& x2, const at::Tensor& weight, const at:
     t.residual = res.defined() ? static_cast<const char*>(res.data_ptr()) + r0 * res.stride(0) * res.element_size()
                                : nullptr;
     t.ld_residual = res.defined() ? res.stride(0) : 0;
-    t.act = act;
+    t.act = static_cast<Act>(act);
     kernels.dense_epilogue(t);
   });
-  return y;
 }
-
-// Rows of a (..., C) tensor as a 2-D (rows, C) matrix with unit column stride (a view when it can be).
-at::Tensor rows_of(const at::Tensor& t) {
-  at::Tensor r = t.reshape({-1, t.size(-1)});
-  return r.stride(1) == 1 && r.stride(0) >= r.size(1) ? r : r.contiguous();
-}
-
-}  // namespace
 
 const char* dense_layout(const at::Tensor& weight) {
   switch (choose(weight)) {
@@ -258,12 +259,10 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
   const at::Tensor x2 = rows_of(x);
   if (layout == Layout::plain) return plain_dense(x2, weight, bias, res, act, act_in).view(out_shape);
 
+  if (K == 0)  // no products: the epilogue of zeros
+    return plain_dense(x2, at::zeros({N, 0}, x.options()), bias, res, act, false).view(out_shape);
   at::Tensor y = at::empty({x2.size(0), N}, x.options());
   if (y.numel() == 0) return y.view(out_shape);
-  if (K == 0) {  // no products: the epilogue of zeros
-    y.zero_();
-    return plain_dense(x2, at::zeros({N, 0}, x.options()), bias, res, act, false).view(out_shape);
-  }
   Problem p;
   p.M = x2.size(0);
   p.K = K;

@@ -20,6 +20,12 @@ at::Tensor dense_pack(const at::Tensor& weight);
 at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                  const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features);
 
+// y = act(y + bias) + residual in place over a (rows, cols) row-major y, with the dense layer's
+// per-ISA epilogue (kernels/dense_epilogue.h); bias (cols,) and residual (rows, cols, unit column
+// stride) in y's dtype, either undefined. act: the kernels' Act code. Used after a GEMM that did not
+// apply them (the plain path here, the Linear + Hardswish layer's ATen / oneDNN GEMMs).
+void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, int64_t act);
+
 // What dense_pack chooses for `weight` now: "fp32-brgemm", "bf16-amx" or "plain".
 const char* dense_layout(const at::Tensor& weight);
 

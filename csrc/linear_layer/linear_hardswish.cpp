@@ -1,6 +1,9 @@
 // Torch side of the Linear + Hardswish layer on the CPU: the GEMM on oneDNN (with Hardswish as
-// its fused post-op) or ATen, and the vectorised bias + Hardswish epilogue of the ISA kernels.
+// its fused post-op) or ATen, and the vectorised bias + Hardswish epilogue of the ISA kernels (the
+// dense layer's, linear_layer/dense.h).
 #include "linear_layer/linear_hardswish.h"
+
+#include "linear_layer/dense.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -60,18 +63,11 @@ at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK(how == "aten" || onednn_ok, "armour_kernels._C linear_hardswish: gemm='", gemm,
               "' needs torch with oneDNN and float32/bfloat16 inputs");
   if (how == "onednn_fused") return onednn_linear(x.contiguous(), weight.contiguous(), b, "hardswish");
-  // GEMM without bias, then one pass: bias + Hardswish in place (kernels/attention_kernel.h).
+  // GEMM without bias, then one pass: bias + Hardswish in place (the dense layer's epilogue).
   at::Tensor y = how == "onednn" ? onednn_linear(x.contiguous(), weight.contiguous(), at::Tensor(), "none")
                                  : at::matmul(x, weight.t()).contiguous();
-  EpilogueArgs e;
-  e.dtype = dt;
-  e.y = y.data_ptr();
-  e.cols = weight.size(0);
-  e.rows = e.cols == 0 ? 0 : y.numel() / e.cols;
-  e.ld = e.cols;
-  e.bias = b.defined() ? b.data_ptr() : nullptr;
-  e.parallel_for = &torch_parallel_for;
-  if (e.rows > 0) current_kernels().bias_hardswish(e);
+  const int64_t cols = weight.size(0);
+  if (y.numel() > 0) epilogue_in_place(y.view({-1, cols}), b, at::Tensor(), static_cast<int64_t>(Act::hardswish));
   return y;
 }
 
