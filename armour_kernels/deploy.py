@@ -6,7 +6,8 @@
 2. the rewrites, all of them in surgery/: LeViT's BatchNorms folded into their projections
    (`fold_batchnorm`, exact, in fp32), the fused modules patched in (`patch`), LeViT's attention
    bias tables gathered once into dense biases and its stem output laid out channels-last
-   (surgery/serving.py: contiguous tokens for the GEMMs). The fused ops are dispatcher
+   (surgery/serving.py: contiguous tokens for the GEMMs), a distilled LeViT's two averaged
+   classifier heads merged into one GEMM (`merge_distilled_heads`). The fused ops are dispatcher
    ops (`armour_kernels::attention`, ...: C++ kernels on CPU) with fake implementations, so
    inductor calls them directly from its generated code (no graph break: it compiles with
    fullgraph=True; no Python on the call),
@@ -17,7 +18,8 @@
    activation, LeViT's input Hardswish and the residual add applied per output tile,
 4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
-   layouts on CPU) that remain: the stem convolutions, the head, and — with pack=False, on
+   layouts on CPU) that remain: the stem convolutions after the first (which reads the NCHW
+   image on the `image_conv` op, docs/image_conv.md), the head, and — with pack=False, on
    CUDA, or for bf16 calls above DENSE_MAX_ROWS rows — the dense layers, which the fused modules
    then hand to PyTorch's `F.linear` so that inductor prepacks them and fuses what is around them.
    The example inputs are run once, so the compilation happens here and not at the first request.
@@ -43,7 +45,8 @@ import torch.nn as nn
 
 from .surgery import patch
 from .surgery.fold import fold_batchnorm
-from .surgery.serving import cast_keeping_float32_biases, channels_last_stem, dense_attention_biases, pack_dense_layers
+from .surgery.serving import (cast_keeping_float32_biases, channels_last_stem, dense_attention_biases,
+                              merge_distilled_heads, pack_dense_layers)
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -80,6 +83,7 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
     model = copy.deepcopy(model).eval()
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         fold_batchnorm(model)  # before the cast: the fold is computed in float64, rounded once
+    merge_distilled_heads(model)
     patch(model, backend=backend)
     model.requires_grad_(False)
     if dense_biases:

@@ -145,6 +145,28 @@ ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
 DENSE_MAX_ROWS = {torch.bfloat16: 512}
 
 
+# A stem's first convolution reads the NCHW image with the image_conv op (csrc/kernels/image_conv.h)
+# when the image has at most this many channels: there oneDNN, which vectorises over input channels,
+# first needs a channels-last copy of the image. LeViT's 3 → 16 stride-2 3×3 convolution at batch 1,
+# Sapphire Rapids, 1 thread: 143 µs against 237 (channels-last copy + oneDNN) warm, and ~0.3 ms
+# less inside a served model, where the copy and oneDNN read the image from memory.
+IMAGE_CONV_MAX_CHANNELS = 4
+IMAGE_CONV_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def image_conv_first(backend: str, dtype: torch.dtype, x, layer, grad: bool) -> bool:
+    """Whether a conv chain's first layer (weight, bias, stride, padding, act) runs on image_conv:
+    backend "cpu", no gradient, float32 / bfloat16, an NCHW image of few channels, square stride and
+    padding (also while compiling: the op is in the graph, inductor calls it)."""
+    weight, _, stride, padding, _ = layer
+    if backend != "cpu" or grad or dtype not in IMAGE_CONV_DTYPES or x.dim() != 4:
+        return False
+    if x.shape[1] > IMAGE_CONV_MAX_CHANNELS or stride[0] != stride[1] or padding[0] != padding[1]:
+        return False
+    from . import cpu
+    return cpu.has_op("image_conv")
+
+
 def gemm_engine(flops: int, dtype: torch.dtype) -> str:
     """"aten" or "onednn": the faster engine of the CPU inference path for a GEMM of `flops` in `dtype`."""
     return "aten" if flops < ONEDNN_MIN_FLOPS.get(dtype, 0) else "onednn"
@@ -269,7 +291,7 @@ def explain(op: str, *tensors, **options) -> Plan:
     return plans[op](*tensors, **options)
 
 
-__all__ = ["DENSE_MAX_ROWS", "Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
+__all__ = ["DENSE_MAX_ROWS", "IMAGE_CONV_MAX_CHANNELS", "image_conv_first", "Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
            "performer_plan", "explain",
            "attention_empty", "compute_dtype", "cpu_inference", "gemm_engine", "ONEDNN_MIN_FLOPS",
            "KERNEL_DTYPES", "TRITON_ACTIVATIONS", "TRITON_DTYPES"]

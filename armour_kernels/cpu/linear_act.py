@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .. import plan
+from ..constants import Activation
+from ..plan import image_conv_first
 from . import _require
 
 # Target size of one chunk's intermediate (MLP hidden rows, stem first-conv output): small enough
@@ -192,11 +194,18 @@ def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tenso
     w0, _, s0, _, _ = layers[0]
     first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
     images = max(1, CHUNK_BYTES // max(1, first_out))
+    first = image_conv_first("cpu", dtype, x, layers[0], False)
     outs = []
     for chunk in x.split(images):
-        # cast, then relayout: 2.4x faster than one fused .to(dtype, memory_format) (strided cast kernel)
-        h = chunk.to(dtype).contiguous(memory_format=torch.channels_last)
-        for w, b, stride, padding, act in layers:
+        if first:  # straight from the NCHW image (plan.image_conv_first)
+            w, b, stride, padding, act = layers[0]
+            h = torch.ops.armour_kernels.image_conv.default(chunk.to(dtype), cast_once(w, dtype), cast_once(b, dtype),
+                                                            stride[0], padding[0], int(Activation[act.upper()]))
+            rest = layers[1:]
+        else:
+            # cast, then relayout: 2.4x faster than one fused .to(dtype, memory_format) (strided cast kernel)
+            h, rest = chunk.to(dtype).contiguous(memory_format=torch.channels_last), layers
+        for w, b, stride, padding, act in rest:
             attr, algorithm = ONEDNN_ACTIVATIONS[act]
             h = torch.ops.mkldnn._convolution_pointwise(h, packed_conv_weight(w, dtype, stride, padding, h.shape),
                                                         cast_once(b, dtype), list(padding), list(stride), [1, 1], 1,

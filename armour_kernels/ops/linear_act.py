@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import cpu
 from ..backend import select, wants_grad
 from ..constants import ACTIVATIONS, Activation
-from ..plan import compute_dtype, cpu_inference, linear_act_path
+from ..plan import compute_dtype, cpu_inference, image_conv_first, linear_act_path
 
 OP = "linear_act"
 
@@ -133,14 +133,22 @@ def _(x, weight, bias, act_in, act_out, residual=None):
 
 # armour_kernels::dense / ::dense_pack (csrc/torch_ops/dense.cpp): the serving dense layer on the CPU,
 # inference only (docs/dense.md). Its fakes here, so inductor calls it from its generated code.
-_DENSE = _DENSE_PACK = None
+_DENSE = _DENSE_PACK = _IMAGE_CONV = None
 if cpu.built():
     _DENSE = torch.ops.armour_kernels.dense.default
+    _IMAGE_CONV = torch.ops.armour_kernels.image_conv.default
     _DENSE_PACK = torch.ops.armour_kernels.dense_pack.default
 
     @torch.library.register_fake("armour_kernels::dense")
     def _dense_fake(x, weight, bias, residual, act, act_in, out_features):
         return x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() == 2 else out_features))
+
+    @torch.library.register_fake("armour_kernels::image_conv")
+    def _image_conv_fake(x, weight, bias, stride, padding, act):
+        ho = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
+        wo = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
+        return torch.empty((x.shape[0], weight.shape[0], ho, wo), dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
 
     @torch.library.register_fake("armour_kernels::dense_pack")
     def _dense_pack_fake(weight):  # packing happens on real weights only (serving preparation)
@@ -292,15 +300,38 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
     """Convolutions with activations, in order: layers = [(weight, bias, stride, padding, act)], x (B, C, H, W).
 
     CPU inference: one channels-last oneDNN chain with each activation as a post-op, a few images
-    at a time (the result is then channels-last). Elsewhere: F.conv2d and the activation, layer by layer."""
+    at a time, the first layer on the image_conv op when the image has few channels (the result is
+    then channels-last); compiled, image_conv and F.conv2d. Elsewhere: F.conv2d and the activation,
+    layer by layer."""
     dtype = compute_dtype(x)
     grad = wants_grad(x, *(t for layer in layers for t in layer[:2]))
-    if cpu_inference(select(OP, x.device, backend), dtype, x, grad):
+    kernel = select(OP, x.device, backend)
+    if cpu_inference(kernel, dtype, x, grad):
         return _cpu().conv_chain(x, layers, dtype)
+    if image_conv_first(kernel, dtype, x, layers[0], grad):  # compiling: the op, then inductor's convolutions
+        x, layers = image_conv(x.to(dtype), *layers[0]), layers[1:]
     for weight, bias, stride, padding, act in layers:
         x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))
     return x
 
 
-__all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "dense", "dense_pack", "activation_of", "compute_dtype",
+def image_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, act: str = "none") -> Tensor:
+    """act(conv2d(x, weight, bias, stride, padding)) on the CPU image_conv op (inference only): x an NCHW
+    image of few channels, any strides; stride / padding an int or a square pair; weight and bias
+    are cast to x's dtype. The result is channels-last."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"image_conv: act must be one of {ACTIVATIONS}, got {act!r}")
+    stride, padding = _square("stride", stride), _square("padding", padding)
+    return _IMAGE_CONV(x, weight.to(x.dtype), _cast(bias, x.dtype), stride, padding, int(Activation[act.upper()]))
+
+
+def _square(name: str, value) -> int:
+    if isinstance(value, int):
+        return value
+    if len(value) != 2 or value[0] != value[1]:
+        raise ValueError(f"image_conv: {name} must be an int or a square pair, got {value!r}")
+    return int(value[0])
+
+
+__all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "image_conv", "dense", "dense_pack", "activation_of", "compute_dtype",
            "TORCH_ACTIVATIONS"]

@@ -4,7 +4,8 @@ beyond `patch` and `fold_batchnorm` (armour_kernels/deploy.py, armour_kernels/ex
 All are exact (same outputs) and only pay off for inference with fixed weights, so `patch` does
 not do them: `dense_attention_biases` gathers each LeViT bias table into the dense bias it stands
 for, `channels_last_stem` lays a token-mode LeViT's stem output out channels-last,
-`pack_dense_layers` packs the fused modules' projection weights for the CPU dense op.
+`pack_dense_layers` packs the fused modules' projection weights for the CPU dense op,
+`merge_distilled_heads` makes a distilled LeViT's two averaged classifier heads one GEMM.
 """
 from __future__ import annotations
 
@@ -103,6 +104,57 @@ def cast_keeping_float32_biases(model: nn.Module, dtype: torch.dtype) -> nn.Modu
     return model
 
 
+# Distilled LeViTs whose inference output is (head(x) + head_dist(x)) / 2 on the same pooled x.
+_DISTILLED_LEVITS = ClassTable()
+_DISTILLED_LEVITS.add(("timm.models.levit:LevitDistilled", "python_ref.levit:Levit"), True)
+
+
+class ZeroLogits(nn.Module):
+    """head_dist of a model whose heads `merge_distilled_heads` merged: zeros (the sum is in `head`)."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], self.out_features, dtype=x.dtype, device=x.device)
+
+
+def _head_linear(head: nn.Module):
+    """The Linear of a folded classifier head (nn.Linear, or timm's NormLinear / python_ref's BNLinear
+    once fold_batchnorm made its BatchNorm an Identity), else None."""
+    if isinstance(head, nn.Linear):
+        return head
+    linear = getattr(head, "linear", None)
+    others = [m for name, m in head.named_children() if name != "linear"]
+    if isinstance(linear, nn.Linear) and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in others):
+        return linear
+    return None
+
+
+def merge_distilled_heads(model: nn.Module) -> bool:
+    """A distilled LeViT's two classifier heads as one, in place; True when merged. Call after fold_batchnorm.
+
+    In inference LeViT returns (head(x) + head_dist(x)) / 2, two GEMMs on the same pooled features.
+    `head` becomes one Linear with the summed weights and biases (summed in float64, rounded once)
+    and `head_dist` returns zeros, so the model computes (W₁ + W₂)·x + b₁ + b₂, halved: the same
+    logits, rounded once per GEMM instead of twice, from half the weight bytes — at batch 1 the
+    heads stream 2 × 1.5 MB (fp32 LeViT-128S) for one row of output. The training output (two
+    separate predictions under `distilled_training`) is gone: a served model only.
+    """
+    if not _DISTILLED_LEVITS.get(model) or not hasattr(model, "head_dist"):
+        return False
+    head, dist = _head_linear(model.head), _head_linear(model.head_dist)
+    if head is None or dist is None or head.weight.shape != dist.weight.shape or (head.bias is None) != (dist.bias is None):
+        return False
+    with torch.no_grad():
+        head.weight.copy_(head.weight.double() + dist.weight.double())
+        if head.bias is not None:
+            head.bias.copy_(head.bias.double() + dist.bias.double())
+    model.head_dist = ZeroLogits(head.out_features)
+    return True
+
+
 def pack_dense_layers(model: nn.Module) -> int:
     """Pack the projection weights of every fused module for the CPU dense op, in place; how many.
 
@@ -135,4 +187,4 @@ def pack_dense_layers(model: nn.Module) -> int:
 
 
 __all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases", "cast_keeping_float32_biases",
-           "pack_dense_layers"]
+           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits"]

@@ -1,6 +1,6 @@
 """`armour-bench linear_act`: the CPU Linear + activation layers against what they replace.
 
-Two tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armour-bench models`):
+Three tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armour-bench models`):
 
 1. The Linear + bias + Hardswish op (with autograd) vs F.hardswish(F.linear(...)): LeViT-128S /
    LeViT-192 MLP first-layer shapes at batch 64 (64·196 rows, and the stage-2 64·49 rows), fp32
@@ -14,6 +14,9 @@ Two tables, CPU only (on CUDA the LeViT MLP runs the Triton kernel inside `armou
    thresholds rest on, per CPU. Beside them the serving dense op (`dense`: armour_kernels::dense on
    the weight dense_pack made, what optimize() runs) and, in fp32, MKL's packed sgemm (what
    inductor's freezing runs), with the dense op's speed-up over the fastest of the others.
+3. LeViT's first stem convolution (`stem`, written apart as image_conv-cpu.json / .md): the
+   image_conv op on the NCHW image against the channels-last copy + oneDNN convolution on its
+   prepacked weight (what conv_chain ran before) and F.conv2d, at batch 1 and 64, fp32 and bf16.
 """
 from __future__ import annotations
 
@@ -37,13 +40,15 @@ ENGINE_LAYERS = (("DeiT-Ti qkv", 197, 192, 576, "none"), ("DeiT-Ti mlp.fc1", 197
                  ("LeViT-128S s3 proj", 16, 384, 384, "none"),
                  ("LeViT-128S s3 mlp.fc1", 16, 384, 768, "hardswish"))
 ENGINE_BATCHES = (1, 64)
+STEM_BATCHES, STEM_SIZE = (1, 64), 224  # images per call, their side
 
 
 def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (median reported)")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated fp32,bf16")
-    parser.add_argument("--tables", default="op,engines", help="comma-separated: op (table 1), engines (table 2)")
+    parser.add_argument("--tables", default="op,engines,stem",
+                        help="comma-separated: op (table 1), engines (table 2), stem (table 3)")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for linear_act-cpu.json / .md (`auto`: bench/results/<device>/)")
 
@@ -76,12 +81,55 @@ def run(args) -> int:
     engines = [engine_row(layer, batch, dtype_name, dtypes[dtype_name], args.repeats)
                for layer in ENGINE_LAYERS for batch in ENGINE_BATCHES for dtype_name in args.dtypes.split(",")
                ] if "engines" in tables else []
-    table = markdown(env, rows) + engines_markdown(engines)
-    print(table)
     out = record.resolve_out(args.out, "cpu")
-    if out is not None:
-        record.write_report(Path(out) / "linear_act-cpu", dict(environment=env, rows=rows, engines=engines), table)
+    if rows or engines:
+        table = markdown(env, rows) + engines_markdown(engines)
+        print(table)
+        if out is not None:
+            record.write_report(Path(out) / "linear_act-cpu", dict(environment=env, rows=rows, engines=engines), table)
+    if "stem" in tables and cpu.has_op("image_conv"):
+        stem = [stem_row(batch, name, dtypes[name], args.repeats) for batch in STEM_BATCHES for name in args.dtypes.split(",")]
+        table = stem_markdown(env, stem)
+        print(table)
+        if out is not None:
+            record.write_report(Path(out) / "image_conv-cpu", dict(environment=env, rows=stem), table)
     return 0
+
+
+def stem_row(batch, dtype_name, dtype, repeats):
+    """LeViT's 3 → 16 stride-2 3×3 convolution + Hardswish on STEM_SIZE² images, three ways, interleaved."""
+    from armour_kernels.cpu.linear_act import cast_once, packed_conv_weight
+    from armour_kernels.ops.linear_act import image_conv
+    x = torch.randn(batch, 3, STEM_SIZE, STEM_SIZE).to(dtype)
+    w, b = (torch.randn(16, 3, 3, 3) / 27 ** 0.5).to(dtype), torch.randn(16).to(dtype)
+    packed = packed_conv_weight(w, dtype, (2, 2), (1, 1), x.shape)
+    bias = cast_once(b, dtype)
+
+    def onednn():
+        h = x.contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise(h, packed, bias, [1, 1], [2, 2], [1, 1], 1, "hardswish", [], "")
+
+    steps = {"image_conv": lambda: image_conv(x, w, b, 2, 1, "hardswish"), "channels-last + oneDNN": onednn,
+             "F.conv2d + hardswish": lambda: F.hardswish(F.conv2d(x, w, b, 2, 1))}
+    with torch.inference_mode():
+        times = interleaved_ms(steps, "cpu", max(repeats, 25))
+    row = dict(batch=batch, dtype=dtype_name, ms=times,
+               speedup={k: times["channels-last + oneDNN"] / t for k, t in times.items()})
+    print(f"stem conv1 batch {batch} {dtype_name}: " + " | ".join(f"{k} {t * 1e3:.0f} us" for k, t in times.items()),
+          flush=True)
+    return row
+
+
+def stem_markdown(env, rows):
+    names = list(dict.fromkeys(k for r in rows for k in r["ms"]))
+    lines = ["# armour-bench linear_act — LeViT's first stem convolution on CPU", "", *record.environment_lines(env),
+             "3 → 16 channels, 3×3, stride 2, padding 1, Hardswish, 224×224 images. Median µs per call, timed "
+             "interleaved (speed-up over the channels-last copy + oneDNN convolution on its prepacked weight).", "",
+             "| batch | dtype | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = " | ".join(f"{r['ms'][n] * 1e3:.0f} ({r['speedup'][n]:.2f}×)" for n in names)
+        lines.append(f"| {r['batch']} | {r['dtype']} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def engine_row(layer, batch, dtype_name, dtype, repeats):

@@ -125,6 +125,25 @@ def test_linear_act_engine_table(tmp_path, monkeypatch):
     assert "| tiny | 1 |" in (tmp_path / "linear_act-cpu.md").read_text()
 
 
+def test_linear_act_stem_table(tmp_path, monkeypatch):
+    """`armour-bench linear_act --tables stem`: image_conv next to the copy + oneDNN convolution, in its own
+    report (the Linear tables' report is left alone)."""
+    from armour_bench import linear_act
+    from armour_kernels import cpu
+    if not cpu.has_op("image_conv"):
+        pytest.skip("the C++ extension is not built")
+    monkeypatch.setattr(linear_act, "STEM_BATCHES", (1,))
+    monkeypatch.setattr(linear_act, "STEM_SIZE", 32)
+    parser = argparse.ArgumentParser()
+    linear_act.add_arguments(parser)
+    args = parser.parse_args(["--tables", "stem", "--dtypes", "fp32", "--repeats", "1", "--out", str(tmp_path)])
+    assert linear_act.run(args) == 0
+    (row,) = json.loads((tmp_path / "image_conv-cpu.json").read_text())["rows"]
+    assert set(row["ms"]) == {"image_conv", "channels-last + oneDNN", "F.conv2d + hardswish"}
+    assert "| 1 | fp32 |" in (tmp_path / "image_conv-cpu.md").read_text()
+    assert not (tmp_path / "linear_act-cpu.json").exists()
+
+
 @pytest.mark.parametrize("flags, tier", [(["avx2", "fma"], "avx2"), (["avx2", "fma", "avx512f"], "avx512"),
                                          (["avx512f", "avx512_bf16"], "avx512bf16"),
                                          (["avx512f", "avx512_bf16", "amx_tile", "amx_bf16"], "amx"), ([], "base")])

@@ -26,6 +26,7 @@ namespace avx2 {
 #include "kernels/vec_avx2.h"
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
+#include "kernels/image_conv.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"

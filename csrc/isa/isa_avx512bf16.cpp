@@ -31,6 +31,7 @@ namespace avx512bf16 {
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
+#include "kernels/image_conv.h"
 }  // namespace avx512bf16
 }  // namespace armour
 

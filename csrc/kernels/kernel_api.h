@@ -153,11 +153,41 @@ struct DenseTile {
   Act act = Act::none;
 };
 
+// A network's first convolution, read straight from the NCHW image (docs/image_conv.md):
+//   y[b, oy, ox, co] = act(bias[co] + Σ_{c, ky, kx} w[c, ky, kx, co] · x[b, c, oy·s − p + ky, ox·s − p + kx])
+// with zero padding. For few input channels (an RGB image), where a channels-last GEMM has nothing
+// to vectorise over in the input channels; this one vectorises over the output channels instead.
+// The work is cut into n_chunks contiguous runs of output rows (b, oy), one per task, each with its
+// own fp32 scratch of scratch_floats (the padded input rows and one output row's accumulators).
+struct ImageConvArgs {
+  DType dtype = DType::f32;                 // x and y
+  int64_t B = 0, C = 0, H = 0, W = 0;       // x (B, C, H, W) read through element strides
+  const void* x = nullptr;
+  int64_t sb = 0, sc = 0, sh = 0, sw = 0;
+  int64_t KH = 0, KW = 0, stride = 1, pad = 0, Ho = 0, Wo = 0, Cout = 0;
+  int64_t cout_pad = 0;                     // Cout rounded up to a multiple of 16
+  const float* weight = nullptr;            // (C·KH·KW, cout_pad) fp32, zero past Cout
+  const float* bias = nullptr;              // (cout_pad) fp32, zero past Cout
+  void* y = nullptr;                        // (B, Ho, Wo, Cout) contiguous, dtype
+  Act act = Act::none;
+  float* scratch = nullptr;                 // (n_chunks, scratch_floats)
+  int64_t scratch_floats = 0;
+  int64_t n_chunks = 1;
+  ParallelFor parallel_for = nullptr;
+};
+
+// Scratch floats per task of image_conv: C·KH padded input rows of (Wo − 1)·stride + KW values,
+// and Wo × cout_pad accumulators.
+inline int64_t image_conv_scratch(int64_t C, int64_t KH, int64_t KW, int64_t stride, int64_t Wo, int64_t cout_pad) {
+  return C * KH * ((Wo - 1) * stride + KW) + Wo * cout_pad;
+}
+
 struct KernelTable {
   const char* name;
   void (*attention_forward)(const AttentionArgs&);
   void (*attention_backward)(const AttentionArgs&);
   void (*dense_epilogue)(const DenseTile&);
+  void (*image_conv)(const ImageConvArgs&);
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
@@ -177,8 +207,8 @@ const KernelTable& kernels_avx512bf16();
 // `#pragma GCC pop_options`, so the accessor itself is baseline code.
 #define ARMOUR_DEFINE_KERNEL_TABLE(ISA)                                                              \
   const KernelTable& kernels_##ISA() {                                                               \
-    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward, \
-                                    &ISA::dense_epilogue};                                          \
+    static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward,          \
+                                   &ISA::dense_epilogue, &ISA::image_conv};                          \
     return table;                                                                                    \
   }
 

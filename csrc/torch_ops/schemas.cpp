@@ -28,6 +28,9 @@ TORCH_LIBRARY(armour_kernels, m) {
   m.def(
       "dense(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int act, bool act_in, int out_features) "
       "-> Tensor");
+  // A network's first convolution on the NCHW image (inference only, docs/image_conv.md):
+  // act(conv2d(x, weight, bias, stride, padding)) with square stride / padding, channels-last out.
+  m.def("image_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int act) -> Tensor");
 
   // Nyström and Performer (docs/nystrom.md, docs/performer.md): each family's forward, which also
   // returns what its backward needs, and that backward. v = None means value "q": the query is the

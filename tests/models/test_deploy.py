@@ -112,6 +112,30 @@ def test_optimize_runs_the_dense_op_on_packed_weights(dtype):
         assert_close(got, expected, dtype)
         dense_calls = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::dense")
         assert dense_calls == (len(packed) if pack else 0), dense_calls
+        # the stem's first convolution reads the NCHW image itself (plan.image_conv_first)
+        assert sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::image_conv") == 1
+
+
+@pytest.mark.parametrize("source", ["timm", "python_ref"])
+def test_prepare_merges_a_distilled_levits_heads(source):
+    """A distilled LeViT serves one classifier GEMM: head holds both heads' sum, head_dist gives zeros;
+    the logits are the heads' mean as before, the model given keeps its two heads."""
+    from armour_kernels.surgery.serving import ZeroLogits
+
+    if source == "timm":
+        model = small_timm_levit()
+    else:
+        torch.manual_seed(0)
+        model = python_ref.levit.Levit(img_size=64, embed_dim=(32, 48), key_dim=8, depth=(1, 1), num_heads=(2, 3),
+                                       attn_ratio=(2, 2), mlp_ratio=(2, 2), num_classes=10, distilled=True).eval()
+    before = snapshot(model)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        served = prepare(model)
+        assert isinstance(served.model.head_dist, ZeroLogits)
+        assert_close(served(x), expected, torch.float32)
+    assert_unchanged(model, before)
 
 
 def test_dynamic_batch_with_packed_mlp_chunks():
