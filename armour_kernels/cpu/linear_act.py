@@ -184,6 +184,13 @@ def mlp(x: torch.Tensor, fc1: tuple, act: str, fc2: tuple, dtype: torch.dtype,
     return y.view(*x.shape[:-1], w2.shape[0])
 
 
+def images_per_chunk(x: torch.Tensor, first_layer, dtype: torch.dtype) -> int:
+    """Images per chunk of a conv chain on x (B, C, H, W): the first layer's output per chunk about CHUNK_BYTES."""
+    w0, _, s0, _, _ = first_layer
+    first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
+    return max(1, CHUNK_BYTES // max(1, first_out))
+
+
 def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tensor:
     """A chain of convolutions with fused activations over image chunks, channels-last.
 
@@ -191,12 +198,9 @@ def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tenso
     batch is cut so that the first layer's output per chunk is about CHUNK_BYTES. The result is
     channels-last (B, C, H, W) — its `.flatten(2).transpose(1, 2)` tokens are contiguous.
     """
-    w0, _, s0, _, _ = layers[0]
-    first_out = w0.shape[0] * (x.shape[2] // s0[0]) * (x.shape[3] // s0[1]) * (torch.finfo(dtype).bits // 8)
-    images = max(1, CHUNK_BYTES // max(1, first_out))
     first = image_conv_first("cpu", dtype, x, layers[0], False)
     outs = []
-    for chunk in x.split(images):
+    for chunk in x.split(images_per_chunk(x, layers[0], dtype)):
         if first:  # straight from the NCHW image (plan.image_conv_first)
             w, b, stride, padding, act = layers[0]
             h = torch.ops.armour_kernels.image_conv.default(chunk.to(dtype), cast_once(w, dtype), cast_once(b, dtype),
@@ -231,6 +235,6 @@ def linear_hardswish_forward(x, weight, bias=None, *, gemm="auto"):
     return C.linear_hardswish(x, weight, bias, gemm)
 
 
-__all__ = ["available", "linear", "mlp", "conv_chain", "linear_hardswish_forward", "packed_weight",
+__all__ = ["available", "linear", "mlp", "conv_chain", "images_per_chunk", "linear_hardswish_forward", "packed_weight",
            "packed_conv_weight", "cast_once",
            "clear_weight_cache", "ONEDNN_ACTIVATIONS", "CHUNK_BYTES"]

@@ -309,6 +309,12 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
     if cpu_inference(kernel, dtype, x, grad):
         return _cpu().conv_chain(x, layers, dtype)
     if image_conv_first(kernel, dtype, x, layers[0], grad):  # compiling: the op, then inductor's convolutions
+        images = _cpu().images_per_chunk(x, layers[0], dtype)
+        if isinstance(x.shape[0], int) and x.shape[0] > images:
+            # A static batch in image chunks, as eagerly: the chain's large intermediates (LeViT's first
+            # output is 51 MB at batch 64) would otherwise be fresh memory-mapped pages on every call.
+            outs = [conv_chain(chunk, layers, backend=backend) for chunk in x.split(images)]
+            return torch.cat(outs).contiguous(memory_format=torch.channels_last)
         x, layers = image_conv(x.to(dtype), *layers[0]), layers[1:]
     for weight, bias, stride, padding, act in layers:
         x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))

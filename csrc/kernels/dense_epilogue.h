@@ -3,8 +3,8 @@
 //
 // The activations follow PyTorch's formulas, NaN in giving NaN out (the max / min operand order
 // below keeps a NaN: vmax(a, b) returns b when either is NaN), ±inf as torch's vectorised CPU
-// kernels give it. GELU's erf is Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, below
-// fp32's rounding of the result), tanh and the sigmoid go through vexp.
+// kernels give it (GELU(+inf) = +inf, PyTorch's float64 result). GELU's erf is a rational fit (see
+// activate), tanh and the sigmoid go through vexp.
 //
 // Included inside namespace armour::<isa> by isa_<isa>.cpp after the ISA's vector headers.
 #pragma once
@@ -18,41 +18,54 @@ inline VecF vload(const bf16_t* p) { return load_bf16(&p->bits); }
 inline void vstore(float* p, VecF v) { v.store(p); }
 inline void vstore(bf16_t* p, VecF v) { store_bf16(&p->bits, v); }
 
-template <class V>
-inline V activate(V x, Act act) {
+// The activation A, fixed at compile time (the tile loops below are instantiated per activation, so
+// no branch on it runs per vector).
+template <Act A, class V>
+inline V activate(V x) {
   using S = typename V::S;
-  switch (act) {
-    case Act::hardswish: {  // x · min(max(x + 3, 0), 6) / 6
-      const V t = vmin(V::set1(S(6)), vmax(V::zero(), x + V::set1(S(3))));
-      return x * t * V::set1(S(1) / S(6));
-    }
-    case Act::relu: return vmax(V::zero(), x);
-    case Act::silu: return x / (V::set1(S(1)) + vexp(V::zero() - x));
-    case Act::gelu_tanh: {  // x/2 · (1 + tanh(u)), 1 + tanh(u) = 2 − 2 / (e^{2u} + 1)
-      const V u = V::set1(S(0.7978845608028654)) * (x + V::set1(S(0.044715)) * x * x * x);
-      const V e = vexp(u + u);
-      return x * (V::set1(S(1)) - V::set1(S(1)) / (e + V::set1(S(1))));
-    }
-    case Act::gelu: {  // x · Φ(x), Φ(x) = (1 + erf(x/√2)) / 2
-      const V z = x * V::set1(S(0.7071067811865476));
-      const V az = vmax(z, V::zero() - z);
-      const V t = vrcp(V::set1(S(1)) + V::set1(S(0.3275911)) * az);  // ≥ 1: the fast reciprocal is exact enough
-      V p = V::set1(S(1.061405429));
-      p = fmadd(p, t, V::set1(S(-1.453152027)));
-      p = fmadd(p, t, V::set1(S(1.421413741)));
-      p = fmadd(p, t, V::set1(S(-0.284496736)));
-      p = fmadd(p, t, V::set1(S(0.254829592)));
-      const V erf_abs = V::set1(S(1)) - p * t * vexp(V::zero() - az * az);
-      // sign(z) without a select: ±1 wherever |z| > 1e-30 (below that erf(z) ≈ 0 either way); NaN stays NaN
-      const V sign = vmin(V::set1(S(1)), vmax(V::set1(S(-1)), z * V::set1(S(1e30))));
-      return x * V::set1(S(0.5)) * (V::set1(S(1)) + sign * erf_abs);
-    }
-    default: return x;
+  if constexpr (A == Act::hardswish) {  // x · min(max(x + 3, 0), 6) / 6
+    const V t = vmin(V::set1(S(6)), vmax(V::zero(), x + V::set1(S(3))));
+    return x * t * V::set1(S(1) / S(6));
+  } else if constexpr (A == Act::relu) {
+    return vmax(V::zero(), x);
+  } else if constexpr (A == Act::silu) {
+    return x / (V::set1(S(1)) + vexp(V::zero() - x));
+  } else if constexpr (A == Act::gelu_tanh) {  // x/2 · (1 + tanh(u)), 1 + tanh(u) = 2 − 2 / (e^{2u} + 1)
+    const V u = V::set1(S(0.7978845608028654)) * (x + V::set1(S(0.044715)) * x * x * x);
+    const V e = vexp(u + u);
+    return x * (V::set1(S(1)) - V::set1(S(1)) / (e + V::set1(S(1))));
+  } else if constexpr (A == Act::gelu) {  // x · Φ(x), Φ(x) = (1 + erf(x/√2)) / 2
+    // erf(z) as z·P(z²) / Q(z²) on z clamped to [-4, 4] (erf(±4) is ±1 in fp32): a rational minimax
+    // fit (the coefficients of Eigen's float erf), a few ulp, FMAs only — the exp-based formula it
+    // replaces cost ~3x more per vector, and at DeiT's MLP shapes on AMX the GELU was most of the
+    // layer's time. NaN stays NaN through the clamp (data second).
+    const V z = vmax(V::set1(S(-4)), vmin(V::set1(S(4)), x * V::set1(S(0.7071067811865476))));
+    const V z2 = z * z;
+    V p = fmadd(z2, V::set1(S(-2.72614225801306e-10)), V::set1(S(2.77068142495902e-08)));
+    p = fmadd(z2, p, V::set1(S(-2.10102402082508e-06)));
+    p = fmadd(z2, p, V::set1(S(-5.69250639462346e-05)));
+    p = fmadd(z2, p, V::set1(S(-7.34990630326855e-04)));
+    p = fmadd(z2, p, V::set1(S(-2.95459980854025e-03)));
+    p = fmadd(z2, p, V::set1(S(-1.60960333262415e-02)));
+    V q = fmadd(z2, V::set1(S(-1.45660718464996e-05)), V::set1(S(-2.13374055278905e-04)));
+    q = fmadd(z2, q, V::set1(S(-1.68282697438203e-03)));
+    q = fmadd(z2, q, V::set1(S(-7.37332916720468e-03)));
+    q = fmadd(z2, q, V::set1(S(-1.42647390514189e-02)));
+    // q ≤ -0.0142 on the clamped range: the fast reciprocal is exact enough. The 1 + 2^-23 scale and
+    // the clamp snap |erf| ≥ 1 - 2^-24 (within an ulp of 1: |z| ≳ 3.9) to exactly ±1, so GELU(x < -5.6)
+    // is exactly -0 and GELU(-inf) NaN, as in PyTorch (-inf · 0), instead of x times a residue.
+    const V erf = vmax(V::set1(S(-1)), vmin(V::set1(S(1)), z * p * vrcp(q) * V::set1(S(1.00000011920928955))));
+    return x * V::set1(S(0.5)) * (V::set1(S(1)) + erf);
+  } else {
+    return x;
   }
 }
 
-template <class Acc, class T>
-void tile(const DenseTile& t) {
+// One tile with the activation and the presence of bias / residual fixed: the loop the compiler
+// keeps branch-free (the runtime switch per vector cost more than the arithmetic in bf16 at
+// LeViT's batch-1 shapes, where the AMX GEMM itself is short).
+template <class Acc, class T, Act A, bool HasBias, bool HasResidual>
+void tile_fixed(const DenseTile& t) {
   const Acc* acc = static_cast<const Acc*>(t.acc);
   T* y = static_cast<T*>(t.y);
   const T* bias = static_cast<const T*>(t.bias);
@@ -61,22 +74,40 @@ void tile(const DenseTile& t) {
   for (int64_t r = 0; r < t.rows; ++r) {
     const Acc* a = acc + r * t.ld_acc;
     T* yr = y + r * t.ld_y;
-    const T* rr = res ? res + r * t.ld_residual : nullptr;
+    const T* rr = HasResidual ? res + r * t.ld_residual : nullptr;
     int64_t c = 0;
     for (; c + W <= t.cols; c += W) {
       VecF v = vload(a + c);
-      if (bias) v = v + vload(bias + c);
-      v = activate(v, t.act);
-      if (rr) v = v + vload(rr + c);
+      if constexpr (HasBias) v = v + vload(bias + c);
+      v = activate<A>(v);
+      if constexpr (HasResidual) v = v + vload(rr + c);
       vstore(yr + c, v);
     }
     for (; c < t.cols; ++c) {  // the tail, one lane at a time through the same formulas
       Scalar1<float> v{load_as<float>(a + c)};
-      if (bias) v.v += load_as<float>(bias + c);
-      v = activate(v, t.act);
-      if (rr) v.v += load_as<float>(rr + c);
+      if constexpr (HasBias) v.v += load_as<float>(bias + c);
+      v = activate<A>(v);
+      if constexpr (HasResidual) v.v += load_as<float>(rr + c);
       store_as(yr + c, v.v);
     }
+  }
+}
+
+template <class Acc, class T, Act A>
+void tile_act(const DenseTile& t) {
+  if (t.bias) return t.residual ? tile_fixed<Acc, T, A, true, true>(t) : tile_fixed<Acc, T, A, true, false>(t);
+  return t.residual ? tile_fixed<Acc, T, A, false, true>(t) : tile_fixed<Acc, T, A, false, false>(t);
+}
+
+template <class Acc, class T>
+void tile(const DenseTile& t) {
+  switch (t.act) {
+    case Act::hardswish: return tile_act<Acc, T, Act::hardswish>(t);
+    case Act::relu: return tile_act<Acc, T, Act::relu>(t);
+    case Act::gelu: return tile_act<Acc, T, Act::gelu>(t);
+    case Act::gelu_tanh: return tile_act<Acc, T, Act::gelu_tanh>(t);
+    case Act::silu: return tile_act<Acc, T, Act::silu>(t);
+    default: return tile_act<Acc, T, Act::none>(t);
   }
 }
 

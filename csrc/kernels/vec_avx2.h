@@ -27,7 +27,7 @@ inline VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline VecF operator/(VecF a, VecF b) { return {_mm256_div_ps(a.v, b.v)}; }
-// 1 / d for finite d > 0 to ~2^-22 (rcp and one Newton step).
+// 1 / d for finite nonzero d (normal 1/d) to ~2^-22 (rcp and one Newton step).
 inline VecF vrcp(VecF d) {
   const __m256 r = _mm256_rcp_ps(d.v);
   return {_mm256_mul_ps(r, _mm256_fnmadd_ps(d.v, r, _mm256_set1_ps(2.f)))};

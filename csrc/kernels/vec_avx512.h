@@ -24,7 +24,7 @@ inline VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
 inline VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline VecF operator/(VecF a, VecF b) { return {_mm512_div_ps(a.v, b.v)}; }
-// 1 / d for finite d > 0 to ~2^-27 (rcp14 and one Newton step): a quarter of a division's cost.
+// 1 / d for finite nonzero d (normal 1/d) to ~2^-27 (rcp14 and one Newton step): a quarter of a division's cost.
 inline VecF vrcp(VecF d) {
   const __m512 r = _mm512_rcp14_ps(d.v);
   return {_mm512_mul_ps(r, _mm512_fnmadd_ps(d.v, r, _mm512_set1_ps(2.f)))};

@@ -159,3 +159,15 @@ def test_large_bf16_calls_take_the_other_paths():
     x = torch.randn(rows + 1, 32).bfloat16()
     assert linear_act_plan(x, w, packed=p).path != "dense"
     assert_close(linear_act(x, w, act="relu", packed=p), expected(x, w, None, "relu", False, None), torch.bfloat16)
+
+
+def test_gelu_over_its_range(isa):
+    """The epilogue's GELU (a rational erf on a clamped argument) against float64 GELU from -12 to 12,
+    where erf saturates, and at ±inf / NaN: GELU(+inf) = +inf, GELU(-inf) and GELU(NaN) = NaN."""
+    x = torch.cat([torch.linspace(-12, 12, 2001), torch.tensor([float("inf"), float("-inf"), float("nan")])])
+    w = torch.ones(16, 1)  # K = 1: y[:, j] = x exactly, then the epilogue
+    y = dense(x[:, None], dense_pack(w), None, 16, act="gelu")[:, 0]
+    want = torch.nn.functional.gelu(x.double())
+    # PyTorch's own float32 GELU is 8e-7 off float64 here (1 + erf cancels for x < -4): the same budget, twice
+    torch.testing.assert_close(y[:-3].double(), want[:-3], atol=1.6e-6, rtol=1e-6)
+    assert y[-3] == float("inf") and y[-2].isnan() and y[-1].isnan()

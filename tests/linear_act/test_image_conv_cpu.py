@@ -148,3 +148,31 @@ def test_stem_chain(dtype, batch):
         y = conv_chain(x.to(dtype), [(w.to(dtype), b.to(dtype), s, p, a) for w, b, s, p, a in layers], backend="cpu")
     assert y.dtype == dtype
     assert_close(y, want, dtype, scale=4.0)
+
+
+@pytest.mark.parametrize("compiled", (False, True), ids=("eager", "compiled"))
+def test_stem_chain_in_image_chunks(monkeypatch, compiled):
+    """A static batch larger than a chunk runs chunk by chunk, eagerly and compiled (the large
+    intermediates stay small), with the same result; a batch-dynamic compile runs it whole."""
+    from armour_kernels.cpu import linear_act as cpu_linear_act
+    monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 2 * 16 * 16 * 16 * 4)  # 2 images of 32×32 per chunk
+    g = torch.Generator().manual_seed(4)
+    layers = [(torch.randn(16, 3, 3, 3, generator=g) / 5, torch.randn(16, generator=g), (2, 2), (1, 1), "hardswish"),
+              (torch.randn(8, 16, 3, 3, generator=g) / 12, torch.randn(8, generator=g), (2, 2), (1, 1), "none")]
+    x = torch.randn(5, 3, 32, 32, generator=g)
+    want = x.double()
+    for w, b, stride, padding, act in layers:
+        want = TORCH_ACTIVATIONS[act](F.conv2d(want, w.double(), b.double(), stride, padding))
+    fn = (lambda t: conv_chain(t, layers, backend="cpu"))
+    if compiled:
+        torch._dynamo.reset()
+        fn = torch.compile(fn, fullgraph=True)
+    from torch.profiler import ProfilerActivity, profile
+    with torch.no_grad():
+        fn(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            y = fn(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, want, torch.float32)
+    calls = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::image_conv")
+    assert calls == 3, calls  # 5 images, 2 per chunk
