@@ -40,6 +40,9 @@ class LevitStem(Adopted):
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__(original, backend)
         self.stride = getattr(original, "stride", 16)
+        # Compiled for a static batch: the chain runs in image chunks (conv_chain); a batch-dynamic
+        # compile sets this False (surgery/serving.py static_batch_stems).
+        self.chunk_batches = True
 
     @torch.jit.unused
     def _layers(self):
@@ -66,7 +69,7 @@ class LevitStem(Adopted):
     def _eager_forward(self, x: Tensor) -> Tensor:
         layers = None if self.training else self._layers()
         if layers is not None:
-            return conv_chain(x, layers, backend=self.backend)
+            return conv_chain(x, layers, backend=self.backend, chunk_batches=self.chunk_batches)
         return self._modules_forward(x)
 
     def _modules_forward(self, x: Tensor) -> Tensor:

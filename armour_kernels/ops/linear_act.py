@@ -296,13 +296,14 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed):
     return torch.cat(outs).view(*x.shape[:-1], w2.shape[0])
 
 
-def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
+def conv_chain(x: Tensor, layers: list, *, backend: str = "auto", chunk_batches: bool = True) -> Tensor:
     """Convolutions with activations, in order: layers = [(weight, bias, stride, padding, act)], x (B, C, H, W).
 
     CPU inference: one channels-last oneDNN chain with each activation as a post-op, a few images
     at a time, the first layer on the image_conv op when the image has few channels (the result is
-    then channels-last); compiled, image_conv and F.conv2d. Elsewhere: F.conv2d and the activation,
-    layer by layer."""
+    then channels-last); compiled, image_conv and F.conv2d, in image chunks too unless
+    chunk_batches=False (a batch-dynamic graph: a chunk count would fix its batch size). Elsewhere:
+    F.conv2d and the activation, layer by layer."""
     dtype = compute_dtype(x)
     grad = wants_grad(x, *(t for layer in layers for t in layer[:2]))
     kernel = select(OP, x.device, backend)
@@ -310,7 +311,7 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto") -> Tensor:
         return _cpu().conv_chain(x, layers, dtype)
     if image_conv_first(kernel, dtype, x, layers[0], grad):  # compiling: the op, then inductor's convolutions
         images = _cpu().images_per_chunk(x, layers[0], dtype)
-        if isinstance(x.shape[0], int) and x.shape[0] > images:
+        if chunk_batches and x.shape[0] > images:
             # A static batch in image chunks, as eagerly: the chain's large intermediates (LeViT's first
             # output is 51 MB at batch 64) would otherwise be fresh memory-mapped pages on every call.
             outs = [conv_chain(chunk, layers, backend=backend) for chunk in x.split(images)]

@@ -155,6 +155,17 @@ def merge_distilled_heads(model: nn.Module) -> bool:
     return True
 
 
+def static_batch_stems(model: nn.Module, static: bool) -> int:
+    """Whether the fused LeViT stems of `model` may cut a compiled batch into image chunks (static
+    batch) or not (a batch-dynamic graph: the chunk count would fix the batch size); how many stems."""
+    from ..nn.levit_stem import LevitStem
+
+    stems = [m for m in model.modules() if isinstance(m, LevitStem)]
+    for stem in stems:
+        stem.chunk_batches = static
+    return len(stems)
+
+
 def pack_dense_layers(model: nn.Module) -> int:
     """Pack the projection weights of every fused module for the CPU dense op, in place; how many.
 
@@ -187,4 +198,4 @@ def pack_dense_layers(model: nn.Module) -> int:
 
 
 __all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases", "cast_keeping_float32_biases",
-           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits"]
+           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits", "static_batch_stems"]

@@ -150,10 +150,11 @@ def test_stem_chain(dtype, batch):
     assert_close(y, want, dtype, scale=4.0)
 
 
-@pytest.mark.parametrize("compiled", (False, True), ids=("eager", "compiled"))
+@pytest.mark.parametrize("compiled", ("eager", "static", "dynamic"))
 def test_stem_chain_in_image_chunks(monkeypatch, compiled):
     """A static batch larger than a chunk runs chunk by chunk, eagerly and compiled (the large
-    intermediates stay small), with the same result; a batch-dynamic compile runs it whole."""
+    intermediates stay small), with the same result; a batch-dynamic compile (chunk_batches=False)
+    runs it whole, one graph for every batch."""
     from armour_kernels.cpu import linear_act as cpu_linear_act
     monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 2 * 16 * 16 * 16 * 4)  # 2 images of 32×32 per chunk
     g = torch.Generator().manual_seed(4)
@@ -163,10 +164,10 @@ def test_stem_chain_in_image_chunks(monkeypatch, compiled):
     want = x.double()
     for w, b, stride, padding, act in layers:
         want = TORCH_ACTIVATIONS[act](F.conv2d(want, w.double(), b.double(), stride, padding))
-    fn = (lambda t: conv_chain(t, layers, backend="cpu"))
-    if compiled:
+    fn = (lambda t: conv_chain(t, layers, backend="cpu", chunk_batches=compiled != "dynamic"))
+    if compiled != "eager":
         torch._dynamo.reset()
-        fn = torch.compile(fn, fullgraph=True)
+        fn = torch.compile(fn, fullgraph=True, dynamic=compiled == "dynamic")
     from torch.profiler import ProfilerActivity, profile
     with torch.no_grad():
         fn(x)
@@ -175,4 +176,7 @@ def test_stem_chain_in_image_chunks(monkeypatch, compiled):
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert_close(y, want, torch.float32)
     calls = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::image_conv")
-    assert calls == 3, calls  # 5 images, 2 per chunk
+    assert calls == (1 if compiled == "dynamic" else 3), calls  # 5 images, 2 per chunk
+    if compiled == "dynamic":
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+            assert fn(torch.randn(7, 3, 32, 32)).shape == (7, 8, 8, 8)

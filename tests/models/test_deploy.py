@@ -150,6 +150,21 @@ def test_dynamic_batch_with_packed_mlp_chunks():
             assert_close(optimized(xb), model(xb), torch.float32)
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_levit_stem_image_chunks_static_and_dynamic_batch(monkeypatch, dynamic):
+    """The compiled LeViT stem cuts a static batch into image chunks; a batch-dynamic compile keeps the
+    batch whole (a chunk count would specialise it) and serves every batch from one graph."""
+    from armour_kernels.cpu import linear_act as cpu_linear_act
+    monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 2 * 16 * 32 * 32 * 4)  # 2 images of 64×64 per chunk
+    model = small_timm_levit()
+    x = torch.randn(3, 3, 64, 64)
+    optimized = armour_kernels.optimize(model, x, dynamic_batch=dynamic, inference_tensors=False)
+    for batch in ((3, 5) if dynamic else (3,)):
+        xb = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert_close(optimized(xb), model(xb), torch.float32)
+
+
 def test_every_calling_mode_reuses_the_frozen_graphs():
     """Under inference_mode (ordinary or inference-tensor inputs), no_grad or grad mode on, the
     optimized model runs the frozen graphs optimize compiled: no new compilation, no unpacked GEMM."""
