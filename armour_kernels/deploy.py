@@ -46,7 +46,7 @@ import torch.nn as nn
 from .surgery import patch
 from .surgery.fold import fold_batchnorm
 from .surgery.serving import (cast_keeping_float32_biases, channels_last_stem, dense_attention_biases,
-                              merge_distilled_heads, pack_dense_layers, static_batch_stems)
+                              merge_distilled_heads, pack_dense_layers, static_batch_chunks)
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -287,7 +287,7 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     """
     example = input_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend, pack=pack)
-    static_batch_stems(serving, not dynamic_batch)
+    static_batch_chunks(serving, not dynamic_batch)
     options = inductor_options(device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
     return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True,
                           inference_tensors=inference_tensors)

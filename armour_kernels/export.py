@@ -29,7 +29,7 @@ import torch.nn as nn
 from .backend import BACKENDS
 from .deploy import device_of, inductor_options, input_tuple, prepare
 from .surgery import unpatch
-from .surgery.serving import static_batch_stems
+from .surgery.serving import static_batch_chunks
 
 
 @contextlib.contextmanager
@@ -80,7 +80,7 @@ def export_package(model: nn.Module, example_inputs, path, *, dtype: torch.dtype
     """
     example = input_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend)
-    static_batch_stems(serving, not dynamic_batch)
+    static_batch_chunks(serving, not dynamic_batch)
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)

@@ -35,6 +35,9 @@ from . import _require
 # to stay in L2/L3 and under glibc's mmap threshold, large enough for full-speed GEMMs.
 # Swept on DeiT-Ti / LeViT-128S at batch 64 (2-12 MB within noise; 51 MB unchunked ~2x slower).
 CHUNK_BYTES = 6 << 20
+# glibc's largest mmap threshold on 64-bit: a buffer above it is always a fresh mapping (page faults on
+# every call); below it the heap serves it again warm.
+MMAP_BYTES = 32 << 20
 
 # Activation name (armour_kernels.constants.ACTIVATIONS) → (oneDNN post-op, its algorithm).
 ONEDNN_ACTIVATIONS = {"none": ("none", ""), "relu": ("relu", ""), "hardswish": ("hardswish", ""),

@@ -228,6 +228,7 @@ class LevitMlp(Adopted):
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__(original, backend)
         self.use_conv = isinstance(getattr(original.ln1, "linear", original.ln1), nn.Conv2d)
+        self.chunk_batches = True  # compiled: row chunks for a static batch (surgery/serving.py static_batch_chunks)
 
     @torch.jit.unused
     def dense_layers(self) -> List[nn.Module]:
@@ -254,7 +255,7 @@ class LevitMlp(Adopted):
         tokens = x.permute(0, 2, 3, 1) if self.use_conv else x
         res = None if residual is None else (residual.permute(0, 2, 3, 1) if self.use_conv else residual)
         y = mlp(tokens, first, second, act="hardswish", residual=res, backend=self.backend,
-                packed=(packed_of(self.ln1), packed_of(self.ln2)))
+                packed=(packed_of(self.ln1), packed_of(self.ln2)), chunk_batches=self.chunk_batches)
         return y.permute(0, 3, 1, 2) if self.use_conv else y
 
 

@@ -40,9 +40,7 @@ class LevitStem(Adopted):
     def __init__(self, original: nn.Module, backend: str = "auto"):
         super().__init__(original, backend)
         self.stride = getattr(original, "stride", 16)
-        # Compiled for a static batch: the chain runs in image chunks (conv_chain); a batch-dynamic
-        # compile sets this False (surgery/serving.py static_batch_stems).
-        self.chunk_batches = True
+        self.chunk_batches = True  # compiled: image chunks for a static batch (surgery/serving.py static_batch_chunks)
 
     @torch.jit.unused
     def _layers(self):

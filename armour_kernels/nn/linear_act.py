@@ -27,6 +27,7 @@ class FusedMlp(Adopted):
         super().__init__(original, backend)
         if not hasattr(self, "norm"):
             self.norm = None
+        self.chunk_batches = True  # compiled: row chunks for a static batch (surgery/serving.py static_batch_chunks)
 
     @torch.jit.unused
     def _fusable(self) -> str | None:
@@ -54,7 +55,8 @@ class FusedMlp(Adopted):
         act = self._fusable()
         if act is not None:
             return mlp(x, (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias), act=act,
-                       backend=self.backend, packed=(packed_of(self.fc1), packed_of(self.fc2)))
+                       backend=self.backend, packed=(packed_of(self.fc1), packed_of(self.fc2)),
+                       chunk_batches=self.chunk_batches)
         return self._modules_forward(x)
 
     def _modules_forward(self, x: Tensor) -> Tensor:

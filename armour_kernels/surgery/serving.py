@@ -155,15 +155,14 @@ def merge_distilled_heads(model: nn.Module) -> bool:
     return True
 
 
-def static_batch_stems(model: nn.Module, static: bool) -> int:
-    """Whether the fused LeViT stems of `model` may cut a compiled batch into image chunks (static
-    batch) or not (a batch-dynamic graph: the chunk count would fix the batch size); how many stems."""
-    from ..nn.levit_stem import LevitStem
-
-    stems = [m for m in model.modules() if isinstance(m, LevitStem)]
-    for stem in stems:
-        stem.chunk_batches = static
-    return len(stems)
+def static_batch_chunks(model: nn.Module, static: bool) -> int:
+    """Whether the fused modules of `model` that work in chunks of the batch (the LeViT stem: images;
+    the MLPs: rows) may do so in a compiled graph — a static batch — or not: a batch-dynamic graph,
+    where the chunk count would fix the batch size. Returns how many modules it set."""
+    modules = [m for m in model.modules() if isinstance(getattr(m, "chunk_batches", None), bool)]
+    for module in modules:
+        module.chunk_batches = static
+    return len(modules)
 
 
 def pack_dense_layers(model: nn.Module) -> int:
@@ -198,4 +197,4 @@ def pack_dense_layers(model: nn.Module) -> int:
 
 
 __all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases", "cast_keeping_float32_biases",
-           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits", "static_batch_stems"]
+           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits", "static_batch_chunks"]

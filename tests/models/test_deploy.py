@@ -150,6 +150,24 @@ def test_dynamic_batch_with_packed_mlp_chunks():
             assert_close(optimized(xb), model(xb), torch.float32)
 
 
+def test_static_batch_cuts_a_large_packed_mlp_in_row_chunks(monkeypatch):
+    """A static-batch compile runs a packed MLP whose hidden buffer would be above glibc's mmap threshold
+    in row chunks inside the graph; a batch-dynamic one runs it whole; same outputs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from armour_kernels.cpu import linear_act as cpu_linear_act
+    monkeypatch.setattr(cpu_linear_act, "MMAP_BYTES", 1 << 20)  # the 6.8 MB hidden counts as large
+    model = small_armour_ti()  # 2 blocks; 130 images × 17 tokens = 2210 rows: 2 chunks of ≤ 2048 (fp32)
+    x = torch.randn(130, 3, 32, 32)
+    calls = {}
+    for dynamic in (False, True):
+        optimized = armour_kernels.optimize(model, x, dynamic_batch=dynamic, inference_tensors=False)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            assert_close(optimized(x), model(x), torch.float32)
+        calls[dynamic] = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::dense")
+    assert calls[False] == calls[True] + 2 * 2, calls  # per block one more fc1 and fc2 call
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_levit_stem_image_chunks_static_and_dynamic_batch(monkeypatch, dynamic):
     """The compiled LeViT stem cuts a static batch into image chunks; a batch-dynamic compile keeps the
