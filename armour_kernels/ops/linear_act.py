@@ -283,9 +283,9 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True)
     (w1, b1), (w2, b2) = fc1, fc2
     rows = x.reshape(-1, x.shape[-1])
     step = _cpu()._chunks(w1.shape[0], x.element_size())  # the oneDNN MLP's rows per chunk
-    # Compiled, only a hidden buffer above MMAP_BYTES is cut (measured, Armour-Ti batch 64, 2 threads:
-    # fp32, 39 MB, 6-12% faster cut; bf16, 19 MB, 1.5x slower cut), and never in a batch-dynamic graph
-    # (chunk_batches=False: the chunk count would specialise its batch).
+    # Compiled, only a hidden buffer above MMAP_BYTES is cut (Armour-Ti fp32 batch 64, 2 threads, 39 MB:
+    # 7-16% faster cut; below it the heap serves the buffer warm and a cut only adds calls), and never
+    # in a batch-dynamic graph (chunk_batches=False: the chunk count would specialise its batch).
     if torch.compiler.is_compiling() and (
             not chunk_batches or rows.shape[0] * w1.shape[0] * x.element_size() <= _cpu().MMAP_BYTES):
         step = rows.shape[0]
