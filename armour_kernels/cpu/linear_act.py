@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from .. import plan
-from ..constants import Activation
 from ..plan import image_conv_first
 from . import _require
 
@@ -202,13 +201,12 @@ def conv_chain(x: torch.Tensor, layers: list, dtype: torch.dtype) -> torch.Tenso
     channels-last (B, C, H, W) — its `.flatten(2).transpose(1, 2)` tokens are contiguous.
     """
     first = image_conv_first("cpu", dtype, x, layers[0], False)
+    if first:
+        from ..ops.linear_act import image_conv  # the op's functional form (casts, activation code)
     outs = []
     for chunk in x.split(images_per_chunk(x, layers[0], dtype)):
         if first:  # straight from the NCHW image (plan.image_conv_first)
-            w, b, stride, padding, act = layers[0]
-            h = torch.ops.armour_kernels.image_conv.default(chunk.to(dtype), cast_once(w, dtype), cast_once(b, dtype),
-                                                            stride[0], padding[0], int(Activation[act.upper()]))
-            rest = layers[1:]
+            h, rest = image_conv(chunk.to(dtype), *layers[0]), layers[1:]
         else:
             # cast, then relayout: 2.4x faster than one fused .to(dtype, memory_format) (strided cast kernel)
             h, rest = chunk.to(dtype).contiguous(memory_format=torch.channels_last), layers
