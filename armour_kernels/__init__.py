@@ -12,7 +12,7 @@ import importlib
 
 from .backend import BACKENDS, backends, use_backend
 from .ops.attention import armour_attention, attention
-from .ops.linear_act import dense, dense_pack, image_conv, linear_act, linear_hardswish
+from .ops.linear_act import dense, dense_pack, image_conv, linear_act, linear_hardswish, patch_rows
 from .ops.nystrom import nystrom_attention
 from .ops.performer import performer_attention
 from .surgery import patch, unpatch
@@ -40,6 +40,6 @@ def __dir__():
 
 
 __all__ = ["__version__", "BACKENDS", "backends", "use_backend", "attention", "armour_attention",
-           "nystrom_attention", "performer_attention", "linear_act", "linear_hardswish", "dense", "dense_pack", "image_conv",
+           "nystrom_attention", "performer_attention", "linear_act", "linear_hardswish", "dense", "dense_pack", "image_conv", "patch_rows",
            "patch", "unpatch",
            "fold_batchnorm", "armourize", "optimize", "export_package", "load_package", "explain"]

@@ -7,15 +7,18 @@
    (`fold_batchnorm`, exact, in fp32), the fused modules patched in (`patch`), LeViT's attention
    bias tables gathered once into dense biases and its stem output laid out channels-last
    (surgery/serving.py: contiguous tokens for the GEMMs), a distilled LeViT's two averaged
-   classifier heads merged into one GEMM (`merge_distilled_heads`). The fused ops are dispatcher
+   classifier heads merged into one GEMM (`merge_distilled_heads`), each DeiT / ViT block's
+   LayerNorms and residual adds moved into its projections and its patch embedding made one dense
+   GEMM (`fuse_for_serving`: nn/block.py, nn/patch_embed.py). The fused ops are dispatcher
    ops (`armour_kernels::attention`, ...: C++ kernels on CPU) with fake implementations, so
    inductor calls them directly from its generated code (no graph break: it compiles with
    fullgraph=True; no Python on the call),
 3. the weights cast once to `dtype` (on the CPU kernels LeViT's gathered attention biases stay
    float32: faster and closer, `cast_keeping_float32_biases`) and frozen (no gradients); on the
    CPU the fused modules' projection weights packed once for the dense op (`pack_dense_layers`, docs/dense.md): those
-   layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the bias,
-   activation, LeViT's input Hardswish and the residual add applied per output tile,
+   layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the input
+   LayerNorm or LeViT's input Hardswish applied per row block, the bias, activation and residual
+   add per output tile,
 4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
    layouts on CPU) that remain: the stem convolutions after the first (which reads the NCHW
@@ -45,7 +48,7 @@ import torch.nn as nn
 
 from .surgery import patch
 from .surgery.fold import fold_batchnorm
-from .surgery.serving import (cast_keeping_float32_biases, channels_last_stem, dense_attention_biases,
+from .surgery.serving import (cast_keeping_float32_biases, channels_last_stem, dense_attention_biases, fuse_for_serving,
                               merge_distilled_heads, pack_dense_layers, static_batch_chunks)
 
 SERVING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -85,6 +88,7 @@ def prepare(model: nn.Module, *, dtype: torch.dtype = torch.float32, backend: st
         fold_batchnorm(model)  # before the cast: the fold is computed in float64, rounded once
     merge_distilled_heads(model)
     patch(model, backend=backend)
+    fuse_for_serving(model, backend)
     model.requires_grad_(False)
     if dense_biases:
         dense_attention_biases(model)

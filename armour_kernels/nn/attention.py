@@ -90,14 +90,29 @@ class FusedDeiTAttention(nn.Module):
 
     @eager_forward
     def _eager_forward(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool) -> Tensor:
+        return self.proj_drop(self._attend(x, attn_mask, is_causal))
+
+    @torch.jit.unused
+    def residual_forward(self, x: Tensor, norm: tuple, attn_mask: Optional[Tensor] = None,
+                         is_causal: bool = False) -> Tensor:
+        """x + self(LayerNorm(x)) in eval mode (no dropout), norm = (weight, bias, eps): the norm runs as
+        the qkv projection's prologue and the add as the output projection's epilogue (nn/block.py)."""
+        if self.training:
+            raise RuntimeError("FusedDeiTAttention.residual_forward is for inference (eval mode)")
+        return self._attend(x, attn_mask, is_causal, norm=norm, residual=x)
+
+    @torch.jit.unused
+    def _attend(self, x: Tensor, attn_mask: Optional[Tensor], is_causal: bool, norm: Optional[tuple] = None,
+                residual: Optional[Tensor] = None) -> Tensor:
+        """proj(attention(qkv(norm(x)))) + residual, before the output dropout."""
         self._check_dropout()
         q, k, v = self._split(linear_act(x, self.qkv.weight, self.qkv.bias, backend=self.backend,
-                                         packed=packed_of(self.qkv)))
+                                         packed=packed_of(self.qkv), norm=norm))
         bias = mask_bias(attn_mask, is_causal, q, k, "FusedDeiTAttention")
         out = attention(q, k, v, value=self.value, scale=self.scale, bias=bias, mask_diagonal=self.mask_diagonal,
                         backend=self.backend)
-        return self.proj_drop(linear_act(out.flatten(2), self.proj.weight, self.proj.bias, backend=self.backend,
-                                         packed=packed_of(self.proj)))
+        return linear_act(out.flatten(2), self.proj.weight, self.proj.bias, backend=self.backend,
+                          packed=packed_of(self.proj), residual=residual)
 
     @torch.jit.unused
     def dense_layers(self) -> List[nn.Module]:

@@ -59,6 +59,17 @@ class FusedMlp(Adopted):
                        chunk_batches=self.chunk_batches)
         return self._modules_forward(x)
 
+    @torch.jit.unused
+    def residual_forward(self, x: Tensor, norm: tuple) -> Tensor:
+        """x + self(LayerNorm(x)) in eval mode when the MLP is fusable, norm = (weight, bias, eps): the norm
+        runs as fc1's prologue and the add as fc2's epilogue (nn/block.py)."""
+        act = self._fusable()
+        if act is None or self.training:
+            raise RuntimeError("FusedMlp.residual_forward is for a fusable MLP in eval mode")
+        return mlp(x, (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias), act=act,
+                   backend=self.backend, packed=(packed_of(self.fc1), packed_of(self.fc2)),
+                   chunk_batches=self.chunk_batches, norm=norm, residual=x)
+
     def _modules_forward(self, x: Tensor) -> Tensor:
         """The original computation, module by module."""
         h = self.drop1(self.act(self.fc1(x)))

@@ -133,14 +133,16 @@ def _(x, weight, bias, act_in, act_out, residual=None):
 
 # armour_kernels::dense / ::dense_pack (csrc/torch_ops/dense.cpp): the serving dense layer on the CPU,
 # inference only (docs/dense.md). Its fakes here, so inductor calls it from its generated code.
-_DENSE = _DENSE_PACK = _IMAGE_CONV = None
+_DENSE = _DENSE_PACK = _IMAGE_CONV = _PATCH_ROWS = None
 if cpu.built():
     _DENSE = torch.ops.armour_kernels.dense.default
+    _PATCH_ROWS = torch.ops.armour_kernels.patch_rows.default
     _IMAGE_CONV = torch.ops.armour_kernels.image_conv.default
     _DENSE_PACK = torch.ops.armour_kernels.dense_pack.default
 
     @torch.library.register_fake("armour_kernels::dense")
-    def _dense_fake(x, weight, bias, residual, act, act_in, out_features):
+    def _dense_fake(x, weight, bias, residual, act, act_in, out_features, norm_weight=None, norm_bias=None,
+                    norm_eps=None):
         return x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() == 2 else out_features))
 
     @torch.library.register_fake("armour_kernels::image_conv")
@@ -149,6 +151,11 @@ if cpu.built():
         wo = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
         return torch.empty((x.shape[0], weight.shape[0], ho, wo), dtype=x.dtype, device=x.device,
                            memory_format=torch.channels_last)
+
+    @torch.library.register_fake("armour_kernels::patch_rows")
+    def _patch_rows_fake(x, patch_h, patch_w):
+        gh, gw = x.shape[2] // patch_h, x.shape[3] // patch_w
+        return x.new_empty((x.shape[0], gh * gw, x.shape[1] * patch_h * patch_w))
 
     @torch.library.register_fake("armour_kernels::dense_pack")
     def _dense_pack_fake(weight):  # packing happens on real weights only (serving preparation)
@@ -164,11 +171,29 @@ def dense_pack(weight: Tensor) -> Tensor:
 
 
 def dense(x: Tensor, packed: Tensor, bias: Optional[Tensor], out_features: int, *, act: str = "none",
-          act_in: bool = False, residual: Optional[Tensor] = None) -> Tensor:
-    """act(act_in(x) @ Wᵀ + bias) + residual on the CPU dense op, `packed` = dense_pack(W); inference only."""
+          act_in: bool = False, residual: Optional[Tensor] = None, norm: Optional[tuple] = None) -> Tensor:
+    """act(act_in(x) @ Wᵀ + bias) + residual on the CPU dense op, `packed` = dense_pack(W); inference only.
+    norm = (weight, bias, eps): LayerNorm(x) over its last dim first (weight / bias may be None)."""
     if act not in ACTIVATIONS:
         raise ValueError(f"dense: act must be one of {ACTIVATIONS}, got {act!r}")
-    return _DENSE(x, packed, bias, residual, int(Activation[act.upper()]), act_in, out_features)
+    if norm is None:
+        return _DENSE(x, packed, bias, residual, int(Activation[act.upper()]), act_in, out_features)
+    return _DENSE(x, packed, bias, residual, int(Activation[act.upper()]), act_in, out_features, *norm)
+
+
+def layer_norm_args(module: nn.Module) -> tuple:
+    """(weight, bias, eps) of an nn.LayerNorm over the last dim: the `norm` argument of linear_act / mlp."""
+    if not isinstance(module, nn.LayerNorm) or len(module.normalized_shape) != 1:
+        raise TypeError(f"{OP}: norm must be an nn.LayerNorm over the last dim, got {module!r}")
+    return module.weight, module.bias, float(module.eps)
+
+
+def _layer_norm(x: Tensor, norm: Optional[tuple]) -> Tensor:
+    """LayerNorm(x) over the last dim with norm = (weight, bias, eps), or x when norm is None."""
+    if norm is None:
+        return x
+    weight, bias, eps = norm
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -219,15 +244,25 @@ def _add(y, residual):
 
 def linear_act(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, act: str = "none",
                act_in: bool = False, residual: Optional[Tensor] = None, backend: str = "auto",
-               inplace_input: bool = False, packed: Optional[Tensor] = None) -> Tensor:
+               inplace_input: bool = False, packed: Optional[Tensor] = None, norm: Optional[tuple] = None) -> Tensor:
     """act(act_in(x) @ weightᵀ + bias) [+ residual]; act_in (bool) applies Hardswish to x first.
 
     x (..., in), weight (out, in), bias (out,) or None, residual (..., out) or None (added after
     the activation). `inplace_input`: the caller owns x and lets the input Hardswish overwrite it
     (only honoured when no gradient is wanted). `packed`: dense_pack(weight), made once by a
     served model (armour_kernels.optimize): its CPU inference calls run the dense op on it.
+    `norm` = (weight, bias, eps) (`layer_norm_args(nn.LayerNorm)`): LayerNorm on x first, instead
+    of act_in — a pre-norm block's norm, which the dense op applies to the rows it is about to read.
     """
     device = _check(x, weight, bias, act, residual)
+    if norm is not None:
+        if act_in:
+            raise ValueError(f"{OP}: act_in and norm exclude each other")
+        if packed is not None and not wants_grad(norm[0], norm[1]):
+            kernel, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend, None, packed)
+            if path == "dense":
+                return dense(x, packed, bias, weight.shape[0], act=act, residual=residual, norm=norm)
+        x = _layer_norm(x, norm)  # every other path: the norm as PyTorch computes it
     kernel, path, dtype = linear_act_path(x, weight, bias, act, act_in, residual, backend, None, packed)
     if path == "dense":
         return dense(x, packed, bias, weight.shape[0], act=act, act_in=act_in, residual=residual)
@@ -257,16 +292,18 @@ def linear_hardswish(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *
 
 
 def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tensor] = None,
-        backend: str = "auto", packed: tuple = (None, None), chunk_batches: bool = True) -> Tensor:
-    """fc2(act(fc1(x))) [+ residual]; fc1, fc2 = (weight, bias or None); packed: their dense_pack
-    weights (a served model) or Nones.
+        backend: str = "auto", packed: tuple = (None, None), chunk_batches: bool = True,
+        norm: Optional[tuple] = None) -> Tensor:
+    """fc2(act(fc1(norm(x)))) [+ residual]; fc1, fc2 = (weight, bias or None); packed: their dense_pack
+    weights (a served model) or Nones; norm: an input LayerNorm as linear_act's, or None.
 
     CPU inference: oneDNN in row chunks, so the hidden activation never exists for the whole batch;
     with packed weights, two dense-op calls, in row chunks too — also while compiling, unless
     chunk_batches=False (a batch-dynamic graph: a chunk count would fix its batch size)."""
     (w1, b1), (w2, b2) = fc1, fc2
     if packed[0] is not None and packed[1] is not None:
-        return _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches)
+        return _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches, norm)
+    x = _layer_norm(x, norm)
     dtype = compute_dtype(x)
     grad = wants_grad(x, w1, b1, w2, b2, residual)
     if act in TORCH_ACTIVATIONS and cpu_inference(select(OP, x.device, backend), dtype, x, grad):
@@ -276,7 +313,7 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
     return linear_act(hidden, w2, b2, residual=residual, backend=backend)
 
 
-def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True):
+def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True, norm=None):
     """mlp() on packed weights: two linear_act calls (the dense op in inference), in row chunks when the
     hidden activation would be large, as the oneDNN path does (cpu/linear_act.py: CHUNK_BYTES; above
     glibc's 32 MiB mmap threshold every call's hidden buffer would page-fault afresh)."""
@@ -290,12 +327,12 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True)
             not chunk_batches or rows.shape[0] * w1.shape[0] * x.element_size() <= _cpu().MMAP_BYTES):
         step = rows.shape[0]
     if rows.shape[0] <= step:
-        hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0])
+        hidden = linear_act(x, w1, b1, act=act, backend=backend, packed=packed[0], norm=norm)
         return linear_act(hidden, w2, b2, residual=residual, backend=backend, packed=packed[1])
     res = None if residual is None else residual.reshape(-1, w2.shape[0])
     outs = []
     for start in range(0, rows.shape[0], step):
-        hidden = linear_act(rows[start:start + step], w1, b1, act=act, backend=backend, packed=packed[0])
+        hidden = linear_act(rows[start:start + step], w1, b1, act=act, backend=backend, packed=packed[0], norm=norm)
         outs.append(linear_act(hidden, w2, b2, backend=backend, packed=packed[1],
                                residual=None if res is None else res[start:start + step]))
     return torch.cat(outs).view(*x.shape[:-1], w2.shape[0])
@@ -337,6 +374,20 @@ def image_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, paddin
     return _IMAGE_CONV(x, weight.to(x.dtype), _cast(bias, x.dtype), stride, padding, int(Activation[act.upper()]))
 
 
+def patch_rows(x: Tensor, patch: tuple) -> Tensor:
+    """Images (B, C, H, W) as patchify-GEMM rows (B, (H // p) · (W // q), C · p · q), patch = (p, q): each row
+    one patch flattened (C, p, q), pixels past the last whole patch dropped (a convolution's floor).
+    On the CPU without a gradient the patch_rows op (one ATen copy the compiled graph cannot re-index:
+    nn/patch_embed.py); elsewhere the same reshape / permute in PyTorch."""
+    p, q = patch
+    B, C, H, W = x.shape
+    if _PATCH_ROWS is not None and x.device.type == "cpu" and not wants_grad(x):
+        return _PATCH_ROWS(x, p, q)
+    gh, gw = H // p, W // q
+    patches = x[:, :, :gh * p, :gw * q].reshape(B, C, gh, p, gw, q).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(B, gh * gw, C * p * q)
+
+
 def _square(name: str, value) -> int:
     if isinstance(value, int):
         return value
@@ -346,4 +397,4 @@ def _square(name: str, value) -> int:
 
 
 __all__ = ["linear_act", "linear_hardswish", "mlp", "conv_chain", "image_conv", "dense", "dense_pack", "activation_of", "compute_dtype",
-           "TORCH_ACTIVATIONS"]
+           "layer_norm_args", "patch_rows", "TORCH_ACTIVATIONS"]

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..nn._packed import PACKED, weight_holder
 from ..nn.levit import LevitAttention, LevitAttentionDownsample, folded_projection
+from ..nn.patch_embed import patch_projection
 from .match import ClassTable
 
 # LeViT's convolution stems: timm's, python_ref's, and the fused one `patch` puts in their place.
@@ -165,6 +166,42 @@ def static_batch_chunks(model: nn.Module, static: bool) -> int:
     return len(modules)
 
 
+def _fused_block(module, backend):
+    from ..nn.block import FusedBlock
+    return FusedBlock(module, backend)
+
+
+def _fused_patch_embed(module, backend):
+    from ..nn.patch_embed import FusedPatchEmbed
+    return FusedPatchEmbed(module, backend)
+
+
+# The modules a served model runs fused beyond what `patch` does: DeiT / ViT blocks (LayerNorms and
+# residual adds inside the projections, nn/block.py) and patch embeddings (one dense GEMM over the
+# flattened patches, nn/patch_embed.py).
+_SERVING_FUSIONS = ClassTable()
+_SERVING_FUSIONS.add(("timm.models.vision_transformer:Block", "python_ref.deit:Block"), _fused_block)
+_SERVING_FUSIONS.add(("timm.layers.patch_embed:PatchEmbed", "python_ref.deit:PatchEmbed"), _fused_patch_embed)
+
+
+def fuse_for_serving(model: nn.Module, backend: str = "auto") -> int:
+    """Replace, in place, each module of `_SERVING_FUSIONS` whose fused form can run it (`fusable()`,
+    checked in eval mode: a served model's): the pre-norm blocks whose attention and MLP `patch`
+    fused, and the patch embeddings. Others (layer scale, a norm after the patch projection, ...)
+    are left. Returns how many it replaced."""
+    fused = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            build = _SERVING_FUSIONS.get(child)
+            if build is None:
+                continue
+            module = build(child, backend)
+            if module.train(False).fusable():
+                setattr(parent, name, module.train(child.training))
+                fused += 1
+    return fused
+
+
 def pack_dense_layers(model: nn.Module) -> int:
     """Pack the projection weights of every fused module for the CPU dense op, in place; how many.
 
@@ -186,7 +223,7 @@ def pack_dense_layers(model: nn.Module) -> int:
         if not callable(layers):
             continue
         for layer in layers():
-            folded = folded_projection(layer)
+            folded = folded_projection(layer) or patch_projection(layer)
             if folded is None or folded[0].device.type != "cpu" or not folded[0].is_floating_point():
                 continue
             holder = weight_holder(layer)
@@ -197,4 +234,4 @@ def pack_dense_layers(model: nn.Module) -> int:
 
 
 __all__ = ["ChannelsLastOutput", "channels_last_stem", "dense_attention_biases", "cast_keeping_float32_biases",
-           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits", "static_batch_chunks"]
+           "pack_dense_layers", "merge_distilled_heads", "ZeroLogits", "static_batch_chunks", "fuse_for_serving"]

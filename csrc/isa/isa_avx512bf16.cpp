@@ -32,6 +32,7 @@ namespace avx512bf16 {
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
 #include "kernels/image_conv.h"
+#include "kernels/layer_norm.h"
 }  // namespace avx512bf16
 }  // namespace armour
 

@@ -27,6 +27,7 @@ namespace scalar {
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
 #include "kernels/image_conv.h"
+#include "kernels/layer_norm.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"

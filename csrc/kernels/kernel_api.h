@@ -153,6 +153,22 @@ struct DenseTile {
   Act act = Act::none;
 };
 
+// LayerNorm of each row of a (rows, cols) matrix, the dense layer's prologue (docs/dense.md):
+//   y[r, :] = (x[r, :] − mean_r) / sqrt(var_r + eps) · weight + bias
+// mean / biased variance in fp32 over the row; x, y, weight and bias (cols,) in dtype (fp32 or
+// bf16), weight / bias null when absent; rows ld_x / ld_y elements apart, unit column stride.
+struct RowNorm {
+  DType dtype = DType::f32;
+  const void* x = nullptr;
+  int64_t ld_x = 0;
+  int64_t rows = 0, cols = 0;
+  const void* weight = nullptr;
+  const void* bias = nullptr;
+  float eps = 1e-5f;
+  void* y = nullptr;
+  int64_t ld_y = 0;
+};
+
 // A network's first convolution, read straight from the NCHW image (docs/image_conv.md):
 //   y[b, oy, ox, co] = act(bias[co] + Σ_{c, ky, kx} w[c, ky, kx, co] · x[b, c, oy·s − p + ky, ox·s − p + kx])
 // with zero padding. For few input channels (an RGB image), where a channels-last GEMM has nothing
@@ -188,6 +204,7 @@ struct KernelTable {
   void (*attention_backward)(const AttentionArgs&);
   void (*dense_epilogue)(const DenseTile&);
   void (*image_conv)(const ImageConvArgs&);
+  void (*layer_norm_rows)(const RowNorm&);
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
@@ -208,7 +225,8 @@ const KernelTable& kernels_avx512bf16();
 #define ARMOUR_DEFINE_KERNEL_TABLE(ISA)                                                              \
   const KernelTable& kernels_##ISA() {                                                               \
     static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward,          \
-                                   &ISA::dense_epilogue, &ISA::image_conv};                          \
+                                   &ISA::dense_epilogue, &ISA::image_conv,                            \
+                                   &ISA::layer_norm_rows};                                           \
     return table;                                                                                    \
   }
 

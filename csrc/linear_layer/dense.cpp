@@ -10,7 +10,9 @@
 // Tiling: a task is one block of kMB rows × a range of 64-column weight blocks; the fp32
 // accumulators of one (kMB × 64) tile live in a per-thread scratch buffer, the epilogue writes the
 // tile out (bias, activation, residual, dtype) straight after its GEMM. The rows of x are read in
-// place (any row stride); with act_in the task first writes Hardswish(its rows) to scratch.
+// place (any row stride); with act_in the task first writes Hardswish(its rows) to scratch, with a
+// norm LayerNorm(its rows) (a pre-norm transformer block's LayerNorm, which then costs no pass of
+// its own over memory and no call: the rows are normalised while the GEMM is about to read them).
 #include "linear_layer/dense.h"
 
 #include <ATen/Parallel.h>
@@ -75,6 +77,13 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
+// The input LayerNorm's arguments, checked (on = whether there is one).
+struct Norm {
+  bool on = false;
+  at::Tensor weight, bias;  // (in,) in x's dtype, or undefined
+  double eps = 0.0;
+};
+
 struct Problem {
   int64_t M, K, N, nb;
   const char* a;  // x rows
@@ -86,6 +95,7 @@ struct Problem {
   int64_t ld_res;
   Act act;
   bool act_in;
+  const RowNorm* norm;  // the input LayerNorm (x, y and rows are set per task), or null
   DType dtype;
   size_t esize;
 };
@@ -107,19 +117,30 @@ void run_tiles(const Problem& p, int64_t MB) {
       const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
       const T* a = reinterpret_cast<const T*>(p.a) + m0 * p.lda;
       int64_t lda = p.lda;
-      if (p.act_in) {  // Hardswish of this task's rows, written once, read by every column block
+      if (p.act_in || p.norm) {  // this task's rows transformed once, read by every column block
         T* rows = vnni ? reinterpret_cast<T*>(scratch(t_rows_bf16, mb * p.K))
                        : reinterpret_cast<T*>(scratch(t_rows_f32, mb * p.K));
-        DenseTile t;
-        t.dtype = t.acc_dtype = p.dtype;
-        t.acc = a;
-        t.ld_acc = p.lda;
-        t.rows = mb;
-        t.cols = p.K;
-        t.y = rows;
-        t.ld_y = p.K;
-        t.act = Act::hardswish;
-        kernels.dense_epilogue(t);
+        if (p.norm) {  // LayerNorm
+          RowNorm n = *p.norm;
+          n.x = a;
+          n.ld_x = p.lda;
+          n.rows = mb;
+          n.cols = p.K;
+          n.y = rows;
+          n.ld_y = p.K;
+          kernels.layer_norm_rows(n);
+        } else {  // Hardswish: the epilogue with nothing but the activation
+          DenseTile t;
+          t.dtype = t.acc_dtype = p.dtype;
+          t.acc = a;
+          t.ld_acc = p.lda;
+          t.rows = mb;
+          t.cols = p.K;
+          t.y = rows;
+          t.ld_y = p.K;
+          t.act = Act::hardswish;
+          kernels.dense_epilogue(t);
+        }
         a = rows;
         lda = p.K;
       }
@@ -148,8 +169,11 @@ void run_tiles(const Problem& p, int64_t MB) {
 
 // Where no micro-kernel applies: ATen's GEMM, then the epilogue over the output in place.
 at::Tensor plain_dense(const at::Tensor& x2, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& res,
-                       Act act, bool act_in) {
-  at::Tensor y = at::mm(act_in ? at::hardswish(x2) : x2, weight.t());
+                       Act act, bool act_in, const Norm& norm = Norm()) {
+  const at::Tensor a = norm.on ? at::layer_norm(x2, {x2.size(1)}, norm.weight, norm.bias, norm.eps)
+                       : act_in ? at::hardswish(x2)
+                                : x2;
+  at::Tensor y = at::mm(a, weight.t());
   epilogue_in_place(y, bias, res, static_cast<int64_t>(act));
   return y;
 }
@@ -215,17 +239,25 @@ at::Tensor dense_pack(const at::Tensor& weight) {
 }
 
 at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
-                 const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features) {
+                 const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features,
+                 const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                 std::optional<double> norm_eps) {
   DENSE_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "CPU tensors only");
   DENSE_CHECK(act_code >= 0 && act_code <= static_cast<int64_t>(Act::silu), "unknown activation code ", act_code);
   const Act act = static_cast<Act>(act_code);
   TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "armour_kernels::dense: weight dtype ",
                    weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  DENSE_CHECK(norm_eps.has_value() || (!given(norm_weight) && !given(norm_bias)),
+              "norm_weight / norm_bias need norm_eps (the input LayerNorm is on when norm_eps is given)");
+  DENSE_CHECK(!(norm_eps.has_value() && act_in), "act_in and an input LayerNorm exclude each other");
   if (x.scalar_type() == at::kHalf) {  // computed in float32, rounded once (no fp16 engine on these CPUs)
-    std::optional<at::Tensor> b32, r32;
-    if (bias_in.has_value() && bias_in->defined()) b32 = bias_in->to(at::kFloat);
-    if (residual_in.has_value() && residual_in->defined()) r32 = residual_in->to(at::kFloat);
-    return dense(x.to(at::kFloat), weight.to(at::kFloat), b32, r32, act_code, act_in, out_features).to(at::kHalf);
+    const auto f32 = [&](const std::optional<at::Tensor>& t) {
+      return given(t) ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::optional<at::Tensor>();
+    };
+    return dense(x.to(at::kFloat), weight.to(at::kFloat), f32(bias_in), f32(residual_in), act_code, act_in,
+                 out_features, f32(norm_weight), f32(norm_bias), norm_eps)
+        .to(at::kHalf);
   }
   const DType dt = kernel_dtype(x, "x");
   const Layout layout = layout_of(weight);
@@ -256,8 +288,23 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
                      residual_in->scalar_type(), " differs from x dtype ", x.scalar_type());
     res = rows_of(*residual_in);
   }
+  Norm norm;
+  if (norm_eps.has_value()) {
+    DENSE_CHECK(*norm_eps >= 0.0, "norm_eps must be >= 0, got ", *norm_eps);
+    norm.on = true;
+    norm.eps = *norm_eps;
+    for (const auto& [given_t, name, out] : {std::make_tuple(&norm_weight, "norm_weight", &norm.weight),
+                                             std::make_tuple(&norm_bias, "norm_bias", &norm.bias)}) {
+      if (!given(*given_t)) continue;
+      const at::Tensor& t = **given_t;
+      DENSE_CHECK(t.dim() == 1 && t.size(0) == K, name, " must be (", K, ",), got ", t.sizes());
+      TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "armour_kernels::dense: ", name, " dtype ", t.scalar_type(),
+                       " differs from x dtype ", x.scalar_type());
+      *out = t.contiguous();
+    }
+  }
   const at::Tensor x2 = rows_of(x);
-  if (layout == Layout::plain) return plain_dense(x2, weight, bias, res, act, act_in).view(out_shape);
+  if (layout == Layout::plain) return plain_dense(x2, weight, bias, res, act, act_in, norm).view(out_shape);
 
   if (K == 0)  // no products: the epilogue of zeros
     return plain_dense(x2, at::zeros({N, 0}, x.options()), bias, res, act, false).view(out_shape);
@@ -277,6 +324,12 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
   p.ld_res = res.defined() ? res.stride(0) : 0;
   p.act = act;
   p.act_in = act_in;
+  RowNorm row_norm;
+  row_norm.dtype = dt;
+  row_norm.weight = norm.weight.defined() ? norm.weight.data_ptr() : nullptr;
+  row_norm.bias = norm.bias.defined() ? norm.bias.data_ptr() : nullptr;
+  row_norm.eps = static_cast<float>(norm.eps);
+  p.norm = norm.on ? &row_norm : nullptr;
   p.dtype = dt;
   p.esize = x.element_size();
   DENSE_CHECK(weight.is_contiguous(), "a packed weight must be contiguous");

@@ -17,8 +17,13 @@ at::Tensor dense_pack(const at::Tensor& weight);
 
 // x (..., in) → (..., out_features). weight: what dense_pack returned (or a plain (out, in) weight),
 // bias (out,), residual (..., out) in x's dtype. act: kernels' Act code; act_in: Hardswish on x first.
+// norm_eps given: LayerNorm(x) over `in` first (norm_weight / norm_bias (in,) in x's dtype, or none),
+// the pre-norm block's LayerNorm; it excludes act_in.
 at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                 const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features);
+                 const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features,
+                 const std::optional<at::Tensor>& norm_weight = std::nullopt,
+                 const std::optional<at::Tensor>& norm_bias = std::nullopt,
+                 std::optional<double> norm_eps = std::nullopt);
 
 // y = act(y + bias) + residual in place over a (rows, cols) row-major y, with the dense layer's
 // per-ISA epilogue (kernels/dense_epilogue.h); bias (cols,) and residual (rows, cols, unit column

@@ -8,23 +8,26 @@
 
 namespace {
 
-using DenseFn = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                           const std::optional<at::Tensor>&, int64_t, bool, int64_t);
+using OptTensor = std::optional<at::Tensor>;
+using DenseFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, int64_t, bool,
+                           int64_t, const OptTensor&, const OptTensor&, std::optional<double>);
 
-at::Tensor dense_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          const std::optional<at::Tensor>& residual, int64_t act, bool act_in, int64_t out_features) {
-  const auto grad = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->requires_grad(); };
-  TORCH_CHECK(!at::GradMode::is_enabled() || !(x.requires_grad() || weight.requires_grad() || grad(bias) || grad(residual)),
+at::Tensor dense_autograd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                          const OptTensor& residual, int64_t act, bool act_in, int64_t out_features,
+                          const OptTensor& norm_weight, const OptTensor& norm_bias, std::optional<double> norm_eps) {
+  const auto grad = [](const OptTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); };
+  TORCH_CHECK(!at::GradMode::is_enabled() || !(x.requires_grad() || weight.requires_grad() || grad(bias) ||
+                                               grad(residual) || grad(norm_weight) || grad(norm_bias)),
               "armour_kernels::dense is inference-only (no gradient); use armour_kernels.ops.linear_act to train");
   static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("armour_kernels::dense", "").typed<DenseFn>();
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(x, weight, bias, residual, act, act_in, out_features);
+  return op.call(x, weight, bias, residual, act, act_in, out_features, norm_weight, norm_bias, norm_eps);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(armour_kernels, CPU, m) {
-  m.impl("dense", TORCH_FN(armour::dense));
+  m.impl("dense", TORCH_FN(armour::dense));  // the defaults are the schema's
   m.impl("dense_pack", TORCH_FN(armour::dense_pack));
 }
 

@@ -23,11 +23,15 @@ TORCH_LIBRARY(armour_kernels, m) {
   m.def("linear_hardswish(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // The serving dense layer (inference only, docs/dense.md): act(act_in(x) @ Wᵀ + bias) + residual.
   // weight: dense_pack(W) (the micro-kernels' layout on this CPU) or W (out, in); act: the
-  // Activation code (armour_kernels.constants); act_in: Hardswish on x first.
+  // Activation code (armour_kernels.constants); act_in: Hardswish on x first; norm_eps given:
+  // LayerNorm(x; norm_weight, norm_bias, norm_eps) first instead (a pre-norm block's norm).
   m.def("dense_pack(Tensor weight) -> Tensor");
   m.def(
-      "dense(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int act, bool act_in, int out_features) "
-      "-> Tensor");
+      "dense(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int act, bool act_in, int out_features, "
+      "Tensor? norm_weight=None, Tensor? norm_bias=None, float? norm_eps=None) -> Tensor");
+  // An image (B, C, H, W) as the rows of a patchify GEMM, (B, (H/p)·(W/q), C·p·q) (inference only,
+  // nn/patch_embed.py): a ViT / DeiT patch embedding is then one dense call.
+  m.def("patch_rows(Tensor x, int patch_h, int patch_w) -> Tensor");
   // A network's first convolution on the NCHW image (inference only, docs/image_conv.md):
   // act(conv2d(x, weight, bias, stride, padding)) with square stride / padding, channels-last out.
   m.def("image_conv(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int act) -> Tensor");

@@ -1,9 +1,13 @@
-"""Inputs and the float64 definition the dense-op tests compare against (test_dense_cpu.py, test_dense_compile.py)."""
+"""Inputs and the float64 definition the dense-op tests compare against (test_dense_cpu.py, test_dense_compile.py,
+test_dense_norm_cpu.py), and the CPU dispatch paths they run on."""
 from __future__ import annotations
 
 import torch
 
+from armour_kernels import cpu
 from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS
+
+ISAS = cpu.supported_isas() if cpu.built() else []  # the dispatch paths the `isa` fixture (conftest.py) runs
 
 
 def expected(x, w, b, act, act_in, residual):

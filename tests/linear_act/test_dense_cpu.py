@@ -12,19 +12,12 @@ from armour_kernels import cpu
 from armour_kernels.constants import ACTIVATIONS
 from armour_kernels.ops.linear_act import dense, dense_pack, linear_act
 
-from dense_cases import expected, make
+from dense_cases import ISAS, expected, make
 from helpers import assert_close, assert_same_nans_and_close
 
 pytestmark = pytest.mark.skipif(not cpu.has_op("dense"), reason="the C++ extension is not built")
 
-ISAS = cpu.supported_isas() if cpu.built() else []
 DTYPES = (torch.float32, torch.bfloat16, torch.float64, torch.float16)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    with cpu.use_isa(request.param):
-        yield request.param
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -17,14 +17,7 @@ from helpers import assert_close, assert_same_nans_and_close
 
 pytestmark = pytest.mark.skipif(not cpu.has_op("image_conv"), reason="the C++ extension is not built")
 
-ISAS = cpu.supported_isas() if cpu.built() else []
 DTYPES = (torch.float32, torch.bfloat16)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    with cpu.use_isa(request.param):
-        yield request.param
 
 
 def make(B, C, H, W, cout, k, dtype, *, bias=True, seed=0):

@@ -3,8 +3,6 @@
 Each test compiles small models (one block per stage, 32×32 or 64×64 images) so that inductor
 builds in well under a minute on 2 cores. (AOTInductor packages: test_export.py.)
 """
-import copy
-
 import pytest
 import torch
 
@@ -14,31 +12,9 @@ from armour_kernels.backend import cpu_has_op
 from armour_kernels.deploy import prepare
 from armour_kernels.surgery.serving import ChannelsLastOutput
 from helpers import assert_close
+from small_models import small_armour_ti, small_timm_levit
 
 pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
-
-
-def small_timm_levit():
-    """timm LeViT-128S, one block per stage, with BatchNorm statistics and bias tables that are not trivial."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("levit_128s", img_size=64, depth=(1, 1, 1), num_classes=10).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "attention_biases"):
-                m.attention_biases.normal_()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-    return model
-
-
-def small_armour_ti():
-    torch.manual_seed(0)
-    return python_ref.create_model("deit_tiny_patch16_224", attention="armour", img_size=32, patch_size=8, depth=2,
-                                   num_classes=10).eval()
 
 
 def snapshot(model):
