@@ -45,7 +45,8 @@ def import_error() -> str | None:
 # Ops whose CPU kernel the extension registers with PyTorch's dispatcher (no Python binding), asked
 # once here: select() asks on every call, torch.compile traces it.
 _DISPATCHER_OPS = {"attention": "armour_kernels::attention", "linear_act": "armour_kernels::linear_hardswish",
-                   "dense": "armour_kernels::dense", "image_conv": "armour_kernels::image_conv",
+                   "dense": "armour_kernels::dense", "dense_mlp": "armour_kernels::dense_mlp",
+                   "patch_rows": "armour_kernels::patch_rows", "image_conv": "armour_kernels::image_conv",
                    "nystrom_attention": "armour_kernels::nystrom_fwd",
                    "performer_attention": "armour_kernels::performer_fwd"}
 _DISPATCHED = frozenset(name for name, op in _DISPATCHER_OPS.items()

@@ -133,9 +133,10 @@ def _(x, weight, bias, act_in, act_out, residual=None):
 
 # armour_kernels::dense / ::dense_pack (csrc/torch_ops/dense.cpp): the serving dense layer on the CPU,
 # inference only (docs/dense.md). Its fakes here, so inductor calls it from its generated code.
-_DENSE = _DENSE_PACK = _IMAGE_CONV = _PATCH_ROWS = None
+_DENSE = _DENSE_MLP = _DENSE_PACK = _IMAGE_CONV = _PATCH_ROWS = None
 if cpu.built():
     _DENSE = torch.ops.armour_kernels.dense.default
+    _DENSE_MLP = torch.ops.armour_kernels.dense_mlp.default
     _PATCH_ROWS = torch.ops.armour_kernels.patch_rows.default
     _IMAGE_CONV = torch.ops.armour_kernels.image_conv.default
     _DENSE_PACK = torch.ops.armour_kernels.dense_pack.default
@@ -151,6 +152,11 @@ if cpu.built():
         wo = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
         return torch.empty((x.shape[0], weight.shape[0], ho, wo), dtype=x.dtype, device=x.device,
                            memory_format=torch.channels_last)
+
+    @torch.library.register_fake("armour_kernels::dense_mlp")
+    def _dense_mlp_fake(x, weight1, bias1, act, hidden_features, weight2, bias2, out_features, residual, norm_weight,
+                        norm_bias, norm_eps):
+        return x.new_empty((*x.shape[:-1], out_features))
 
     @torch.library.register_fake("armour_kernels::patch_rows")
     def _patch_rows_fake(x, patch_h, patch_w):
@@ -314,10 +320,15 @@ def mlp(x: Tensor, fc1: tuple, fc2: tuple, *, act: str, residual: Optional[Tenso
 
 
 def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True, norm=None):
-    """mlp() on packed weights: two linear_act calls (the dense op in inference), in row chunks when the
-    hidden activation would be large, as the oneDNN path does (cpu/linear_act.py: CHUNK_BYTES; above
-    glibc's 32 MiB mmap threshold every call's hidden buffer would page-fault afresh)."""
+    """mlp() on packed weights. Where both layers run the dense op: one dense_mlp call, which keeps each
+    block of rows' hidden activation in cache (docs/dense.md). Otherwise two linear_act calls, in row
+    chunks when the hidden activation would be large, as the oneDNN path does (cpu/linear_act.py:
+    CHUNK_BYTES; above glibc's 32 MiB mmap threshold every call's hidden buffer would page-fault afresh)."""
     (w1, b1), (w2, b2) = fc1, fc2
+    if _fused_mlp(x, fc1, fc2, residual, backend, packed, norm):
+        weight, bias, eps = norm if norm is not None else (None, None, None)
+        return _DENSE_MLP(x, packed[0], b1, int(Activation[act.upper()]), w1.shape[0], packed[1], b2, w2.shape[0],
+                          residual, weight, bias, eps)
     rows = x.reshape(-1, x.shape[-1])
     step = _cpu()._chunks(w1.shape[0], x.element_size())  # the oneDNN MLP's rows per chunk
     # Compiled, only a hidden buffer above MMAP_BYTES is cut (Armour-Ti fp32 batch 64, 2 threads, 39 MB:
@@ -336,6 +347,17 @@ def _packed_mlp(x, fc1, fc2, act, residual, backend, packed, chunk_batches=True,
         outs.append(linear_act(hidden, w2, b2, backend=backend, packed=packed[1],
                                residual=None if res is None else res[start:start + step]))
     return torch.cat(outs).view(*x.shape[:-1], w2.shape[0])
+
+
+def _fused_mlp(x, fc1, fc2, residual, backend, packed, norm) -> bool:
+    """Whether both MLP layers would run the dense op (linear_act's "dense" path for each): then dense_mlp."""
+    (w1, b1), (w2, b2) = fc1, fc2
+    if _DENSE_MLP is None or linear_act_path(x, w1, b1, "none", False, None, backend, None, packed[0])[1] != "dense":
+        return False
+    dtype = x.dtype
+    return (packed[1].dtype == dtype and (b2 is None or b2.dtype == dtype)
+            and (residual is None or residual.dtype == dtype) and not wants_grad(w2, b2, residual)
+            and (norm is None or not wants_grad(norm[0], norm[1])))
 
 
 def conv_chain(x: Tensor, layers: list, *, backend: str = "auto", chunk_batches: bool = True) -> Tensor:

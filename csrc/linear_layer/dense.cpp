@@ -100,6 +100,62 @@ struct Problem {
   size_t esize;
 };
 
+// The rows a task's GEMMs read: x's rows in place, or — with act_in / a norm — the transformed rows,
+// written once to the thread's scratch (lda then becomes K).
+template <class T>
+const T* task_rows(const Problem& p, const KernelTable& kernels, const T* a, int64_t mb, int64_t& lda) {
+  if (!p.act_in && !p.norm) return a;
+  constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
+  T* rows = vnni ? reinterpret_cast<T*>(scratch(t_rows_bf16, mb * p.K)) : reinterpret_cast<T*>(scratch(t_rows_f32, mb * p.K));
+  if (p.norm) {  // LayerNorm
+    RowNorm n = *p.norm;
+    n.x = a;
+    n.ld_x = lda;
+    n.rows = mb;
+    n.cols = p.K;
+    n.y = rows;
+    n.ld_y = p.K;
+    kernels.layer_norm_rows(n);
+  } else {  // Hardswish: the epilogue with nothing but the activation
+    DenseTile t;
+    t.dtype = t.acc_dtype = p.dtype;
+    t.acc = a;
+    t.ld_acc = lda;
+    t.rows = mb;
+    t.cols = p.K;
+    t.y = rows;
+    t.ld_y = p.K;
+    t.act = Act::hardswish;
+    kernels.dense_epilogue(t);
+  }
+  lda = p.K;
+  return rows;
+}
+
+// One (mb × 64) output tile: the micro-kernel over weight block `blk`, then the epilogue writing it
+// to p.y's rows from `row` on (and reading the residual's same rows).
+template <class T>
+void tile_gemm(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
+               int64_t blk, float* acc) {
+  constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
+  const T* b = reinterpret_cast<const T*>(p.b) + blk * p.K * kNB;  // VNNI blocks hold K / 2 pairs: same count
+  at::native::cpublas::brgemm(mb, kNB, p.K, lda, kNB, kNB, false, a, b, acc, vnni);
+  const int64_t n0 = blk * kNB;
+  DenseTile t;
+  t.dtype = p.dtype;
+  t.acc = acc;
+  t.ld_acc = kNB;
+  t.rows = mb;
+  t.cols = std::min(kNB, p.N - n0);
+  t.y = p.y + (row * p.N + n0) * p.esize;
+  t.ld_y = p.N;
+  t.bias = p.bias ? static_cast<const char*>(p.bias) + n0 * p.esize : nullptr;
+  t.residual = p.res ? p.res + (row * p.ld_res + n0) * p.esize : nullptr;
+  t.ld_residual = p.ld_res;
+  t.act = p.act;
+  kernels.dense_epilogue(t);
+}
+
 template <class T>
 void run_tiles(const Problem& p, int64_t MB) {
   const int64_t mblocks = (p.M + MB - 1) / MB;
@@ -108,62 +164,47 @@ void run_tiles(const Problem& p, int64_t MB) {
   const int64_t nsplit = std::min(p.nb, std::max<int64_t>(1, (2 * threads + mblocks - 1) / mblocks));
   const int64_t per = (p.nb + nsplit - 1) / nsplit;
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
-  const int64_t Kb = p.K;  // VNNI blocks hold K / 2 pairs: same element count per block
   at::parallel_for(0, mblocks * nsplit, 1, [&](int64_t begin, int64_t end) {
     float* acc = scratch(t_acc, MB * kNB);
     const KernelTable& kernels = current_kernels();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t m0 = (task / nsplit) * MB, mb = std::min(MB, p.M - m0);
       const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
-      const T* a = reinterpret_cast<const T*>(p.a) + m0 * p.lda;
       int64_t lda = p.lda;
-      if (p.act_in || p.norm) {  // this task's rows transformed once, read by every column block
-        T* rows = vnni ? reinterpret_cast<T*>(scratch(t_rows_bf16, mb * p.K))
-                       : reinterpret_cast<T*>(scratch(t_rows_f32, mb * p.K));
-        if (p.norm) {  // LayerNorm
-          RowNorm n = *p.norm;
-          n.x = a;
-          n.ld_x = p.lda;
-          n.rows = mb;
-          n.cols = p.K;
-          n.y = rows;
-          n.ld_y = p.K;
-          kernels.layer_norm_rows(n);
-        } else {  // Hardswish: the epilogue with nothing but the activation
-          DenseTile t;
-          t.dtype = t.acc_dtype = p.dtype;
-          t.acc = a;
-          t.ld_acc = p.lda;
-          t.rows = mb;
-          t.cols = p.K;
-          t.y = rows;
-          t.ld_y = p.K;
-          t.act = Act::hardswish;
-          kernels.dense_epilogue(t);
-        }
-        a = rows;
-        lda = p.K;
-      }
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const T* b = reinterpret_cast<const T*>(p.b) + blk * Kb * kNB;
-        at::native::cpublas::brgemm(mb, kNB, p.K, lda, kNB, kNB, false, a, b, acc, vnni);
-        const int64_t n0 = blk * kNB;
-        DenseTile t;
-        t.dtype = p.dtype;
-        t.acc = acc;
-        t.ld_acc = kNB;
-        t.rows = mb;
-        t.cols = std::min(kNB, p.N - n0);
-        t.y = p.y + (m0 * p.N + n0) * p.esize;
-        t.ld_y = p.N;
-        t.bias = p.bias ? static_cast<const char*>(p.bias) + n0 * p.esize : nullptr;
-        t.residual = p.res ? p.res + (m0 * p.ld_res + n0) * p.esize : nullptr;
-        t.ld_residual = p.ld_res;
-        t.act = p.act;
-        kernels.dense_epilogue(t);
-      }
+      const T* a = task_rows(p, kernels, reinterpret_cast<const T*>(p.a) + m0 * p.lda, mb, lda);
+      for (int64_t blk = b0; blk < b1; ++blk) tile_gemm(p, kernels, a, lda, mb, m0, blk, acc);
     }
     if (vnni) at::native::cpublas::brgemm_release(true);  // free the AMX tile state (see attention/brgemm.cpp)
+  });
+}
+
+thread_local std::vector<uint16_t> t_hidden_bf16;  // the MLP's hidden rows of a task
+thread_local std::vector<float> t_hidden_f32;
+
+// The MLP: first (x → hidden) and second (hidden → y) layers per block of rows, the task's hidden
+// rows (mb × hidden) kept in the thread's scratch, never in memory of their own. first.y / second.a
+// are unused (set per task); tasks are row blocks only (the hidden rows need all of the first
+// layer's columns), so the caller runs two dense calls instead when there are fewer row blocks
+// than threads.
+template <class T>
+void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
+  const int64_t mblocks = (first.M + MB - 1) / MB;
+  constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
+  at::parallel_for(0, mblocks, 1, [&](int64_t begin, int64_t end) {
+    float* acc = scratch(t_acc, MB * kNB);
+    const KernelTable& kernels = current_kernels();
+    Problem f = first, g = second;
+    f.y = vnni ? reinterpret_cast<char*>(scratch(t_hidden_bf16, MB * f.N))
+               : reinterpret_cast<char*>(scratch(t_hidden_f32, MB * f.N));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t m0 = task * MB, mb = std::min(MB, first.M - m0);
+      int64_t lda = f.lda;
+      const T* a = task_rows(f, kernels, reinterpret_cast<const T*>(f.a) + m0 * f.lda, mb, lda);
+      for (int64_t blk = 0; blk < f.nb; ++blk) tile_gemm(f, kernels, a, lda, mb, 0, blk, acc);
+      const T* hidden = reinterpret_cast<const T*>(f.y);
+      for (int64_t blk = 0; blk < g.nb; ++blk) tile_gemm(g, kernels, hidden, f.N, mb, m0, blk, acc);
+    }
+    if (vnni) at::native::cpublas::brgemm_release(true);
   });
 }
 
@@ -238,117 +279,194 @@ at::Tensor dense_pack(const at::Tensor& weight) {
 #endif
 }
 
+namespace {
+
+const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+
+// A dense call's arguments, checked: what the kernels run on.
+struct Call {
+  Layout layout = Layout::plain;
+  DType dt = DType::f32;
+  int64_t K = 0, N = 0;
+  Act act = Act::none;
+  at::Tensor x2, bias, res;  // x as rows, bias contiguous, residual as rows (undefined when absent)
+  Norm norm;
+  std::vector<int64_t> out_shape;
+};
+
+int64_t packed_in(const at::Tensor& weight, Layout layout) {
+  return layout == Layout::bf16_vnni ? 2 * weight.size(1) : weight.size(1);
+}
+
+Call prepare_call(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
+                  const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features,
+                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                  std::optional<double> norm_eps) {
+  Call c;
+  c.dt = kernel_dtype(x, "x");
+  c.layout = layout_of(weight);
+  c.act = static_cast<Act>(act_code);
+  c.K = x.dim() >= 1 ? x.size(-1) : -1;
+  c.N = c.layout == Layout::plain ? weight.size(0) : out_features;
+  const int64_t K = c.K, N = c.N, packed_k = packed_in(weight, c.layout);
+  DENSE_CHECK(x.dim() >= 1 && K == packed_k, "x (..., in) does not match the weight: x ", x.sizes(), ", in = ",
+              packed_k);
+  DENSE_CHECK(out_features == N || (c.layout == Layout::plain && out_features < 0), "out_features ", out_features,
+              " does not match the weight's ", N);
+  DENSE_CHECK(c.layout == Layout::plain || N <= weight.size(0) * kNB, "out_features ", N, " exceeds the packed weight");
+  if (given(bias_in)) {
+    c.bias = *bias_in;
+    DENSE_CHECK(c.bias.dim() == 1 && c.bias.size(0) == N, "bias must be (", N, ",), got ", c.bias.sizes());
+    TORCH_CHECK_TYPE(c.bias.scalar_type() == x.scalar_type(), "armour_kernels::dense: bias dtype ",
+                     c.bias.scalar_type(), " differs from x dtype ", x.scalar_type());
+    c.bias = c.bias.contiguous();
+  }
+  c.out_shape = x.sizes().vec();
+  c.out_shape.back() = N;
+  if (given(residual_in)) {
+    DENSE_CHECK(residual_in->sizes().vec() == c.out_shape, "residual must have the output's shape ", c.out_shape,
+                ", got ", residual_in->sizes());
+    TORCH_CHECK_TYPE(residual_in->scalar_type() == x.scalar_type(), "armour_kernels::dense: residual dtype ",
+                     residual_in->scalar_type(), " differs from x dtype ", x.scalar_type());
+    c.res = rows_of(*residual_in);
+  }
+  DENSE_CHECK(norm_eps.has_value() || (!given(norm_weight) && !given(norm_bias)),
+              "norm_weight / norm_bias need norm_eps (the input LayerNorm is on when norm_eps is given)");
+  DENSE_CHECK(!(norm_eps.has_value() && act_in), "act_in and an input LayerNorm exclude each other");
+  if (norm_eps.has_value()) {
+    DENSE_CHECK(*norm_eps >= 0.0, "norm_eps must be >= 0, got ", *norm_eps);
+    c.norm.on = true;
+    c.norm.eps = *norm_eps;
+    for (const auto& [given_t, name, out] : {std::make_tuple(&norm_weight, "norm_weight", &c.norm.weight),
+                                             std::make_tuple(&norm_bias, "norm_bias", &c.norm.bias)}) {
+      if (!given(*given_t)) continue;
+      const at::Tensor& t = **given_t;
+      DENSE_CHECK(t.dim() == 1 && t.size(0) == K, name, " must be (", K, ",), got ", t.sizes());
+      TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "armour_kernels::dense: ", name, " dtype ",
+                       t.scalar_type(), " differs from x dtype ", x.scalar_type());
+      *out = t.contiguous();
+    }
+  }
+  c.x2 = rows_of(x);
+  return c;
+}
+
+// The micro-kernel problem of a checked call writing y; row_norm receives the LayerNorm's arguments.
+Problem problem_of(const Call& c, const at::Tensor& weight, const at::Tensor& y, bool act_in, RowNorm& row_norm) {
+  Problem p;
+  p.M = c.x2.size(0);
+  p.K = c.K;
+  p.N = c.N;
+  p.nb = weight.size(0);
+  p.a = static_cast<const char*>(c.x2.data_ptr());
+  p.lda = c.x2.stride(0);
+  p.b = static_cast<const char*>(weight.data_ptr());
+  p.y = static_cast<char*>(y.data_ptr());
+  p.bias = c.bias.defined() ? c.bias.data_ptr() : nullptr;
+  p.res = c.res.defined() ? static_cast<const char*>(c.res.data_ptr()) : nullptr;
+  p.ld_res = c.res.defined() ? c.res.stride(0) : 0;
+  p.act = c.act;
+  p.act_in = act_in;
+  row_norm.dtype = c.dt;
+  row_norm.weight = c.norm.weight.defined() ? c.norm.weight.data_ptr() : nullptr;
+  row_norm.bias = c.norm.bias.defined() ? c.norm.bias.data_ptr() : nullptr;
+  row_norm.eps = static_cast<float>(c.norm.eps);
+  p.norm = c.norm.on ? &row_norm : nullptr;
+  p.dtype = c.dt;
+  p.esize = y.element_size();
+  return p;
+}
+
+void check_runnable(Layout layout, const at::Tensor& weight) {
+  DENSE_CHECK(weight.is_contiguous(), "a packed weight must be contiguous");
+#ifndef CPUBLAS_BRGEMM_F32F32F32
+  DENSE_CHECK(layout != Layout::f32_blocks, "this torch has no fp32 brgemm: pack the weight again with dense_pack here");
+#endif
+#ifndef CPUBLAS_BRGEMM_BF16BF16F32
+  DENSE_CHECK(layout != Layout::bf16_vnni, "this torch has no bf16 brgemm: pack the weight again with dense_pack here");
+#endif
+  DENSE_CHECK(layout != Layout::bf16_vnni || brgemm_bf16_usable(),
+              "this weight was packed for AMX, which the current CPU dispatch does not use; "
+              "pack it again with dense_pack under the dispatch you serve with");
+}
+
+std::optional<at::Tensor> to_f32(const std::optional<at::Tensor>& t) {
+  return given(t) ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::optional<at::Tensor>();
+}
+
+}  // namespace
+
 at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
                  const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features,
                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
                  std::optional<double> norm_eps) {
   DENSE_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "CPU tensors only");
   DENSE_CHECK(act_code >= 0 && act_code <= static_cast<int64_t>(Act::silu), "unknown activation code ", act_code);
-  const Act act = static_cast<Act>(act_code);
   TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "armour_kernels::dense: weight dtype ",
                    weight.scalar_type(), " differs from x dtype ", x.scalar_type());
-  const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
-  DENSE_CHECK(norm_eps.has_value() || (!given(norm_weight) && !given(norm_bias)),
-              "norm_weight / norm_bias need norm_eps (the input LayerNorm is on when norm_eps is given)");
-  DENSE_CHECK(!(norm_eps.has_value() && act_in), "act_in and an input LayerNorm exclude each other");
-  if (x.scalar_type() == at::kHalf) {  // computed in float32, rounded once (no fp16 engine on these CPUs)
-    const auto f32 = [&](const std::optional<at::Tensor>& t) {
-      return given(t) ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::optional<at::Tensor>();
-    };
-    return dense(x.to(at::kFloat), weight.to(at::kFloat), f32(bias_in), f32(residual_in), act_code, act_in,
-                 out_features, f32(norm_weight), f32(norm_bias), norm_eps)
+  if (x.scalar_type() == at::kHalf)  // computed in float32, rounded once (no fp16 engine on these CPUs)
+    return dense(x.to(at::kFloat), weight.to(at::kFloat), to_f32(bias_in), to_f32(residual_in), act_code, act_in,
+                 out_features, to_f32(norm_weight), to_f32(norm_bias), norm_eps)
         .to(at::kHalf);
-  }
-  const DType dt = kernel_dtype(x, "x");
-  const Layout layout = layout_of(weight);
-  const int64_t K = x.dim() >= 1 ? x.size(-1) : -1;
-  const int64_t N = layout == Layout::plain ? weight.size(0) : out_features;
-  const int64_t packed_k = layout == Layout::plain       ? weight.size(1)
-                           : layout == Layout::bf16_vnni ? 2 * weight.size(1)
-                                                         : weight.size(1);
-  DENSE_CHECK(x.dim() >= 1 && K == packed_k, "x (..., in) does not match the weight: x ", x.sizes(), ", in = ",
-              packed_k);
-  DENSE_CHECK(out_features == N || (layout == Layout::plain && out_features < 0), "out_features ", out_features,
-              " does not match the weight's ", N);
-  DENSE_CHECK(layout == Layout::plain || N <= weight.size(0) * kNB, "out_features ", N, " exceeds the packed weight");
-  at::Tensor bias, res;
-  if (bias_in.has_value() && bias_in->defined()) {
-    bias = *bias_in;
-    DENSE_CHECK(bias.dim() == 1 && bias.size(0) == N, "bias must be (", N, ",), got ", bias.sizes());
-    TORCH_CHECK_TYPE(bias.scalar_type() == x.scalar_type(), "armour_kernels::dense: bias dtype ", bias.scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
-    bias = bias.contiguous();
-  }
-  std::vector<int64_t> out_shape = x.sizes().vec();
-  out_shape.back() = N;
-  if (residual_in.has_value() && residual_in->defined()) {
-    DENSE_CHECK(residual_in->sizes().vec() == out_shape, "residual must have the output's shape ", out_shape, ", got ",
-                residual_in->sizes());
-    TORCH_CHECK_TYPE(residual_in->scalar_type() == x.scalar_type(), "armour_kernels::dense: residual dtype ",
-                     residual_in->scalar_type(), " differs from x dtype ", x.scalar_type());
-    res = rows_of(*residual_in);
-  }
-  Norm norm;
-  if (norm_eps.has_value()) {
-    DENSE_CHECK(*norm_eps >= 0.0, "norm_eps must be >= 0, got ", *norm_eps);
-    norm.on = true;
-    norm.eps = *norm_eps;
-    for (const auto& [given_t, name, out] : {std::make_tuple(&norm_weight, "norm_weight", &norm.weight),
-                                             std::make_tuple(&norm_bias, "norm_bias", &norm.bias)}) {
-      if (!given(*given_t)) continue;
-      const at::Tensor& t = **given_t;
-      DENSE_CHECK(t.dim() == 1 && t.size(0) == K, name, " must be (", K, ",), got ", t.sizes());
-      TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "armour_kernels::dense: ", name, " dtype ", t.scalar_type(),
-                       " differs from x dtype ", x.scalar_type());
-      *out = t.contiguous();
-    }
-  }
-  const at::Tensor x2 = rows_of(x);
-  if (layout == Layout::plain) return plain_dense(x2, weight, bias, res, act, act_in, norm).view(out_shape);
-
-  if (K == 0)  // no products: the epilogue of zeros
-    return plain_dense(x2, at::zeros({N, 0}, x.options()), bias, res, act, false).view(out_shape);
-  at::Tensor y = at::empty({x2.size(0), N}, x.options());
-  if (y.numel() == 0) return y.view(out_shape);
-  Problem p;
-  p.M = x2.size(0);
-  p.K = K;
-  p.N = N;
-  p.nb = weight.size(0);
-  p.a = static_cast<const char*>(x2.data_ptr());
-  p.lda = x2.stride(0);
-  p.b = static_cast<const char*>(weight.data_ptr());
-  p.y = static_cast<char*>(y.data_ptr());
-  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
-  p.res = res.defined() ? static_cast<const char*>(res.data_ptr()) : nullptr;
-  p.ld_res = res.defined() ? res.stride(0) : 0;
-  p.act = act;
-  p.act_in = act_in;
+  const Call c = prepare_call(x, weight, bias_in, residual_in, act_code, act_in, out_features, norm_weight, norm_bias,
+                              norm_eps);
+  if (c.layout == Layout::plain)
+    return plain_dense(c.x2, weight, c.bias, c.res, c.act, act_in, c.norm).view(c.out_shape);
+  if (c.K == 0)  // no products: the epilogue of zeros
+    return plain_dense(c.x2, at::zeros({c.N, 0}, x.options()), c.bias, c.res, c.act, false).view(c.out_shape);
+  at::Tensor y = at::empty({c.x2.size(0), c.N}, x.options());
+  if (y.numel() == 0) return y.view(c.out_shape);
+  check_runnable(c.layout, weight);
   RowNorm row_norm;
-  row_norm.dtype = dt;
-  row_norm.weight = norm.weight.defined() ? norm.weight.data_ptr() : nullptr;
-  row_norm.bias = norm.bias.defined() ? norm.bias.data_ptr() : nullptr;
-  row_norm.eps = static_cast<float>(norm.eps);
-  p.norm = norm.on ? &row_norm : nullptr;
-  p.dtype = dt;
-  p.esize = x.element_size();
-  DENSE_CHECK(weight.is_contiguous(), "a packed weight must be contiguous");
-  if (layout == Layout::f32_blocks) {
+  const Problem p = problem_of(c, weight, y, act_in, row_norm);
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-    run_tiles<float>(p, kMB_f32);
-#else
-    DENSE_CHECK(false, "this torch has no fp32 brgemm: pack the weight again with dense_pack here");
+  if (c.layout == Layout::f32_blocks) run_tiles<float>(p, kMB_f32);
 #endif
-  } else {
-    DENSE_CHECK(brgemm_bf16_usable(), "this weight was packed for AMX, which the current CPU dispatch does not use; "
-                "pack it again with dense_pack under the dispatch you serve with");
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
-    run_tiles<at::BFloat16>(p, kMB_bf16);
-#else
-    DENSE_CHECK(false, "this torch has no bf16 brgemm: pack the weight again with dense_pack here");
+  if (c.layout == Layout::bf16_vnni) run_tiles<at::BFloat16>(p, kMB_bf16);
 #endif
-  }
-  return y.view(out_shape);
+  return y.view(c.out_shape);
+}
+
+at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
+                     int64_t act, int64_t hidden_features, const at::Tensor& weight2,
+                     const std::optional<at::Tensor>& bias2, int64_t out_features,
+                     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_weight,
+                     const std::optional<at::Tensor>& norm_bias, std::optional<double> norm_eps) {
+  const auto two_calls = [&] {
+    const at::Tensor hidden = dense(x, weight1, bias1, std::nullopt, act, false, hidden_features, norm_weight,
+                                    norm_bias, norm_eps);
+    return dense(hidden, weight2, bias2, residual, 0, false, out_features);
+  };
+  const Layout layout = x.scalar_type() == weight1.scalar_type() ? layout_of(weight1) : Layout::plain;
+  const int64_t MB = layout == Layout::bf16_vnni ? kMB_bf16 : kMB_f32;
+  const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
+  // One task per row block: with fewer row blocks than threads the two calls (which split columns) use
+  // every core; plain layouts, fp16 and empty shapes go there too, as do mismatched weights (their errors).
+  if (layout == Layout::plain || layout_of(weight2) != layout || !x.device().is_cpu() || rows < MB * at::get_num_threads() ||
+      hidden_features <= 0 || packed_in(weight2, layout) != hidden_features || weight2.scalar_type() != x.scalar_type())
+    return two_calls();
+  DENSE_CHECK(act >= 0 && act <= static_cast<int64_t>(Act::silu), "unknown activation code ", act);
+  const Call c1 = prepare_call(x, weight1, bias1, std::nullopt, act, false, hidden_features, norm_weight, norm_bias,
+                               norm_eps);
+  std::vector<int64_t> hidden_shape = c1.out_shape;
+  const at::Tensor hidden_meta = at::empty(hidden_shape, x.options().device(at::kMeta));
+  Call c2 = prepare_call(hidden_meta, weight2, bias2, residual, 0, false, out_features, std::nullopt, std::nullopt,
+                         std::nullopt);
+  check_runnable(layout, weight1);
+  check_runnable(layout, weight2);
+  at::Tensor y = at::empty({c1.x2.size(0), c2.N}, x.options());
+  RowNorm row_norm, unused;
+  const Problem first = problem_of(c1, weight1, y, false, row_norm);
+  c2.x2 = c1.x2;  // a's pointer is the task's hidden rows; only the shape of x2 is read
+  const Problem second = problem_of(c2, weight2, y, false, unused);
+#ifdef CPUBLAS_BRGEMM_F32F32F32
+  if (layout == Layout::f32_blocks) run_mlp_tiles<float>(first, second, MB);
+#endif
+#ifdef CPUBLAS_BRGEMM_BF16BF16F32
+  if (layout == Layout::bf16_vnni) run_mlp_tiles<at::BFloat16>(first, second, MB);
+#endif
+  return y.view(c2.out_shape);
 }
 
 }  // namespace armour

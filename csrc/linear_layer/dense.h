@@ -25,6 +25,15 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
                  const std::optional<at::Tensor>& norm_bias = std::nullopt,
                  std::optional<double> norm_eps = std::nullopt);
 
+// The MLP fc2(act(fc1(norm(x)))) + residual as one call: per block of rows the hidden rows stay in the
+// thread's scratch (docs/dense.md). weight1 / weight2: dense_pack'ed in one layout (or plain: then it
+// is two dense calls, as it is with fewer row blocks than threads). act: Act code of the first layer.
+at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::optional<at::Tensor>& bias1,
+                     int64_t act, int64_t hidden_features, const at::Tensor& weight2,
+                     const std::optional<at::Tensor>& bias2, int64_t out_features,
+                     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& norm_weight,
+                     const std::optional<at::Tensor>& norm_bias, std::optional<double> norm_eps);
+
 // y = act(y + bias) + residual in place over a (rows, cols) row-major y, with the dense layer's
 // per-ISA epilogue (kernels/dense_epilogue.h); bias (cols,) and residual (rows, cols, unit column
 // stride) in y's dtype, either undefined. act: the kernels' Act code. Used after a GEMM that did not

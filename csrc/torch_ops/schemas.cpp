@@ -29,6 +29,12 @@ TORCH_LIBRARY(armour_kernels, m) {
   m.def(
       "dense(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int act, bool act_in, int out_features, "
       "Tensor? norm_weight=None, Tensor? norm_bias=None, float? norm_eps=None) -> Tensor");
+  // The MLP as one call: dense(dense(x, weight1, bias1, act, norm) , weight2, bias2) + residual, the hidden
+  // rows kept per block of rows in cache (no defaults: every argument positional in generated code).
+  m.def(
+      "dense_mlp(Tensor x, Tensor weight1, Tensor? bias1, int act, int hidden_features, Tensor weight2, "
+      "Tensor? bias2, int out_features, Tensor? residual, Tensor? norm_weight, Tensor? norm_bias, float? norm_eps) "
+      "-> Tensor");
   // An image (B, C, H, W) as the rows of a patchify GEMM, (B, (H/p)·(W/q), C·p·q) (inference only,
   // nn/patch_embed.py): a ViT / DeiT patch embedding is then one dense call.
   m.def("patch_rows(Tensor x, int patch_h, int patch_w) -> Tensor");

@@ -86,8 +86,10 @@ def test_optimize_runs_the_dense_op_on_packed_weights(dtype):
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             got = optimized(x)
         assert_close(got, expected, dtype)
-        dense_calls = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::dense")
-        assert dense_calls == (len(packed) if pack else 0), dense_calls
+        # every packed layer runs the dense op: alone, or with its MLP partner in one dense_mlp call
+        calls = {e.key: e.count for e in prof.key_averages()}
+        dense_calls = calls.get("armour_kernels::dense", 0) + 2 * calls.get("armour_kernels::dense_mlp", 0)
+        assert dense_calls == (len(packed) if pack else 0), calls
         # the stem's first convolution reads the NCHW image itself (plan.image_conv_first)
         assert sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::image_conv") == 1
 
@@ -128,20 +130,28 @@ def test_dynamic_batch_with_packed_mlp_chunks():
 
 def test_static_batch_cuts_a_large_packed_mlp_in_row_chunks(monkeypatch):
     """A static-batch compile runs a packed MLP whose hidden buffer would be above glibc's mmap threshold
-    in row chunks inside the graph; a batch-dynamic one runs it whole; same outputs."""
+    in row chunks inside the graph (bf16 above DENSE_MAX_ROWS rows: oneDNN's layers); a batch-dynamic one
+    runs it whole; same outputs. Where the dense op runs both layers (fp32) the MLP is one dense_mlp call
+    per block, whose hidden rows never go to memory: nothing to cut."""
     from torch.profiler import ProfilerActivity, profile
 
     from armour_kernels.cpu import linear_act as cpu_linear_act
-    monkeypatch.setattr(cpu_linear_act, "MMAP_BYTES", 1 << 20)  # the 6.8 MB hidden counts as large
-    model = small_armour_ti()  # 2 blocks; 130 images × 17 tokens = 2210 rows: 2 chunks of ≤ 2048 (fp32)
+    monkeypatch.setattr(cpu_linear_act, "MMAP_BYTES", 1 << 20)  # the 3.4 MB bf16 hidden counts as large
+    monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 3 << 20)  # chunks of 2048 rows (hidden 768, bf16)
+    model = small_armour_ti()  # 2 blocks; 130 images × 17 tokens = 2210 rows: 2 chunks
     x = torch.randn(130, 3, 32, 32)
     calls = {}
-    for dynamic in (False, True):
-        optimized = armour_kernels.optimize(model, x, dynamic_batch=dynamic, inference_tensors=False)
+    for dtype, dynamic in ((torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False)):
+        optimized = armour_kernels.optimize(model, x, dtype=dtype, dynamic_batch=dynamic, inference_tensors=False)
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            assert_close(optimized(x), model(x), torch.float32)
-        calls[dynamic] = sum(e.count for e in prof.key_averages() if e.key == "armour_kernels::dense")
-    assert calls[False] == calls[True] + 2 * 2, calls  # per block one more fc1 and fc2 call
+            assert_close(optimized(x), model(x), dtype)
+        calls[dtype, dynamic] = {e.key: e.count for e in prof.key_averages()}
+    # layer calls: oneDNN's (rows above DENSE_MAX_ROWS: a whole batch, the first chunk) and the dense op's
+    # (the last chunk of 162 rows)
+    layers = [sum(n * (2 if k.endswith("dense_mlp") else 1) for k, n in calls[torch.bfloat16, d].items()
+                  if "linear" in k or k.startswith("armour_kernels::dense")) for d in (False, True)]
+    assert layers[0] == layers[1] + 2 * 2, calls  # per block one more fc1 and fc2 call
+    assert calls[torch.float32, False].get("armour_kernels::dense_mlp") == 2, calls
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])

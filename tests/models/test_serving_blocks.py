@@ -37,8 +37,8 @@ def test_prepare_fuses_blocks_and_patch_embedding(source, dtype):
 
 
 def test_optimize_runs_blocks_as_dense_calls():
-    """Compiled, a block is four dense calls (the norms and adds inside them) and one attention call; the
-    patch embedding one patch_rows and one dense call."""
+    """Compiled, a block is two dense calls, one dense_mlp call (the norms and adds inside them) and one
+    attention call; the patch embedding one patch_rows and one dense call."""
     from torch.profiler import ProfilerActivity, profile
 
     model = small_armour_ti()
@@ -50,7 +50,9 @@ def test_optimize_runs_blocks_as_dense_calls():
         got = optimized(x)
     assert_close(got, expected, torch.float32)
     calls = {e.key: e.count for e in prof.key_averages()}
-    assert calls.get("armour_kernels::dense") == 2 * 4 + 1, calls
+    assert calls.get("armour_kernels::dense") == 2 * 2 + 1, calls
+    assert calls.get("armour_kernels::dense_mlp") == 2, calls
+    assert calls.get("armour_kernels::attention") == 2, calls
     assert calls.get("armour_kernels::patch_rows") == 1, calls
     assert calls.get("aten::native_layer_norm", 0) == 0  # the final norm is inductor's, the block norms are gone
 
