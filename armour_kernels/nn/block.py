@@ -1,4 +1,4 @@
-"""A pre-norm transformer block (DeiT / ViT) served as four dense-op calls and one attention call.
+"""A pre-norm transformer block (DeiT / ViT) served as dense-op calls (qkv, proj, the MLP as one) and one attention call.
 
     x = x + proj(attention(qkv(LayerNorm1(x))))
     x = x + fc2(act(fc1(LayerNorm2(x))))
