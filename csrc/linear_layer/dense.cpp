@@ -298,18 +298,19 @@ int64_t packed_in(const at::Tensor& weight, Layout layout) {
   return layout == Layout::bf16_vnni ? 2 * weight.size(1) : weight.size(1);
 }
 
-Call prepare_call(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
-                  const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features,
-                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-                  std::optional<double> norm_eps) {
+// The checks of a call whose input has `sizes` and x_dtype (kernel dtype dt); c.x2 is the caller's.
+Call check_call(at::IntArrayRef sizes, at::ScalarType x_dtype, DType dt, const at::Tensor& weight,
+                const std::optional<at::Tensor>& bias_in, const std::optional<at::Tensor>& residual_in,
+                int64_t act_code, bool act_in, int64_t out_features, const std::optional<at::Tensor>& norm_weight,
+                const std::optional<at::Tensor>& norm_bias, std::optional<double> norm_eps) {
   Call c;
-  c.dt = kernel_dtype(x, "x");
+  c.dt = dt;
   c.layout = layout_of(weight);
   c.act = static_cast<Act>(act_code);
-  c.K = x.dim() >= 1 ? x.size(-1) : -1;
+  c.K = sizes.size() >= 1 ? sizes.back() : -1;
   c.N = c.layout == Layout::plain ? weight.size(0) : out_features;
   const int64_t K = c.K, N = c.N, packed_k = packed_in(weight, c.layout);
-  DENSE_CHECK(x.dim() >= 1 && K == packed_k, "x (..., in) does not match the weight: x ", x.sizes(), ", in = ",
+  DENSE_CHECK(!sizes.empty() && K == packed_k, "x (..., in) does not match the weight: x ", sizes, ", in = ",
               packed_k);
   DENSE_CHECK(out_features == N || (c.layout == Layout::plain && out_features < 0), "out_features ", out_features,
               " does not match the weight's ", N);
@@ -317,17 +318,17 @@ Call prepare_call(const at::Tensor& x, const at::Tensor& weight, const std::opti
   if (given(bias_in)) {
     c.bias = *bias_in;
     DENSE_CHECK(c.bias.dim() == 1 && c.bias.size(0) == N, "bias must be (", N, ",), got ", c.bias.sizes());
-    TORCH_CHECK_TYPE(c.bias.scalar_type() == x.scalar_type(), "armour_kernels::dense: bias dtype ",
-                     c.bias.scalar_type(), " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_TYPE(c.bias.scalar_type() == x_dtype, "armour_kernels::dense: bias dtype ",
+                     c.bias.scalar_type(), " differs from x dtype ", x_dtype);
     c.bias = c.bias.contiguous();
   }
-  c.out_shape = x.sizes().vec();
+  c.out_shape = sizes.vec();
   c.out_shape.back() = N;
   if (given(residual_in)) {
     DENSE_CHECK(residual_in->sizes().vec() == c.out_shape, "residual must have the output's shape ", c.out_shape,
                 ", got ", residual_in->sizes());
-    TORCH_CHECK_TYPE(residual_in->scalar_type() == x.scalar_type(), "armour_kernels::dense: residual dtype ",
-                     residual_in->scalar_type(), " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_TYPE(residual_in->scalar_type() == x_dtype, "armour_kernels::dense: residual dtype ",
+                     residual_in->scalar_type(), " differs from x dtype ", x_dtype);
     c.res = rows_of(*residual_in);
   }
   DENSE_CHECK(norm_eps.has_value() || (!given(norm_weight) && !given(norm_bias)),
@@ -342,11 +343,20 @@ Call prepare_call(const at::Tensor& x, const at::Tensor& weight, const std::opti
       if (!given(*given_t)) continue;
       const at::Tensor& t = **given_t;
       DENSE_CHECK(t.dim() == 1 && t.size(0) == K, name, " must be (", K, ",), got ", t.sizes());
-      TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "armour_kernels::dense: ", name, " dtype ",
-                       t.scalar_type(), " differs from x dtype ", x.scalar_type());
+      TORCH_CHECK_TYPE(t.scalar_type() == x_dtype, "armour_kernels::dense: ", name, " dtype ",
+                       t.scalar_type(), " differs from x dtype ", x_dtype);
       *out = t.contiguous();
     }
   }
+  return c;
+}
+
+Call prepare_call(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias_in,
+                  const std::optional<at::Tensor>& residual_in, int64_t act_code, bool act_in, int64_t out_features,
+                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                  std::optional<double> norm_eps) {
+  Call c = check_call(x.sizes(), x.scalar_type(), kernel_dtype(x, "x"), weight, bias_in, residual_in, act_code, act_in,
+                      out_features, norm_weight, norm_bias, norm_eps);
   c.x2 = rows_of(x);
   return c;
 }
@@ -449,10 +459,8 @@ at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::
   DENSE_CHECK(act >= 0 && act <= static_cast<int64_t>(Act::silu), "unknown activation code ", act);
   const Call c1 = prepare_call(x, weight1, bias1, std::nullopt, act, false, hidden_features, norm_weight, norm_bias,
                                norm_eps);
-  std::vector<int64_t> hidden_shape = c1.out_shape;
-  const at::Tensor hidden_meta = at::empty(hidden_shape, x.options().device(at::kMeta));
-  Call c2 = prepare_call(hidden_meta, weight2, bias2, residual, 0, false, out_features, std::nullopt, std::nullopt,
-                         std::nullopt);
+  Call c2 = check_call(c1.out_shape, x.scalar_type(), c1.dt, weight2, bias2, residual, 0, false, out_features,
+                       std::nullopt, std::nullopt, std::nullopt);  // the hidden rows' shape
   check_runnable(layout, weight1);
   check_runnable(layout, weight2);
   at::Tensor y = at::empty({c1.x2.size(0), c2.N}, x.options());
