@@ -273,10 +273,13 @@ def compile_frozen(model: nn.Module, example_inputs, options: dict, *, fullgraph
     return compiled
 
 
+RUNNERS = ("auto", "graph", "inductor")
+
+
 def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.float32, backend: str = "auto",
              cpp_wrapper: bool = False, max_autotune: bool = False, dynamic_batch: bool = False,
-             inference_tensors: bool = True, pack: bool = True) -> nn.Module:
-    """A compiled copy of `model` ready to serve (see the module docstring); `model` is not changed.
+             inference_tensors: bool = True, pack: bool = True, runner: str = "auto") -> nn.Module:
+    """A served copy of `model` ready to run (see the module docstring); `model` is not changed.
 
     example_inputs: a tensor or a tuple of tensors shaped like the requests (their batch size is
     compiled in unless dynamic_batch=True; with it, use a batch > 1). dtype: torch.float32 or torch.bfloat16 (float16 on GPU).
@@ -288,13 +291,37 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
     are ordinary tensors, and a first inference-tensor request then compiles.
     pack: the fused modules' dense layers run the CPU dense op on weights packed once (docs/dense.md);
     False leaves them to inductor (prepacked MKL / oneDNN GEMMs, its own epilogue fusion).
+    runner: "graph" runs the exported op graph from C++ (armour_kernels/runner.py: no Python between the
+    kernels); "inductor" compiles with torch.compile; "auto" (default) takes the graph runner for each
+    input signature whose GEMMs all run on packed weights (CPU kernels, pack=True, static batch, neither
+    cpp_wrapper nor max_autotune asked for) and inductor otherwise.
     """
+    if runner not in RUNNERS:
+        raise ValueError(f"armour_kernels.optimize: runner must be one of {RUNNERS}, got {runner!r}")
     example = input_tuple(example_inputs)
     serving = prepare(model, dtype=dtype, backend=backend, pack=pack)
     static_batch_chunks(serving, not dynamic_batch)
     options = inductor_options(device_of(serving, example), cpp_wrapper=cpp_wrapper, max_autotune=max_autotune)
-    return compile_frozen(serving, example, options, fullgraph=True, dynamic_batch=dynamic_batch, serving_guards=True,
-                          inference_tensors=inference_tensors)
+
+    def inductor(args):
+        return compile_frozen(serving, args, options, fullgraph=True, dynamic_batch=dynamic_batch,
+                              serving_guards=True, inference_tensors=inference_tensors)
+
+    if runner == "graph" or (runner == "auto" and _graph_runner_serves(serving, backend, example, pack, dynamic_batch,
+                                                                      cpp_wrapper, max_autotune)):
+        from .runner import ServedGraph
+        return ServedGraph(serving, example, inductor=inductor if runner == "auto" else None)
+    return inductor(example)
 
 
-__all__ = ["optimize", "prepare", "ServingModel", "OptimizedModel", "compile_frozen", "inductor_options"]
+def _graph_runner_serves(serving: nn.Module, backend: str, example: tuple, pack: bool, dynamic_batch: bool,
+                         cpp_wrapper: bool, max_autotune: bool) -> bool:
+    """Whether runner="auto" tries the graph runner: the CPU kernels on packed weights, a static batch, no
+    inductor option asked for, and an extension with the runner."""
+    from . import cpu
+    return (pack and not (dynamic_batch or cpp_wrapper or max_autotune) and _cpu_kernels(serving, backend)
+            and all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in example)
+            and hasattr(cpu._require(), "GraphRunner"))
+
+
+__all__ = ["optimize", "RUNNERS", "prepare", "ServingModel", "OptimizedModel", "compile_frozen", "inductor_options"]

@@ -7,6 +7,7 @@
 #include "attention/host.h"
 #include "linear_layer/dense.h"
 #include "linear_layer/linear_hardswish.h"
+#include "runtime/graph_runner.h"
 #include "torch_ops/attention_op.h"
 
 namespace armour {
@@ -57,4 +58,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa,
         "select the kernel dispatch (scalar, avx2, avx512, avx512bf16, each optionally +brgemm, or amx) for the "
         "whole process");
+  armour::bind_graph_runner(m);
 }

@@ -40,24 +40,29 @@ def test_prepared_model_has_no_graph_break():
     assert "armour_kernels.attention.default" in ops, sorted(ops)  # the C++ dispatcher op
 
 
-def test_optimize_levit_fp32_same_outputs_original_untouched():
+@pytest.mark.parametrize("runner", ["auto", "inductor"])
+def test_optimize_levit_fp32_same_outputs_original_untouched(runner):
+    from armour_kernels.runner import ServedGraph
     model = small_timm_levit()
     before = snapshot(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-    optimized = armour_kernels.optimize(model, x)
+    optimized = armour_kernels.optimize(model, x, runner=runner, inference_tensors=False)
+    assert isinstance(optimized, ServedGraph) == (runner == "auto")  # fp32 on packed weights: the graph runner
     from torch.profiler import ProfilerActivity, profile
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         got = optimized(x)
     assert got.dtype == torch.float32
     assert_close(got, expected, torch.float32)
     ops = {e.key for e in prof.key_averages()}
-    # inductor's code calls the attention op itself (no graph break back into eager Python): the C++
+    # the graph calls the attention op itself (no graph break back into eager Python): the C++
     # dispatcher op, no Python on the call
     assert "armour_kernels::attention" in ops
-    # frozen: every GEMM runs on a weight prepacked at compile time, none through ATen's addmm / mm
-    assert {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops and not {"aten::addmm", "aten::mm"} & ops, ops
+    # frozen: every GEMM runs on a weight prepacked once (inductor: MKL / oneDNN; the graph runner: the
+    # dense op, the classifier head too), none through ATen's addmm / mm
+    prepacked = {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} if runner == "inductor" else {"armour_kernels::dense"}
+    assert prepacked & ops and not {"aten::addmm", "aten::mm", "aten::linear"} & ops, ops
     assert_unchanged(model, before)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()), "the original was folded"
     assert not model.training
@@ -82,7 +87,8 @@ def test_optimize_runs_the_dense_op_on_packed_weights(dtype):
     biases = [m.attention_biases for m in served.modules() if hasattr(m, "attention_bias_idxs")]
     assert biases and all(b.dtype == torch.float32 for b in biases)  # gathered, kept float32 for the CPU kernel
     for pack in (True, False):
-        optimized = armour_kernels.optimize(model, x, dtype=dtype, pack=pack, inference_tensors=False)
+        optimized = armour_kernels.optimize(model, x, dtype=dtype, pack=pack, inference_tensors=False,
+                                            runner="inductor")  # the graph runner also packs the head
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             got = optimized(x)
         assert_close(got, expected, dtype)
@@ -169,16 +175,18 @@ def test_levit_stem_image_chunks_static_and_dynamic_batch(monkeypatch, dynamic):
             assert_close(optimized(xb), model(xb), torch.float32)
 
 
-def test_every_calling_mode_reuses_the_frozen_graphs():
+@pytest.mark.parametrize("runner", ["auto", "inductor"])
+def test_every_calling_mode_reuses_the_frozen_graphs(runner):
     """Under inference_mode (ordinary or inference-tensor inputs), no_grad or grad mode on, the
-    optimized model runs the frozen graphs optimize compiled: no new compilation, no unpacked GEMM."""
+    optimized model runs the frozen graphs optimize compiled (or the graph runner's): no new
+    compilation, no unpacked GEMM, no gradient."""
     from torch._dynamo.utils import counters
     from torch.profiler import ProfilerActivity, profile
     model = small_timm_levit()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-    optimized = armour_kernels.optimize(model, x)
+    optimized = armour_kernels.optimize(model, x, runner=runner)
     with torch.inference_mode():
         x_inference = x.clone()
     graphs = counters["stats"]["unique_graphs"]
@@ -189,6 +197,7 @@ def test_every_calling_mode_reuses_the_frozen_graphs():
         with mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
             got = optimized(inputs)
         assert not got.requires_grad
+        assert got.is_inference() == (mode is torch.inference_mode) or runner == "inductor"
         assert_close(got, expected, torch.float32)
         ops = {e.key for e in prof.key_averages()}
         assert not {"aten::addmm", "aten::mm"} & ops, (name, ops)
@@ -201,7 +210,7 @@ def test_serving_guards_keep_the_input_checks_only():
     from torch._dynamo.utils import counters
     model = small_armour_ti()
     x = torch.randn(1, 3, 32, 32)
-    optimized = armour_kernels.optimize(model, x)
+    optimized = armour_kernels.optimize(model, x, runner="inductor")
     graphs = counters["stats"]["unique_graphs"]
     with torch.no_grad(), armour_kernels.use_backend("reference"):
         optimized(x)
@@ -231,6 +240,8 @@ def test_optimize_armour_ti_bf16_dynamic_batch():
 
 
 def test_optimize_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="runner"):
+        armour_kernels.optimize(small_armour_ti(), torch.randn(1, 3, 32, 32), runner="eager")
     with pytest.raises(ValueError, match="dtype"):
         armour_kernels.optimize(small_armour_ti(), torch.randn(1, 3, 32, 32), dtype=torch.int8)
     with pytest.raises(TypeError, match="nn.Module"):

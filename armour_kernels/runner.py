@@ -1,0 +1,380 @@
+"""The serving graph runner: a prepared model exported by torch.export and run op by op from C++.
+
+Why: once every layer of a served model is one of the fused ops, what is left between the kernels
+is the host code that calls them. Inductor's Python wrapper spends ~6-9 µs around each op call
+(boxing the arguments from Python, size and alignment asserts, views made in Python): ~0.65 ms of
+a ~3.4 ms LeViT-128S bf16 call at batch 1. `GraphRunner` (csrc/runtime/graph_runner.cpp) runs the
+same op graph from C++: each step pushes its arguments onto a reused stack and calls the operator
+through the dispatcher (~0.3 µs for a view).
+
+`lower(model, example)` exports the model (static shapes: the example's), rewrites what the eager
+graph leaves unfused — a convolution followed by Hardswish becomes oneDNN's convolution with the
+activation as a post-op, on a weight reordered once (what inductor's freezing passes do) — and
+numbers the values: every node's result gets a slot, freed after its last use; weights and other
+constants are converted once. `ServedGraph` is `optimize()`'s result on this path: one runner per
+input signature (shape, dtype, device), a new signature exported on its first call.
+
+A graph the runner cannot run (a node that is not an operator: symbolic sizes, Python calls)
+raises UnsupportedGraph; `optimize` then compiles with inductor instead.
+"""
+from __future__ import annotations
+
+import enum
+import operator
+
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+from .constants import Activation
+
+
+class ArgKind(enum.IntEnum):
+    """How a step's argument is given (csrc/runtime/graph_runner.cpp's ArgKind)."""
+    CONSTANT = 0
+    SLOT = 1
+    TENSOR_LIST = 2
+    OPTIONAL_TENSOR_LIST = 3
+
+
+class UnsupportedGraph(RuntimeError):
+    """The exported graph has a node the graph runner cannot run."""
+
+
+# GEMMs and convolutions that ATen runs on unpacked weights (what inductor's freezing would prepack).
+_PLAIN_GEMMS = {torch.ops.aten.linear.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default,
+                torch.ops.aten.bmm.default, torch.ops.aten.matmul.default, torch.ops.aten.conv2d.default,
+                torch.ops.aten.convolution.default}
+
+# Nodes that only check the trace (no value used by the graph).
+_TRACE_CHECKS = ("aten::_assert_tensor_metadata", "aten::_assert_scalar", "aten::sym_constrain_range_for_size")
+
+
+def _runner_class():
+    from .cpu import _require
+    return _require().GraphRunner
+
+
+class _Lowering:
+    """Numbers an exported graph's values and writes the runner's steps (see the module docstring)."""
+
+    def __init__(self, exported):
+        self.exported = exported
+        self.slot_of: dict[torch.fx.Node, int] = {}
+        self.constant_of: dict[torch.fx.Node, object] = {}
+        self.steps: list[list] = []
+        self.step_reads: list[list[int]] = []  # the slots each step reads
+        self.returns_of: dict[torch.fx.Node, list[int]] = {}  # a step's outs list, by node (getitem fills it)
+        self.fused_into: dict[torch.fx.Node, torch.fx.Node] = {}  # a Hardswish node -> the convolution that applies it
+        self.num_slots = 0
+        self.inputs: list[int] = []
+        self.plain_gemms: list[str] = []  # GEMM / convolution nodes left on ATen (weights not prepacked)
+
+    def new_slot(self) -> int:
+        self.num_slots += 1
+        return self.num_slots - 1
+
+    def run(self):
+        from torch.export.graph_signature import InputKind, OutputKind
+        specs = {spec.arg.name: spec for spec in self.exported.graph_signature.input_specs}
+        if any(spec.kind != OutputKind.USER_OUTPUT for spec in self.exported.graph_signature.output_specs):
+            raise UnsupportedGraph("the graph mutates a buffer or an input")
+        for node in self.exported.graph.nodes:
+            if node.op == "placeholder":
+                spec = specs[node.name]
+                if spec.kind == InputKind.USER_INPUT:
+                    self.slot_of[node] = self.new_slot()
+                    self.inputs.append(self.slot_of[node])
+                elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                    state = self.exported.state_dict if spec.target in self.exported.state_dict else \
+                        self.exported.constants
+                    self.constant_of[node] = state[spec.target]
+                else:
+                    raise UnsupportedGraph(f"input {node.name}: {spec.kind} inputs are not supported")
+            elif node.op == "get_attr":
+                self.constant_of[node] = _attribute(self.exported.graph_module, node.target)
+            elif node.op == "call_function":
+                self.call(node)
+            elif node.op == "output":
+                leaves = pytree.tree_leaves(node.args[0])  # flat: the model's own structure is the call spec's
+                if not all(isinstance(leaf, torch.fx.Node) and leaf in self.slot_of for leaf in leaves):
+                    raise UnsupportedGraph("the graph returns a value that is not a computed tensor")
+                self.outputs = [self.slot_of[leaf] for leaf in leaves]
+            else:
+                raise UnsupportedGraph(f"node {node.name}: {node.op} nodes are not supported")
+        self.free_after_last_use()
+
+    def call(self, node: torch.fx.Node):
+        target = node.target
+        if node in self.fused_into:  # a Hardswish the convolution before it applies
+            self.slot_of[node] = self.slot_of[self.fused_into[node]]
+            return
+        if target is operator.getitem:
+            return self.item(node)
+        if not isinstance(target, torch._ops.OpOverload):
+            raise UnsupportedGraph(f"node {node.name}: {target} is not an operator")
+        schema = target._schema
+        if schema.name in _TRACE_CHECKS or (not node.users and not _mutates(schema)):
+            return  # a check, or a value nothing reads
+        if target is torch.ops.aten.dropout.default and node.args[2] is False:
+            self.slot_of[node] = self.slot_of[node.args[0]]  # eval-mode dropout is its input
+            return
+        conv = _conv_with_activation(node, self.constant_of)
+        linear = _linear_on_dense_op(node, self.constant_of)
+        if conv is not None:
+            node, target, arguments, fused = conv
+            if fused is not None:
+                self.fused_into[fused] = node
+        elif linear is not None:
+            target, arguments = linear
+        else:
+            target, arguments = _scalar_overload(node, target, _schema_arguments(node))
+            if target in _PLAIN_GEMMS:
+                self.plain_gemms.append(node.name)
+        args = [self.encode(node, argument, value) for argument, value in arguments]
+        outs = [-1] * len(target._schema.returns)
+        if len(outs) == 1:
+            outs[0] = self.slot_of[node] = self.new_slot()
+        self.returns_of[node] = outs
+        name, overload = target._schema.name, target._overloadname
+        self.add_step([node.name, name, "" if overload == "default" else overload, args, outs, []])
+
+    def item(self, node: torch.fx.Node):
+        source, index = node.args
+        outs = self.returns_of.get(source)
+        if outs is None:
+            raise UnsupportedGraph(f"node {node.name}: an item of {source.name}, which the runner did not compute")
+        if len(outs) > 1:  # one of several returns: the step stores it
+            outs[index] = self.slot_of[node] = self.new_slot()
+            return
+        # an item of a returned list (split, unbind): a step of its own
+        self.slot_of[node] = self.new_slot()
+        self.add_step([node.name, "", "", [(int(ArgKind.SLOT), self.slot_of[source])], [self.slot_of[node]], [],
+                       int(index)])
+
+    def add_step(self, step: list):
+        reads = []
+        for kind, payload in step[3]:
+            if kind == ArgKind.SLOT:
+                reads.append(payload)
+            elif kind in (ArgKind.TENSOR_LIST, ArgKind.OPTIONAL_TENSOR_LIST):
+                reads.extend(s for s in payload if s >= 0)
+        self.steps.append(step)
+        self.step_reads.append(reads)
+
+    def encode(self, node, argument, value):
+        """(ArgKind, payload) of one argument value of `node`."""
+        if isinstance(value, torch.fx.Node):
+            if value in self.constant_of:
+                return int(ArgKind.CONSTANT), self.constant_of[value]
+            if value not in self.slot_of:
+                raise UnsupportedGraph(f"node {node.name}: argument {argument.name} ({value.name}) has no value")
+            return int(ArgKind.SLOT), self.slot_of[value]
+        if isinstance(value, (list, tuple)) and any(isinstance(v, torch.fx.Node) for v in value):
+            if all(v is None or (isinstance(v, torch.fx.Node) and v in self.constant_of) for v in value):
+                return int(ArgKind.CONSTANT), [None if v is None else self.constant_of[v] for v in value]
+            kind = {"List[Tensor]": ArgKind.TENSOR_LIST, "List[Optional[Tensor]]": ArgKind.OPTIONAL_TENSOR_LIST}.get(
+                str(argument.type))
+            if kind is None or not all((v is None and kind == ArgKind.OPTIONAL_TENSOR_LIST) or v in self.slot_of
+                                       for v in value):
+                raise UnsupportedGraph(f"node {node.name}: argument {argument.name} mixes values the runner "
+                                       "cannot pass")
+            return int(kind), [-1 if v is None else self.slot_of[v] for v in value]
+        return int(ArgKind.CONSTANT), value
+
+    def free_after_last_use(self):
+        """Each slot cleared by the step that reads it last (outputs and inputs are the caller's)."""
+        kept = set(self.outputs) | set(self.inputs)
+        last = {}
+        for index, reads in enumerate(self.step_reads):
+            for slot in reads:
+                last[slot] = index
+        for index, step in enumerate(self.steps):  # a value nothing reads is freed where it is made
+            for slot in step[4]:
+                if slot >= 0 and slot not in last:
+                    last[slot] = index
+        for slot, index in last.items():
+            if slot not in kept:
+                self.steps[index][5].append(slot)
+
+
+def _attribute(gm: nn.Module, target: str):
+    value = gm
+    for name in target.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _mutates(schema) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+
+
+def _schema_arguments(node: torch.fx.Node) -> list:
+    """[(schema argument, value)] of a call, every argument positional (defaults filled in)."""
+    out = []
+    for i, argument in enumerate(node.target._schema.arguments):
+        if not argument.kwarg_only and i < len(node.args):
+            value = node.args[i]
+        elif argument.name in node.kwargs:
+            value = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            value = argument.default_value
+        else:
+            raise UnsupportedGraph(f"node {node.name}: no value for argument {argument.name}")
+        out.append((argument, value))
+    return out
+
+
+def _scalar_overload(node: torch.fx.Node, target, arguments: list):
+    """A Python number given for a Tensor argument (x / 2 traces as div.Tensor(x, 2)): the op's Scalar
+    overload, which takes it as is (a boxed call cannot make the wrapped-number tensor Python's binding does)."""
+    if not any(str(a.type) == "Tensor" and isinstance(v, (int, float, bool)) for a, v in arguments):
+        return target, arguments
+    scalar = getattr(target.overloadpacket, "Scalar", None)
+    if scalar is None or len(scalar._schema.arguments) != len(arguments):
+        raise UnsupportedGraph(f"node {node.name}: {target} takes a number for a tensor and has no Scalar overload")
+    return scalar, [(a, v) for a, (_, v) in zip(scalar._schema.arguments, arguments)]
+
+
+def _conv_with_activation(node: torch.fx.Node, constants: dict):
+    """A 2-D convolution on constant weights as oneDNN's pointwise convolution, its weight reordered once for
+    the input's size, and the Hardswish after it (when the convolution is its only input's only reader) as
+    the post-op: (node, op, [(argument, value)], the Hardswish node or None), or None when it does not apply."""
+    if node.target is not torch.ops.aten.conv2d.default or not torch.backends.mkldnn.is_available():
+        return None
+    x, weight, bias, stride, padding, dilation, groups = [v for _, v in _schema_arguments(node)]
+    value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if (weight not in constants or (bias is not None and bias not in constants) or value is None
+            or value.dim() != 4 or value.dtype not in (torch.float32, torch.bfloat16) or groups != 1
+            or list(dilation) != [1, 1] or isinstance(padding, str)
+            or not value.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    w = constants[weight]
+    packed = torch.ops.mkldnn._reorder_convolution_weight(w.detach().to(value.dtype).contiguous(), list(padding),
+                                                          list(stride), [1, 1], 1, list(value.shape))
+    b = None if bias is None else constants[bias].detach().to(value.dtype)
+    users = list(node.users)
+    fused = users[0] if len(users) == 1 and users[0].target is torch.ops.aten.hardswish.default else None
+    op = torch.ops.mkldnn._convolution_pointwise.default
+    values = [x, packed, b, list(padding), list(stride), [1, 1], 1, "none" if fused is None else "hardswish", [], ""]
+    return node, op, list(zip(op._schema.arguments, values)), fused
+
+
+def _linear_on_dense_op(node: torch.fx.Node, constants: dict):
+    """F.linear on a constant weight (a classifier head, a layer the fused modules left to PyTorch) as the
+    dense op on the weight packed once, where the dense op serves its dtype and row count
+    (plan.linear_act_path's rule): (op, [(argument, value)]), or None."""
+    if node.target is not torch.ops.aten.linear.default:
+        return None
+    from .ops.linear_act import dense_pack
+    from .plan import DENSE_MAX_ROWS
+    x, weight, bias = [v for _, v in _schema_arguments(node)]
+    value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if (weight not in constants or (bias is not None and bias not in constants) or value is None
+            or value.dtype not in (torch.float32, torch.bfloat16) or constants[weight].dtype != value.dtype
+            or value.numel() > DENSE_MAX_ROWS.get(value.dtype, value.numel()) * value.shape[-1]):
+        return None
+    w = constants[weight]
+    b = None if bias is None else constants[bias].detach().to(value.dtype)
+    op = torch.ops.armour_kernels.dense.default
+    values = [x, dense_pack(w), b, None, int(Activation.NONE), False, w.shape[0], None, None, None]
+    return op, list(zip(op._schema.arguments, values))
+
+
+def _check_signature_arguments(args: tuple):
+    for a in args:
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"armour_kernels.optimize: the served model takes tensors, got {type(a).__name__}")
+
+
+class Graph:
+    """One input signature's runner: call with the flat input tensors."""
+
+    def __init__(self, model: nn.Module, example: tuple):
+        _check_signature_arguments(example)
+        with torch.no_grad():
+            exported = torch.export.export(model, tuple(example), strict=False)
+        lowering = _Lowering(exported)
+        lowering.run()
+        self.out_spec = exported.call_spec.out_spec
+        self.plain_gemms = lowering.plain_gemms
+        self.runner = _runner_class()(lowering.steps, lowering.num_slots, lowering.inputs, lowering.outputs)
+
+    def __call__(self, args: tuple):
+        outs = self.runner.run(list(args))
+        if not torch.is_inference_mode_enabled():  # ordinary tensors for a caller outside inference mode
+            outs = [o.clone() for o in outs]
+        return pytree.tree_unflatten(outs, self.out_spec)
+
+
+def signature(args: tuple) -> tuple:
+    return tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+
+
+class ServedGraph(nn.Module):
+    """`optimize()`'s model on the graph runner: the prepared (eager) model's graph per input signature.
+
+    A call with tensors shaped, typed and placed like a signature seen before runs that signature's
+    runner; a new signature is exported first (about a second for LeViT-128S), at most MAX_GRAPHS of
+    them (then the oldest is dropped). A signature whose graph the runner cannot run, or (`inductor`
+    given) whose graph leaves GEMMs on unpacked weights — bf16 layers above DENSE_MAX_ROWS rows, which
+    inductor prepacks and fuses — runs on `inductor(args)`'s compiled model instead, made on first need.
+    Outputs carry no gradient. `model`: the prepared model (armour_kernels.deploy.prepare)."""
+
+    MAX_GRAPHS = 8
+
+    def __init__(self, model: nn.Module, example: tuple, inductor=None):
+        super().__init__()
+        self.model = model
+        self._inductor_factory = inductor
+        self._inductor = None
+        self._graphs: dict[tuple, object] = {}
+        self.graph_for(tuple(example))
+
+    def graph_for(self, args: tuple):
+        """The runner (a Graph) or the inductor model that serves inputs like `args`, made if new."""
+        _check_signature_arguments(args)
+        key = signature(args)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._serve_with(args)
+            if len(self._graphs) >= self.MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = graph
+        return graph
+
+    def _serve_with(self, args: tuple):
+        if self._inductor_factory is None:
+            return Graph(self.model, args)
+        try:
+            graph = Graph(self.model, args)
+        except UnsupportedGraph:
+            graph = None
+        if graph is not None and not graph.plain_gemms:
+            return graph
+        if self._inductor is None:
+            self._inductor = self._inductor_factory(args)
+        return _InductorSignature(self._inductor)
+
+    def forward(self, *args):
+        graph = self._graphs.get(signature(args)) if all(isinstance(a, torch.Tensor) for a in args) else None
+        return (graph or self.graph_for(args))(args)
+
+
+class _InductorSignature:
+    """A signature served by the compiled (inductor) model."""
+
+    def __init__(self, compiled: nn.Module):
+        self.compiled = compiled
+
+    def __call__(self, args: tuple):
+        return self.compiled(*args)
+
+
+def lower(model: nn.Module, example) -> Graph:
+    """`model` (a prepared serving model) exported for the example inputs' signature and ready to run
+    from C++; raises UnsupportedGraph when a node is not an operator the runner can call."""
+    return Graph(model, tuple(example) if isinstance(example, (tuple, list)) else (example,))
+
+
+__all__ = ["ServedGraph", "Graph", "lower", "UnsupportedGraph", "ArgKind"]

@@ -1,0 +1,190 @@
+"""The serving graph runner (armour_kernels/runner.py, csrc/runtime/graph_runner.cpp): an exported op graph
+run from C++ gives what the eager model gives, for every kind of node it lowers; `optimize` chooses it per
+input signature; what it cannot run is refused clearly (or served by inductor under runner="auto")."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import armour_kernels
+from armour_kernels.backend import cpu_has_op
+from armour_kernels.runner import Graph, ServedGraph, UnsupportedGraph, lower
+from helpers import assert_close
+from small_models import small_armour_ti, small_timm_levit
+
+pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C++ extension (CPU kernels)")
+
+
+class Nodes(nn.Module):
+    """One of each kind of node the lowering handles: several returns (var_mean), a returned list (split),
+    a tensor list (cat), optional-tensor lists (indexing), a number for a tensor (x / 2), eval dropout,
+    a constant tensor list (stack of weights), a convolution with Hardswish after it, a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.register_buffer("index", torch.tensor([3, 0, 2]))
+        self.a = nn.Parameter(torch.randn(8))
+        self.b = nn.Parameter(torch.randn(8))
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = F.hardswish(self.conv(x.contiguous(memory_format=torch.channels_last)))  # (B, 8, 4, 4)
+        t = h.flatten(2).transpose(1, 2)  # (B, 16, 8)
+        var, mean = torch.var_mean(t, dim=-1, keepdim=True)
+        first, second = t.split(8, dim=1)
+        joined = torch.cat([second, first], dim=1) * (var + 1) + mean
+        picked = joined[:, self.index]  # aten.index, a constant optional-tensor list
+        order = mean[0, :3, 0].argsort()
+        computed = joined[:, order]  # aten.index, an optional-tensor list of slots
+        scaled = self.drop(picked / 2) + torch.stack([self.a, self.b]).sum(0)
+        return self.fc(scaled), t.amax(1) + computed.sum(1)
+
+
+def run_eager(model, *args):
+    with torch.no_grad():
+        return model(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_node_kind_matches_eager(dtype):
+    model = Nodes().eval().to(dtype)
+    x = torch.randn(2, 4, 8, 8, dtype=dtype)
+    graph = lower(model, x)
+    assert not graph.plain_gemms  # the convolution on oneDNN with a reordered weight, the linear on the dense op
+    got, expected = graph((x,)), run_eager(model, x)
+    assert isinstance(got, tuple) and len(got) == 2  # the model's own output structure
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        assert_close(g, e, dtype)
+
+
+def test_convolution_takes_hardswish_as_post_op_and_linear_the_dense_op():
+    from torch.profiler import ProfilerActivity, profile
+    model = Nodes().eval()
+    x = torch.randn(2, 4, 8, 8)
+    graph = lower(model, x)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        graph((x,))
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("mkldnn::_convolution_pointwise") == 1 and "aten::hardswish" not in calls, calls
+    assert calls.get("armour_kernels::dense") == 1 and "aten::linear" not in calls, calls
+    assert "aten::dropout" not in calls and "aten::_assert_tensor_metadata" not in calls, calls
+
+
+def test_unfusable_layers_stay_on_aten_and_are_reported():
+    """A grouped convolution and a linear layer on a float32 weight fed bf16 (no packed form) run as given."""
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+            self.w = nn.Parameter(torch.randn(3, 16))
+
+        def forward(self, x):
+            return F.linear(self.conv(x).flatten(1).bfloat16(), self.w.bfloat16().float().bfloat16()).float()
+
+    model = Plain().eval()
+    x = torch.randn(2, 4, 2, 2)
+    graph = lower(model, x)
+    assert len(graph.plain_gemms) == 2, graph.plain_gemms
+    assert_close(graph((x,)), run_eager(model, x), torch.bfloat16)
+
+
+def test_intermediates_are_freed_after_their_last_use():
+    """Every slot a step fills is cleared exactly once, by the step that reads it last (outputs and inputs
+    stay the caller's)."""
+    from armour_kernels.runner import _Lowering
+    model = small_timm_levit()
+    serving = armour_kernels.deploy.prepare(model)
+    exported = torch.export.export(serving, (torch.randn(1, 3, 64, 64),), strict=False)
+    lowering = _Lowering(exported)
+    lowering.run()
+    filled = [s for step in lowering.steps for s in step[4] if s >= 0]
+    freed = [s for step in lowering.steps for s in step[5]]
+    assert sorted(freed) == sorted(set(filled) - set(lowering.outputs))
+    for index, step in enumerate(lowering.steps):
+        for slot in step[5]:
+            assert not any(slot in reads for reads in lowering.step_reads[index + 1:]), (step[0], slot)
+
+
+@pytest.mark.parametrize("build", [small_timm_levit, small_armour_ti], ids=["levit", "armour_ti"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_optimize_serves_models_on_the_graph_runner(build, dtype):
+    """runner="auto": a batch-1 model whose GEMMs are all on packed weights runs on the graph runner, with
+    the same outputs as inductor's compiled graph (bit for bit: the same kernels) and as the original."""
+    model = build()
+    size = 64 if build is small_timm_levit else 32
+    x = torch.randn(1, 3, size, size)
+    served = armour_kernels.optimize(model, x, dtype=dtype)
+    assert isinstance(served, ServedGraph) and all(isinstance(g, Graph) for g in served._graphs.values())
+    compiled = armour_kernels.optimize(model, x, dtype=dtype, runner="inductor", inference_tensors=False)
+    with torch.inference_mode():
+        got = served(x)
+        assert got.is_inference() and got.dtype == torch.float32
+        assert_close(got, compiled(x), dtype, scale=0.5)
+        assert_close(got, model(x), dtype, scale=2.0)
+
+
+def test_new_signatures_get_their_own_graph_and_the_oldest_is_dropped(monkeypatch):
+    model = small_armour_ti()
+    served = armour_kernels.optimize(model, torch.randn(1, 3, 32, 32))
+    monkeypatch.setattr(ServedGraph, "MAX_GRAPHS", 2)
+    for batch in (1, 3, 2):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert_close(served(x), model(x), torch.float32)
+    assert [key[0][0][0] for key in served._graphs] == [3, 2]
+    with torch.no_grad():  # float64 requests: a signature of their own, computed in the served dtype
+        x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+        got = served(x)
+    assert got.dtype == torch.float64
+    assert_close(got.float(), model(x.float()), torch.float32)
+
+
+def test_auto_serves_large_bf16_batches_with_inductor(monkeypatch):
+    """bf16 layers above DENSE_MAX_ROWS rows run oneDNN on unpacked weights in the exported graph: runner="auto"
+    serves that signature with inductor (which prepacks and fuses them); runner="graph" runs it anyway."""
+    from armour_kernels import plan
+    monkeypatch.setitem(plan.DENSE_MAX_ROWS, torch.bfloat16, 16)  # 2 images × 17 tokens are "many rows"
+    model = small_armour_ti()
+    x = torch.randn(2, 3, 32, 32)
+    auto = armour_kernels.optimize(model, x, dtype=torch.bfloat16, inference_tensors=False)
+    [chosen] = auto._graphs.values()
+    assert not isinstance(chosen, Graph)
+    forced = armour_kernels.optimize(model, x, dtype=torch.bfloat16, runner="graph")
+    [graph] = forced._graphs.values()
+    assert isinstance(graph, Graph) and graph.plain_gemms
+    with torch.no_grad():
+        expected = model(x)
+        assert_close(auto(x), expected, torch.bfloat16, scale=2.0)
+        assert_close(forced(x), expected, torch.bfloat16, scale=2.0)
+
+
+class Branching(nn.Module):
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda t: t + 1, lambda t: t - 1, (x,))
+
+
+def test_a_graph_the_runner_cannot_run_is_refused_or_compiled():
+    x = torch.randn(2, 3)
+    with pytest.raises(UnsupportedGraph, match="not an operator"):
+        lower(Branching(), x)
+    with pytest.raises(TypeError, match="tensors"):
+        lower(Branching(), (x, 2))
+
+
+def test_runner_errors_name_the_node_and_the_inputs():
+    from armour_kernels.cpu import _require
+    graph = lower(Nodes().eval(), torch.randn(2, 4, 8, 8))
+    with pytest.raises(RuntimeError, match="expected 1 input tensors, got 2"):
+        graph.runner.run([torch.randn(2, 4, 8, 8)] * 2)
+    with pytest.raises(RuntimeError, match="GraphRunner: node"):
+        graph.runner.run([torch.randn(2, 5, 8, 8)])  # the convolution's weight was reordered for 4 channels
+    GraphRunner = _require().GraphRunner
+    with pytest.raises(RuntimeError, match="outside"):
+        GraphRunner([], 1, [0], [3])
+    with pytest.raises(RuntimeError, match="which takes 3"):
+        GraphRunner([("n", "aten::add", "Tensor", [(1, 0)], [1], [])], 2, [0], [1])
+    with pytest.raises(RuntimeError):
+        GraphRunner([("n", "aten::no_such_op", "", [], [1], [])], 2, [0], [1])
