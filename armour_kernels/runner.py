@@ -69,6 +69,7 @@ class _Lowering:
         self.num_slots = 0
         self.inputs: list[int] = []
         self.plain_gemms: list[str] = []  # GEMM / convolution nodes left on ATen (weights not prepacked)
+        self.constant_slot: dict[torch.fx.Node, int] = {}  # constants a tensor list takes beside computed values
 
     def new_slot(self) -> int:
         self.num_slots += 1
@@ -117,7 +118,7 @@ class _Lowering:
         if schema.name in _TRACE_CHECKS or (not node.users and not _mutates(schema)):
             return  # a check, or a value nothing reads
         if target is torch.ops.aten.dropout.default and node.args[2] is False:
-            self.slot_of[node] = self.slot_of[node.args[0]]  # eval-mode dropout is its input
+            self.alias(node, node.args[0])  # eval-mode dropout is its input
             return
         conv = _conv_with_activation(node, self.constant_of)
         linear = _linear_on_dense_op(node, self.constant_of)
@@ -132,6 +133,14 @@ class _Lowering:
             if target in _PLAIN_GEMMS:
                 self.plain_gemms.append(node.name)
         args = [self.encode(node, argument, value) for argument, value in arguments]
+        if _foldable(node, target) and all(kind == ArgKind.CONSTANT for kind, _ in args):
+            # Only constants in (a weight's cast or view, zeros): computed once, here.
+            with torch.no_grad():
+                positional = [value for (argument, _), (_, value) in zip(arguments, args) if not argument.kwarg_only]
+                keywords = {argument.name: value for (argument, _), (_, value) in zip(arguments, args)
+                            if argument.kwarg_only}
+                self.constant_of[node] = target(*positional, **keywords)
+            return
         outs = [-1] * len(target._schema.returns)
         if len(outs) == 1:
             outs[0] = self.slot_of[node] = self.new_slot()
@@ -139,8 +148,17 @@ class _Lowering:
         name, overload = target._schema.name, target._overloadname
         self.add_step([node.name, name, "" if overload == "default" else overload, args, outs, []])
 
+    def alias(self, node: torch.fx.Node, source: torch.fx.Node):
+        if source in self.constant_of:
+            self.constant_of[node] = self.constant_of[source]
+        else:
+            self.slot_of[node] = self.slot_of[source]
+
     def item(self, node: torch.fx.Node):
         source, index = node.args
+        if source in self.constant_of:  # an item of a folded value
+            self.constant_of[node] = self.constant_of[source][index]
+            return
         outs = self.returns_of.get(source)
         if outs is None:
             raise UnsupportedGraph(f"node {node.name}: an item of {source.name}, which the runner did not compute")
@@ -175,16 +193,25 @@ class _Lowering:
                 return int(ArgKind.CONSTANT), [None if v is None else self.constant_of[v] for v in value]
             kind = {"List[Tensor]": ArgKind.TENSOR_LIST, "List[Optional[Tensor]]": ArgKind.OPTIONAL_TENSOR_LIST}.get(
                 str(argument.type))
-            if kind is None or not all((v is None and kind == ArgKind.OPTIONAL_TENSOR_LIST) or v in self.slot_of
-                                       for v in value):
-                raise UnsupportedGraph(f"node {node.name}: argument {argument.name} mixes values the runner "
-                                       "cannot pass")
-            return int(kind), [-1 if v is None else self.slot_of[v] for v in value]
+            if kind is None:
+                raise UnsupportedGraph(f"node {node.name}: argument {argument.name} ({argument.type}) takes "
+                                       "computed values in a list the runner cannot pass")
+            return int(kind), [-1 if v is None else self.list_slot(node, v) for v in value]
         return int(ArgKind.CONSTANT), value
+
+    def list_slot(self, node: torch.fx.Node, value) -> int:
+        """The slot of a tensor list's item: a computed value's, or a constant's own (set at each run)."""
+        if isinstance(value, torch.fx.Node) and value in self.slot_of:
+            return self.slot_of[value]
+        if isinstance(value, torch.fx.Node) and isinstance(self.constant_of.get(value), torch.Tensor):
+            if value not in self.constant_slot:
+                self.constant_slot[value] = self.new_slot()
+            return self.constant_slot[value]
+        raise UnsupportedGraph(f"node {node.name}: a list item the runner cannot pass ({value})")
 
     def free_after_last_use(self):
         """Each slot cleared by the step that reads it last (outputs and inputs are the caller's)."""
-        kept = set(self.outputs) | set(self.inputs)
+        kept = set(self.outputs) | set(self.inputs) | set(self.constant_slot.values())
         last = {}
         for index, reads in enumerate(self.step_reads):
             for slot in reads:
@@ -207,6 +234,18 @@ def _attribute(gm: nn.Module, target: str):
 
 def _mutates(schema) -> bool:
     return any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+
+
+def _foldable(node: torch.fx.Node, target) -> bool:
+    """Whether a call on constants can be computed once at lowering: it and its readers write nothing, it
+    draws no random numbers and returns only tensors."""
+    schema = target._schema
+    if _mutates(schema) or torch.Tag.nondeterministic_seeded in target.tags:
+        return False
+    if not all(str(r.type) == "Tensor" for r in schema.returns):
+        return False
+    return not any(isinstance(user.target, torch._ops.OpOverload) and _mutates(user.target._schema)
+                   for user in node.users)
 
 
 def _schema_arguments(node: torch.fx.Node) -> list:
@@ -298,7 +337,9 @@ class Graph:
         lowering.run()
         self.out_spec = exported.call_spec.out_spec
         self.plain_gemms = lowering.plain_gemms
-        self.runner = _runner_class()(lowering.steps, lowering.num_slots, lowering.inputs, lowering.outputs)
+        constant_slots = [(slot, lowering.constant_of[node]) for node, slot in lowering.constant_slot.items()]
+        self.runner = _runner_class()(lowering.steps, lowering.num_slots, lowering.inputs, lowering.outputs,
+                                      constant_slots)
 
     def __call__(self, args: tuple):
         outs = self.runner.run(list(args))
@@ -348,24 +389,31 @@ class ServedGraph(nn.Module):
             return Graph(self.model, args)
         try:
             graph = Graph(self.model, args)
-        except UnsupportedGraph:
-            graph = None
-        if graph is not None and not graph.plain_gemms:
+            reason = f"GEMMs on unpacked weights: {graph.plain_gemms}" if graph.plain_gemms else None
+        except Exception as error:  # noqa: BLE001 — not exportable or not runnable: inductor serves it
+            graph, reason = None, f"{type(error).__name__}: {error}"
+        if reason is None:
             return graph
         if self._inductor is None:
             self._inductor = self._inductor_factory(args)
-        return _InductorSignature(self._inductor)
+        return _InductorSignature(self._inductor, reason)
 
     def forward(self, *args):
         graph = self._graphs.get(signature(args)) if all(isinstance(a, torch.Tensor) for a in args) else None
         return (graph or self.graph_for(args))(args)
 
+    def runners(self) -> dict:
+        """{input signature: "graph runner" or "inductor (why)"} of the signatures served so far."""
+        return {key: "graph runner" if isinstance(g, Graph) else f"inductor ({g.reason})"
+                for key, g in self._graphs.items()}
+
 
 class _InductorSignature:
-    """A signature served by the compiled (inductor) model."""
+    """A signature served by the compiled (inductor) model; `reason`: why not by the graph runner."""
 
-    def __init__(self, compiled: nn.Module):
+    def __init__(self, compiled: nn.Module, reason: str):
         self.compiled = compiled
+        self.reason = reason
 
     def __call__(self, args: tuple):
         return self.compiled(*args)

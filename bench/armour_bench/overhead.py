@@ -24,6 +24,7 @@ KERNEL_OPS = ("mkl::_mkl_linear", "mkldnn::_linear_pointwise", "mkldnn::_convolu
               "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution", "aten::_mkldnn_linear",
               "aten::_scaled_dot_product_flash_attention_for_cpu", "armour_kernels::attention",
               "armour_kernels::attention_backward", "armour_kernels::linear_hardswish", "armour_kernels::dense",
+              "armour_kernels::dense_mlp", "armour_kernels::image_conv",
               "aten::_softmax")
 
 

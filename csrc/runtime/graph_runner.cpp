@@ -7,7 +7,8 @@
 //
 // A program is a list of steps over numbered slots (IValues): each step calls one operator on constants
 // (converted once, from the operator's schema) and slots, stores its returns in slots and clears the
-// slots it used last, so intermediates are freed as early as in eager mode.
+// slots it used last, so intermediates are freed as early as in eager mode. A constant tensor that a list
+// argument takes beside computed ones has a slot of its own, set at the start of each run.
 #include "runtime/graph_runner.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -51,11 +52,16 @@ struct Step {
 
 class GraphRunner {
  public:
-  GraphRunner(const py::list& steps, int64_t num_slots, std::vector<int64_t> inputs, std::vector<int64_t> outputs)
+  GraphRunner(const py::list& steps, int64_t num_slots, std::vector<int64_t> inputs, std::vector<int64_t> outputs,
+              const std::vector<std::pair<int64_t, at::Tensor>>& constant_slots)
       : num_slots_(num_slots), inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
     for (const auto& item : steps) steps_.push_back(parse_step(item.cast<py::tuple>()));
     for (int64_t s : inputs_) check_slot(s, "input");
     for (int64_t s : outputs_) check_slot(s, "output");
+    for (const auto& [slot, tensor] : constant_slots) {
+      check_slot(slot, "constant");
+      constant_slots_.emplace_back(slot, tensor);
+    }
   }
 
   std::vector<at::Tensor> run(const std::vector<at::Tensor>& inputs) {
@@ -64,6 +70,7 @@ class GraphRunner {
     c10::InferenceMode inference;  // no autograd or view tracking between the kernels
     std::vector<c10::IValue> slots(num_slots_);
     for (size_t i = 0; i < inputs.size(); ++i) slots[inputs_[i]] = inputs[i];
+    for (const auto& [slot, value] : constant_slots_) slots[slot] = value;
     std::vector<c10::IValue> stack;
     stack.reserve(16);
     for (const Step& step : steps_) {
@@ -186,6 +193,7 @@ class GraphRunner {
   std::vector<int64_t> inputs_;
   std::vector<int64_t> outputs_;
   std::vector<Step> steps_;
+  std::vector<std::pair<int64_t, c10::IValue>> constant_slots_;  // constants a tensor list takes beside slots
 };
 
 }  // namespace
@@ -193,8 +201,10 @@ class GraphRunner {
 void bind_graph_runner(py::module& m) {
   py::class_<GraphRunner>(m, "GraphRunner",
                           "An op graph run from C++: steps over numbered slots (armour_kernels/runner.py builds them)")
-      .def(py::init<const py::list&, int64_t, std::vector<int64_t>, std::vector<int64_t>>(), py::arg("steps"),
-           py::arg("num_slots"), py::arg("inputs"), py::arg("outputs"))
+      .def(py::init<const py::list&, int64_t, std::vector<int64_t>, std::vector<int64_t>,
+                    const std::vector<std::pair<int64_t, at::Tensor>>&>(),
+           py::arg("steps"), py::arg("num_slots"), py::arg("inputs"), py::arg("outputs"),
+           py::arg("constant_slots") = std::vector<std::pair<int64_t, at::Tensor>>())
       .def("run", &GraphRunner::run, "run the graph on the input tensors (inference mode) -> the output tensors",
            py::arg("inputs"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_steps", &GraphRunner::num_steps);

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not cpu_has_op("attention"), reason="needs the C
 class Nodes(nn.Module):
     """One of each kind of node the lowering handles: several returns (var_mean), a returned list (split),
     a tensor list (cat), optional-tensor lists (indexing), a number for a tensor (x / 2), eval dropout,
-    a constant tensor list (stack of weights), a convolution with Hardswish after it, a linear layer."""
+    a constant tensor list (stack of weights), a list of a constant and a computed tensor, a convolution
+    with Hardswish after it, a linear layer."""
 
     def __init__(self):
         super().__init__()
@@ -39,7 +40,8 @@ class Nodes(nn.Module):
         order = mean[0, :3, 0].argsort()
         computed = joined[:, order]  # aten.index, an optional-tensor list of slots
         scaled = self.drop(picked / 2) + torch.stack([self.a, self.b]).sum(0)
-        return self.fc(scaled), t.amax(1) + computed.sum(1)
+        with_constant = torch.cat([scaled, self.a.expand(scaled.shape[0], 1, 8)], dim=1)  # a constant in a list
+        return self.fc(with_constant), t.amax(1) + computed.sum(1)
 
 
 def run_eager(model, *args):
@@ -60,7 +62,7 @@ def test_every_node_kind_matches_eager(dtype):
         assert_close(g, e, dtype)
 
 
-def test_convolution_takes_hardswish_as_post_op_and_linear_the_dense_op():
+def test_convolution_takes_hardswish_as_post_op_linear_the_dense_op_and_constants_fold():
     from torch.profiler import ProfilerActivity, profile
     model = Nodes().eval()
     x = torch.randn(2, 4, 8, 8)
@@ -71,10 +73,11 @@ def test_convolution_takes_hardswish_as_post_op_and_linear_the_dense_op():
     assert calls.get("mkldnn::_convolution_pointwise") == 1 and "aten::hardswish" not in calls, calls
     assert calls.get("armour_kernels::dense") == 1 and "aten::linear" not in calls, calls
     assert "aten::dropout" not in calls and "aten::_assert_tensor_metadata" not in calls, calls
+    assert "aten::stack" not in calls, calls  # computed from constants only: folded when lowering
 
 
 def test_unfusable_layers_stay_on_aten_and_are_reported():
-    """A grouped convolution and a linear layer on a float32 weight fed bf16 (no packed form) run as given."""
+    """A grouped convolution and a float64 linear layer (no packed form) run as given."""
     class Plain(nn.Module):
         def __init__(self):
             super().__init__()
@@ -82,13 +85,13 @@ def test_unfusable_layers_stay_on_aten_and_are_reported():
             self.w = nn.Parameter(torch.randn(3, 16))
 
         def forward(self, x):
-            return F.linear(self.conv(x).flatten(1).bfloat16(), self.w.bfloat16().float().bfloat16()).float()
+            return F.linear(self.conv(x).flatten(1).double(), self.w.double()).float()
 
     model = Plain().eval()
     x = torch.randn(2, 4, 2, 2)
     graph = lower(model, x)
     assert len(graph.plain_gemms) == 2, graph.plain_gemms
-    assert_close(graph((x,)), run_eager(model, x), torch.bfloat16)
+    assert_close(graph((x,)), run_eager(model, x), torch.float32)
 
 
 def test_intermediates_are_freed_after_their_last_use():
@@ -152,6 +155,8 @@ def test_auto_serves_large_bf16_batches_with_inductor(monkeypatch):
     auto = armour_kernels.optimize(model, x, dtype=torch.bfloat16, inference_tensors=False)
     [chosen] = auto._graphs.values()
     assert not isinstance(chosen, Graph)
+    [why] = auto.runners().values()
+    assert why.startswith("inductor (GEMMs on unpacked weights"), why
     forced = armour_kernels.optimize(model, x, dtype=torch.bfloat16, runner="graph")
     [graph] = forced._graphs.values()
     assert isinstance(graph, Graph) and graph.plain_gemms
@@ -172,6 +177,11 @@ def test_a_graph_the_runner_cannot_run_is_refused_or_compiled():
         lower(Branching(), x)
     with pytest.raises(TypeError, match="tensors"):
         lower(Branching(), (x, 2))
+    compiled = []
+    served = ServedGraph(Branching(), (x,), inductor=lambda args: compiled.append(args) or Branching())
+    [why] = served.runners().values()
+    assert compiled and why.startswith("inductor (UnsupportedGraph"), why
+    torch.testing.assert_close(served(x), Branching()(x))
 
 
 def test_runner_errors_name_the_node_and_the_inputs():
