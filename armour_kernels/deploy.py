@@ -1,4 +1,5 @@
-"""Serving a model: `prepare` it (a frozen copy with every rewrite applied) and compile it (`optimize`).
+"""Serving a model: `prepare` it (a frozen copy with every rewrite applied), then run its op graph from C++ or
+compile it (`optimize`).
 
 `optimize(model, example_inputs, dtype=...)` returns a model ready to serve:
 
@@ -19,7 +20,12 @@
    layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the input
    LayerNorm or LeViT's input Hardswish applied per row block, the bias, activation and residual
    add per output tile,
-4. compiled by torch.compile (inductor) with freezing: parameters become constants, so
+4. on the CPU kernels (runner="auto", static batch): exported and run by the graph runner
+   (armour_kernels/runner.py, docs/serving.md) — C++ calling the ops of the exported graph one
+   after the other, no Python between the kernels — for every input signature whose GEMMs all run
+   on packed weights; otherwise (bf16 layers above DENSE_MAX_ROWS rows, CUDA, dynamic_batch,
+   runner="inductor"):
+5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
    layouts on CPU) that remain: the stem convolutions after the first (which reads the NCHW
    image on the `image_conv` op, docs/image_conv.md), the head, and — with pack=False, on
