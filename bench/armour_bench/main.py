@@ -360,7 +360,7 @@ def _overhead(rows: list, fns: dict, example) -> None:
             continue
         fn = fns[key]
         found = overhead.breakdown(lambda fn=fn: fn(example), calls=10)
-        wall = row["median_ms"] * 1e3
+        wall = found["wall_us"]  # back to back, as the profiled calls (the interleaved median starts colder)
         row["overhead"] = dict(wall_us=wall, kernel_us=found["kernel_us"],
                                outside_kernels_us=max(0.0, wall - found["kernel_us"]),
                                ops=found["ops"] if row["impl"] == "ours eager" else found["ops"][:8])
@@ -473,9 +473,10 @@ def markdown(report: dict) -> str:
     profiled = [r for r in rows if "overhead" in r]
     if profiled:
         lines += ["", "## Per-call cost at batch 1", "",
-                  "µs per call; *kernels*: self time of the GEMM / convolution / attention ops (torch.profiler); "
-                  "*outside*: the rest of the call — Python, dispatch, checks, casts, allocations, small ops (and, "
-                  "for ours optimize, inductor's generated elementwise kernels).", "",
+                  "µs per call, calls back to back (warm caches: below the interleaved medians above); *kernels*: "
+                  "self time of the GEMM / convolution / attention ops (torch.profiler); *outside*: the rest of the "
+                  "call — Python, dispatch, checks, casts, allocations, small ops (and, where inductor serves ours "
+                  "optimize, its generated elementwise kernels).", "",
                   "| case | impl | model | µs per call | kernels µs | outside µs |", "|---|---|---|---:|---:|---:|"]
         for r in profiled:
             o = r["overhead"]

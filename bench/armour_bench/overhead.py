@@ -30,7 +30,12 @@ KERNEL_OPS = ("mkl::_mkl_linear", "mkldnn::_linear_pointwise", "mkldnn::_convolu
 
 def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:
     """{"ops": [{op, calls, self_us, total_us} per call, largest self time first, `top` of them],
-    "kernel_us": µs per call inside KERNEL_OPS, "profiled_us": µs per call of all ops' self time}."""
+    "kernel_us": µs per call inside KERNEL_OPS, "profiled_us": µs per call of all ops' self time,
+    "wall_us": the median µs of `calls` calls back to back without the profiler, the same warm caches
+    the profiled calls see (so wall_us − kernel_us is the time outside the kernels)}."""
+    import statistics
+    import time
+
     from torch.profiler import ProfilerActivity, profile
 
     if not torch.cuda.is_available():
@@ -39,9 +44,14 @@ def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:
         # gpuGetDeviceCount failed with code 35". Its log level above ERROR (5) keeps that out of a
         # CPU run; read when kineto starts, so it must be set before the first profile.
         os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    walls = []
     with torch.no_grad():
         for _ in range(warmup):
             fn()
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            walls.append(time.perf_counter() - start)
         # acc_events=True: one profiling cycle here, so keeping events across cycles changes nothing;
         # without it torch 2.11 warns at every start that events are cleared between cycles.
         with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
@@ -51,7 +61,7 @@ def breakdown(fn, calls: int = 20, warmup: int = 3, top: int = 20) -> dict:
     ops = sorted(({"op": e.key, "calls": e.count / calls, "self_us": e.self_cpu_time_total / calls,
                    "total_us": e.cpu_time_total / calls} for e in events), key=lambda o: -o["self_us"])
     return {"ops": ops[:top], "kernel_us": sum(o["self_us"] for o in ops if o["op"] in KERNEL_OPS),
-            "profiled_us": sum(o["self_us"] for o in ops)}
+            "profiled_us": sum(o["self_us"] for o in ops), "wall_us": statistics.median(walls) * 1e6}
 
 
 def table(ops: list, wall_us: float | None = None) -> list[str]:
