@@ -288,14 +288,16 @@ def _conv_with_activation(node: torch.fx.Node, constants: dict):
             or list(dilation) != [1, 1] or isinstance(padding, str)
             or not value.is_contiguous(memory_format=torch.channels_last)):
         return None
-    w = constants[weight]
-    packed = torch.ops.mkldnn._reorder_convolution_weight(w.detach().to(value.dtype).contiguous(), list(padding),
-                                                          list(stride), [1, 1], 1, list(value.shape))
-    b = None if bias is None else constants[bias].detach().to(value.dtype)
+    # the eager CPU chain's own helpers (cpu/linear_act.py): the weight reordered for this input size, the
+    # bias cast, the activation as oneDNN's post-op
+    from .cpu.linear_act import ONEDNN_ACTIVATIONS, cast_once, packed_conv_weight
+    packed = packed_conv_weight(constants[weight], value.dtype, stride, padding, value.shape)
+    b = None if bias is None else cast_once(constants[bias], value.dtype)
     users = list(node.users)
     fused = users[0] if len(users) == 1 and users[0].target is torch.ops.aten.hardswish.default else None
+    attr, algorithm = ONEDNN_ACTIVATIONS["none" if fused is None else "hardswish"]
     op = torch.ops.mkldnn._convolution_pointwise.default
-    values = [x, packed, b, list(padding), list(stride), [1, 1], 1, "none" if fused is None else "hardswish", [], ""]
+    values = [x, packed, b, list(padding), list(stride), [1, 1], 1, attr, [], algorithm]
     return node, op, list(zip(op._schema.arguments, values)), fused
 
 
