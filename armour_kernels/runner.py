@@ -120,6 +120,9 @@ class _Lowering:
         if target is torch.ops.aten.dropout.default and node.args[2] is False:
             self.alias(node, node.args[0])  # eval-mode dropout is its input
             return
+        if _cast_read_by_image_conv(node):  # image_conv reads the float32 image and rounds as it reads
+            self.alias(node, node.args[0])
+            return
         conv = _conv_with_activation(node, self.constant_of)
         linear = _linear_on_dense_op(node, self.constant_of)
         if conv is not None:
@@ -320,6 +323,21 @@ def _linear_on_dense_op(node: torch.fx.Node, constants: dict):
     op = torch.ops.armour_kernels.dense.default
     values = [x, dense_pack(w), b, None, int(Activation.NONE), False, w.shape[0], None, None, None]
     return op, list(zip(op._schema.arguments, values))
+
+
+def _cast_read_by_image_conv(node: torch.fx.Node) -> bool:
+    """A float32 → bfloat16 cast (the served model's input cast) whose only reader is the image_conv op's
+    image: that op reads the float32 image and rounds each value to bfloat16 as it reads it, bit for bit
+    the cast's result, so the runner passes it the float32 image and the cast's pass over memory goes."""
+    image_conv = getattr(torch.ops.armour_kernels, "image_conv", None)
+    if image_conv is None or node.target is not torch.ops.aten._to_copy.default:
+        return False
+    source, users = node.args[0], list(node.users)
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    return (len(node.args) == 1 and set(node.kwargs) == {"dtype"} and node.kwargs["dtype"] == torch.bfloat16
+            and value is not None and value.dtype == torch.float32 and value.device.type == "cpu"
+            and len(users) == 1 and users[0].target is image_conv.default and users[0].args[0] is node
+            and node not in users[0].args[1:])
 
 
 def _check_signature_arguments(args: tuple):

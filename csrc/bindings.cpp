@@ -49,6 +49,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("weight"), py::arg("bias"), py::arg("gemm") = "auto");
   m.def("dense_layout", &armour::dense_layout,
         "the layout dense_pack chooses for this weight now: fp32-brgemm, bf16-amx or plain", py::arg("weight"));
+  m.def("set_dense_amx", &armour::set_dense_amx, py::arg("on"),
+        "bf16 dense layers on AMX: the task kernel with the epilogue overlapped (True, the default) or oneDNN's "
+        "brgemm then the epilogue per tile (False)");
+  m.def("dense_amx_enabled", &armour::dense_amx_enabled, "what set_dense_amx set last (default True)");
+  m.def("dense_amx_available", &armour::dense_amx_available,
+        "whether the bf16 dense layers' AMX task kernel runs here (compiled, AMX, the amx dispatch)");
   m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
   m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
         "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");

@@ -90,17 +90,36 @@ def set_isa(name: str) -> None:
 
 
 @contextlib.contextmanager
-def use_isa(name: str):
-    """Run the CPU kernels with dispatch path `name` inside the block, then restore the previous one."""
-    previous = _require().isa()
-    _C.set_isa(name)
+def _setting(get, set_, value):
+    """A process-wide setting of the extension at `value` inside the block, restored after it."""
+    previous = get()
+    set_(value)
     try:
         yield
     finally:
-        _C.set_isa(previous)
+        set_(previous)
+
+
+def use_isa(name: str):
+    """Run the CPU kernels with dispatch path `name` inside the block, then restore the previous one."""
+    ext = _require()
+    return _setting(ext.isa, ext.set_isa, name)
+
+
+def dense_amx_available() -> bool:
+    """Whether the bf16 dense layers run on the AMX task kernel here (compiled, an AMX CPU, the "amx" dispatch)."""
+    return _C is not None and hasattr(_C, "dense_amx_available") and _C.dense_amx_available()
+
+
+def use_dense_amx(enabled: bool):
+    """Inside the block the bf16 dense layers on AMX run the task kernel (True, the default) or oneDNN's
+    brgemm micro-kernel per tile followed by the epilogue (False); tests and A/B benchmarks use both."""
+    ext = _require()
+    return _setting(ext.dense_amx_enabled, ext.set_dense_amx, enabled)
 
 
 if _C is not None and os.environ.get(ISA_ENV):
     _C.set_isa(os.environ[ISA_ENV])
 
-__all__ = ["built", "import_error", "has_op", "isa", "best_isa", "supported_isas", "set_isa", "use_isa"]
+__all__ = ["built", "import_error", "has_op", "isa", "best_isa", "supported_isas", "set_isa", "use_isa",
+           "dense_amx_available", "use_dense_amx"]

@@ -150,7 +150,7 @@ if cpu.built():
     def _image_conv_fake(x, weight, bias, stride, padding, act):
         ho = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
         wo = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
-        return torch.empty((x.shape[0], weight.shape[0], ho, wo), dtype=x.dtype, device=x.device,
+        return torch.empty((x.shape[0], weight.shape[0], ho, wo), dtype=weight.dtype, device=x.device,
                            memory_format=torch.channels_last)
 
     @torch.library.register_fake("armour_kernels::dense_mlp")

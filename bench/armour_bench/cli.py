@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "linear_attention": "Nystrom / Performer fused ops vs python_ref and exact SDPA: time, memory, crossover n",
     "linear_act": "CPU Linear + bias + Hardswish op vs F.hardswish(F.linear): LeViT MLP shapes",
     "cubin": "offline: every Triton kernel compiled for an H100 (no GPU needed): registers, spills, shared memory",
+    "ab": "one CPU-kernel switch (e.g. the bf16 AMX dense task kernel) on and off in whole served models",
     "summary": "SUMMARY.md of a results folder: headline ratios vs every peer, targets met or not",
     "export": "an AOTInductor package (.pt2) of a timm model, optimized (folded, fused, cast), ready to serve",
 }

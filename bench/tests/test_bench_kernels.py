@@ -151,3 +151,30 @@ def test_results_folder_names_the_instruction_set(flags, tier):
     from armour_bench import record
     assert record.isa_tier(flags) == tier
     assert record.device_slug("cpu").startswith("cpu-") and record.isa_tier() in record.device_slug("cpu")
+
+
+def test_ab_switch_table(tmp_path, monkeypatch):
+    """`armour-bench ab`: a served model timed with a switch on and off by turns; medians, IQRs and the
+    per-round ratio in JSON and markdown (a stand-in switch and a tiny DeiT, so it runs on any CPU)."""
+    import contextlib
+
+    import timm
+
+    from armour_bench import ab
+    from armour_kernels import cpu
+    if not cpu.has_op("dense"):
+        pytest.skip("the C++ extension is not built")
+    flips = []
+    monkeypatch.setitem(ab.SWITCHES, "dense_amx", lambda on: flips.append(on) or contextlib.nullcontext())
+    monkeypatch.setattr(ab, "_available", lambda switch: None)
+    monkeypatch.setattr(ab, "IMAGE_SIZE", 32)
+    monkeypatch.setattr(ab, "_model", lambda name: timm.create_model("deit_tiny_patch16_224", img_size=32,
+                                                                     depth=1).eval())
+    parser = argparse.ArgumentParser()
+    ab.add_arguments(parser)
+    args = parser.parse_args(["--models", "DeiT-Ti", "--dtype", "fp32", "--budget", "0.2", "--out", str(tmp_path)])
+    assert ab.run(args) == 0
+    (row,) = json.loads((tmp_path / "ab-dense_amx.json").read_text())["rows"]
+    assert row["model"] == "DeiT-Ti" and row["rounds"] >= 1 and row["on_ms"] > 0 and row["off_ms"] > 0
+    assert True in flips and False in flips
+    assert "| DeiT-Ti | fp32 | 1 | 1 |" in (tmp_path / "ab-dense_amx.md").read_text()

@@ -36,6 +36,24 @@ namespace avx512bf16 {
 }  // namespace avx512bf16
 }  // namespace armour
 
+// The AMX dense task: tile instructions under a target of their own (GCC 11 has their intrinsics).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,bmi,bmi2,amx-tile,amx-bf16")
+namespace armour {
+namespace avx512bf16 {
+#include "kernels/dense_amx.h"
+}  // namespace avx512bf16
+}  // namespace armour
+#pragma GCC pop_options
+#else
+namespace armour {
+namespace avx512bf16 {
+inline constexpr DenseAmxFn dense_amx = nullptr;
+}  // namespace avx512bf16
+}  // namespace armour
+#endif
+
 #pragma GCC pop_options
 
 namespace armour {

@@ -32,6 +32,7 @@ namespace scalar {
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
+inline constexpr DenseAmxFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
 }  // namespace scalar
 }  // namespace armour
 

@@ -22,8 +22,10 @@ namespace image_conv_detail {
 constexpr int64_t kPix = VecF::W >= 16 ? 16 : 8;
 
 // Fill `rows` with the C·KH input rows output row oy reads, zero-padded: rows[(c·KH + ky)·Wp + i]
-// = x[b, c, oy·s − p + ky, i − p].
-template <class T>
+// = x[b, c, oy·s − p + ky, i − p]. RoundBf16: an fp32 image for a bf16 convolution, each value
+// rounded to bf16 as it is read — the result is exactly that of the image cast to bf16 first, without
+// the cast's pass over memory (a served model's input cast, folded into this op by the graph runner).
+template <class T, bool RoundBf16 = false>
 void padded_rows(const ImageConvArgs& a, int64_t b, int64_t oy, int64_t Wp, float* rows) {
   const T* x = static_cast<const T*>(a.x);
   for (int64_t c = 0; c < a.C; ++c)
@@ -39,8 +41,19 @@ void padded_rows(const ImageConvArgs& a, int64_t b, int64_t oy, int64_t Wp, floa
       for (int64_t i = 0; i < lo; ++i) dst[i] = 0.f;
       int64_t i = lo;
       if (a.sw == 1)
-        for (; i + VecF::W <= hi; i += VecF::W) dense_detail::vload(src + (i - a.pad)).store(dst + i);
-      for (; i < hi; ++i) dst[i] = load_as<float>(src + (i - a.pad) * a.sw);
+        for (; i + VecF::W <= hi; i += VecF::W) {
+          VecF v = dense_detail::vload(src + (i - a.pad));
+          if constexpr (RoundBf16) {  // through the ISA's own bf16 conversion, there and back
+            uint16_t bits[VecF::W];
+            store_bf16(bits, v);
+            v = load_bf16(bits);
+          }
+          v.store(dst + i);
+        }
+      for (; i < hi; ++i) {
+        const float v = load_as<float>(src + (i - a.pad) * a.sw);
+        dst[i] = RoundBf16 ? bf16_to_float(float_to_bf16(v)) : v;
+      }
       for (int64_t i = hi; i < Wp; ++i) dst[i] = 0.f;
     }
 }
@@ -76,18 +89,20 @@ void row_pixels(const ImageConvArgs& a, const float* rows, int64_t Wp, int64_t c
   for (; ox < a.Wo; ++ox) pixels<1, S>(a, rows, Wp, ox, co0, acc + ox * a.cout_pad);
 }
 
-template <class T>
+// T: x's element type (RoundBf16: fp32 x of a bf16 convolution); y's is a.dtype's.
+template <class T, bool RoundBf16>
 void chunk(const ImageConvArgs& a, int64_t chunk_index) {
   const int64_t rows_total = a.B * a.Ho;
   const int64_t begin = rows_total * chunk_index / a.n_chunks, end = rows_total * (chunk_index + 1) / a.n_chunks;
   const int64_t Wp = (a.Wo - 1) * a.stride + a.KW;
   float* rows = a.scratch + chunk_index * a.scratch_floats;
   float* acc = rows + a.C * a.KH * Wp;
-  T* y = static_cast<T*>(a.y);
+  char* y = static_cast<char*>(a.y);
+  const int64_t y_esize = a.dtype == DType::bf16 ? 2 : 4;
   constexpr int64_t Wv = VecF::W;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / a.Ho, oy = r % a.Ho;
-    padded_rows<T>(a, b, oy, Wp, rows);
+    padded_rows<T, RoundBf16>(a, b, oy, Wp, rows);
     for (int64_t co0 = 0; co0 < a.Cout; co0 += Wv) {
       if (a.stride == 2) row_pixels<2>(a, rows, Wp, co0, acc);  // the stems of LeViT, ViT hybrids, ResNets
       else if (a.stride == 1) row_pixels<1>(a, rows, Wp, co0, acc);
@@ -103,17 +118,17 @@ void chunk(const ImageConvArgs& a, int64_t chunk_index) {
     t.ld_acc = a.cout_pad;
     t.rows = flat ? 1 : a.Wo;
     t.cols = flat ? a.Wo * a.Cout : a.Cout;
-    t.y = y + r * a.Wo * a.Cout;
+    t.y = y + r * a.Wo * a.Cout * y_esize;
     t.ld_y = a.Cout;
     t.act = a.act;
     dense_epilogue(t);
   }
 }
 
-template <class T>
+template <class T, bool RoundBf16>
 void chunks(void* ctx, int64_t begin, int64_t end) {
   const ImageConvArgs& a = *static_cast<const ImageConvArgs*>(ctx);
-  for (int64_t c = begin; c < end; ++c) chunk<T>(a, c);
+  for (int64_t c = begin; c < end; ++c) chunk<T, RoundBf16>(a, c);
 }
 
 }  // namespace image_conv_detail
@@ -121,5 +136,8 @@ void chunks(void* ctx, int64_t begin, int64_t end) {
 inline void image_conv(const ImageConvArgs& a) {
   using namespace image_conv_detail;
   void* ctx = const_cast<ImageConvArgs*>(&a);
-  a.parallel_for(a.n_chunks, ctx, a.dtype == DType::bf16 ? &chunks<bf16_t> : &chunks<float>);
+  const bool round = a.x_dtype == DType::f32 && a.dtype == DType::bf16;
+  a.parallel_for(a.n_chunks, ctx, a.x_dtype == DType::bf16 ? &chunks<bf16_t, false>
+                                  : round                   ? &chunks<float, true>
+                                                            : &chunks<float, false>);
 }

@@ -153,6 +153,23 @@ struct DenseTile {
   Act act = Act::none;
 };
 
+// One task of a bf16 dense layer on AMX tiles (kernels/dense_amx.h, docs/dense.md): rows [0, rows) of
+// a row block (17 ≤ rows ≤ 32) times the packed weight's 64-column blocks [blk0, blk1), each block as
+// two 32-column halves; the epilogue of one half (`out`: y, bias and residual at the row block's first
+// row and column 0, their strides, act, dtype) runs once the tile products of the next are issued.
+// K a multiple of kDenseAmxK.
+struct DenseAmxTask {
+  const uint16_t* a = nullptr;  // (rows, K) bf16, lda elements apart
+  int64_t lda = 0;
+  const uint16_t* b = nullptr;  // the packed weight: (nb, K / 2, 64, 2) VNNI blocks
+  int64_t K = 0, N = 0;         // N: y's columns (the last block may be partial)
+  int64_t rows = 0, blk0 = 0, blk1 = 0;
+  float* acc = nullptr;         // scratch: 2 × 32 × 32 fp32 (two output tiles' accumulators)
+  DenseTile out;                // acc / rows / cols are set per half
+};
+using DenseAmxFn = void (*)(const DenseAmxTask&);
+constexpr int64_t kDenseAmxK = 32;  // K must be a multiple of this (one tile product's reduction)
+
 // LayerNorm of each row of a (rows, cols) matrix, the dense layer's prologue (docs/dense.md):
 //   y[r, :] = (x[r, :] − mean_r) / sqrt(var_r + eps) · weight + bias
 // mean / biased variance in fp32 over the row; x, y, weight and bias (cols,) in dtype (fp32 or
@@ -176,7 +193,8 @@ struct RowNorm {
 // The work is cut into n_chunks contiguous runs of output rows (b, oy), one per task, each with its
 // own fp32 scratch of scratch_floats (the padded input rows and one output row's accumulators).
 struct ImageConvArgs {
-  DType dtype = DType::f32;                 // x and y
+  DType dtype = DType::f32;                 // y (and the weights the caller passed)
+  DType x_dtype = DType::f32;               // x: dtype, or fp32 with a bf16 dtype (rounded to bf16 as read)
   int64_t B = 0, C = 0, H = 0, W = 0;       // x (B, C, H, W) read through element strides
   const void* x = nullptr;
   int64_t sb = 0, sc = 0, sh = 0, sw = 0;
@@ -205,6 +223,7 @@ struct KernelTable {
   void (*dense_epilogue)(const DenseTile&);
   void (*image_conv)(const ImageConvArgs&);
   void (*layer_norm_rows)(const RowNorm&);
+  DenseAmxFn dense_amx;  // null unless compiled with AMX (avx512bf16); the torch side asks for AMX first
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
@@ -226,7 +245,7 @@ const KernelTable& kernels_avx512bf16();
   const KernelTable& kernels_##ISA() {                                                               \
     static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward,          \
                                    &ISA::dense_epilogue, &ISA::image_conv,                            \
-                                   &ISA::layer_norm_rows};                                           \
+                                   &ISA::layer_norm_rows, ISA::dense_amx};                           \
     return table;                                                                                    \
   }
 

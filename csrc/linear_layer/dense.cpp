@@ -13,12 +13,15 @@
 // place (any row stride); with act_in the task first writes Hardswish(its rows) to scratch, with a
 // norm LayerNorm(its rows) (a pre-norm transformer block's LayerNorm, which then costs no pass of
 // its own over memory and no call: the rows are normalised while the GEMM is about to read them).
+// On AMX a bf16 task of 17–32 rows with K a multiple of 32 is one call of the ISA's AMX task
+// kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products).
 #include "linear_layer/dense.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "kernels/kernel_api.h"
@@ -30,6 +33,8 @@ namespace {
 constexpr int64_t kNB = 64;        // weight block width (columns of y per micro-kernel call)
 constexpr int64_t kMB_f32 = 64;    // rows per task, fp32 (swept: 16/32/64, bench/results/<cpu>/linear_act-cpu.md)
 constexpr int64_t kMB_bf16 = 32;   // rows per task, bf16 on AMX (two 16-row tiles)
+// A task's fp32 accumulators: one (MB × 64) tile, or the AMX task's two (32 × 64) buffers.
+constexpr int64_t kAccFloats = kMB_f32 * kNB > 2 * kMB_bf16 * kNB ? kMB_f32 * kNB : 2 * kMB_bf16 * kNB;
 
 enum class Layout { plain, f32_blocks, bf16_vnni };
 
@@ -156,6 +161,43 @@ void tile_gemm(const Problem& p, const KernelTable& kernels, const T* a, int64_t
   kernels.dense_epilogue(t);
 }
 
+std::atomic<bool> g_dense_amx{true};  // set_dense_amx: off runs every bf16 tile on oneDNN's brgemm
+
+// The weight blocks [b0, b1) of one task's rows (mb rows from `row`): on AMX the task kernel
+// (kernels/dense_amx.h: no per-tile call into oneDNN, each tile's epilogue overlapped with the next
+// tile's products) where it applies, else oneDNN's micro-kernel and the epilogue tile by tile.
+template <class T>
+void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
+                 int64_t b0, int64_t b1, float* acc) {
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    if (kernels.dense_amx && p.K % kDenseAmxK == 0 && mb > 16 && mb <= kMB_bf16 && g_dense_amx.load(std::memory_order_relaxed)) {
+      // oneDNN's brgemm keeps the tile configuration it loaded last per thread and skips loading it
+      // again: released first, it reloads after the task (which loads and releases its own).
+      at::native::cpublas::brgemm_release(true);
+      DenseAmxTask t;
+      t.a = reinterpret_cast<const uint16_t*>(a);
+      t.lda = lda;
+      t.b = reinterpret_cast<const uint16_t*>(p.b);
+      t.K = p.K;
+      t.N = p.N;
+      t.rows = mb;
+      t.blk0 = b0;
+      t.blk1 = b1;
+      t.acc = acc;
+      t.out.dtype = p.dtype;
+      t.out.y = p.y + row * p.N * p.esize;
+      t.out.ld_y = p.N;
+      t.out.bias = p.bias;
+      t.out.residual = p.res ? p.res + row * p.ld_res * p.esize : nullptr;
+      t.out.ld_residual = p.ld_res;
+      t.out.act = p.act;
+      kernels.dense_amx(t);
+      return;
+    }
+  }
+  for (int64_t blk = b0; blk < b1; ++blk) tile_gemm(p, kernels, a, lda, mb, row, blk, acc);
+}
+
 template <class T>
 void run_tiles(const Problem& p, int64_t MB) {
   const int64_t mblocks = (p.M + MB - 1) / MB;
@@ -165,14 +207,14 @@ void run_tiles(const Problem& p, int64_t MB) {
   const int64_t per = (p.nb + nsplit - 1) / nsplit;
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
   at::parallel_for(0, mblocks * nsplit, 1, [&](int64_t begin, int64_t end) {
-    float* acc = scratch(t_acc, MB * kNB);
+    float* acc = scratch(t_acc, kAccFloats);
     const KernelTable& kernels = current_kernels();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t m0 = (task / nsplit) * MB, mb = std::min(MB, p.M - m0);
       const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
       int64_t lda = p.lda;
       const T* a = task_rows(p, kernels, reinterpret_cast<const T*>(p.a) + m0 * p.lda, mb, lda);
-      for (int64_t blk = b0; blk < b1; ++blk) tile_gemm(p, kernels, a, lda, mb, m0, blk, acc);
+      task_blocks(p, kernels, a, lda, mb, m0, b0, b1, acc);
     }
     if (vnni) at::native::cpublas::brgemm_release(true);  // free the AMX tile state (see attention/brgemm.cpp)
   });
@@ -191,7 +233,7 @@ void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
   const int64_t mblocks = (first.M + MB - 1) / MB;
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
   at::parallel_for(0, mblocks, 1, [&](int64_t begin, int64_t end) {
-    float* acc = scratch(t_acc, MB * kNB);
+    float* acc = scratch(t_acc, kAccFloats);
     const KernelTable& kernels = current_kernels();
     Problem f = first, g = second;
     f.y = vnni ? reinterpret_cast<char*>(scratch(t_hidden_bf16, MB * f.N))
@@ -200,9 +242,9 @@ void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
       const int64_t m0 = task * MB, mb = std::min(MB, first.M - m0);
       int64_t lda = f.lda;
       const T* a = task_rows(f, kernels, reinterpret_cast<const T*>(f.a) + m0 * f.lda, mb, lda);
-      for (int64_t blk = 0; blk < f.nb; ++blk) tile_gemm(f, kernels, a, lda, mb, 0, blk, acc);
+      task_blocks(f, kernels, a, lda, mb, 0, 0, f.nb, acc);
       const T* hidden = reinterpret_cast<const T*>(f.y);
-      for (int64_t blk = 0; blk < g.nb; ++blk) tile_gemm(g, kernels, hidden, f.N, mb, m0, blk, acc);
+      task_blocks(g, kernels, hidden, f.N, mb, m0, 0, g.nb, acc);
     }
     if (vnni) at::native::cpublas::brgemm_release(true);
   });
@@ -249,6 +291,10 @@ void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Te
     kernels.dense_epilogue(t);
   });
 }
+
+void set_dense_amx(bool on) { g_dense_amx.store(on); }
+bool dense_amx_enabled() { return g_dense_amx.load(); }
+bool dense_amx_available() { return current_kernels().dense_amx != nullptr && brgemm_bf16_usable(); }
 
 const char* dense_layout(const at::Tensor& weight) {
   switch (choose(weight)) {

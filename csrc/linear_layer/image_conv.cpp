@@ -20,14 +20,19 @@ at::Tensor image_conv(const at::Tensor& x, const at::Tensor& weight, const std::
                    "weight must be (out_channels, ", x.size(1), ", kh, kw) for x ", x.sizes(), ", got ", weight.sizes());
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                    "armour_kernels::image_conv: x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "armour_kernels::image_conv: weight must be ",
-                   x.scalar_type(), " like x, got ", weight.scalar_type());
+  // The convolution's dtype is the weight's: x's, or bf16 for a float32 image (each value rounded to
+  // bf16 as the kernel reads it: the result of x.to(bfloat16) first, without that pass over memory).
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type() ||
+                       (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kBFloat16),
+                   "armour_kernels::image_conv: weight must be ", x.scalar_type(), " like x",
+                   x.scalar_type() == at::kFloat ? " (or bfloat16)" : "", ", got ", weight.scalar_type());
+  const at::ScalarType dtype = weight.scalar_type();
   const at::Tensor bias = bias_opt.has_value() ? *bias_opt : at::Tensor();
   if (bias.defined()) {
     IMAGE_CONV_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "bias must be (", weight.size(0),
                      ",), got ", bias.sizes());
-    TORCH_CHECK_TYPE(bias.scalar_type() == x.scalar_type(), "armour_kernels::image_conv: bias must be ",
-                     x.scalar_type(), " like x, got ", bias.scalar_type());
+    TORCH_CHECK_TYPE(bias.scalar_type() == dtype, "armour_kernels::image_conv: bias must be ", dtype,
+                     " like the weight, got ", bias.scalar_type());
   }
   IMAGE_CONV_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0, got ", stride, ", ", padding);
   IMAGE_CONV_CHECK(act >= 0 && act <= static_cast<int64_t>(Act::silu), "unknown activation code ", act);
@@ -38,7 +43,7 @@ at::Tensor image_conv(const at::Tensor& x, const at::Tensor& weight, const std::
   IMAGE_CONV_CHECK(KH >= 1 && KW >= 1 && H + 2 * padding >= KH && W + 2 * padding >= KW,
                    "kernel ", KH, "x", KW, " larger than the padded input ", H + 2 * padding, "x", W + 2 * padding);
   const int64_t Ho = (H + 2 * padding - KH) / stride + 1, Wo = (W + 2 * padding - KW) / stride + 1;
-  at::Tensor y = at::empty({B, Cout, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = at::empty({B, Cout, Ho, Wo}, x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
 
   // (C·KH·KW, cout_pad) fp32: row t = (c, ky, kx) holds the weights of every output channel, so the
@@ -50,7 +55,8 @@ at::Tensor image_conv(const at::Tensor& x, const at::Tensor& weight, const std::
   if (bias.defined()) b.narrow(0, 0, Cout).copy_(bias);
 
   ImageConvArgs a;
-  a.dtype = kernel_dtype(x, "x");
+  a.dtype = kernel_dtype(y, "weight");
+  a.x_dtype = kernel_dtype(x, "x");
   a.B = B; a.C = C; a.H = H; a.W = W;
   a.x = x.data_ptr();
   a.sb = x.stride(0); a.sc = x.stride(1); a.sh = x.stride(2); a.sw = x.stride(3);

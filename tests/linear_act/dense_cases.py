@@ -7,7 +7,12 @@ import torch
 from armour_kernels import cpu
 from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS
 
+BRGEMM_TILES = "brgemm-tiles"
 ISAS = cpu.supported_isas() if cpu.built() else []  # the dispatch paths the `isa` fixture (conftest.py) runs
+if "amx" in ISAS:
+    with cpu.use_isa("amx"):
+        if cpu.dense_amx_available():
+            ISAS = [*ISAS, f"amx/{BRGEMM_TILES}"]
 
 
 def expected(x, w, b, act, act_in, residual):

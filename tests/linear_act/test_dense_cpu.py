@@ -164,3 +164,25 @@ def test_gelu_over_its_range(isa):
     # PyTorch's own float32 GELU is 8e-7 off float64 here (1 + erf cancels for x < -4): the same budget, twice
     torch.testing.assert_close(y[:-3].double(), want[:-3], atol=1.6e-6, rtol=1e-6)
     assert y[-3] == float("inf") and y[-2].isnan() and y[-1].isnan()
+
+
+@pytest.mark.skipif(not cpu.built() or "amx" not in ISAS, reason="needs the amx dispatch path")
+@pytest.mark.parametrize("M", [1, 5, 16, 17, 31, 32, 33, 197])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_amx_task_kernel_matches_brgemm_tiles(M, act):
+    """The AMX task kernel (kernels/dense_amx.h: row blocks of 17–32 rows, the second row tile partial, the
+    last weight block partial) writes what oneDNN's micro-kernel + the epilogue write, bit for bit, and both
+    match the definition; row blocks of ≤ 16 rows and K not a multiple of 32 take the micro-kernel within
+    the same call."""
+    with cpu.use_isa("amx"):
+        if not cpu.dense_amx_available():
+            pytest.skip("the AMX task kernel is not compiled in")
+        for K, N, residual in ((64, 96, True), (192, 70, False), (32, 16, True), (48, 64, True)):
+            x, w, b, r = make(M, K, N, torch.bfloat16, residual=residual, seed=M + K)
+            packed = dense_pack(w)
+            with cpu.use_dense_amx(True):
+                y_task = dense(x, packed, b, N, act=act, residual=r)
+            with cpu.use_dense_amx(False):
+                y_tiles = dense(x, packed, b, N, act=act, residual=r)
+            assert torch.equal(y_task, y_tiles), f"{M}x{K}x{N} {act}"
+            assert_close(y_task, expected(x, w, b, act, False, r), torch.bfloat16, msg=f"{M}x{K}x{N} {act}")

@@ -84,6 +84,19 @@ def test_nan_and_inf(isa, dtype, act):
     assert_same_nans_and_close(y, expected(x, w, b, 2, 1, act), dtype, f"{isa} {act}")
 
 
+@pytest.mark.parametrize("act", ["none", "hardswish"])
+def test_float32_image_with_bf16_weights_rounds_as_it_reads(isa, act):
+    """A float32 image with bf16 weights is a bf16 convolution of the image rounded to bf16: bit for bit
+    image_conv(x.to(bfloat16)) (the graph runner drops a served model's input cast this way), strided too."""
+    x, w, b = make(2, 3, 30, 23, 16, (3, 3), torch.float32)
+    w, b = w.bfloat16(), b.bfloat16()
+    code = 1 if act == "hardswish" else 0
+    for image in (x, x[:, :, :, ::2]):
+        y = torch.ops.armour_kernels.image_conv(image, w, b, 2, 1, code)
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y, torch.ops.armour_kernels.image_conv(image.bfloat16(), w, b, 2, 1, code)), isa
+
+
 def test_bad_arguments():
     x, w, b = make(1, 3, 16, 16, 16, (3, 3), torch.float32)
     with pytest.raises(RuntimeError, match="x must be"):
@@ -94,6 +107,10 @@ def test_bad_arguments():
         image_conv(x, w, b[:8], 2, 1)
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         image_conv(x.double(), w, b, 2, 1)
+    with pytest.raises(TypeError, match="weight must be"):  # a bf16 image takes bf16 weights only
+        torch.ops.armour_kernels.image_conv(x.bfloat16(), w, None, 2, 1, 0)
+    with pytest.raises(TypeError, match="bias must be"):
+        torch.ops.armour_kernels.image_conv(x, w.bfloat16(), b, 2, 1, 0)
     with pytest.raises(RuntimeError, match="stride must be"):
         image_conv(x, w, b, 0, 1)
     with pytest.raises(RuntimeError, match="larger than the padded input"):

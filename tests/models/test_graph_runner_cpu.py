@@ -111,6 +111,39 @@ def test_intermediates_are_freed_after_their_last_use():
             assert not any(slot in reads for reads in lowering.step_reads[index + 1:]), (step[0], slot)
 
 
+@pytest.mark.skipif(not cpu_has_op("image_conv"), reason="needs the image_conv op")
+def test_input_cast_folds_into_the_image_convolution():
+    """A bf16 LeViT's input cast (float32 image → bfloat16) feeds only the stem's image_conv: the runner
+    drops the cast and the op reads the float32 image, rounding as it reads — bit for bit the same result.
+    A cast with another reader stays."""
+    from armour_kernels.runner import _Lowering
+    model = small_timm_levit()
+    serving = armour_kernels.deploy.prepare(model, dtype=torch.bfloat16)
+    x = torch.randn(1, 3, 64, 64)
+    exported = torch.export.export(serving, (x,), strict=False)
+    lowering = _Lowering(exported)
+    lowering.run()
+    ops = [step[1] for step in lowering.steps]
+    assert "aten::_to_copy" not in ops[:ops.index("armour_kernels::image_conv")], ops[:4]
+    graph = lower(serving, x)
+    with torch.inference_mode():
+        assert torch.equal(graph((x,)), serving(x))
+
+    class CastTwice(nn.Module):  # the cast is also returned: it stays a step
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(16, 3, 3, 3).bfloat16())
+
+        def forward(self, image):
+            x = image.to(torch.bfloat16)
+            return torch.ops.armour_kernels.image_conv(x, self.w, None, 2, 1, 0), x
+
+    twice = CastTwice().eval().requires_grad_(False)
+    conv, cast = lower(twice, x)((x,))
+    assert cast.dtype == torch.bfloat16 and torch.equal(cast, x.bfloat16())
+    assert torch.equal(conv, torch.ops.armour_kernels.image_conv(x.bfloat16(), twice.w, None, 2, 1, 0))
+
+
 @pytest.mark.parametrize("build", [small_timm_levit, small_armour_ti], ids=["levit", "armour_ti"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_optimize_serves_models_on_the_graph_runner(build, dtype):
