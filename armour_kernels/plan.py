@@ -31,6 +31,7 @@ torch.compile(fullgraph=True). `explain(op, *tensors, **options)` is the public 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import torch
@@ -195,6 +196,17 @@ def cpu_inference(backend: str, dtype: torch.dtype, x, grad: bool) -> bool:
     return _DENSE[0].available(dtype)
 
 
+def dense_takes_rows(dtype: torch.dtype, x_shape) -> bool:
+    """Whether the dense op serves an input of shape `x_shape` (rows × its last dimension) in `dtype`: any
+    number of rows, except bf16 above DENSE_MAX_ROWS (there oneDNN's matmul, which reuses each weight
+    block over more rows, is faster). The graph runner asks it for the layers it moves onto the op."""
+    if dtype not in DENSE_MAX_ROWS:
+        return True
+    width = x_shape[-1] if len(x_shape) else 1
+    rows = math.prod(x_shape) // width if width else 0
+    return rows <= DENSE_MAX_ROWS[dtype]
+
+
 def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None, packed=None) -> tuple:
     """(backend, path, compute dtype) of `linear_act(...)`: what the op asks on every call, positional
     and without a Plan object (linear_act_plan has the rules in words). grad: whether autograd wants
@@ -206,7 +218,7 @@ def linear_act_path(x, weight, bias, act, act_in, residual, backend, grad=None, 
         grad = wants_grad(x, weight, bias, residual)
     if packed is not None and backend == "cpu" and not grad and dtype == x.dtype == packed.dtype \
             and (residual is None or residual.dtype == dtype) and (bias is None or bias.dtype == dtype) \
-            and (dtype not in DENSE_MAX_ROWS or x.numel() <= DENSE_MAX_ROWS[dtype] * x.shape[-1]):
+            and dense_takes_rows(dtype, x.shape):
         return backend, "dense", dtype
     if cpu_inference(backend, dtype, x, grad):
         return backend, gemm_engine(2 * x.numel() * weight.shape[0], dtype), dtype
@@ -291,7 +303,7 @@ def explain(op: str, *tensors, **options) -> Plan:
     return plans[op](*tensors, **options)
 
 
-__all__ = ["DENSE_MAX_ROWS", "IMAGE_CONV_MAX_CHANNELS", "image_conv_first", "Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
+__all__ = ["DENSE_MAX_ROWS", "dense_takes_rows", "IMAGE_CONV_MAX_CHANNELS", "image_conv_first", "Plan", "attention_plan", "attention_path", "linear_act_plan", "linear_act_path", "nystrom_plan",
            "performer_plan", "explain",
            "attention_empty", "compute_dtype", "cpu_inference", "gemm_engine", "ONEDNN_MIN_FLOPS",
            "KERNEL_DTYPES", "TRITON_ACTIVATIONS", "TRITON_DTYPES"]

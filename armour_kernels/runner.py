@@ -307,16 +307,16 @@ def _conv_with_activation(node: torch.fx.Node, constants: dict):
 def _linear_on_dense_op(node: torch.fx.Node, constants: dict):
     """F.linear on a constant weight (a classifier head, a layer the fused modules left to PyTorch) as the
     dense op on the weight packed once, where the dense op serves its dtype and row count
-    (plan.linear_act_path's rule): (op, [(argument, value)]), or None."""
+    (plan.dense_takes_rows, the rule linear_act's plan follows too): (op, [(argument, value)]), or None."""
     if node.target is not torch.ops.aten.linear.default:
         return None
     from .ops.linear_act import dense_pack
-    from .plan import DENSE_MAX_ROWS
+    from .plan import dense_takes_rows
     x, weight, bias = [v for _, v in _schema_arguments(node)]
     value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
     if (weight not in constants or (bias is not None and bias not in constants) or value is None
             or value.dtype not in (torch.float32, torch.bfloat16) or constants[weight].dtype != value.dtype
-            or value.numel() > DENSE_MAX_ROWS.get(value.dtype, value.numel()) * value.shape[-1]):
+            or not dense_takes_rows(value.dtype, tuple(value.shape))):
         return None
     w = constants[weight]
     b = None if bias is None else constants[bias].detach().to(value.dtype)

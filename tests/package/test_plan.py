@@ -149,3 +149,13 @@ def test_plans_trace_without_graph_breaks(monkeypatch):
     x, w, _ = _linear()
     scaled, linear, same = traced(q, x, w)
     assert torch.equal(scaled, q * 2) and torch.equal(linear, x) and torch.equal(same, q)
+
+
+def test_dense_takes_rows_is_the_rule_both_linear_act_and_the_runner_follow():
+    """fp32 any rows; bf16 up to DENSE_MAX_ROWS rows (oneDNN's matmul above); rows are all but the last dim."""
+    from armour_kernels.plan import DENSE_MAX_ROWS, dense_takes_rows
+    limit = DENSE_MAX_ROWS[torch.bfloat16]
+    assert dense_takes_rows(torch.float32, (64, 197, 192))
+    assert dense_takes_rows(torch.bfloat16, (1, limit, 192)) and not dense_takes_rows(torch.bfloat16, (1, limit + 1, 192))
+    assert dense_takes_rows(torch.bfloat16, (2, limit // 2, 8)) and not dense_takes_rows(torch.bfloat16, (3, limit // 2, 8))
+    assert dense_takes_rows(torch.bfloat16, (0, 192)) and dense_takes_rows(torch.bfloat16, (4, 0))
