@@ -132,7 +132,6 @@ inline void run(const DenseAmxTask& task) {
 
 }  // namespace dense_amx_detail
 
-inline void dense_amx(const DenseAmxTask& task) {
-  if (task.rows <= 16 || task.rows > 32 || task.blk0 >= task.blk1) return;  // the caller's contract: 17..32 rows
-  dense_amx_detail::run(task);
-}
+// task.rows in [kDenseAmxMinRows, kDenseAmxMaxRows] and K a multiple of kDenseAmxK: the caller's
+// rule (linear_layer/dense.cpp, task_blocks), not checked again here.
+inline void dense_amx(const DenseAmxTask& task) { dense_amx_detail::run(task); }

@@ -154,7 +154,7 @@ struct DenseTile {
 };
 
 // One task of a bf16 dense layer on AMX tiles (kernels/dense_amx.h, docs/dense.md): rows [0, rows) of
-// a row block (17 ≤ rows ≤ 32) times the packed weight's 64-column blocks [blk0, blk1), each block as
+// a row block (kDenseAmxMinRows ≤ rows ≤ kDenseAmxMaxRows) times the packed weight's 64-column blocks [blk0, blk1), each block as
 // two 32-column halves; the epilogue of one half (`out`: y, bias and residual at the row block's first
 // row and column 0, their strides, act, dtype) runs once the tile products of the next are issued.
 // K a multiple of kDenseAmxK.
@@ -169,6 +169,9 @@ struct DenseAmxTask {
 };
 using DenseAmxFn = void (*)(const DenseAmxTask&);
 constexpr int64_t kDenseAmxK = 32;  // K must be a multiple of this (one tile product's reduction)
+// The rows a task may have: two row tiles, the second with at least one row (the caller keeps
+// smaller row blocks on oneDNN's micro-kernel; the kernel does not check).
+constexpr int64_t kDenseAmxMinRows = 17, kDenseAmxMaxRows = 32;
 
 // LayerNorm of each row of a (rows, cols) matrix, the dense layer's prologue (docs/dense.md):
 //   y[r, :] = (x[r, :] − mean_r) / sqrt(var_r + eps) · weight + bias

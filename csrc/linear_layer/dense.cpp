@@ -32,7 +32,7 @@ namespace {
 
 constexpr int64_t kNB = 64;        // weight block width (columns of y per micro-kernel call)
 constexpr int64_t kMB_f32 = 64;    // rows per task, fp32 (swept: 16/32/64, bench/results/<cpu>/linear_act-cpu.md)
-constexpr int64_t kMB_bf16 = 32;   // rows per task, bf16 on AMX (two 16-row tiles)
+constexpr int64_t kMB_bf16 = kDenseAmxMaxRows;  // rows per task, bf16 on AMX (two 16-row tiles)
 // A task's fp32 accumulators: one (MB × 64) tile, or the AMX task's two (32 × 64) buffers.
 constexpr int64_t kAccFloats = kMB_f32 * kNB > 2 * kMB_bf16 * kNB ? kMB_f32 * kNB : 2 * kMB_bf16 * kNB;
 
@@ -170,7 +170,8 @@ template <class T>
 void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
                  int64_t b0, int64_t b1, float* acc) {
   if constexpr (std::is_same<T, at::BFloat16>::value) {
-    if (kernels.dense_amx && p.K % kDenseAmxK == 0 && mb > 16 && mb <= kMB_bf16 && g_dense_amx.load(std::memory_order_relaxed)) {
+    if (kernels.dense_amx && p.K % kDenseAmxK == 0 && mb >= kDenseAmxMinRows && mb <= kDenseAmxMaxRows &&
+        g_dense_amx.load(std::memory_order_relaxed)) {
       // oneDNN's brgemm keeps the tile configuration it loaded last per thread and skips loading it
       // again: released first, it reloads after the task (which loads and releases its own).
       at::native::cpublas::brgemm_release(true);
