@@ -106,20 +106,36 @@ def use_isa(name: str):
     return _setting(ext.isa, ext.set_isa, name)
 
 
-def dense_amx_available() -> bool:
-    """Whether the bf16 dense layers run on the AMX task kernel here (compiled, an AMX CPU, the "amx" dispatch)."""
-    return _C is not None and hasattr(_C, "dense_amx_available") and _C.dense_amx_available()
+# The dense layers' task kernels of our own (docs/dense.md): "amx", bf16 on AMX tiles (17–32-row
+# blocks); "f32", fp32 on AVX-512 for layers of at most 64 rows. Off, the layer runs oneDNN's brgemm
+# micro-kernel per tile followed by the epilogue.
+DENSE_TASKS = ("amx", "f32")
 
 
-def use_dense_amx(enabled: bool):
-    """Inside the block the bf16 dense layers on AMX run the task kernel (True, the default) or oneDNN's
-    brgemm micro-kernel per tile followed by the epilogue (False); tests and A/B benchmarks use both."""
+def _dense_task(kind: str) -> str:
+    if kind not in DENSE_TASKS:
+        raise ValueError(f"unknown dense task kernel {kind!r}; choose from {DENSE_TASKS}")
+    return f"dense_{kind}"
+
+
+def dense_task_available(kind: str) -> bool:
+    """Whether the dense task kernel `kind` ("amx" or "f32") runs here: compiled, and the CPU and the
+    current dispatch use it ("amx": an AMX CPU on the "amx" dispatch; "f32": an AVX-512 dispatch)."""
+    name = _dense_task(kind)
+    return _C is not None and hasattr(_C, f"{name}_available") and getattr(_C, f"{name}_available")()
+
+
+def use_dense_task(kind: str, enabled: bool):
+    """Inside the block the dense task kernel `kind` ("amx" or "f32") runs where it applies (True, the
+    default) or its layers run oneDNN's brgemm micro-kernel per tile followed by the epilogue (False);
+    tests and A/B benchmarks use both."""
+    name = _dense_task(kind)
     ext = _require()
-    return _setting(ext.dense_amx_enabled, ext.set_dense_amx, enabled)
+    return _setting(getattr(ext, f"{name}_enabled"), getattr(ext, f"set_{name}"), enabled)
 
 
 if _C is not None and os.environ.get(ISA_ENV):
     _C.set_isa(os.environ[ISA_ENV])
 
 __all__ = ["built", "import_error", "has_op", "isa", "best_isa", "supported_isas", "set_isa", "use_isa",
-           "dense_amx_available", "use_dense_amx"]
+           "DENSE_TASKS", "dense_task_available", "use_dense_task"]

@@ -5,9 +5,11 @@ and off by turns â€” every round calls it once each way, the order alternating â
 the same machine state, caches and clock; the table gives each side's median ms with its
 interquartile range and the per-round ratio off / on (> 1: the switch on is faster), with its IQR.
 
-Switches (`--switch`):
-  dense_amx   bf16 dense layers on AMX: the task kernel (on) or oneDNN's micro-kernel per tile (off)
-              (docs/dense.md, "The AMX task kernel"); needs the amx dispatch path.
+Switches (`--switch`), the dense layers' task kernels of our own (docs/dense.md) on, or oneDNN's
+micro-kernel per tile (off):
+  dense_amx   bf16 dense layers on AMX tiles ("The AMX task kernel"); needs the amx dispatch path.
+  dense_f32   fp32 dense layers of at most 64 rows on AVX-512 ("The fp32 task kernel"); needs an
+              AVX-512 dispatch path with brgemm. Measure it with --dtype fp32.
 """
 from __future__ import annotations
 
@@ -23,19 +25,22 @@ MODELS = {"LeViT-128S": ("levit_128s", None), "Armour-Ti": ("deit_tiny_patch16_2
           "DeiT-Ti": ("deit_tiny_patch16_224", None)}
 
 
-def _dense_amx(on: bool):
-    from armour_kernels import cpu
-    return cpu.use_dense_amx(on)
+def _dense_task(kind: str):
+    def switch(on: bool):
+        from armour_kernels import cpu
+        return cpu.use_dense_task(kind, on)
+    return switch
 
 
-SWITCHES = {"dense_amx": _dense_amx}
+SWITCHES = {"dense_amx": _dense_task("amx"), "dense_f32": _dense_task("f32")}
 
 
 def _available(switch: str) -> str | None:
     """Why the switch cannot be measured here, or None."""
     from armour_kernels import cpu
-    if switch == "dense_amx" and not cpu.dense_amx_available():
-        return "the AMX task kernel does not run here (needs AMX and the amx dispatch path)"
+    kind = switch.removeprefix("dense_")
+    if not cpu.dense_task_available(kind):
+        return f"the {kind} dense task kernel does not run here under the current dispatch path"
     return None
 
 

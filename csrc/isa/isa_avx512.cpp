@@ -28,13 +28,14 @@ namespace avx512 {
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
+#include "kernels/dense_f32.h"
 #include "kernels/image_conv.h"
 #include "kernels/layer_norm.h"
 #include "kernels/linear_util.h"
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
-inline constexpr DenseAmxFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
+inline constexpr DenseTaskFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
 }  // namespace avx512
 }  // namespace armour
 

@@ -31,6 +31,7 @@ namespace avx512bf16 {
 #include "kernels/vec_avx512.h"
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
+#include "kernels/dense_f32.h"
 #include "kernels/image_conv.h"
 #include "kernels/layer_norm.h"
 }  // namespace avx512bf16
@@ -49,7 +50,7 @@ namespace avx512bf16 {
 #else
 namespace armour {
 namespace avx512bf16 {
-inline constexpr DenseAmxFn dense_amx = nullptr;
+inline constexpr DenseTaskFn dense_amx = nullptr;
 }  // namespace avx512bf16
 }  // namespace armour
 #endif

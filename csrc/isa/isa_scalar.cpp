@@ -32,7 +32,8 @@ namespace scalar {
 #include "kernels/performer_kernel.h"
 #include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
-inline constexpr DenseAmxFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
+inline constexpr DenseTaskFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
+inline constexpr DenseTaskFn dense_f32 = nullptr;  // 16-lane vectors: avx512 and up
 }  // namespace scalar
 }  // namespace armour
 

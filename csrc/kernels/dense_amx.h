@@ -1,4 +1,4 @@
-// The bf16 dense layer's task on AMX tiles (DenseAmxTask, kernel_api.h).
+// The bf16 dense layer's task on AMX tiles (DenseTask, kernel_api.h).
 //
 // Why not oneDNN's brgemm micro-kernel, as for the fp32 layers and the attention products: called
 // once per (32 × 64) output tile through ATen (at::native::cpublas::brgemm), each call looks its
@@ -84,7 +84,9 @@ inline void products_2x2(const uint16_t* a, int64_t lda, const uint16_t* b, int6
   }
 }
 
-inline void run(const DenseAmxTask& task) {
+inline void run(const DenseTask& task) {
+  const uint16_t* a = static_cast<const uint16_t*>(task.a);
+  const uint16_t* b = static_cast<const uint16_t*>(task.b);
   TileConfig cfg;
   const int r1 = static_cast<int>(task.rows - 16);  // rows of the second row tile (1..16)
   auto set = [&](int tile, int rows) {
@@ -96,15 +98,14 @@ inline void run(const DenseAmxTask& task) {
   set(6, 16), set(7, 16);              // B: 16 pair rows
   _tile_loadconfig(&cfg);
 
-  const size_t es = task.out.dtype == DType::bf16 ? 2 : 4;
   Pending pending;
   int buf = 0;
   for (int64_t blk = task.blk0; blk < task.blk1; ++blk) {
-    const uint16_t* bblk = task.b + blk * task.K * 64;
+    const uint16_t* bblk = b + blk * task.K * 64;
     for (int64_t c0 = 0; c0 < 64; c0 += kCols) {
       const int64_t n0 = blk * 64 + c0;
       if (n0 >= task.N) break;  // the block's padding columns
-      products_2x2(task.a, task.lda, bblk + c0 * 2, task.K);
+      products_2x2(a, task.lda, bblk + c0 * 2, task.K);
       pending.run();  // the previous tile's epilogue, while these products run
       float* acc = task.acc + buf * 32 * kCols;
       buf ^= 1;
@@ -113,16 +114,7 @@ inline void run(const DenseAmxTask& task) {
       _tile_stored(1, acc + 16, ld);
       _tile_stored(2, acc + 16 * kCols, ld);
       _tile_stored(3, acc + 16 * kCols + 16, ld);
-      DenseTile& t = pending.t;
-      t = task.out;
-      t.acc_dtype = DType::f32;
-      t.acc = acc;
-      t.ld_acc = kCols;
-      t.rows = task.rows;
-      t.cols = task.N - n0 < kCols ? task.N - n0 : kCols;
-      t.y = static_cast<char*>(task.out.y) + n0 * es;
-      if (t.bias) t.bias = static_cast<const char*>(task.out.bias) + n0 * es;
-      if (t.residual) t.residual = static_cast<const char*>(task.out.residual) + n0 * es;
+      pending.t = task_tile(task, acc, kCols, n0, kCols);
       pending.live = true;
     }
   }
@@ -134,4 +126,4 @@ inline void run(const DenseAmxTask& task) {
 
 // task.rows in [kDenseAmxMinRows, kDenseAmxMaxRows] and K a multiple of kDenseAmxK: the caller's
 // rule (linear_layer/dense.cpp, task_blocks), not checked again here.
-inline void dense_amx(const DenseAmxTask& task) { dense_amx_detail::run(task); }
+inline void dense_amx(const DenseTask& task) { dense_amx_detail::run(task); }

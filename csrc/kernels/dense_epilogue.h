@@ -148,3 +148,19 @@ inline void dense_epilogue(const DenseTile& t) {
   if (t.dtype == DType::bf16) return acc32 ? tile<float, bf16_t>(t) : tile<bf16_t, bf16_t>(t);
   return tile<float, float>(t);
 }
+
+// The output tile of a dense task (DenseTask, kernel_api.h) whose fp32 accumulators are at acc,
+// ld_acc apart: columns [n0, n0 + width) of the task's rows, clipped to the layer's N.
+inline DenseTile task_tile(const DenseTask& task, const float* acc, int64_t ld_acc, int64_t n0, int64_t width) {
+  const size_t es = task.out.dtype == DType::bf16 ? 2 : 4;
+  DenseTile t = task.out;
+  t.acc_dtype = DType::f32;
+  t.acc = acc;
+  t.ld_acc = ld_acc;
+  t.rows = task.rows;
+  t.cols = task.N - n0 < width ? task.N - n0 : width;
+  t.y = static_cast<char*>(task.out.y) + n0 * es;
+  if (t.bias) t.bias = static_cast<const char*>(task.out.bias) + n0 * es;
+  if (t.residual) t.residual = static_cast<const char*>(task.out.residual) + n0 * es;
+  return t;
+}

@@ -153,25 +153,34 @@ struct DenseTile {
   Act act = Act::none;
 };
 
-// One task of a bf16 dense layer on AMX tiles (kernels/dense_amx.h, docs/dense.md): rows [0, rows) of
-// a row block (kDenseAmxMinRows ≤ rows ≤ kDenseAmxMaxRows) times the packed weight's 64-column blocks [blk0, blk1), each block as
-// two 32-column halves; the epilogue of one half (`out`: y, bias and residual at the row block's first
-// row and column 0, their strides, act, dtype) runs once the tile products of the next are issued.
-// K a multiple of kDenseAmxK.
-struct DenseAmxTask {
-  const uint16_t* a = nullptr;  // (rows, K) bf16, lda elements apart
+// One task of a dense layer for a task kernel of our own (docs/dense.md): rows [0, rows) of a row
+// block times the packed weight's 64-column blocks [blk0, blk1); each output tile's epilogue (`out`:
+// y, bias and residual at the row block's first row and column 0, their strides, act, dtype) runs
+// on the tile's fp32 accumulators in `acc`.
+//   dense_amx (kernels/dense_amx.h): bf16 on AMX tiles, a and b bf16 (b: (nb, K / 2, 64, 2) VNNI
+//     blocks); kDenseAmxMinRows ≤ rows ≤ kDenseAmxMaxRows, K a multiple of kDenseAmxK; acc holds
+//     2 × 32 × 32 floats.
+//   dense_f32 (kernels/dense_f32.h): fp32 on 16-lane vectors, a and b fp32 (b: (nb, K, 64) blocks);
+//     rows ≤ kDenseF32MaxRows; acc holds rows × 64 floats.
+// The caller checks these ranges; the kernels do not check them again.
+struct DenseTask {
+  const void* a = nullptr;  // (rows, K), lda elements apart
   int64_t lda = 0;
-  const uint16_t* b = nullptr;  // the packed weight: (nb, K / 2, 64, 2) VNNI blocks
-  int64_t K = 0, N = 0;         // N: y's columns (the last block may be partial)
+  const void* b = nullptr;  // the packed weight
+  int64_t K = 0, N = 0;     // N: y's columns (the last block may be partial)
   int64_t rows = 0, blk0 = 0, blk1 = 0;
-  float* acc = nullptr;         // scratch: 2 × 32 × 32 fp32 (two output tiles' accumulators)
-  DenseTile out;                // acc / rows / cols are set per half
+  float* acc = nullptr;     // scratch
+  DenseTile out;            // acc / rows / cols are set per output tile
 };
-using DenseAmxFn = void (*)(const DenseAmxTask&);
+using DenseTaskFn = void (*)(const DenseTask&);
 constexpr int64_t kDenseAmxK = 32;  // K must be a multiple of this (one tile product's reduction)
-// The rows a task may have: two row tiles, the second with at least one row (the caller keeps
-// smaller row blocks on oneDNN's micro-kernel; the kernel does not check).
+// The rows an AMX task may have: two row tiles, the second with at least one row (smaller row
+// blocks stay on oneDNN's micro-kernel).
 constexpr int64_t kDenseAmxMinRows = 17, kDenseAmxMaxRows = 32;
+// The fp32 task kernel serves layers of at most this many rows (one task's rows): batch-1 layers,
+// where the weight streams from L3 once per call and the kernel's prefetch of the next weight block
+// pays; taller layers stay on oneDNN's micro-kernel, level with it there.
+constexpr int64_t kDenseF32MaxRows = 64;
 
 // LayerNorm of each row of a (rows, cols) matrix, the dense layer's prologue (docs/dense.md):
 //   y[r, :] = (x[r, :] − mean_r) / sqrt(var_r + eps) · weight + bias
@@ -226,7 +235,8 @@ struct KernelTable {
   void (*dense_epilogue)(const DenseTile&);
   void (*image_conv)(const ImageConvArgs&);
   void (*layer_norm_rows)(const RowNorm&);
-  DenseAmxFn dense_amx;  // null unless compiled with AMX (avx512bf16); the torch side asks for AMX first
+  DenseTaskFn dense_amx;  // null unless compiled with AMX (avx512bf16); the torch side asks for AMX first
+  DenseTaskFn dense_f32;  // null below AVX-512
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };
@@ -248,7 +258,7 @@ const KernelTable& kernels_avx512bf16();
   const KernelTable& kernels_##ISA() {                                                               \
     static const KernelTable table{#ISA, &ISA::attention_forward, &ISA::attention_backward,          \
                                    &ISA::dense_epilogue, &ISA::image_conv,                            \
-                                   &ISA::layer_norm_rows, ISA::dense_amx};                           \
+                                   &ISA::layer_norm_rows, ISA::dense_amx, ISA::dense_f32};          \
     return table;                                                                                    \
   }
 

@@ -14,7 +14,9 @@
 // norm LayerNorm(its rows) (a pre-norm transformer block's LayerNorm, which then costs no pass of
 // its own over memory and no call: the rows are normalised while the GEMM is about to read them).
 // On AMX a bf16 task of 17–32 rows with K a multiple of 32 is one call of the ISA's AMX task
-// kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products).
+// kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products);
+// on AVX-512 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel (kernels/dense_f32.h:
+// the next weight block prefetched while one is multiplied).
 #include "linear_layer/dense.h"
 
 #include <ATen/Parallel.h>
@@ -34,6 +36,7 @@ constexpr int64_t kNB = 64;        // weight block width (columns of y per micro
 constexpr int64_t kMB_f32 = 64;    // rows per task, fp32 (swept: 16/32/64, bench/results/<cpu>/linear_act-cpu.md)
 constexpr int64_t kMB_bf16 = kDenseAmxMaxRows;  // rows per task, bf16 on AMX (two 16-row tiles)
 // A task's fp32 accumulators: one (MB × 64) tile, or the AMX task's two (32 × 64) buffers.
+static_assert(kDenseF32MaxRows <= kMB_f32, "an fp32 task kernel's layer is one row block");
 constexpr int64_t kAccFloats = kMB_f32 * kNB > 2 * kMB_bf16 * kNB ? kMB_f32 * kNB : 2 * kMB_bf16 * kNB;
 
 enum class Layout { plain, f32_blocks, bf16_vnni };
@@ -78,8 +81,11 @@ thread_local std::vector<float> t_rows_f32;
 
 template <class T>
 T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
+  // 64-byte aligned: the kernels load and store whole cache lines of it (vector data is 16-aligned)
+  constexpr int64_t pad = 64 / sizeof(T);
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(n + pad);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<T*>((at + 63) & ~uintptr_t{63});
 }
 
 // The input LayerNorm's arguments, checked (on = whether there is one).
@@ -162,39 +168,55 @@ void tile_gemm(const Problem& p, const KernelTable& kernels, const T* a, int64_t
 }
 
 std::atomic<bool> g_dense_amx{true};  // set_dense_amx: off runs every bf16 tile on oneDNN's brgemm
+std::atomic<bool> g_dense_f32{true};  // set_dense_f32: off runs every fp32 tile on oneDNN's brgemm
 
-// The weight blocks [b0, b1) of one task's rows (mb rows from `row`): on AMX the task kernel
-// (kernels/dense_amx.h: no per-tile call into oneDNN, each tile's epilogue overlapped with the next
-// tile's products) where it applies, else oneDNN's micro-kernel and the epilogue tile by tile.
+// The task kernel of our own that serves these rows, or null (kernel_api.h, DenseTask: bf16 on AMX
+// for 17–32-row blocks with K a multiple of 32; fp32 on AVX-512 for layers of at most
+// kDenseF32MaxRows rows).
 template <class T>
-void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
-                 int64_t b0, int64_t b1, float* acc) {
+DenseTaskFn task_kernel(const Problem& p, const KernelTable& kernels, int64_t mb) {
   if constexpr (std::is_same<T, at::BFloat16>::value) {
     if (kernels.dense_amx && p.K % kDenseAmxK == 0 && mb >= kDenseAmxMinRows && mb <= kDenseAmxMaxRows &&
         g_dense_amx.load(std::memory_order_relaxed)) {
       // oneDNN's brgemm keeps the tile configuration it loaded last per thread and skips loading it
       // again: released first, it reloads after the task (which loads and releases its own).
       at::native::cpublas::brgemm_release(true);
-      DenseAmxTask t;
-      t.a = reinterpret_cast<const uint16_t*>(a);
-      t.lda = lda;
-      t.b = reinterpret_cast<const uint16_t*>(p.b);
-      t.K = p.K;
-      t.N = p.N;
-      t.rows = mb;
-      t.blk0 = b0;
-      t.blk1 = b1;
-      t.acc = acc;
-      t.out.dtype = p.dtype;
-      t.out.y = p.y + row * p.N * p.esize;
-      t.out.ld_y = p.N;
-      t.out.bias = p.bias;
-      t.out.residual = p.res ? p.res + row * p.ld_res * p.esize : nullptr;
-      t.out.ld_residual = p.ld_res;
-      t.out.act = p.act;
-      kernels.dense_amx(t);
-      return;
+      return kernels.dense_amx;
     }
+    return nullptr;
+  } else {
+    return kernels.dense_f32 && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
+               ? kernels.dense_f32
+               : nullptr;
+  }
+}
+
+// The weight blocks [b0, b1) of one task's rows (mb rows from `row`): a task kernel of our own where
+// one applies (one call for the task: no oneDNN call per tile), else oneDNN's micro-kernel and the
+// epilogue tile by tile.
+template <class T>
+void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
+                 int64_t b0, int64_t b1, float* acc) {
+  if (const DenseTaskFn kernel = task_kernel<T>(p, kernels, mb)) {
+    DenseTask t;
+    t.a = a;
+    t.lda = lda;
+    t.b = p.b;
+    t.K = p.K;
+    t.N = p.N;
+    t.rows = mb;
+    t.blk0 = b0;
+    t.blk1 = b1;
+    t.acc = acc;
+    t.out.dtype = p.dtype;
+    t.out.y = p.y + row * p.N * p.esize;
+    t.out.ld_y = p.N;
+    t.out.bias = p.bias;
+    t.out.residual = p.res ? p.res + row * p.ld_res * p.esize : nullptr;
+    t.out.ld_residual = p.ld_res;
+    t.out.act = p.act;
+    kernel(t);
+    return;
   }
   for (int64_t blk = b0; blk < b1; ++blk) tile_gemm(p, kernels, a, lda, mb, row, blk, acc);
 }
@@ -202,9 +224,12 @@ void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64
 template <class T>
 void run_tiles(const Problem& p, int64_t MB) {
   const int64_t mblocks = (p.M + MB - 1) / MB;
-  // Enough tasks for every thread: split the columns too when the rows are few (batch 1).
+  // Enough tasks for every thread: split the columns too when the rows are few (batch 1), into two
+  // tasks per thread for balance; on one thread not at all (each task's first weight block starts
+  // its prefetch stream cold).
   const int64_t threads = at::get_num_threads();
-  const int64_t nsplit = std::min(p.nb, std::max<int64_t>(1, (2 * threads + mblocks - 1) / mblocks));
+  const int64_t wanted = threads > 1 ? 2 * threads : 1;
+  const int64_t nsplit = std::min(p.nb, std::max<int64_t>(1, (wanted + mblocks - 1) / mblocks));
   const int64_t per = (p.nb + nsplit - 1) / nsplit;
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
   at::parallel_for(0, mblocks * nsplit, 1, [&](int64_t begin, int64_t end) {
@@ -296,6 +321,9 @@ void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Te
 void set_dense_amx(bool on) { g_dense_amx.store(on); }
 bool dense_amx_enabled() { return g_dense_amx.load(); }
 bool dense_amx_available() { return current_kernels().dense_amx != nullptr && brgemm_bf16_usable(); }
+void set_dense_f32(bool on) { g_dense_f32.store(on); }
+bool dense_f32_enabled() { return g_dense_f32.load(); }
+bool dense_f32_available() { return current_kernels().dense_f32 != nullptr && brgemm_f32_usable(); }
 
 const char* dense_layout(const at::Tensor& weight) {
   switch (choose(weight)) {

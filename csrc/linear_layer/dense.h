@@ -40,11 +40,16 @@ at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::
 // apply them (the plain path here, the Linear + Hardswish layer's ATen / oneDNN GEMMs).
 void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, int64_t act);
 
-// The bf16 AMX path's task kernel (kernels/dense_amx.h): on by default where compiled and AMX runs;
-// off, every tile goes through oneDNN's brgemm micro-kernel and then the epilogue (tests and A/B runs).
+// The task kernels of our own (kernel_api.h, DenseTask): bf16 on AMX (kernels/dense_amx.h) and fp32
+// on AVX-512 for layers of at most kDenseF32MaxRows rows (kernels/dense_f32.h). Each is on by default
+// where compiled and its dispatch runs; off, every tile goes through oneDNN's brgemm micro-kernel and
+// then the epilogue (tests and A/B runs).
 void set_dense_amx(bool on);
 bool dense_amx_enabled();
 bool dense_amx_available();
+void set_dense_f32(bool on);
+bool dense_f32_enabled();
+bool dense_f32_available();
 
 // What dense_pack chooses for `weight` now: "fp32-brgemm", "bf16-amx" or "plain".
 const char* dense_layout(const at::Tensor& weight);

@@ -1,6 +1,9 @@
-"""The `isa` fixture: a test taking it runs once per CPU dispatch path this CPU supports, under that path; on
-an AMX CPU once more as "amx/brgemm-tiles", the bf16 dense layers on oneDNN's micro-kernel per tile instead
-of the AMX task kernel (both run in served models: the task kernel where K is a multiple of 32)."""
+"""The `isa` fixture: a test taking it runs once per CPU dispatch path this CPU supports, under that path; and
+once more on the best path with a dense task kernel as "<path>/brgemm-tiles", the dense layers on oneDNN's
+micro-kernel per tile instead of the task kernels (both run in served models: the AMX task where K is a
+multiple of 32, the fp32 task for layers of at most 64 rows)."""
+import contextlib
+
 import pytest
 
 from armour_kernels import cpu
@@ -11,5 +14,7 @@ from dense_cases import ISAS, BRGEMM_TILES
 @pytest.fixture(params=ISAS)
 def isa(request):
     name, _, variant = request.param.partition("/")
-    with cpu.use_isa(name), cpu.use_dense_amx(variant != BRGEMM_TILES):
+    with cpu.use_isa(name), contextlib.ExitStack() as stack:
+        for kind in cpu.DENSE_TASKS:
+            stack.enter_context(cpu.use_dense_task(kind, variant != BRGEMM_TILES))
         yield request.param

@@ -9,10 +9,17 @@ from armour_kernels.ops.linear_act import TORCH_ACTIVATIONS
 
 BRGEMM_TILES = "brgemm-tiles"
 ISAS = cpu.supported_isas() if cpu.built() else []  # the dispatch paths the `isa` fixture (conftest.py) runs
-if "amx" in ISAS:
-    with cpu.use_isa("amx"):
-        if cpu.dense_amx_available():
-            ISAS = [*ISAS, f"amx/{BRGEMM_TILES}"]
+
+
+def _runs_a_task_kernel(name: str) -> bool:
+    with cpu.use_isa(name):
+        return any(cpu.dense_task_available(kind) for kind in cpu.DENSE_TASKS)
+
+
+# The best dispatch path with a dense task kernel runs once more with them off (oneDNN's tiles).
+_WITH_TASKS = [name for name in ISAS if _runs_a_task_kernel(name)]
+if _WITH_TASKS:
+    ISAS = [*ISAS, f"{_WITH_TASKS[-1]}/{BRGEMM_TILES}"]
 
 
 def expected(x, w, b, act, act_in, residual):

@@ -175,14 +175,59 @@ def test_amx_task_kernel_matches_brgemm_tiles(M, act):
     match the definition; row blocks of ≤ 16 rows and K not a multiple of 32 take the micro-kernel within
     the same call."""
     with cpu.use_isa("amx"):
-        if not cpu.dense_amx_available():
+        if not cpu.dense_task_available("amx"):
             pytest.skip("the AMX task kernel is not compiled in")
         for K, N, residual in ((64, 96, True), (192, 70, False), (32, 16, True), (48, 64, True)):
             x, w, b, r = make(M, K, N, torch.bfloat16, residual=residual, seed=M + K)
             packed = dense_pack(w)
-            with cpu.use_dense_amx(True):
+            with cpu.use_dense_task("amx", True):
                 y_task = dense(x, packed, b, N, act=act, residual=r)
-            with cpu.use_dense_amx(False):
+            with cpu.use_dense_task("amx", False):
                 y_tiles = dense(x, packed, b, N, act=act, residual=r)
             assert torch.equal(y_task, y_tiles), f"{M}x{K}x{N} {act}"
             assert_close(y_task, expected(x, w, b, act, False, r), torch.bfloat16, msg=f"{M}x{K}x{N} {act}")
+
+
+def _f32_task_paths():
+    return [name for name in ISAS if "/" not in name and _f32_task_runs(name)]
+
+
+def _f32_task_runs(name):
+    with cpu.use_isa(name):
+        return cpu.dense_task_available("f32")
+
+
+@pytest.mark.skipif(not cpu.built() or not _f32_task_paths(), reason="needs an AVX-512 dispatch path with brgemm")
+@pytest.mark.parametrize("M", [1, 5, 6, 7, 13, 16, 49, 64, 65])
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_f32_task_kernel_matches_definition(M, act):
+    """The fp32 task kernel (kernels/dense_f32.h: layers of ≤ 64 rows as passes of ≤ 6 rows, the reduction
+    in chunks of 64 steps, the last weight block partial, rows read with a stride) matches the definition
+    and oneDNN's micro-kernel per tile to fp32 rounding, on every AVX-512 path; 65 rows take oneDNN's tiles
+    within the same op."""
+    for name in _f32_task_paths():
+        with cpu.use_isa(name):
+            for K, N, residual in ((16, 16, False), (65, 70, True), (384, 200, True), (128, 64, False)):
+                x, w, b, r = make(M, K + 3, N, torch.float32, residual=residual, seed=M + K)
+                x = x[:, 1:K + 1]  # rows K + 3 apart
+                w = w[:, 1:K + 1].contiguous()
+                packed = dense_pack(w)
+                with cpu.use_dense_task("f32", True):
+                    y_task = dense(x, packed, b, N, act=act, residual=r)
+                with cpu.use_dense_task("f32", False):
+                    y_tiles = dense(x, packed, b, N, act=act, residual=r)
+                msg = f"{name} {M}x{K}x{N} {act}"
+                assert_close(y_task, expected(x, w, b, act, False, r), torch.float32, msg=msg)
+                torch.testing.assert_close(y_task, y_tiles, atol=2e-5, rtol=2e-5, msg=msg)
+
+
+def test_dense_task_switch_names():
+    """The task-kernel switches take the kinds they know and say which those are otherwise."""
+    with pytest.raises(ValueError, match="unknown dense task kernel 'avx'"):
+        cpu.dense_task_available("avx")
+    with pytest.raises(ValueError, match="choose from"):
+        cpu.use_dense_task("bf16", False)
+    for kind in cpu.DENSE_TASKS:
+        with cpu.use_dense_task(kind, False):
+            with cpu.use_dense_task(kind, True):
+                pass
