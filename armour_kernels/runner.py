@@ -325,19 +325,38 @@ def _linear_on_dense_op(node: torch.fx.Node, constants: dict):
     return op, list(zip(op._schema.arguments, values))
 
 
+def _bf16_cast(node: torch.fx.Node) -> bool:
+    """x.to(torch.bfloat16) as export writes it (aten.to.dtype, or _to_copy with only a dtype), nothing else
+    asked of it (no copy=True, memory format or non_blocking)."""
+    if node.target is torch.ops.aten.to.dtype:
+        return len(node.args) == 2 and node.args[1] == torch.bfloat16 and not node.kwargs
+    if node.target is torch.ops.aten._to_copy.default:
+        return len(node.args) == 1 and node.kwargs == {"dtype": torch.bfloat16}
+    return False
+
+
+def _readers(node: torch.fx.Node) -> list:
+    """The nodes that use `node`'s value (trace checks do not)."""
+    return [u for u in node.users if not (isinstance(u.target, torch._ops.OpOverload)
+                                          and u.target._schema.name in _TRACE_CHECKS)]
+
+
 def _cast_read_by_image_conv(node: torch.fx.Node) -> bool:
-    """A float32 → bfloat16 cast (the served model's input cast) whose only reader is the image_conv op's
-    image: that op reads the float32 image and rounds each value to bfloat16 as it reads it, bit for bit
-    the cast's result, so the runner passes it the float32 image and the cast's pass over memory goes."""
+    """A float32 → bfloat16 cast (the served model's input cast, possibly followed by more bf16 casts, which
+    are no-ops) whose value only the image_conv op reads, as its image: that op reads the float32 image and
+    rounds each value to bfloat16 as it reads it, bit for bit the cast's result, so the runner passes it the
+    float32 image and the cast's pass over memory goes."""
     image_conv = getattr(torch.ops.armour_kernels, "image_conv", None)
-    if image_conv is None or node.target is not torch.ops.aten._to_copy.default:
+    if image_conv is None or not _bf16_cast(node):
         return False
-    source, users = node.args[0], list(node.users)
+    source = node.args[0]
     value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
-    return (len(node.args) == 1 and set(node.kwargs) == {"dtype"} and node.kwargs["dtype"] == torch.bfloat16
-            and value is not None and value.dtype == torch.float32 and value.device.type == "cpu"
-            and len(users) == 1 and users[0].target is image_conv.default and users[0].args[0] is node
-            and node not in users[0].args[1:])
+    if value is None or value.dtype not in (torch.float32, torch.bfloat16) or value.device.type != "cpu":
+        return False
+    readers = _readers(node)
+    return bool(readers) and all(
+        (user.target is image_conv.default and user.args[0] is node and node not in user.args[1:])
+        or _cast_read_by_image_conv(user) for user in readers)
 
 
 def _check_signature_arguments(args: tuple):
@@ -360,6 +379,14 @@ class Graph:
         constant_slots = [(slot, lowering.constant_of[node]) for node, slot in lowering.constant_slot.items()]
         self.runner = _runner_class()(lowering.steps, lowering.num_slots, lowering.inputs, lowering.outputs,
                                       constant_slots)
+
+    def step_times(self, args: tuple, calls: int = 20) -> list[tuple[str, str, float]]:
+        """[(graph node, operator, median µs)] of each step over `calls` runs on `args`: where a served
+        call's time goes, op by op, with no profiler in the way (a clock read between steps)."""
+        import statistics
+        runs = [self.runner.run_timed(list(args))[1] for _ in range(max(1, calls))]
+        return [(label, op, statistics.median(times) / 1e3)
+                for (label, op), times in zip(self.runner.step_names, zip(*runs))]
 
     def __call__(self, args: tuple):
         outs = self.runner.run(list(args))
