@@ -23,13 +23,13 @@ compile it (`optimize`).
 4. on the CPU kernels (runner="auto", static batch): exported and run by the graph runner
    (armour_kernels/runner.py, docs/serving.md) — C++ calling the ops of the exported graph one
    after the other, no Python between the kernels — for every input signature whose GEMMs all run
-   on packed weights; otherwise (bf16 layers above DENSE_MAX_ROWS rows, CUDA, dynamic_batch,
+   on packed weights; otherwise (layers past a DENSE_MAX_ROWS limit where one is set, CUDA, dynamic_batch,
    runner="inductor"):
 5. compiled by torch.compile (inductor) with freezing: parameters become constants, so
    inductor folds them and prepacks every GEMM / convolution weight once (MKL or oneDNN
    layouts on CPU) that remain: the stem convolutions after the first (which reads the NCHW
    image on the `image_conv` op, docs/image_conv.md), the head, and — with pack=False, on
-   CUDA, or for bf16 calls above DENSE_MAX_ROWS rows — the dense layers, which the fused modules
+   CUDA, or for calls past a DENSE_MAX_ROWS limit — the dense layers, which the fused modules
    then hand to PyTorch's `F.linear` so that inductor prepacks them and fuses what is around them.
    The example inputs are run once, so the compilation happens here and not at the first request.
 

@@ -138,12 +138,15 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ONEDNN_MIN_FLOPS = {torch.float32: 32e6, torch.bfloat16: 2e6}
 
 
-# Above this many rows per call the bf16 dense op loses to oneDNN's matmul on its own packed weight
-# (which reuses each weight block over more rows: on Sapphire Rapids, 1 thread, 0.6-0.75x at 1024 to
-# 12608 rows, 1.1-1.4x at LeViT's 16-197 rows of one image: bench/results/cpu-intel-xeon-amx-2core/
-# linear_act-cpu.md), so larger bf16 calls take the other paths; fp32 runs the dense op at any size
-# (level with or ahead of MKL's packed sgemm, which inductor would run, and it fuses the residual).
-DENSE_MAX_ROWS = {torch.bfloat16: 512}
+# Rows per call above which a dtype's layers leave the dense op for oneDNN's matmul on its own packed
+# weight (the eager plan) and inductor (a served graph): none now. bf16 had 512 while each AMX tile
+# was one oneDNN brgemm call (0.6-0.75x oneDNN's matmul at 1024-12608 rows); with the AMX task kernel
+# the op runs 0.8-1.2x oneDNN's packed linear at those sizes, and whole models served on the graph
+# runner with it beat inductor's oneDNN layers (Sapphire Rapids, 2 threads, bf16: LeViT-128S batch 16
+# / 64 1.20x / 1.03x, Armour-Ti 1.26x / 1.18x). fp32 runs the dense op at any size (level with or
+# ahead of MKL's packed sgemm, and it fuses the residual). A CPU where a benchmark shows oneDNN ahead
+# would set its limit here.
+DENSE_MAX_ROWS: dict = {}
 
 
 # A stem's first convolution reads the NCHW image with the image_conv op (csrc/kernels/image_conv.h)
@@ -198,8 +201,8 @@ def cpu_inference(backend: str, dtype: torch.dtype, x, grad: bool) -> bool:
 
 def dense_takes_rows(dtype: torch.dtype, x_shape) -> bool:
     """Whether the dense op serves an input of shape `x_shape` (rows × its last dimension) in `dtype`: any
-    number of rows, except bf16 above DENSE_MAX_ROWS (there oneDNN's matmul, which reuses each weight
-    block over more rows, is faster). The graph runner asks it for the layers it moves onto the op."""
+    number of rows, except above the dtype's DENSE_MAX_ROWS where one is set. The graph runner asks it for
+    the layers it moves onto the op."""
     if dtype not in DENSE_MAX_ROWS:
         return True
     width = x_shape[-1] if len(x_shape) else 1
@@ -237,7 +240,7 @@ def linear_act_plan(x, weight, bias=None, *, act: str = "none", act_in: bool = F
     """The plan of `linear_act(x, weight, bias, act=, act_in=, residual=, packed=)` (docs/linear_act.md):
 
         "dense"            a packed weight (a served model, docs/dense.md), backend "cpu", no
-                           gradient, everything in one dtype, at most DENSE_MAX_ROWS rows (bf16):
+                           gradient, everything in one dtype, rows within DENSE_MAX_ROWS (none set):
                            the C++ dense op (also when compiled)
         "onednn" / "aten"  backend "cpu" and cpu_inference(): by FLOPs, gemm_engine()
         "triton-infer"     backend "triton", no gradient, something to fuse (act_in, Hardswish or a

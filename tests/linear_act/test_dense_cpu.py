@@ -141,11 +141,16 @@ def test_packed_mlp_in_row_chunks():
     assert_close(y, want, torch.float32)
 
 
-def test_large_bf16_calls_take_the_other_paths():
-    """bf16 calls above DENSE_MAX_ROWS rows go to oneDNN (faster there), with the same result."""
-    from armour_kernels.plan import DENSE_MAX_ROWS, linear_act_plan
+def test_calls_above_a_row_limit_take_the_other_paths(monkeypatch):
+    """A dtype given a DENSE_MAX_ROWS limit (none is set by default) sends larger calls to oneDNN, with the
+    same result; without one the dense op takes every row count."""
+    from armour_kernels import plan
+    from armour_kernels.plan import linear_act_plan
 
-    rows = DENSE_MAX_ROWS[torch.bfloat16]
+    w0 = torch.randn(64, 32).bfloat16()
+    assert linear_act_plan(torch.randn(4096, 32).bfloat16(), w0, packed=dense_pack(w0)).path == "dense"
+    rows = 512
+    monkeypatch.setitem(plan.DENSE_MAX_ROWS, torch.bfloat16, rows)
     w = torch.randn(64, 32).bfloat16()
     p = dense_pack(w)
     assert linear_act_plan(torch.randn(rows, 32).bfloat16(), w, packed=p).path == "dense"

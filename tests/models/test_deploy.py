@@ -136,12 +136,14 @@ def test_dynamic_batch_with_packed_mlp_chunks():
 
 def test_static_batch_cuts_a_large_packed_mlp_in_row_chunks(monkeypatch):
     """A static-batch compile runs a packed MLP whose hidden buffer would be above glibc's mmap threshold
-    in row chunks inside the graph (bf16 above DENSE_MAX_ROWS rows: oneDNN's layers); a batch-dynamic one
+    in row chunks inside the graph (bf16 above a DENSE_MAX_ROWS limit: oneDNN's layers); a batch-dynamic one
     runs it whole; same outputs. Where the dense op runs both layers (fp32) the MLP is one dense_mlp call
     per block, whose hidden rows never go to memory: nothing to cut."""
     from torch.profiler import ProfilerActivity, profile
 
+    from armour_kernels import plan
     from armour_kernels.cpu import linear_act as cpu_linear_act
+    monkeypatch.setitem(plan.DENSE_MAX_ROWS, torch.bfloat16, 512)  # bf16 layers above 512 rows on oneDNN
     monkeypatch.setattr(cpu_linear_act, "MMAP_BYTES", 1 << 20)  # the 3.4 MB bf16 hidden counts as large
     monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 3 << 20)  # chunks of 2048 rows (hidden 768, bf16)
     model = small_armour_ti()  # 2 blocks; 130 images × 17 tokens = 2210 rows: 2 chunks

@@ -194,9 +194,10 @@ def test_new_signatures_get_their_own_graph_and_the_oldest_is_dropped(monkeypatc
     assert_close(got.float(), model(x.float()), torch.float32)
 
 
-def test_auto_serves_large_bf16_batches_with_inductor(monkeypatch):
-    """bf16 layers above DENSE_MAX_ROWS rows run oneDNN on unpacked weights in the exported graph: runner="auto"
-    serves that signature with inductor (which prepacks and fuses them); runner="graph" runs it anyway."""
+def test_auto_serves_layers_past_a_row_limit_with_inductor(monkeypatch):
+    """Layers above a dtype's DENSE_MAX_ROWS limit (none is set by default) run oneDNN on unpacked weights in
+    the exported graph: runner="auto" serves that signature with inductor (which prepacks and fuses them);
+    runner="graph" runs it anyway."""
     from armour_kernels import plan
     monkeypatch.setitem(plan.DENSE_MAX_ROWS, torch.bfloat16, 16)  # 2 images × 17 tokens are "many rows"
     model = small_armour_ti()

@@ -151,10 +151,14 @@ def test_plans_trace_without_graph_breaks(monkeypatch):
     assert torch.equal(scaled, q * 2) and torch.equal(linear, x) and torch.equal(same, q)
 
 
-def test_dense_takes_rows_is_the_rule_both_linear_act_and_the_runner_follow():
-    """fp32 any rows; bf16 up to DENSE_MAX_ROWS rows (oneDNN's matmul above); rows are all but the last dim."""
-    from armour_kernels.plan import DENSE_MAX_ROWS, dense_takes_rows
-    limit = DENSE_MAX_ROWS[torch.bfloat16]
+def test_dense_takes_rows_is_the_rule_both_linear_act_and_the_runner_follow(monkeypatch):
+    """Any rows where a dtype has no DENSE_MAX_ROWS limit (none by default); up to the limit where one is set;
+    rows are all but the last dim."""
+    from armour_kernels import plan
+    from armour_kernels.plan import dense_takes_rows
+    assert dense_takes_rows(torch.bfloat16, (64, 197, 192))
+    limit = 512
+    monkeypatch.setitem(plan.DENSE_MAX_ROWS, torch.bfloat16, limit)
     assert dense_takes_rows(torch.float32, (64, 197, 192))
     assert dense_takes_rows(torch.bfloat16, (1, limit, 192)) and not dense_takes_rows(torch.bfloat16, (1, limit + 1, 192))
     assert dense_takes_rows(torch.bfloat16, (2, limit // 2, 8)) and not dense_takes_rows(torch.bfloat16, (3, limit // 2, 8))
