@@ -341,22 +341,38 @@ def _readers(node: torch.fx.Node) -> list:
                                           and u.target._schema.name in _TRACE_CHECKS)]
 
 
+# Ops that cut a tensor without reading its values: a cast before them can as well come after them.
+_CUTS = (torch.ops.aten.split.Tensor, torch.ops.aten.split_with_sizes.default, torch.ops.aten.slice.Tensor,
+         torch.ops.aten.narrow.default, operator.getitem)
+
+
+def _read_as_image_only(node: torch.fx.Node) -> bool:
+    """Whether every reader of `node`'s value takes it as the image_conv op's image and nothing else:
+    directly, or through more bf16 casts and cuts of the batch (a static batch's image chunks)."""
+    image_conv = torch.ops.armour_kernels.image_conv.default
+    readers = _readers(node)
+
+    def takes_as_image(user: torch.fx.Node) -> bool:
+        if user.args[0] is not node or node in user.args[1:] or node in user.kwargs.values():
+            return False
+        return user.target is image_conv or ((_bf16_cast(user) or user.target in _CUTS) and _read_as_image_only(user))
+
+    return bool(readers) and all(takes_as_image(user) for user in readers)
+
+
 def _cast_read_by_image_conv(node: torch.fx.Node) -> bool:
     """A float32 → bfloat16 cast (the served model's input cast, possibly followed by more bf16 casts, which
-    are no-ops) whose value only the image_conv op reads, as its image: that op reads the float32 image and
-    rounds each value to bfloat16 as it reads it, bit for bit the cast's result, so the runner passes it the
-    float32 image and the cast's pass over memory goes."""
-    image_conv = getattr(torch.ops.armour_kernels, "image_conv", None)
-    if image_conv is None or not _bf16_cast(node):
+    are no-ops, and by the static batch's cut into image chunks) whose value only the image_conv op reads,
+    as its image: that op reads the float32 image and rounds each value to bfloat16 as it reads it, bit for
+    bit the cast's result, so the runner passes it the float32 image (cut the same way) and the cast's pass
+    over memory goes."""
+    if getattr(torch.ops.armour_kernels, "image_conv", None) is None or not _bf16_cast(node):
         return False
     source = node.args[0]
     value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
     if value is None or value.dtype not in (torch.float32, torch.bfloat16) or value.device.type != "cpu":
         return False
-    readers = _readers(node)
-    return bool(readers) and all(
-        (user.target is image_conv.default and user.args[0] is node and node not in user.args[1:])
-        or _cast_read_by_image_conv(user) for user in readers)
+    return _read_as_image_only(node)
 
 
 def _check_signature_arguments(args: tuple):

@@ -145,6 +145,45 @@ def test_input_cast_folds_into_the_image_convolution():
     assert torch.equal(conv, torch.ops.armour_kernels.image_conv(x.bfloat16(), twice.w, None, 2, 1, 0))
 
 
+@pytest.mark.skipif(not cpu_has_op("image_conv"), reason="needs the image_conv op")
+def test_input_cast_folds_through_the_batch_cut_into_image_chunks(monkeypatch):
+    """A static batch's stem runs in image chunks (a split of the cast image): the cast still folds — the
+    runner splits the float32 image and each chunk's image_conv rounds as it reads — with the same result;
+    a chunk that something else reads keeps the cast."""
+    from armour_kernels.cpu import linear_act as cpu_linear_act
+    from armour_kernels.runner import _Lowering
+    monkeypatch.setattr(cpu_linear_act, "CHUNK_BYTES", 2 * 16 * 32 * 32 * 2)  # 2 bf16 images of 64×64 per chunk
+    model = small_timm_levit()
+    serving = armour_kernels.deploy.prepare(model, dtype=torch.bfloat16)
+    x = torch.randn(3, 3, 64, 64)
+    exported = torch.export.export(serving, (x,), strict=False)
+    assert any(n.target is torch.ops.aten.split.Tensor for n in exported.graph.nodes)
+    lowering = _Lowering(exported)
+    lowering.run()
+    ops = [step[1] for step in lowering.steps]
+    assert ops.count("armour_kernels::image_conv") == 2
+    stem = ops[:len(ops) - ops[::-1].index("armour_kernels::image_conv")]
+    assert "aten::to" not in stem and "aten::_to_copy" not in stem, stem
+    graph = lower(serving, x)
+    with torch.inference_mode():
+        assert torch.equal(graph((x,)), serving(x))
+
+    class ChunkAlsoReturned(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(16, 3, 3, 3).bfloat16())
+
+        def forward(self, image):
+            first, second = image.to(torch.bfloat16).split(2)
+            conv = torch.ops.armour_kernels.image_conv(first, self.w, None, 2, 1, 0)
+            return conv, second
+
+    chunked = ChunkAlsoReturned().eval().requires_grad_(False)
+    conv, second = lower(chunked, x)((x,))
+    assert second.dtype == torch.bfloat16 and torch.equal(second, x[2:].bfloat16())
+    assert torch.equal(conv, torch.ops.armour_kernels.image_conv(x[:2].bfloat16(), chunked.w, None, 2, 1, 0))
+
+
 def test_step_times_name_every_step():
     """Graph.step_times: one (graph node, operator, median µs) per step, in the steps' order, and a timed
     run returns what an untimed one does."""
