@@ -178,7 +178,7 @@ constexpr int64_t kDenseAmxK = 32;  // K must be a multiple of this (one tile pr
 // blocks stay on oneDNN's micro-kernel).
 constexpr int64_t kDenseAmxMinRows = 17, kDenseAmxMaxRows = 32;
 // The fp32 task kernel serves layers of at most this many rows (one task's rows): batch-1 layers,
-// where the weight streams from L3 once per call and the kernel's prefetch of the next weight block
+// where the weight streams from L3 once per call and the kernel's prefetch of the weight ahead
 // pays; taller layers stay on oneDNN's micro-kernel, level with it there.
 constexpr int64_t kDenseF32MaxRows = 64;
 

@@ -16,7 +16,7 @@
 // On AMX a bf16 task of 17–32 rows with K a multiple of 32 is one call of the ISA's AMX task
 // kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products);
 // on AVX-512 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel (kernels/dense_f32.h:
-// the next weight block prefetched while one is multiplied).
+// the task's weight prefetched into L2 two chunks ahead of the one being multiplied).
 #include "linear_layer/dense.h"
 
 #include <ATen/Parallel.h>
