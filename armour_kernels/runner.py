@@ -422,7 +422,8 @@ class ServedGraph(nn.Module):
     runner; a new signature is exported first (about a second for LeViT-128S), at most MAX_GRAPHS of
     them (then the oldest is dropped). A signature whose graph the runner cannot run, or (`inductor`
     given) whose graph leaves GEMMs on unpacked weights — layers the fused modules hand to PyTorch
-    (fp16, a dtype's DENSE_MAX_ROWS limit where one is set), which inductor prepacks and fuses — runs on `inductor(args)`'s compiled model instead, made on first need.
+    (fp16, a dtype's DENSE_MAX_ROWS limit where one is set), which inductor prepacks and fuses — runs
+    on `inductor(args)`'s compiled model instead, made on first need.
     Outputs carry no gradient. `model`: the prepared model (armour_kernels.deploy.prepare)."""
 
     MAX_GRAPHS = 8

@@ -56,7 +56,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dense_amx_available", &armour::dense_amx_available,
         "whether the bf16 dense layers' AMX task kernel runs here (compiled, AMX, the amx dispatch)");
   m.def("set_dense_f32", &armour::set_dense_f32, py::arg("on"),
-        "fp32 dense layers of at most 64 rows: the AVX-512 task kernel prefetching the next weight block (True, "
+        "fp32 dense layers of at most 64 rows: the AVX-512 task kernel streaming the weight into L2 ahead (True, "
         "the default) or oneDNN's brgemm then the epilogue per tile (False)");
   m.def("dense_f32_enabled", &armour::dense_f32_enabled, "what set_dense_f32 set last (default True)");
   m.def("dense_f32_available", &armour::dense_f32_available,

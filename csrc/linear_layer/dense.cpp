@@ -177,12 +177,8 @@ template <class T>
 DenseTaskFn task_kernel(const Problem& p, const KernelTable& kernels, int64_t mb) {
   if constexpr (std::is_same<T, at::BFloat16>::value) {
     if (kernels.dense_amx && p.K % kDenseAmxK == 0 && mb >= kDenseAmxMinRows && mb <= kDenseAmxMaxRows &&
-        g_dense_amx.load(std::memory_order_relaxed)) {
-      // oneDNN's brgemm keeps the tile configuration it loaded last per thread and skips loading it
-      // again: released first, it reloads after the task (which loads and releases its own).
-      at::native::cpublas::brgemm_release(true);
+        g_dense_amx.load(std::memory_order_relaxed))
       return kernels.dense_amx;
-    }
     return nullptr;
   } else {
     return kernels.dense_f32 && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
@@ -198,6 +194,9 @@ template <class T>
 void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64_t lda, int64_t mb, int64_t row,
                  int64_t b0, int64_t b1, float* acc) {
   if (const DenseTaskFn kernel = task_kernel<T>(p, kernels, mb)) {
+    // oneDNN's brgemm keeps the tile configuration it loaded last per thread and skips loading it
+    // again: released first, it reloads after an AMX task (which loads and releases its own).
+    if (kernel == kernels.dense_amx) at::native::cpublas::brgemm_release(true);
     DenseTask t;
     t.a = a;
     t.lda = lda;

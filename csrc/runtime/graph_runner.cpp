@@ -95,7 +95,7 @@ class GraphRunner {
     for (const auto& [slot, value] : constant_slots_) slots[slot] = value;
     std::vector<c10::IValue> stack;
     stack.reserve(16);
-    auto last = std::chrono::steady_clock::now();
+    auto last = times ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     for (const Step& step : steps_) {
       stack.clear();
       if (!step.op) {
