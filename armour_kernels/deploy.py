@@ -20,7 +20,8 @@ compile it (`optimize`).
    layers then run `armour_kernels::dense` — brgemm micro-kernels (AMX for bf16) with the input
    LayerNorm or LeViT's input Hardswish applied per row block, the bias, activation and residual
    add per output tile,
-4. on the CPU kernels (runner="auto", static batch): exported and run by the graph runner
+4. on the CPU kernels (runner="auto", static batch): its weights moved onto 2 MB pages
+   (armour_kernels/hugepages.py, on Linux), then exported and run by the graph runner
    (armour_kernels/runner.py, docs/serving.md) — C++ calling the ops of the exported graph one
    after the other, no Python between the kernels — for every input signature whose GEMMs all run
    on packed weights; otherwise (layers past a DENSE_MAX_ROWS limit where one is set, CUDA, dynamic_batch,
@@ -315,7 +316,9 @@ def optimize(model: nn.Module, example_inputs, *, dtype: torch.dtype = torch.flo
 
     if runner == "graph" or (runner == "auto" and _graph_runner_serves(serving, backend, example, pack, dynamic_batch,
                                                                       cpp_wrapper, max_autotune)):
+        from .hugepages import place_on_hugepages
         from .runner import ServedGraph
+        place_on_hugepages(serving)  # the weights on 2 MB pages: fewer TLB misses as a call streams them
         return ServedGraph(serving, example, inductor=inductor if runner == "auto" else None)
     return inductor(example)
 

@@ -10,6 +10,7 @@ import armour_kernels
 import python_ref
 from armour_kernels.backend import cpu_has_op
 from armour_kernels.deploy import prepare
+from armour_kernels.hugepages import hugepages_available
 from armour_kernels.surgery.serving import ChannelsLastOutput
 from helpers import assert_close
 from small_models import small_armour_ti, small_timm_levit
@@ -284,3 +285,56 @@ def test_many_optimized_models_each_stay_compiled_and_frozen():
             models[-1][1](x)
     ops = {e.key for e in prof.key_averages()}
     assert "aten::addmm" not in ops and {"mkl::_mkl_linear", "mkldnn::_linear_pointwise"} & ops, ops
+
+
+def _in_one_mapping(tensors, nbytes):
+    """Whether every tensor lies inside one block of `nbytes` that starts on a 2 MB boundary."""
+    from armour_kernels.hugepages import HUGE_PAGE
+    lo = min(t.data_ptr() for t in tensors)
+    hi = max(t.data_ptr() + t.numel() * t.element_size() for t in tensors)
+    return lo % HUGE_PAGE == 0 and hi - lo <= nbytes
+
+
+@pytest.mark.skipif(not hugepages_available(), reason="no transparent huge pages here")
+def test_place_on_hugepages_moves_the_weights_in_place():
+    """Each weight that owns its storage moves into one 2 MB-aligned mapping, as the same tensor object
+    with the same values; the model computes the same; the mapping lives as long as the tensors."""
+    import gc
+
+    from armour_kernels.hugepages import MIN_BYTES, place_on_hugepages
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64)).eval()
+    model.register_buffer("view", model[0].weight.detach()[1:])  # shares a storage: stays
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        expected = model(x)
+    params = list(model.parameters())
+    values = [p.detach().clone() for p in params]
+    moved = place_on_hugepages(model)
+    big = [p for p in params if p.numel() * p.element_size() >= MIN_BYTES]
+    assert moved >= sum(p.numel() * p.element_size() for p in big) and len(big) == 2
+    assert list(model.parameters()) == params and all(torch.equal(p, v) for p, v in zip(params, values))
+    assert _in_one_mapping(big, moved)
+    assert model.view.data_ptr() != model[0].weight.data_ptr() + 64 * 4  # a view keeps its old storage
+    gc.collect()
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_optimize_serves_from_hugepages_with_the_same_outputs(monkeypatch, dtype):
+    """optimize() on the graph runner moves the served weights onto 2 MB pages; the outputs are bit for bit
+    those of the same served model left on ordinary pages."""
+    from armour_kernels import hugepages
+    model = small_timm_levit()
+    x = torch.randn(2, 3, 64, 64)
+    served = armour_kernels.optimize(model, x, dtype=dtype)
+    with torch.no_grad():
+        got = served(x)
+    if hugepages.hugepages_available():
+        weights = [*served.model.parameters(), *served.model.buffers()]
+        packed = [t for t in weights if t.numel() * t.element_size() >= hugepages.MIN_BYTES]
+        assert packed and _in_one_mapping(packed, 1 << 30)
+    monkeypatch.setattr(hugepages, "place_on_hugepages", lambda model: 0)
+    plain = armour_kernels.optimize(model, x, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(got, plain(x))
