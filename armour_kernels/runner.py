@@ -125,12 +125,15 @@ class _Lowering:
             return
         conv = _conv_with_activation(node, self.constant_of)
         linear = _linear_on_dense_op(node, self.constant_of)
+        view = _unflatten_as_view(node)
         if conv is not None:
             node, target, arguments, fused = conv
             if fused is not None:
                 self.fused_into[fused] = node
         elif linear is not None:
             target, arguments = linear
+        elif view is not None:
+            target, arguments = view
         else:
             target, arguments = _scalar_overload(node, target, _schema_arguments(node))
             if target in _PLAIN_GEMMS:
@@ -302,6 +305,20 @@ def _conv_with_activation(node: torch.fx.Node, constants: dict):
     op = torch.ops.mkldnn._convolution_pointwise.default
     values = [x, packed, b, list(padding), list(stride), [1, 1], 1, attr, [], algorithm]
     return node, op, list(zip(op._schema.arguments, values)), fused
+
+
+def _unflatten_as_view(node: torch.fx.Node):
+    """aten.unflatten as aten.view to the traced output shape: (op, [(argument, value)]), or None.
+
+    Splitting a dimension is always a view, and a served graph's shapes are static, so the result is the
+    same tensor; but unflatten is a composite op that reaches view through three more dispatcher calls
+    (LeViT-128S bf16, batch 1: 4.6 µs per step against view's 1.3, 13 steps per call)."""
+    value = node.meta.get("val")
+    if (node.target is not torch.ops.aten.unflatten.int or not isinstance(value, torch.Tensor)
+            or not all(isinstance(d, int) for d in value.shape)):
+        return None
+    op = torch.ops.aten.view.default
+    return op, list(zip(op._schema.arguments, [node.args[0], list(value.shape)]))
 
 
 def _linear_on_dense_op(node: torch.fx.Node, constants: dict):

@@ -199,6 +199,22 @@ def test_step_times_name_every_step():
     assert "armour_kernels::image_conv" in [op for _, op, _ in times]
 
 
+class Unflattens(nn.Module):
+    def forward(self, x):
+        t = x.transpose(1, 2)  # (B, 6, 4): strided
+        return (t.unflatten(1, (2, 3)) * 2).sum(1) + x.unflatten(-1, (3, 2)).amax(-1).transpose(1, 2)
+
+
+def test_unflatten_runs_as_a_view_of_the_traced_shape():
+    """aten.unflatten (a composite op: three more dispatcher calls) is lowered to aten.view with the traced
+    output shape, on contiguous and strided inputs alike, with the same result."""
+    x = torch.randn(2, 4, 6)
+    graph = lower(Unflattens(), x)
+    ops = [op for _, op in graph.runner.step_names]
+    assert "aten::unflatten" not in ops and ops.count("aten::view") == 2, ops
+    assert torch.equal(graph((x,)), run_eager(Unflattens(), x))
+
+
 @pytest.mark.parametrize("build", [small_timm_levit, small_armour_ti], ids=["levit", "armour_ti"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_optimize_serves_models_on_the_graph_runner(build, dtype):
