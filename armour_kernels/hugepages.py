@@ -41,27 +41,29 @@ def hugepages_available() -> bool:
     return "[never]" not in setting
 
 
-def _movable(model: nn.Module) -> list[torch.Tensor]:
-    """The CPU parameters and buffers that own their whole storage, once each, in module order."""
-    seen, tensors = set(), []
+def _movable(model: nn.Module) -> list[list[torch.Tensor]]:
+    """The CPU parameters and buffers that own their whole storage, in module order, grouped by storage:
+    tensors that share one (a packed weight that is its weight, where no packing applies) move together."""
+    groups: dict[int, list[torch.Tensor]] = {}
     owned = (t for module in model.modules() for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)])
     for t in owned:
         storage = t.untyped_storage()
         if (t.device.type != "cpu" or t.is_sparse or t.is_quantized or not t.is_contiguous()
                 or t.storage_offset() != 0 or storage.nbytes() != t.numel() * t.element_size()
-                or storage.nbytes() < MIN_BYTES or storage.data_ptr() in seen):
+                or storage.nbytes() < MIN_BYTES):
             continue
-        seen.add(storage.data_ptr())
-        tensors.append(t)
-    return tensors
+        group = groups.setdefault(storage.data_ptr(), [])
+        if all(t is not other for other in group):
+            group.append(t)
+    return list(groups.values())
 
 
 def place_on_hugepages(model: nn.Module) -> int:
     """Move `model`'s weights into one 2 MB-page mapping (see the module docstring); bytes moved."""
     if not hugepages_available():
         return 0
-    tensors = _movable(model)
-    sizes = [-(-t.untyped_storage().nbytes() // ALIGN) * ALIGN for t in tensors]
+    groups = _movable(model)
+    sizes = [-(-group[0].untyped_storage().nbytes() // ALIGN) * ALIGN for group in groups]
     total = -(-sum(sizes) // HUGE_PAGE) * HUGE_PAGE
     if total == 0:
         return 0
@@ -74,11 +76,11 @@ def place_on_hugepages(model: nn.Module) -> int:
     arena = whole[start:start + total]
     offset = 0
     with torch.no_grad():
-        for t, size in zip(tensors, sizes):
-            nbytes = t.numel() * t.element_size()
-            new = arena[offset:offset + nbytes].view(t.dtype).view(t.shape)
-            new.copy_(t)
-            t.set_(new.untyped_storage(), new.storage_offset(), t.shape, t.stride())
+        for group, size in zip(groups, sizes):
+            nbytes = group[0].untyped_storage().nbytes()
+            arena[offset:offset + nbytes].copy_(torch.empty(0, dtype=torch.uint8).set_(group[0].untyped_storage()))
+            for t in group:  # every tensor of the storage: its bytes were copied once, as a whole
+                t.set_(arena.untyped_storage(), (start + offset) // t.element_size(), t.shape, t.stride())
             offset += size
     return offset
 

@@ -199,6 +199,19 @@ def cpu_inference(backend: str, dtype: torch.dtype, x, grad: bool) -> bool:
     return _DENSE[0].available(dtype)
 
 
+def conv_widened(backend: str, dtype: torch.dtype) -> bool:
+    """Whether a conv chain computes its bfloat16 convolutions in float32, on the bfloat16 values and
+    rounded once per layer (what a bf16 convolution accumulating in fp32 gives): backend "cpu" on a CPU
+    where oneDNN has no bfloat16 kernels (AVX2 only), where ATen's own bf16 convolution is a slow
+    reference loop (LeViT-128S's stem ~5x slower than fp32, AMD EPYC Zen 3)."""
+    if backend != "cpu" or dtype != torch.bfloat16:
+        return False
+    if not _DENSE:
+        from .cpu import linear_act as dense
+        _DENSE.append(dense)
+    return not _DENSE[0].available(dtype)
+
+
 def dense_takes_rows(dtype: torch.dtype, x_shape) -> bool:
     """Whether the dense op serves an input of shape `x_shape` (rows × its last dimension) in `dtype`: any
     number of rows, except above the dtype's DENSE_MAX_ROWS where one is set. The graph runner asks it for

@@ -287,16 +287,17 @@ def _conv_with_activation(node: torch.fx.Node, constants: dict):
     the post-op: (node, op, [(argument, value)], the Hardswish node or None), or None when it does not apply."""
     if node.target is not torch.ops.aten.conv2d.default or not torch.backends.mkldnn.is_available():
         return None
+    # the eager CPU chain's own helpers (cpu/linear_act.py): whether oneDNN runs the dtype on this CPU (no
+    # bfloat16 on AVX2-only CPUs), the weight reordered for this input size, the bias cast, the activation
+    # as oneDNN's post-op
+    from .cpu.linear_act import ONEDNN_ACTIVATIONS, available, cast_once, packed_conv_weight
     x, weight, bias, stride, padding, dilation, groups = [v for _, v in _schema_arguments(node)]
     value = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
     if (weight not in constants or (bias is not None and bias not in constants) or value is None
-            or value.dim() != 4 or value.dtype not in (torch.float32, torch.bfloat16) or groups != 1
+            or value.dim() != 4 or not available(value.dtype) or groups != 1
             or list(dilation) != [1, 1] or isinstance(padding, str)
             or not value.is_contiguous(memory_format=torch.channels_last)):
         return None
-    # the eager CPU chain's own helpers (cpu/linear_act.py): the weight reordered for this input size, the
-    # bias cast, the activation as oneDNN's post-op
-    from .cpu.linear_act import ONEDNN_ACTIVATIONS, cast_once, packed_conv_weight
     packed = packed_conv_weight(constants[weight], value.dtype, stride, padding, value.shape)
     b = None if bias is None else cast_once(constants[bias], value.dtype)
     users = list(node.users)

@@ -61,7 +61,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dense_f32_enabled", &armour::dense_f32_enabled, "what set_dense_f32 set last (default True)");
   m.def("dense_f32_available", &armour::dense_f32_available,
         "whether the fp32 dense layers' AVX-512 task kernel runs here (compiled, an AVX-512 dispatch with brgemm)");
-  m.def("has_onednn_linear", &armour::has_onednn_linear, "whether torch's oneDNN fused linear is available");
+  m.def("has_onednn_linear", [] { return armour::has_onednn_linear(); },
+        "whether torch's oneDNN fused linear is available");
+  m.def("has_onednn_linear_bf16", [] { return armour::has_onednn_linear(at::kBFloat16); },
+        "whether it also runs bfloat16 on this CPU (oneDNN has bf16 kernels only with AVX512-BF16 or AMX)");
   m.def("isa", []() { return armour::dispatch_name(armour::current_isa(), armour::current_gemm()); },
         "the dispatch the kernels run with: ISA, +brgemm (fp32 products on oneDNN) or amx");
   m.def("best_isa", []() { return armour::dispatch_name(armour::best_isa(), armour::best_gemm()); },

@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import cpu
 from ..backend import select, wants_grad
 from ..constants import ACTIVATIONS, Activation
-from ..plan import compute_dtype, cpu_inference, image_conv_first, linear_act_path
+from ..plan import compute_dtype, conv_widened, cpu_inference, image_conv_first, linear_act_path
 
 OP = "linear_act"
 
@@ -367,7 +367,8 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto", chunk_batches:
     at a time, the first layer on the image_conv op when the image has few channels (the result is
     then channels-last); compiled, image_conv and F.conv2d, in image chunks too unless
     chunk_batches=False (a batch-dynamic graph: a chunk count would fix its batch size). Elsewhere:
-    F.conv2d and the activation, layer by layer."""
+    F.conv2d and the activation, layer by layer (bfloat16 on a CPU without oneDNN's bf16 kernels: in
+    float32 on the bf16 values, plan.conv_widened)."""
     dtype = compute_dtype(x)
     grad = wants_grad(x, *(t for layer in layers for t in layer[:2]))
     kernel = select(OP, x.device, backend)
@@ -381,8 +382,13 @@ def conv_chain(x: Tensor, layers: list, *, backend: str = "auto", chunk_batches:
             outs = [conv_chain(chunk, layers, backend=backend) for chunk in x.split(images)]
             return torch.cat(outs).contiguous(memory_format=torch.channels_last)
         x, layers = image_conv(x.to(dtype), *layers[0]), layers[1:]
+    wide = conv_widened(kernel, dtype)
     for weight, bias, stride, padding, act in layers:
-        x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))
+        if wide:  # no bf16 convolution here: fp32 on the bf16 values (exact products), rounded once
+            y = F.conv2d(x.float(), weight.float(), _cast(bias, torch.float32), stride, padding)
+            x = TORCH_ACTIVATIONS[act](y).to(dtype)
+        else:
+            x = TORCH_ACTIVATIONS[act](F.conv2d(x, weight, bias, stride, padding))
     return x
 
 

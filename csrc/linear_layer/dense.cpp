@@ -17,6 +17,10 @@
 // kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products);
 // on AVX-512 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel (kernels/dense_f32.h:
 // the task's weight prefetched into L2 two chunks ahead of the one being multiplied).
+// Below AVX-512 (AVX2: no bf16 arithmetic, and oneDNN has no bf16 kernels there) a bf16 layer keeps
+// its weight in bf16 blocks and is widened to fp32 per tile, rows and weight block alike (exact: a
+// bf16 value is a float), for the fp32 micro-kernel; the epilogue rounds the output to bf16 once, as
+// on AMX. ATen's bf16 GEMM there ran LeViT-128S 6-7x slower than fp32 (AMD EPYC Zen 3, 1 thread).
 #include "linear_layer/dense.h"
 
 #include <ATen/Parallel.h>
@@ -39,7 +43,9 @@ constexpr int64_t kMB_bf16 = kDenseAmxMaxRows;  // rows per task, bf16 on AMX (t
 static_assert(kDenseF32MaxRows <= kMB_f32, "an fp32 task kernel's layer is one row block");
 constexpr int64_t kAccFloats = kMB_f32 * kNB > 2 * kMB_bf16 * kNB ? kMB_f32 * kNB : 2 * kMB_bf16 * kNB;
 
-enum class Layout { plain, f32_blocks, bf16_vnni };
+// f32_blocks: fp32 (nb, K, 64) blocks of Wᵀ; bf16_vnni: bf16 (nb, K / 2, 64, 2) VNNI pairs for AMX;
+// bf16_blocks: bf16 (nb, K, 64), widened to fp32 per tile (below AVX-512).
+enum class Layout { plain, f32_blocks, bf16_vnni, bf16_blocks };
 
 #define DENSE_CHECK(cond, ...) TORCH_CHECK(cond, "armour_kernels::dense: ", __VA_ARGS__)
 
@@ -63,6 +69,8 @@ Layout choose(const at::Tensor& weight) {
   if (weight.scalar_type() == at::kFloat && brgemm_f32_usable()) return Layout::f32_blocks;
   if (weight.scalar_type() == at::kBFloat16 && weight.size(1) % 2 == 0 && brgemm_bf16_usable())
     return Layout::bf16_vnni;
+  if (weight.scalar_type() == at::kBFloat16 && current_isa() < Isa::avx512 && brgemm_f32_usable())
+    return Layout::bf16_blocks;
   return Layout::plain;
 }
 
@@ -70,6 +78,7 @@ Layout layout_of(const at::Tensor& w) {
   if (w.dim() == 3 && w.scalar_type() == at::kFloat && w.size(2) == kNB) return Layout::f32_blocks;
   if (w.dim() == 4 && w.scalar_type() == at::kBFloat16 && w.size(2) == kNB && w.size(3) == 2)
     return Layout::bf16_vnni;
+  if (w.dim() == 3 && w.scalar_type() == at::kBFloat16 && w.size(2) == kNB) return Layout::bf16_blocks;
   DENSE_CHECK(w.dim() == 2, "weight must be (out, in) or what dense_pack returned, got ", w.sizes(), " ",
               w.scalar_type());
   return Layout::plain;
@@ -78,6 +87,7 @@ Layout layout_of(const at::Tensor& w) {
 thread_local std::vector<float> t_acc;          // one tile's fp32 accumulators
 thread_local std::vector<uint16_t> t_rows_bf16;  // act_in: the activated rows of a task
 thread_local std::vector<float> t_rows_f32;
+thread_local std::vector<float> t_block_f32;    // bf16_blocks: the weight block of a tile, widened
 
 template <class T>
 T* scratch(std::vector<T>& v, int64_t n) {
@@ -109,12 +119,22 @@ struct Problem {
   const RowNorm* norm;  // the input LayerNorm (x, y and rows are set per task), or null
   DType dtype;
   size_t esize;
+  bool widen;  // bf16 rows and weight (bf16_blocks) on the fp32 micro-kernel: widened per task / tile
 };
+
+// bf16 → fp32 is exact: the bf16 bits are the float's upper half.
+void widen(const at::BFloat16* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst, int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = reinterpret_cast<const uint16_t*>(src + r * ld_src);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst + r * ld_dst);
+    for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<uint32_t>(in[c]) << 16;
+  }
+}
 
 // The rows a task's GEMMs read: x's rows in place, or — with act_in / a norm — the transformed rows,
 // written once to the thread's scratch (lda then becomes K).
 template <class T>
-const T* task_rows(const Problem& p, const KernelTable& kernels, const T* a, int64_t mb, int64_t& lda) {
+const T* transformed_rows(const Problem& p, const KernelTable& kernels, const T* a, int64_t mb, int64_t& lda) {
   if (!p.act_in && !p.norm) return a;
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
   T* rows = vnni ? reinterpret_cast<T*>(scratch(t_rows_bf16, mb * p.K)) : reinterpret_cast<T*>(scratch(t_rows_f32, mb * p.K));
@@ -143,6 +163,22 @@ const T* task_rows(const Problem& p, const KernelTable& kernels, const T* a, int
   return rows;
 }
 
+// ... from the task's first row `a` (x's element type), and widened to fp32 when p.widen (after the
+// transform, which rounds to bf16 as the layer's input would be).
+template <class T>
+const T* task_rows(const Problem& p, const KernelTable& kernels, const char* a, int64_t mb, int64_t& lda) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (p.widen) {
+      const at::BFloat16* rows = transformed_rows(p, kernels, reinterpret_cast<const at::BFloat16*>(a), mb, lda);
+      float* wide = scratch(t_rows_f32, mb * p.K);
+      widen(rows, lda, mb, p.K, wide, p.K);
+      lda = p.K;
+      return wide;
+    }
+  }
+  return transformed_rows(p, kernels, reinterpret_cast<const T*>(a), mb, lda);
+}
+
 // One (mb × 64) output tile: the micro-kernel over weight block `blk`, then the epilogue writing it
 // to p.y's rows from `row` on (and reading the residual's same rows).
 template <class T>
@@ -150,6 +186,13 @@ void tile_gemm(const Problem& p, const KernelTable& kernels, const T* a, int64_t
                int64_t blk, float* acc) {
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
   const T* b = reinterpret_cast<const T*>(p.b) + blk * p.K * kNB;  // VNNI blocks hold K / 2 pairs: same count
+  if constexpr (std::is_same<T, float>::value) {
+    if (p.widen) {  // the bf16 block, widened (K × 64 values per 2 · mb · K · 64 FLOPs)
+      float* wide = scratch(t_block_f32, p.K * kNB);
+      widen(reinterpret_cast<const at::BFloat16*>(p.b) + blk * p.K * kNB, kNB, p.K, kNB, wide, kNB);
+      b = wide;
+    }
+  }
   at::native::cpublas::brgemm(mb, kNB, p.K, lda, kNB, kNB, false, a, b, acc, vnni);
   const int64_t n0 = blk * kNB;
   DenseTile t;
@@ -181,7 +224,7 @@ DenseTaskFn task_kernel(const Problem& p, const KernelTable& kernels, int64_t mb
       return kernels.dense_amx;
     return nullptr;
   } else {
-    return kernels.dense_f32 && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
+    return kernels.dense_f32 && !p.widen && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
                ? kernels.dense_f32
                : nullptr;
   }
@@ -238,7 +281,7 @@ void run_tiles(const Problem& p, int64_t MB) {
       const int64_t m0 = (task / nsplit) * MB, mb = std::min(MB, p.M - m0);
       const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
       int64_t lda = p.lda;
-      const T* a = task_rows(p, kernels, reinterpret_cast<const T*>(p.a) + m0 * p.lda, mb, lda);
+      const T* a = task_rows<T>(p, kernels, p.a + m0 * p.lda * p.esize, mb, lda);
       task_blocks(p, kernels, a, lda, mb, m0, b0, b1, acc);
     }
     if (vnni) at::native::cpublas::brgemm_release(true);  // free the AMX tile state (see attention/brgemm.cpp)
@@ -266,7 +309,7 @@ void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t m0 = task * MB, mb = std::min(MB, first.M - m0);
       int64_t lda = f.lda;
-      const T* a = task_rows(f, kernels, reinterpret_cast<const T*>(f.a) + m0 * f.lda, mb, lda);
+      const T* a = task_rows<T>(f, kernels, f.a + m0 * f.lda * f.esize, mb, lda);
       task_blocks(f, kernels, a, lda, mb, 0, 0, f.nb, acc);
       const T* hidden = reinterpret_cast<const T*>(f.y);
       task_blocks(g, kernels, hidden, f.N, mb, m0, 0, g.nb, acc);
@@ -328,6 +371,7 @@ const char* dense_layout(const at::Tensor& weight) {
   switch (choose(weight)) {
     case Layout::f32_blocks: return "fp32-brgemm";
     case Layout::bf16_vnni: return "bf16-amx";
+    case Layout::bf16_blocks: return "bf16-fp32-brgemm";
     default: return "plain";
   }
 }
@@ -341,7 +385,7 @@ at::Tensor dense_pack(const at::Tensor& weight) {
   at::Tensor padded = at::zeros({nb * kNB, K}, weight.options());
   padded.narrow(0, 0, N).copy_(weight);
   at::Tensor blocks = padded.view({nb, kNB, K}).transpose(1, 2).contiguous();  // (nb, K, 64): B = Wᵀ per block
-  if (layout == Layout::f32_blocks) return blocks;
+  if (layout == Layout::f32_blocks || layout == Layout::bf16_blocks) return blocks;
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
   at::Tensor vnni = at::empty({nb, K / 2, kNB, 2}, weight.options());
   for (int64_t b = 0; b < nb; ++b)
@@ -369,7 +413,7 @@ struct Call {
 };
 
 int64_t packed_in(const at::Tensor& weight, Layout layout) {
-  return layout == Layout::bf16_vnni ? 2 * weight.size(1) : weight.size(1);
+  return layout == Layout::bf16_vnni ? 2 * weight.size(1) : weight.size(1);  // (nb, K, 64) blocks: K
 }
 
 // The checks of a call whose input has `sizes` and x_dtype (kernel dtype dt); c.x2 is the caller's.
@@ -458,14 +502,19 @@ Problem problem_of(const Call& c, const at::Tensor& weight, const at::Tensor& y,
   p.norm = c.norm.on ? &row_norm : nullptr;
   p.dtype = c.dt;
   p.esize = y.element_size();
+  p.widen = c.layout == Layout::bf16_blocks;
   return p;
 }
 
 void check_runnable(Layout layout, const at::Tensor& weight) {
   DENSE_CHECK(weight.is_contiguous(), "a packed weight must be contiguous");
 #ifndef CPUBLAS_BRGEMM_F32F32F32
-  DENSE_CHECK(layout != Layout::f32_blocks, "this torch has no fp32 brgemm: pack the weight again with dense_pack here");
+  DENSE_CHECK(layout != Layout::f32_blocks && layout != Layout::bf16_blocks,
+              "this torch has no fp32 brgemm: pack the weight again with dense_pack here");
 #endif
+  DENSE_CHECK(layout != Layout::bf16_blocks || brgemm_f32_usable(),
+              "this bf16 weight was packed for widening to fp32 (CPUs without AVX-512), which the current CPU "
+              "dispatch does not use; pack it again with dense_pack under the dispatch you serve with");
 #ifndef CPUBLAS_BRGEMM_BF16BF16F32
   DENSE_CHECK(layout != Layout::bf16_vnni, "this torch has no bf16 brgemm: pack the weight again with dense_pack here");
 #endif
@@ -504,7 +553,7 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& weight, const std::optio
   RowNorm row_norm;
   const Problem p = problem_of(c, weight, y, act_in, row_norm);
 #ifdef CPUBLAS_BRGEMM_F32F32F32
-  if (c.layout == Layout::f32_blocks) run_tiles<float>(p, kMB_f32);
+  if (c.layout == Layout::f32_blocks || c.layout == Layout::bf16_blocks) run_tiles<float>(p, kMB_f32);
 #endif
 #ifdef CPUBLAS_BRGEMM_BF16BF16F32
   if (c.layout == Layout::bf16_vnni) run_tiles<at::BFloat16>(p, kMB_bf16);
@@ -526,8 +575,9 @@ at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::
   const int64_t MB = layout == Layout::bf16_vnni ? kMB_bf16 : kMB_f32;
   const int64_t rows = x.dim() >= 1 && x.size(-1) > 0 ? x.numel() / x.size(-1) : 0;
   // One task per row block: with fewer row blocks than threads the two calls (which split columns) use
-  // every core; plain layouts, fp16 and empty shapes go there too, as do mismatched weights (their errors).
-  if (layout == Layout::plain || layout_of(weight2) != layout || !x.device().is_cpu() || rows < MB * at::get_num_threads() ||
+  // every core; plain and widened bf16 layouts, fp16 and empty shapes go there too, as do mismatched
+  // weights (their errors).
+  if (layout == Layout::plain || layout == Layout::bf16_blocks || layout_of(weight2) != layout || !x.device().is_cpu() || rows < MB * at::get_num_threads() ||
       hidden_features <= 0 || packed_in(weight2, layout) != hidden_features || weight2.scalar_type() != x.scalar_type())
     return two_calls();
   DENSE_CHECK(act >= 0 && act <= static_cast<int64_t>(Act::silu), "unknown activation code ", act);

@@ -35,14 +35,31 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at
   return stack.back().toTensor();
 }
 
+// Whether oneDNN has bf16 kernels on this CPU (AVX512-BF16 / AMX / AVX-NE-CONVERT; not on AVX2-only
+// CPUs, where its primitive descriptor cannot be created), asked once through torch's own check.
+bool onednn_has_bf16() {
+  static const bool has = [] {
+    const auto handle = c10::Dispatcher::singleton().findSchema({"mkldnn::_is_mkldnn_bf16_supported", ""});
+    if (!handle.has_value()) return false;
+    torch::jit::Stack stack;
+    handle->callBoxed(stack);
+    return stack.back().toBool();
+  }();
+  return has;
+}
+
 }  // namespace
 
 bool has_onednn_linear() { return onednn_linear_pointwise() != nullptr; }
 
+bool has_onednn_linear(at::ScalarType dtype) {
+  return has_onednn_linear() && (dtype == at::kFloat || (dtype == at::kBFloat16 && onednn_has_bf16()));
+}
+
 at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::string& gemm) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "armour_kernels._C linear_hardswish: CPU tensors only");
-  const DType dt = kernel_dtype(x, "x");
+  kernel_dtype(x, "x");  // float32 / bfloat16 / float64, else a clear error
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "armour_kernels._C linear_hardswish: weight dtype ",
               weight.scalar_type(), " differs from x dtype ", x.scalar_type());
   TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
@@ -57,11 +74,12 @@ at::Tensor linear_hardswish(const at::Tensor& x, const at::Tensor& weight, const
                 bias->scalar_type());
     b = bias->contiguous();
   }
-  const bool onednn_ok = has_onednn_linear() && dt != DType::f64 && x.numel() > 0;
+  const bool onednn_ok = has_onednn_linear(x.scalar_type()) && x.numel() > 0;
   std::string how = gemm;
   if (how == "auto") how = onednn_ok ? "onednn_fused" : "aten";
   TORCH_CHECK(how == "aten" || onednn_ok, "armour_kernels._C linear_hardswish: gemm='", gemm,
-              "' needs torch with oneDNN and float32/bfloat16 inputs");
+              "' needs torch with oneDNN and float32 inputs, or bfloat16 on a CPU where oneDNN has bfloat16 kernels "
+              "(AVX512-BF16 or AMX); got ", x.scalar_type());
   if (how == "onednn_fused") return onednn_linear(x.contiguous(), weight.contiguous(), b, "hardswish");
   // GEMM without bias, then one pass: bias + Hardswish in place (the dense layer's epilogue).
   at::Tensor y = how == "onednn" ? onednn_linear(x.contiguous(), weight.contiguous(), at::Tensor(), "none")

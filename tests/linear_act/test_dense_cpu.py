@@ -80,7 +80,11 @@ def test_plain_weight_and_layouts():
     assert_close(dense(x, w, b, 40, residual=r), expected(x, w, b, "none", False, r), torch.float32)
     assert cpu._require().dense_layout(w) in ("fp32-brgemm", "plain")
     assert cpu._require().dense_layout(w.double()) == "plain"
-    assert cpu._require().dense_layout(w[:, :31].bfloat16()) == "plain"  # odd `in`: no VNNI pairs
+    # odd `in`: no VNNI pairs for AMX; below AVX-512 bf16 blocks are widened to fp32, any `in`
+    assert cpu._require().dense_layout(w[:, :31].bfloat16()) in ("plain", "bf16-fp32-brgemm")
+    if "avx2+brgemm" in ISAS:
+        with cpu.use_isa("avx2+brgemm"):
+            assert cpu._require().dense_layout(w.bfloat16()) == "bf16-fp32-brgemm"
 
 
 def test_bad_arguments():

@@ -34,6 +34,8 @@ GEMMS = ["aten"] + (["onednn", "onednn_fused"] if cpu._C.has_onednn_linear() els
 def test_kernel_matches_reference(isa, gemm, dtype, shape, out_features, with_bias):
     if dtype == torch.float64 and gemm != "aten":
         pytest.skip("oneDNN has no float64 linear")
+    if dtype == torch.bfloat16 and gemm != "aten" and not cpu._C.has_onednn_linear_bf16():
+        pytest.skip("oneDNN has no bfloat16 kernels on this CPU (test_onednn_bf16_without_its_kernels_is_a_clear_error)")
     if gemm == "onednn_fused" and isa != cpu.supported_isas()[-1]:
         pytest.skip("no kernel of ours runs: one ISA is enough")
     x, w, b = inputs(shape, out_features, dtype, with_bias)
@@ -41,6 +43,16 @@ def test_kernel_matches_reference(isa, gemm, dtype, shape, out_features, with_bi
         y = linear_hardswish_forward(x, w, b, gemm=gemm)
     assert y.shape == (*shape[:-1], out_features) and y.dtype == dtype
     assert_close(y, reference(x, w, b), dtype)
+
+
+@pytest.mark.skipif(not cpu._C.has_onednn_linear() or cpu._C.has_onednn_linear_bf16(),
+                    reason="for CPUs where torch has oneDNN but oneDNN has no bfloat16 kernels (AVX2)")
+@pytest.mark.parametrize("gemm", ["onednn", "onednn_fused"])
+def test_onednn_bf16_without_its_kernels_is_a_clear_error(gemm):
+    x, w, b = inputs((4, 8), 12, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="bfloat16 on a CPU where oneDNN has bfloat16 kernels"):
+        linear_hardswish_forward(x, w, b, gemm=gemm)
+    assert_close(linear_hardswish_forward(x, w, b), reference(x, w, b), torch.bfloat16)  # auto: ATen's GEMM
 
 
 @pytest.mark.parametrize("gemm", GEMMS)

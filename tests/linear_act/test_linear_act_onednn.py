@@ -125,6 +125,27 @@ def test_conv_chain_in_chunks_matches_pytorch(batch, small_chunks):
     assert_close(got, expected, torch.float32)
 
 
+@pytest.mark.parametrize("image_conv_first", [False, True], ids=["all-widened", "image-conv-first"])
+def test_bf16_conv_chain_widened_where_onednn_has_no_bf16(monkeypatch, image_conv_first):
+    """Where oneDNN has no bf16 kernels (AVX2) a bf16 conv chain computes each convolution in float32 on
+    the bf16 values, rounded once per layer (plan.conv_widened); forced here on any CPU, against float64."""
+    assert plan.conv_widened("cpu", torch.bfloat16) == (not BF16)
+    assert not plan.conv_widened("cpu", torch.float32) and not plan.conv_widened("reference", torch.bfloat16)
+    monkeypatch.setattr(ops, "conv_widened", lambda backend, dtype: dtype == torch.bfloat16)
+    monkeypatch.setattr(ops, "cpu_inference", lambda *args: False)  # the chain of F.conv2d, as exported
+    x = _rand(2, 3, 34, 30, dtype=torch.bfloat16)
+    layers = [(w.bfloat16(), b.bfloat16(), stride, padding, act) for w, b, stride, padding, act in _stem_layers()]
+    if not image_conv_first:  # the first layer on F.conv2d too
+        monkeypatch.setattr(ops, "image_conv_first", lambda *args: False)
+    expected = x.double()
+    for w, b, stride, padding, act in layers:
+        expected = ACTS[act](F.conv2d(expected, w.double(), b.double(), stride, padding)).bfloat16().double()
+    with torch.inference_mode():
+        got = ops.conv_chain(x, layers, backend="cpu")
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert_close(got, expected, torch.bfloat16)
+
+
 def test_cpu_inference_only_inference_on_cpu_in_fp32_or_bf16():
     x, w = _rand(2, 8), nn.Parameter(_rand(4, 8))
     def serves(backend, dtype, x, w):

@@ -298,12 +298,14 @@ def _in_one_mapping(tensors, nbytes):
 @pytest.mark.skipif(not hugepages_available(), reason="no transparent huge pages here")
 def test_place_on_hugepages_moves_the_weights_in_place():
     """Each weight that owns its storage moves into one 2 MB-aligned mapping, as the same tensor object
-    with the same values; the model computes the same; the mapping lives as long as the tensors."""
+    with the same values, together with every tensor that is the same whole storage; the model computes
+    the same; the mapping lives as long as the tensors."""
     import gc
 
     from armour_kernels.hugepages import MIN_BYTES, place_on_hugepages
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 64)).eval()
     model.register_buffer("view", model[0].weight.detach()[1:])  # shares a storage: stays
+    model.register_buffer("alias", model[2].weight.detach())  # the whole storage (an unpacked weight): moves along
     x = torch.randn(5, 64)
     with torch.no_grad():
         expected = model(x)
@@ -315,6 +317,7 @@ def test_place_on_hugepages_moves_the_weights_in_place():
     assert list(model.parameters()) == params and all(torch.equal(p, v) for p, v in zip(params, values))
     assert _in_one_mapping(big, moved)
     assert model.view.data_ptr() != model[0].weight.data_ptr() + 64 * 4  # a view keeps its old storage
+    assert model.alias.data_ptr() == model[2].weight.data_ptr()  # one copy for both
     gc.collect()
     with torch.no_grad():
         assert torch.equal(model(x), expected)

@@ -18,7 +18,9 @@ POISON_IDS = ["nan_q", "nan_v", "inf_q", "nan_conv", "nan_k"]
 # A2's abs-sums, batch-wide. Which (b, h) holds a maximum decides where python_ref's max sends a NaN
 # gradient (a float32 and a float64 run can disagree), and the C++ side's max_grad
 # (csrc/nystrom_pinv.cpp) multiplies it by the 0 / 1 hit mask, so it reaches every (b, h): in seed
-# mode the gradients need only be NaN wherever the reference's are.
+# mode the gradients need only be NaN wherever the reference's are. python_ref itself in float32 (the
+# "reference" backend) sends them through its own float32 maxima, which need not be the float64 run's
+# (seen on an AMD EPYC with AVX2): there only the output is compared.
 
 
 def inputs(backend):
@@ -32,7 +34,8 @@ def inputs(backend):
 @pytest.mark.parametrize("backend", backend_params(op="nystrom_attention"))
 def test_nan_and_inf_follow_the_reference(backend, poison, mode):
     op, ref = nystrom_pair(backend, 8, mode, "v")
-    check_nan_positions(op, ref, poisoned(inputs(backend), *poison), torch.float32, grads_cover=mode == "seed")
+    check_nan_positions(op, ref, poisoned(inputs(backend), *poison), torch.float32, grads_cover=mode == "seed",
+                        grads=not (mode == "seed" and backend == "reference"))
 
 
 @pytest.mark.cpu_kernels
