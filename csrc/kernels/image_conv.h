@@ -16,10 +16,16 @@
 
 namespace image_conv_detail {
 
-// Output pixels per register block: each pixel's accumulator is one FMA chain, and a chain's next
-// FMA waits for the last (4 cycles), so 2 FMAs per cycle need ≥ 8 chains; 16 (AVX-512: 16 of the 32
-// registers) measured 1.6x faster than 8 on Sapphire Rapids. AVX2 has 16 registers: 8.
-constexpr int64_t kPix = VecF::W >= 16 ? 16 : 8;
+// Output pixels × channel vectors per register block: each accumulator is one FMA chain, and a
+// chain's next FMA waits for the last (4 cycles), so 2 FMAs per cycle need ≥ 8 chains. AVX-512: 16
+// pixels × 1 vector (16 of the 32 registers), 1.6x faster than 8 pixels on Sapphire Rapids. AVX2 has
+// 16 registers: 4 pixels × 2 vectors (16 channels), so each broadcast input value feeds two FMAs and
+// nothing spills — 8 pixels × 1 vector kept one accumulator on the stack (GCC 12), and the store-to-
+// load round trip in its chain ran the stem's first convolution at ~1/3 of the FMA rate (AMD EPYC
+// Zen 3: 438 µs for LeViT's 224² → 112² 3 → 16 convolution against OpenVINO's 244).
+constexpr int kCV = VecF::W == 8 ? 2 : 1;
+constexpr int64_t kPix = VecF::W >= 16 ? 16 : VecF::W == 8 ? 4 : 8;
+static_assert(16 % (kCV * VecF::W) == 0, "a block's channels must divide cout_pad's 16");
 
 // Fill `rows` with the C·KH input rows output row oy reads, zero-padded: rows[(c·KH + ky)·Wp + i]
 // = x[b, c, oy·s − p + ky, i − p]. RoundBf16: an fp32 image for a bf16 convolution, each value
@@ -58,29 +64,36 @@ void padded_rows(const ImageConvArgs& a, int64_t b, int64_t oy, int64_t Wp, floa
     }
 }
 
-// acc[p, co] for output pixels ox0 .. ox0 + NP − 1 and the W channels from co0: bias + Σ taps.
+// acc[p, co] for output pixels ox0 .. ox0 + NP − 1 and the kCV · W channels from co0: bias + Σ taps.
 // S: the stride when known at compile time (the input offsets of the NP pixels are then constant
 // displacements off one register instead of NP pointers), 0 for a run-time stride.
 template <int NP, int S>
 inline void pixels(const ImageConvArgs& a, const float* rows, int64_t Wp, int64_t ox0, int64_t co0, float* acc) {
   const int64_t stride = S > 0 ? S : a.stride;
-  VecF sum[NP];
-  const VecF bias = VecF::load(a.bias + co0);
-  for (int p = 0; p < NP; ++p) sum[p] = bias;
+  VecF sum[NP][kCV];
+  for (int v = 0; v < kCV; ++v) {
+    const VecF bias = VecF::load(a.bias + co0 + v * VecF::W);
+    for (int p = 0; p < NP; ++p) sum[p][v] = bias;
+  }
   const float* w = a.weight + co0;
   const int64_t taps_per_row = a.KW, n_rows = a.C * a.KH, ldw = a.cout_pad;
   for (int64_t r = 0; r < n_rows; ++r) {
     const float* row = rows + r * Wp + ox0 * stride;
     for (int64_t kx = 0; kx < taps_per_row; ++kx, w += ldw) {
-      const VecF wv = VecF::load(w);
+      VecF wv[kCV];
+      for (int v = 0; v < kCV; ++v) wv[v] = VecF::load(w + v * VecF::W);
       const float* in = row + kx;
-      for (int p = 0; p < NP; ++p) sum[p] = fmadd(VecF::set1(in[p * stride]), wv, sum[p]);
+      for (int p = 0; p < NP; ++p) {
+        const VecF x = VecF::set1(in[p * stride]);
+        for (int v = 0; v < kCV; ++v) sum[p][v] = fmadd(x, wv[v], sum[p][v]);
+      }
     }
   }
-  for (int p = 0; p < NP; ++p) sum[p].store(acc + p * a.cout_pad + co0);
+  for (int p = 0; p < NP; ++p)
+    for (int v = 0; v < kCV; ++v) sum[p][v].store(acc + p * a.cout_pad + co0 + v * VecF::W);
 }
 
-// One output row's channels [co0, co0 + W) over all Wo pixels, in register blocks of kPix, 4, 1.
+// One output row's channels [co0, co0 + kCV · W) over all Wo pixels, in register blocks of kPix, 4, 1.
 template <int S>
 void row_pixels(const ImageConvArgs& a, const float* rows, int64_t Wp, int64_t co0, float* acc) {
   int64_t ox = 0;
@@ -99,7 +112,7 @@ void chunk(const ImageConvArgs& a, int64_t chunk_index) {
   float* acc = rows + a.C * a.KH * Wp;
   char* y = static_cast<char*>(a.y);
   const int64_t y_esize = a.dtype == DType::bf16 ? 2 : 4;
-  constexpr int64_t Wv = VecF::W;
+  constexpr int64_t Wv = kCV * VecF::W;  // channels per block (cout_pad, a multiple of 16, holds whole blocks)
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / a.Ho, oy = r % a.Ho;
     padded_rows<T, RoundBf16>(a, b, oy, Wp, rows);
