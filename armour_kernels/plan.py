@@ -187,16 +187,21 @@ def compute_dtype(x, device: Optional[torch.device] = None) -> torch.dtype:
 _DENSE = []  # armour_kernels.cpu.linear_act, imported on first use (its oneDNN availability)
 
 
+def _onednn_serves(dtype: torch.dtype) -> bool:
+    """Whether this torch's oneDNN runs `dtype` on this CPU (float32; bfloat16 only with its bf16 kernels)."""
+    if not _DENSE:
+        from .cpu import linear_act as dense
+        _DENSE.append(dense)
+    return _DENSE[0].available(dtype)
+
+
 def cpu_inference(backend: str, dtype: torch.dtype, x, grad: bool) -> bool:
     """Whether the dense layers run on the CPU inference engines (oneDNN / ATen with fused epilogues):
     backend "cpu", no gradient, something to compute, a dtype oneDNN serves (float32, bfloat16 where
     supported), and not being compiled (inductor then fuses and prepacks the GEMMs itself)."""
     if backend != "cpu" or grad or not x.numel() or torch.compiler.is_compiling():
         return False
-    if not _DENSE:
-        from .cpu import linear_act as dense
-        _DENSE.append(dense)
-    return _DENSE[0].available(dtype)
+    return _onednn_serves(dtype)
 
 
 def conv_widened(backend: str, dtype: torch.dtype) -> bool:
@@ -206,10 +211,7 @@ def conv_widened(backend: str, dtype: torch.dtype) -> bool:
     reference loop (LeViT-128S's stem ~5x slower than fp32, AMD EPYC Zen 3)."""
     if backend != "cpu" or dtype != torch.bfloat16:
         return False
-    if not _DENSE:
-        from .cpu import linear_act as dense
-        _DENSE.append(dense)
-    return not _DENSE[0].available(dtype)
+    return not _onednn_serves(dtype)
 
 
 def dense_takes_rows(dtype: torch.dtype, x_shape) -> bool:

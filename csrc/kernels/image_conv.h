@@ -20,9 +20,9 @@ namespace image_conv_detail {
 // chain's next FMA waits for the last (4 cycles), so 2 FMAs per cycle need ≥ 8 chains. AVX-512: 16
 // pixels × 1 vector (16 of the 32 registers), 1.6x faster than 8 pixels on Sapphire Rapids. AVX2 has
 // 16 registers: 4 pixels × 2 vectors (16 channels), so each broadcast input value feeds two FMAs and
-// nothing spills — 8 pixels × 1 vector kept one accumulator on the stack (GCC 12), and the store-to-
-// load round trip in its chain ran the stem's first convolution at ~1/3 of the FMA rate (AMD EPYC
-// Zen 3: 438 µs for LeViT's 224² → 112² 3 → 16 convolution against OpenVINO's 244).
+// nothing spills — 8 pixels × 1 vector kept one accumulator on the stack (GCC 12), a store-to-load
+// round trip in its chain: LeViT's 224² → 112² 3 → 16 convolution + Hardswish 265 → 212 µs (AMD EPYC
+// Zen 3, 1 thread, the two builds alternated five times; OpenVINO's node: 244 µs in its model).
 constexpr int kCV = VecF::W == 8 ? 2 : 1;
 constexpr int64_t kPix = VecF::W >= 16 ? 16 : VecF::W == 8 ? 4 : 8;
 static_assert(16 % (kCV * VecF::W) == 0, "a block's channels must divide cout_pad's 16");
