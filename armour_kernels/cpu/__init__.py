@@ -107,8 +107,8 @@ def use_isa(name: str):
 
 
 # The dense layers' task kernels of our own (docs/dense.md): "amx", bf16 on AMX tiles (17–32-row
-# blocks); "f32", fp32 on AVX-512 for layers of at most 64 rows. Off, the layer runs oneDNN's brgemm
-# micro-kernel per tile followed by the epilogue.
+# blocks); "f32", fp32 on AVX-512 and AVX2 for layers of at most 64 rows. Off, the layer runs
+# oneDNN's brgemm micro-kernel per tile followed by the epilogue.
 DENSE_TASKS = ("amx", "f32")
 
 
@@ -120,7 +120,8 @@ def _dense_task(kind: str) -> str:
 
 def dense_task_available(kind: str) -> bool:
     """Whether the dense task kernel `kind` ("amx" or "f32") runs here: compiled, and the CPU and the
-    current dispatch use it ("amx": an AMX CPU on the "amx" dispatch; "f32": an AVX-512 dispatch)."""
+    current dispatch use it ("amx": an AMX CPU on the "amx" dispatch; "f32": an AVX2 or AVX-512
+    dispatch with brgemm)."""
     name = _dense_task(kind)
     return _C is not None and hasattr(_C, f"{name}_available") and getattr(_C, f"{name}_available")()
 

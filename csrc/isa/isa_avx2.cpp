@@ -26,6 +26,7 @@ namespace avx2 {
 #include "kernels/vec_avx2.h"
 #include "kernels/attention_kernel.h"
 #include "kernels/dense_epilogue.h"
+#include "kernels/dense_f32.h"
 #include "kernels/image_conv.h"
 #include "kernels/layer_norm.h"
 #include "kernels/linear_util.h"
@@ -33,7 +34,6 @@ namespace avx2 {
 #include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
 inline constexpr DenseTaskFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
-inline constexpr DenseTaskFn dense_f32 = nullptr;  // 16-lane vectors: avx512 and up
 }  // namespace avx2
 }  // namespace armour
 

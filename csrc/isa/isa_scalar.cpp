@@ -33,7 +33,7 @@ namespace scalar {
 #include "kernels/performer_backward_kernel.h"
 #include "kernels/nystrom_kernel.h"
 inline constexpr DenseTaskFn dense_amx = nullptr;  // AMX tiles: avx512bf16 only
-inline constexpr DenseTaskFn dense_f32 = nullptr;  // 16-lane vectors: avx512 and up
+inline constexpr DenseTaskFn dense_f32 = nullptr;  // vector registers: avx2 and up
 }  // namespace scalar
 }  // namespace armour
 

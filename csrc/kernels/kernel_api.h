@@ -160,8 +160,8 @@ struct DenseTile {
 //   dense_amx (kernels/dense_amx.h): bf16 on AMX tiles, a and b bf16 (b: (nb, K / 2, 64, 2) VNNI
 //     blocks); kDenseAmxMinRows ≤ rows ≤ kDenseAmxMaxRows, K a multiple of kDenseAmxK; acc holds
 //     2 × 32 × 32 floats.
-//   dense_f32 (kernels/dense_f32.h): fp32 on 16-lane vectors, a and b fp32 (b: (nb, K, 64) blocks);
-//     rows ≤ kDenseF32MaxRows; acc holds rows × 64 floats.
+//   dense_f32 (kernels/dense_f32.h): fp32 on the ISA's vectors (AVX2 and up), a and b fp32 (b: (nb, K, 64)
+//     blocks); rows ≤ kDenseF32MaxRows; acc holds rows × 64 floats.
 // The caller checks these ranges; the kernels do not check them again.
 struct DenseTask {
   const void* a = nullptr;  // (rows, K), lda elements apart
@@ -236,7 +236,7 @@ struct KernelTable {
   void (*image_conv)(const ImageConvArgs&);
   void (*layer_norm_rows)(const RowNorm&);
   DenseTaskFn dense_amx;  // null unless compiled with AMX (avx512bf16); the torch side asks for AMX first
-  DenseTaskFn dense_f32;  // null below AVX-512
+  DenseTaskFn dense_f32;  // null on the scalar path
 };
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3 };

@@ -15,8 +15,8 @@
 // its own over memory and no call: the rows are normalised while the GEMM is about to read them).
 // On AMX a bf16 task of 17–32 rows with K a multiple of 32 is one call of the ISA's AMX task
 // kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products);
-// on AVX-512 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel (kernels/dense_f32.h:
-// the task's weight prefetched into L2 two chunks ahead of the one being multiplied).
+// on AVX-512 and AVX2 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel
+// (kernels/dense_f32.h: the task's weight prefetched into L2 ahead of the chunk being multiplied).
 // Below AVX-512 (AVX2: no bf16 arithmetic, and oneDNN has no bf16 kernels there) a bf16 layer keeps
 // its weight in bf16 blocks and is widened to fp32 per tile, rows and weight block alike (exact: a
 // bf16 value is a float), for the fp32 micro-kernel; the epilogue rounds the output to bf16 once, as
@@ -223,7 +223,7 @@ std::atomic<bool> g_dense_amx{true};  // set_dense_amx: off runs every bf16 tile
 std::atomic<bool> g_dense_f32{true};  // set_dense_f32: off runs every fp32 tile on oneDNN's brgemm
 
 // The task kernel of our own that serves these rows, or null (kernel_api.h, DenseTask: bf16 on AMX
-// for 17–32-row blocks with K a multiple of 32; fp32 on AVX-512 for layers of at most
+// for 17–32-row blocks with K a multiple of 32; fp32 on AVX-512 and AVX2 for layers of at most
 // kDenseF32MaxRows rows).
 template <class T>
 DenseTaskFn task_kernel(const Problem& p, const KernelTable& kernels, int64_t mb) {

@@ -41,7 +41,7 @@ at::Tensor dense_mlp(const at::Tensor& x, const at::Tensor& weight1, const std::
 void epilogue_in_place(const at::Tensor& y, const at::Tensor& bias, const at::Tensor& residual, int64_t act);
 
 // The task kernels of our own (kernel_api.h, DenseTask): bf16 on AMX (kernels/dense_amx.h) and fp32
-// on AVX-512 for layers of at most kDenseF32MaxRows rows (kernels/dense_f32.h). Each is on by default
+// on AVX-512 and AVX2 for layers of at most kDenseF32MaxRows rows (kernels/dense_f32.h). Each is on by default
 // where compiled and its dispatch runs; off, every tile goes through oneDNN's brgemm micro-kernel and
 // then the epilogue (tests and A/B runs).
 void set_dense_amx(bool on);

@@ -206,17 +206,19 @@ def _f32_task_runs(name):
         return cpu.dense_task_available("f32")
 
 
-@pytest.mark.skipif(not cpu.built() or not _f32_task_paths(), reason="needs an AVX-512 dispatch path with brgemm")
+@pytest.mark.skipif(not cpu.built() or not _f32_task_paths(),
+                    reason="needs an AVX2 or AVX-512 dispatch path with brgemm")
 @pytest.mark.parametrize("M", [1, 5, 6, 7, 13, 16, 49, 64, 65])
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_f32_task_kernel_matches_definition(M, act):
     """The fp32 task kernel (kernels/dense_f32.h: layers of ≤ 64 rows as passes of ≤ 6 rows, the reduction
-    in chunks of 64 steps, the last weight block partial, rows read with a stride) matches the definition
-    and oneDNN's micro-kernel per tile to fp32 rounding, on every AVX-512 path; 65 rows take oneDNN's tiles
-    within the same op."""
+    in chunks of 64 steps — 256 on AVX2, where a block is 4 passes wide — the last chunk and weight block
+    partial, rows read with a stride) matches the definition and oneDNN's micro-kernel per tile to fp32
+    rounding, on every AVX-512 and AVX2 path; 65 rows take oneDNN's tiles within the same op."""
     for name in _f32_task_paths():
         with cpu.use_isa(name):
-            for K, N, residual in ((16, 16, False), (65, 70, True), (384, 200, True), (128, 64, False)):
+            for K, N, residual in ((16, 16, False), (65, 70, True), (384, 200, True), (128, 64, False),
+                                   (600, 130, False)):
                 x, w, b, r = make(M, K + 3, N, torch.float32, residual=residual, seed=M + K)
                 x = x[:, 1:K + 1]  # rows K + 3 apart
                 w = w[:, 1:K + 1].contiguous()
