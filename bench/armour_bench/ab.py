@@ -9,7 +9,11 @@ Switches (`--switch`), the dense layers' task kernels of our own (docs/dense.md)
 micro-kernel per tile (off):
   dense_amx   bf16 dense layers on AMX tiles ("The AMX task kernel"); needs the amx dispatch path.
   dense_f32   fp32 dense layers of at most 64 rows on AVX-512 and AVX2 ("The fp32 task kernel"); needs
-              an AVX2 or AVX-512 dispatch path with brgemm. Measure it with --dtype fp32.
+              an AVX2 or AVX-512 dispatch path with brgemm. Measure it with --dtype fp32, and on AVX2
+              with --dtype bf16 too (bf16 weights there are widened to fp32 by the same kernel).
+
+The report is ab-<switch>.json / .md for the switch's own dtype (SWITCH_DTYPES), ab-<switch>-<dtype> for
+another.
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ def _dense_task(kind: str):
 
 
 SWITCHES = {"dense_amx": _dense_task("amx"), "dense_f32": _dense_task("f32")}
+SWITCH_DTYPES = {"dense_amx": "bf16", "dense_f32": "fp32"}
+
+
+def report_name(switch: str, dtype: str) -> str:
+    return f"ab-{switch}" if SWITCH_DTYPES.get(switch) == dtype else f"ab-{switch}-{dtype}"
 
 
 def _available(switch: str) -> str | None:
@@ -51,8 +60,8 @@ def add_arguments(parser):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed calls per model")
-    parser.add_argument("--out", type=Path, default=None, help="folder for ab-<switch>.json / .md (`auto`: "
-                        "bench/results/<device>/)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for ab-<switch>[-<dtype>].json / .md "
+                        "(`auto`: bench/results/<device>/)")
 
 
 def _model(name: str):
@@ -99,8 +108,8 @@ def run(args) -> int:
     print(table)
     out = record.resolve_out(args.out, "cpu")
     if out is not None:
-        record.write_report(Path(out) / f"ab-{args.switch}", dict(environment=env, switch=args.switch, rows=rows),
-                            table)
+        record.write_report(Path(out) / report_name(args.switch, args.dtype),
+                            dict(environment=env, switch=args.switch, rows=rows), table)
     return 0
 
 

@@ -174,7 +174,9 @@ def test_ab_switch_table(tmp_path, monkeypatch):
     ab.add_arguments(parser)
     args = parser.parse_args(["--models", "DeiT-Ti", "--dtype", "fp32", "--budget", "0.2", "--out", str(tmp_path)])
     assert ab.run(args) == 0
-    (row,) = json.loads((tmp_path / "ab-dense_amx.json").read_text())["rows"]
+    (row,) = json.loads((tmp_path / "ab-dense_amx-fp32.json").read_text())["rows"]  # not the switch's own dtype
     assert row["model"] == "DeiT-Ti" and row["rounds"] >= 1 and row["on_ms"] > 0 and row["off_ms"] > 0
     assert True in flips and False in flips
-    assert "| DeiT-Ti | fp32 | 1 | 1 |" in (tmp_path / "ab-dense_amx.md").read_text()
+    assert "| DeiT-Ti | fp32 | 1 | 1 |" in (tmp_path / "ab-dense_amx-fp32.md").read_text()
+    assert ab.report_name("dense_amx", "bf16") == "ab-dense_amx"
+    assert ab.report_name("dense_f32", "fp32") == "ab-dense_f32"

@@ -1,5 +1,7 @@
 // The fp32 dense layer's task (DenseTask, kernel_api.h) on the ISA's float vectors, for layers of at
 // most kDenseF32MaxRows rows: LeViT's stages at batch 1 (49 and 16 rows per image), classifier heads.
+// The weight is fp32 blocks, or (b_bf16: the bf16-fp32-brgemm layout, CPUs without AVX-512) bf16
+// blocks widened to fp32 as they are loaded: half the bytes streamed, the same products.
 //
 // Why not oneDNN's brgemm micro-kernel, as for taller layers: at these row counts the layer is
 // bound by streaming its weight from L3 or memory (a LeViT-128S fp32 call reads ~30 MB of weights,
@@ -42,7 +44,9 @@ constexpr int kMaxPassRows = 6;
 // as long for the same 16 KB per group panel (a pass's setup then costs a quarter as much per step).
 constexpr int64_t kKChunk = 64 * kGroups;
 constexpr int64_t kLine = 64;                        // bytes per cache line
-constexpr int kLinesPerStep = kBlock * sizeof(float) / kLine;  // weight lines per reduction step: 4
+// Weight lines per reduction step: 4 for fp32 weights, 2 for bf16 ones.
+template <class B>
+constexpr int kLinesPerStep = kBlock * sizeof(B) / kLine;
 static_assert(kVecs % kPassVecs == 0, "dense_f32: a block is a whole number of passes wide");
 // More passes per chunk than lines per step (a block several passes wide): each pass prefetches one
 // line every few steps rather than whole lines every step.
@@ -59,12 +63,16 @@ struct Stream {
   int every = 1;
 };
 
+// A weight vector: fp32, or bf16 bits widened (exact: a bf16 value is the float's upper half).
+inline Reg load_weight(const float* p) { return VecF::load(p).v; }
+inline Reg load_weight(const uint16_t* p) { return load_bf16(p).v; }
+
 // One reduction step k of a pass: c[r][:] += a[r, k] · b[k, :] for rows [0, R).
-template <int R>
-inline void step(Reg (&c)[R][kPassVecs], const float* a, int64_t lda, const float* b, int64_t k) {
-  const float* bk = b + k * kBlock;
+template <int R, class B>
+inline void step(Reg (&c)[R][kPassVecs], const float* a, int64_t lda, const B* b, int64_t k) {
+  const B* bk = b + k * kBlock;
   Reg w[kPassVecs];
-  for (int j = 0; j < kPassVecs; ++j) w[j] = VecF::load(bk + j * VecF::W).v;
+  for (int j = 0; j < kPassVecs; ++j) w[j] = load_weight(bk + j * VecF::W);
   for (int r = 0; r < R; ++r) {
     const VecF x = VecF::set1(a[r * lda + k]);
     for (int j = 0; j < kPassVecs; ++j) c[r][j] = fmadd(x, VecF{w[j]}, VecF{c[r][j]}).v;
@@ -73,8 +81,8 @@ inline void step(Reg (&c)[R][kPassVecs], const float* a, int64_t lda, const floa
 
 // Rows [0, R) × kGroupCols columns of a block over reduction steps [k0, k1): acc (ld kBlock) += a · b,
 // or = when `first`, b and acc at the pass's first column; prefetching `next`'s lines on the way.
-template <int R>
-inline void pass(const float* a, int64_t lda, const float* b, int64_t k0, int64_t k1, float* acc, bool first,
+template <int R, class B>
+inline void pass(const float* a, int64_t lda, const B* b, int64_t k0, int64_t k1, float* acc, bool first,
                  Stream next) {
   Reg c[R][kPassVecs];
   for (int r = 0; r < R; ++r)
@@ -91,7 +99,7 @@ inline void pass(const float* a, int64_t lda, const float* b, int64_t k0, int64_
         next.line += kLine;
         wait = next.every;
       }
-      step<R>(c, a, lda, b, k);
+      step<R, B>(c, a, lda, b, k);
     }
   } else {  // `per` lines each step: the loop as measured on AVX-512
     for (int64_t k = k0; k < k1; ++k) {
@@ -99,36 +107,39 @@ inline void pass(const float* a, int64_t lda, const float* b, int64_t k0, int64_
         for (int l = 0; l < next.per; ++l) _mm_prefetch(next.line + l * kLine, _MM_HINT_T1);
         next.line += next.per * kLine;
       }
-      step<R>(c, a, lda, b, k);
+      step<R, B>(c, a, lda, b, k);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < kPassVecs; ++j) VecF{c[r][j]}.store(acc + r * kBlock + j * VecF::W);
 }
 
-inline void pass_rows(int rows, const float* a, int64_t lda, const float* b, int64_t k0, int64_t k1, float* acc,
+template <class B>
+inline void pass_rows(int rows, const float* a, int64_t lda, const B* b, int64_t k0, int64_t k1, float* acc,
                       bool first, Stream next) {
   switch (rows) {
-    case 1: return pass<1>(a, lda, b, k0, k1, acc, first, next);
-    case 2: return pass<2>(a, lda, b, k0, k1, acc, first, next);
-    case 3: return pass<3>(a, lda, b, k0, k1, acc, first, next);
-    case 4: return pass<4>(a, lda, b, k0, k1, acc, first, next);
-    case 5: return pass<5>(a, lda, b, k0, k1, acc, first, next);
-    default: return pass<6>(a, lda, b, k0, k1, acc, first, next);
+    case 1: return pass<1, B>(a, lda, b, k0, k1, acc, first, next);
+    case 2: return pass<2, B>(a, lda, b, k0, k1, acc, first, next);
+    case 3: return pass<3, B>(a, lda, b, k0, k1, acc, first, next);
+    case 4: return pass<4, B>(a, lda, b, k0, k1, acc, first, next);
+    case 5: return pass<5, B>(a, lda, b, k0, k1, acc, first, next);
+    default: return pass<6, B>(a, lda, b, k0, k1, acc, first, next);
   }
 }
 
 // One output tile's accumulators: task.rows × 64 of weight block `b` into acc, prefetching the
 // task's weight `ahead` bytes past each chunk (up to `end`).
-inline void block(const DenseTask& task, const float* a, const float* b, float* acc, int64_t ahead, const char* end) {
+template <class B>
+inline void block(const DenseTask& task, const float* a, const B* b, float* acc, int64_t ahead, const char* end) {
   const int64_t row_passes = (task.rows + kMaxPassRows - 1) / kMaxPassRows;
   const int64_t passes = row_passes * kGroups;
   // The chunk's lines shared by its passes: `per` lines a step (4 for one pass on AVX-512; the
   // first passes cover the chunk), or one line every `every` steps (16 rows on AVX2: 12 passes, a line
   // every 3 steps).
   Stream stream;
-  stream.per = kSpread ? 1 : static_cast<int>((kLinesPerStep + passes - 1) / passes);
-  stream.every = kSpread && passes > kLinesPerStep ? static_cast<int>(passes / kLinesPerStep) : 1;
+  constexpr int lines = kLinesPerStep<B>;
+  stream.per = kSpread ? 1 : static_cast<int>((lines + passes - 1) / passes);
+  stream.every = kSpread && passes > lines ? static_cast<int>(passes / lines) : 1;
   for (int64_t k0 = 0; k0 < task.K; k0 += kKChunk) {
     const int64_t k1 = k0 + kKChunk < task.K ? k0 + kKChunk : task.K;
     stream.line = reinterpret_cast<const char*>(b + k0 * kBlock) + ahead;
@@ -147,13 +158,14 @@ inline void block(const DenseTask& task, const float* a, const float* b, float* 
   }
 }
 
+template <class B>
 inline void run(const DenseTask& task) {
   const float* a = static_cast<const float*>(task.a);
-  const float* b = static_cast<const float*>(task.b);
+  const B* b = static_cast<const B*>(task.b);
   const char* end = reinterpret_cast<const char*>(b + task.blk1 * task.K * kBlock);
-  const int64_t ahead = kAheadChunks * kKChunk * kBlock * sizeof(float);
+  const int64_t ahead = kAheadChunks * kKChunk * kBlock * sizeof(B);
   for (int64_t blk = task.blk0; blk < task.blk1; ++blk) {
-    const float* bblk = b + blk * task.K * kBlock;
+    const B* bblk = b + blk * task.K * kBlock;
     block(task, a, bblk, task.acc, ahead, end);
     dense_epilogue(task_tile(task, task.acc, kBlock, blk * kBlock, kBlock));
   }
@@ -162,4 +174,10 @@ inline void run(const DenseTask& task) {
 }  // namespace dense_f32_detail
 
 // task.rows ≤ kDenseF32MaxRows: the caller's rule (linear_layer/dense.cpp, task_blocks).
-inline void dense_f32(const DenseTask& task) { dense_f32_detail::run(task); }
+// task.b_bf16: the weight in bf16 blocks (the bf16-fp32-brgemm layout), widened as it is read.
+inline void dense_f32(const DenseTask& task) {
+  if (task.b_bf16)
+    dense_f32_detail::run<uint16_t>(task);
+  else
+    dense_f32_detail::run<float>(task);
+}

@@ -160,8 +160,9 @@ struct DenseTile {
 //   dense_amx (kernels/dense_amx.h): bf16 on AMX tiles, a and b bf16 (b: (nb, K / 2, 64, 2) VNNI
 //     blocks); kDenseAmxMinRows ≤ rows ≤ kDenseAmxMaxRows, K a multiple of kDenseAmxK; acc holds
 //     2 × 32 × 32 floats.
-//   dense_f32 (kernels/dense_f32.h): fp32 on the ISA's vectors (AVX2 and up), a and b fp32 (b: (nb, K, 64)
-//     blocks); rows ≤ kDenseF32MaxRows; acc holds rows × 64 floats.
+//   dense_f32 (kernels/dense_f32.h): fp32 on the ISA's vectors (AVX2 and up), a fp32, b fp32 (nb, K, 64)
+//     blocks, or with b_bf16 bf16 ones (widened as read; the output rounded to out.dtype as ever);
+//     rows ≤ kDenseF32MaxRows; acc holds rows × 64 floats.
 // The caller checks these ranges; the kernels do not check them again.
 struct DenseTask {
   const void* a = nullptr;  // (rows, K), lda elements apart
@@ -170,6 +171,7 @@ struct DenseTask {
   int64_t K = 0, N = 0;     // N: y's columns (the last block may be partial)
   int64_t rows = 0, blk0 = 0, blk1 = 0;
   float* acc = nullptr;     // scratch
+  bool b_bf16 = false;      // dense_f32: b holds bf16 blocks
   DenseTile out;            // acc / rows / cols are set per output tile
 };
 using DenseTaskFn = void (*)(const DenseTask&);

@@ -233,7 +233,7 @@ DenseTaskFn task_kernel(const Problem& p, const KernelTable& kernels, int64_t mb
       return kernels.dense_amx;
     return nullptr;
   } else {
-    return kernels.dense_f32 && !p.widen && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
+    return kernels.dense_f32 && p.M <= kDenseF32MaxRows && g_dense_f32.load(std::memory_order_relaxed)
                ? kernels.dense_f32
                : nullptr;
   }
@@ -259,6 +259,7 @@ void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64
     t.blk0 = b0;
     t.blk1 = b1;
     t.acc = acc;
+    t.b_bf16 = p.widen;  // rows widened already (task_rows); the weight as the kernel reads it
     t.out.dtype = p.dtype;
     t.out.y = p.y + row * p.N * p.esize;
     t.out.ld_y = p.N;
