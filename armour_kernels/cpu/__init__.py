@@ -107,7 +107,7 @@ def use_isa(name: str):
 
 
 # The dense layers' task kernels of our own (docs/dense.md): "amx", bf16 on AMX tiles (17–32-row
-# blocks); "f32", fp32 on AVX-512 and AVX2 for layers of at most 64 rows. Off, the layer runs
+# blocks); "f32", fp32 on AVX-512 for layers of at most 64 rows, on AVX2 for all. Off, the layer runs
 # oneDNN's brgemm micro-kernel per tile followed by the epilogue.
 DENSE_TASKS = ("amx", "f32")
 

@@ -8,7 +8,7 @@ interquartile range and the per-round ratio off / on (> 1: the switch on is fast
 Switches (`--switch`), the dense layers' task kernels of our own (docs/dense.md) on, or oneDNN's
 micro-kernel per tile (off):
   dense_amx   bf16 dense layers on AMX tiles ("The AMX task kernel"); needs the amx dispatch path.
-  dense_f32   fp32 dense layers of at most 64 rows on AVX-512 and AVX2 ("The fp32 task kernel"); needs
+  dense_f32   fp32 dense layers of at most 64 rows on AVX-512, all on AVX2 ("The fp32 task kernel"); needs
               an AVX2 or AVX-512 dispatch path with brgemm. Measure it with --dtype fp32, and on AVX2
               with --dtype bf16 too (bf16 weights there are widened to fp32 by the same kernel).
 

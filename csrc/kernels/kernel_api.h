@@ -179,9 +179,10 @@ constexpr int64_t kDenseAmxK = 32;  // K must be a multiple of this (one tile pr
 // The rows an AMX task may have: two row tiles, the second with at least one row (smaller row
 // blocks stay on oneDNN's micro-kernel).
 constexpr int64_t kDenseAmxMinRows = 17, kDenseAmxMaxRows = 32;
-// The fp32 task kernel serves layers of at most this many rows (one task's rows): batch-1 layers,
-// where the weight streams from L3 once per call and the kernel's prefetch of the weight ahead
-// pays; taller layers stay on oneDNN's micro-kernel, level with it there.
+// On AVX-512 the fp32 task kernel serves layers of at most this many rows (one task's rows): batch-1
+// layers, where the weight streams from L3 once per call and the kernel's prefetch of the weight
+// ahead pays; taller layers stay on oneDNN's micro-kernel, level with it there. On AVX2 it serves
+// every layer, row block by row block (linear_layer/dense.cpp, Problem::f32_task_tall).
 constexpr int64_t kDenseF32MaxRows = 64;
 
 // LayerNorm of each row of a (rows, cols) matrix, the dense layer's prologue (docs/dense.md):

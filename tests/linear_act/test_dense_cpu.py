@@ -213,14 +213,15 @@ def _f32_task_runs(name):
 
 @pytest.mark.skipif(not cpu.built() or not _f32_task_paths(),
                     reason="needs an AVX2 or AVX-512 dispatch path with brgemm")
-@pytest.mark.parametrize("M", [1, 5, 6, 7, 13, 16, 49, 64, 65])
+@pytest.mark.parametrize("M", [1, 5, 6, 7, 13, 16, 49, 64, 65, 197])
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 def test_f32_task_kernel_matches_definition(M, act, dtype):
     """The fp32 task kernel (kernels/dense_f32.h: layers of ≤ 64 rows as passes of ≤ 6 rows, the reduction
     in chunks of 64 steps — 256 on AVX2, where a block is 4 passes wide — the last chunk and weight block
     partial, rows read with a stride) matches the definition and oneDNN's micro-kernel per tile to fp32
-    rounding, on every AVX-512 and AVX2 path; 65 rows take oneDNN's tiles within the same op. bf16: the
+    rounding, on every AVX-512 and AVX2 path; on AVX-512 65 and 197 rows take oneDNN's tiles within the
+    same op, on AVX2 the kernel serves each of their 64-row blocks. bf16: the
     weight packed in bf16 blocks (where a path packs them: AVX2) and run on every path, which widens it
     as it reads it; the output is rounded to bf16 once, so the two agree to that rounding."""
     tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
