@@ -15,8 +15,8 @@
 // its own over memory and no call: the rows are normalised while the GEMM is about to read them).
 // On AMX a bf16 task of 17–32 rows with K a multiple of 32 is one call of the ISA's AMX task
 // kernel instead (kernels/dense_amx.h: no oneDNN call per tile, epilogues overlapped with products);
-// on AVX-512 and AVX2 an fp32 layer of at most 64 rows runs on the ISA's fp32 task kernel
-// (kernels/dense_f32.h: the task's weight prefetched into L2 ahead of the chunk being multiplied).
+// an fp32 layer runs on the ISA's fp32 task kernel (kernels/dense_f32.h: the task's weight prefetched
+// into L2 ahead of the chunk being multiplied) on AVX-512 when it has at most 64 rows, on AVX2 always.
 // Below AVX-512 (AVX2: no bf16 arithmetic, and oneDNN has no bf16 kernels there) a bf16 layer keeps
 // its weight in bf16 blocks and is widened to fp32 per tile, rows and weight block alike (exact: a
 // bf16 value is a float), for the fp32 micro-kernel; the epilogue rounds the output to bf16 once, as

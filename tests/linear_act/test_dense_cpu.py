@@ -221,9 +221,9 @@ def test_f32_task_kernel_matches_definition(M, act, dtype):
     in chunks of 64 steps — 256 on AVX2, where a block is 4 passes wide — the last chunk and weight block
     partial, rows read with a stride) matches the definition and oneDNN's micro-kernel per tile to fp32
     rounding, on every AVX-512 and AVX2 path; on AVX-512 65 and 197 rows take oneDNN's tiles within the
-    same op, on AVX2 the kernel serves each of their 64-row blocks. bf16: the
-    weight packed in bf16 blocks (where a path packs them: AVX2) and run on every path, which widens it
-    as it reads it; the output is rounded to bf16 once, so the two agree to that rounding."""
+    same op, on AVX2 the kernel serves each of their 64-row blocks. bf16: the weight packed in bf16
+    blocks (where a path packs them: AVX2) and run on every path, which widens it as it reads it; the
+    output is rounded to bf16 once, so the two agree to that rounding."""
     tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
     packs_with = None  # bf16: the path whose dense_pack makes bf16 blocks
     if dtype == torch.bfloat16:
