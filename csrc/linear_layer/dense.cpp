@@ -7,7 +7,7 @@
 // micro-kernel (Sapphire Rapids, 1 thread: bench/results/<cpu>/linear_act-cpu.md); neither takes a residual
 // or an input activation, which then cost a pass over memory each.
 //
-// Tiling: a task is one block of kMB rows × a range of 64-column weight blocks; the fp32
+// Tiling: a task is a range of at most kMB rows × a range of 64-column weight blocks (TaskGrid); the fp32
 // accumulators of one (kMB × 64) tile live in a per-thread scratch buffer, the epilogue writes the
 // tile out (bias, activation, residual, dtype) straight after its GEMM. The rows of x are read in
 // place (any row stride); with act_in the task first writes Hardswish(its rows) to scratch, with a
@@ -275,23 +275,47 @@ void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64
   for (int64_t blk = b0; blk < b1; ++blk) tile_gemm(p, kernels, a, lda, mb, row, blk, acc);
 }
 
+// How a layer's work is cut into tasks: row_tasks ranges of rows × col_tasks ranges of weight blocks,
+// task t = (t / col_tasks, t % col_tasks). at::parallel_for gives each thread an equal contiguous
+// share of the task indices, so on several threads the ranges are even and their count a multiple
+// of the thread count where the rows allow: LeViT's 196-row layers at batch 1 on 2 threads were
+// row blocks of 64, 64, 64 and 4, one thread's 128 rows against the other's 68; its 384-column
+// layers four column tasks of 2, 2, 2 and 0 blocks (4 blocks against 2). One thread keeps blocks
+// of MB rows (the last one short), the cut its kernels were tuned with.
+struct TaskGrid {
+  int64_t M, MB, nb, row_tasks, col_tasks;
+  bool even;
+  int64_t tasks() const { return row_tasks * col_tasks; }
+  int64_t row0(int64_t r) const { return even ? M * r / row_tasks : std::min(M, r * MB); }
+  int64_t col0(int64_t c) const { return nb * c / col_tasks; }
+};
+
+constexpr int64_t kMinTaskRows = 8;  // fewer rows per task than this: a thread's share stays uneven
+
+// Columns are split only when the rows give fewer than two tasks per thread (batch 1), and never on
+// one thread (each task's first weight block starts its prefetch stream cold). col_split = false:
+// rows only (the MLP's tasks need all of the first layer's columns).
+TaskGrid task_grid(int64_t M, int64_t MB, int64_t nb, bool col_split = true) {
+  const int64_t threads = at::get_num_threads();
+  TaskGrid g{M, MB, nb, (M + MB - 1) / MB, 1, threads > 1};
+  if (threads <= 1) return g;
+  if (col_split) g.col_tasks = std::min(nb, std::max<int64_t>(1, (2 * threads + g.row_tasks - 1) / g.row_tasks));
+  while (g.tasks() % threads != 0 && (g.row_tasks + 1) * kMinTaskRows <= M) ++g.row_tasks;
+  return g;
+}
+
 template <class T>
 void run_tiles(const Problem& p, int64_t MB) {
-  const int64_t mblocks = (p.M + MB - 1) / MB;
-  // Enough tasks for every thread: split the columns too when the rows are few (batch 1), into two
-  // tasks per thread for balance; on one thread not at all (each task's first weight block starts
-  // its prefetch stream cold).
-  const int64_t threads = at::get_num_threads();
-  const int64_t wanted = threads > 1 ? 2 * threads : 1;
-  const int64_t nsplit = std::min(p.nb, std::max<int64_t>(1, (wanted + mblocks - 1) / mblocks));
-  const int64_t per = (p.nb + nsplit - 1) / nsplit;
+  const TaskGrid grid = task_grid(p.M, MB, p.nb);
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
-  at::parallel_for(0, mblocks * nsplit, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.tasks(), 1, [&](int64_t begin, int64_t end) {
     float* acc = scratch(t_acc, kAccFloats);
     const KernelTable& kernels = current_kernels();
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t m0 = (task / nsplit) * MB, mb = std::min(MB, p.M - m0);
-      const int64_t b0 = (task % nsplit) * per, b1 = std::min(p.nb, b0 + per);
+      const int64_t r = task / grid.col_tasks, c = task % grid.col_tasks;
+      const int64_t m0 = grid.row0(r), mb = grid.row0(r + 1) - m0;
+      const int64_t b0 = grid.col0(c), b1 = grid.col0(c + 1);
+      if (mb == 0 || b0 == b1) continue;
       int64_t lda = p.lda;
       const T* a = task_rows<T>(p, kernels, p.a + m0 * p.lda * p.esize, mb, lda);
       task_blocks(p, kernels, a, lda, mb, m0, b0, b1, acc);
@@ -310,16 +334,17 @@ thread_local std::vector<float> t_hidden_f32;
 // than threads.
 template <class T>
 void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
-  const int64_t mblocks = (first.M + MB - 1) / MB;
+  const TaskGrid grid = task_grid(first.M, MB, 1, /*col_split=*/false);
   constexpr bool vnni = std::is_same<T, at::BFloat16>::value;
-  at::parallel_for(0, mblocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.tasks(), 1, [&](int64_t begin, int64_t end) {
     float* acc = scratch(t_acc, kAccFloats);
     const KernelTable& kernels = current_kernels();
     Problem f = first, g = second;
     f.y = vnni ? reinterpret_cast<char*>(scratch(t_hidden_bf16, MB * f.N))
                : reinterpret_cast<char*>(scratch(t_hidden_f32, MB * f.N));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t m0 = task * MB, mb = std::min(MB, first.M - m0);
+      const int64_t m0 = grid.row0(task), mb = grid.row0(task + 1) - m0;
+      if (mb == 0) continue;
       int64_t lda = f.lda;
       const T* a = task_rows<T>(f, kernels, f.a + m0 * f.lda * f.esize, mb, lda);
       task_blocks(f, kernels, a, lda, mb, 0, 0, f.nb, acc);

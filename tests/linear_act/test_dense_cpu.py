@@ -74,6 +74,27 @@ def test_nan_and_inf(isa, dtype, act):
     assert_same_nans_and_close(y, want, dtype, f"{isa} {act}")
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("M,N", [(196, 384), (197, 192), (16, 192), (16, 384), (1, 1000), (49, 200), (3136, 128)])
+def test_thread_splits(isa, dtype, M, N):
+    """Rows and columns cut evenly among 2 and 3 threads (LeViT's 196 rows as 4 × 49, 384 columns as
+    2 + 1 + 2 + 1 blocks, more row tasks where the columns alone leave the threads' shares uneven):
+    every row and column computed once, and the same result as on one thread, bit for bit."""
+    x, w, b, r = make(M, 64, N, dtype, residual=True, seed=M + N)
+    packed = dense_pack(w)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(dense(x, packed, b, N, act="gelu", residual=r))
+    finally:
+        torch.set_num_threads(before)
+    assert_close(outs[0], expected(x, w, b, "gelu", False, r), dtype, msg=f"{isa} {M}x{N}")
+    for threads, y in zip((2, 3), outs[1:]):
+        assert torch.equal(y, outs[0]), f"{isa} {M}x{N}: {threads} threads differ from one"
+
+
 def test_plain_weight_and_layouts():
     """A plain (out, in) weight is accepted on every path; dense_pack says which layout it chose."""
     x, w, b, r = make(9, 32, 40, torch.float32, residual=True)

@@ -66,9 +66,10 @@ def test_against_definition_and_two_calls(isa, dtype, M, K, H, N, act, with_norm
     assert_close(y, definition(x, fc1, fc2, act, r, norm), dtype, scale=2.0, msg=isa)
 
 
-@pytest.mark.parametrize("M", [0, 1, 16, 40])
+@pytest.mark.parametrize("M", [0, 1, 16, 40, 196, 197])
 def test_few_rows_and_threads(M):
-    """Fewer row blocks than threads: the two calls (column-split) — same results either way."""
+    """Fewer row blocks than threads: the two calls (column-split); more (196 rows: 4 tasks of 49 on 2
+    threads) the fused op, rows cut evenly — the same results as on one thread either way."""
     x, fc1, fc2, r, norm = mlp_case(M, 32, 64, 48, torch.float32)
     before = torch.get_num_threads()
     try:
