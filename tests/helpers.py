@@ -85,6 +85,19 @@ def assert_no_cpu_kernel_error(op, call):
         call()
 
 
+def results_on_threads(counts, fn):
+    """[fn() with torch.set_num_threads(n)] for each n in counts; the caller's thread count restored."""
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in counts:
+            torch.set_num_threads(n)
+            outs.append(fn())
+        return outs
+    finally:
+        torch.set_num_threads(before)
+
+
 def nan_like(t):
     """An output buffer pre-filled with NaN, so an unwritten element fails the comparison."""
     return torch.full_like(t, float("nan"))

@@ -284,7 +284,7 @@ void task_blocks(const Problem& p, const KernelTable& kernels, const T* a, int64
 // of MB rows (the last one short), the cut its kernels were tuned with.
 struct TaskGrid {
   int64_t M, MB, nb, row_tasks, col_tasks;
-  bool even;
+  bool even;  // several threads: even ranges (each task ≥ 1 row and ≥ 1 block: row_tasks ≤ M, col_tasks ≤ nb)
   int64_t tasks() const { return row_tasks * col_tasks; }
   int64_t row0(int64_t r) const { return even ? M * r / row_tasks : std::min(M, r * MB); }
   int64_t col0(int64_t c) const { return nb * c / col_tasks; }
@@ -315,7 +315,6 @@ void run_tiles(const Problem& p, int64_t MB) {
       const int64_t r = task / grid.col_tasks, c = task % grid.col_tasks;
       const int64_t m0 = grid.row0(r), mb = grid.row0(r + 1) - m0;
       const int64_t b0 = grid.col0(c), b1 = grid.col0(c + 1);
-      if (mb == 0 || b0 == b1) continue;
       int64_t lda = p.lda;
       const T* a = task_rows<T>(p, kernels, p.a + m0 * p.lda * p.esize, mb, lda);
       task_blocks(p, kernels, a, lda, mb, m0, b0, b1, acc);
@@ -344,7 +343,6 @@ void run_mlp_tiles(const Problem& first, const Problem& second, int64_t MB) {
                : reinterpret_cast<char*>(scratch(t_hidden_f32, MB * f.N));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t m0 = grid.row0(task), mb = grid.row0(task + 1) - m0;
-      if (mb == 0) continue;
       int64_t lda = f.lda;
       const T* a = task_rows<T>(f, kernels, f.a + m0 * f.lda * f.esize, mb, lda);
       task_blocks(f, kernels, a, lda, mb, 0, 0, f.nb, acc);

@@ -13,7 +13,7 @@ from armour_kernels.constants import ACTIVATIONS
 from armour_kernels.ops.linear_act import dense, dense_pack, linear_act
 
 from dense_cases import ISAS, expected, make
-from helpers import assert_close, assert_same_nans_and_close
+from helpers import assert_close, assert_same_nans_and_close, results_on_threads
 
 pytestmark = pytest.mark.skipif(not cpu.has_op("dense"), reason="the C++ extension is not built")
 
@@ -82,14 +82,7 @@ def test_thread_splits(isa, dtype, M, N):
     every row and column computed once, and the same result as on one thread, bit for bit."""
     x, w, b, r = make(M, 64, N, dtype, residual=True, seed=M + N)
     packed = dense_pack(w)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            outs.append(dense(x, packed, b, N, act="gelu", residual=r))
-    finally:
-        torch.set_num_threads(before)
+    outs = results_on_threads((1, 2, 3), lambda: dense(x, packed, b, N, act="gelu", residual=r))
     assert_close(outs[0], expected(x, w, b, "gelu", False, r), dtype, msg=f"{isa} {M}x{N}")
     for threads, y in zip((2, 3), outs[1:]):
         assert torch.equal(y, outs[0]), f"{isa} {M}x{N}: {threads} threads differ from one"

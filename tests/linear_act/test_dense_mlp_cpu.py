@@ -13,7 +13,7 @@ from armour_kernels.constants import Activation
 from armour_kernels.ops.linear_act import dense, dense_pack, mlp
 
 from dense_cases import expected, make
-from helpers import assert_close
+from helpers import assert_close, results_on_threads
 
 pytestmark = pytest.mark.skipif(not cpu.has_op("dense_mlp"), reason="the C++ extension is not built")
 
@@ -71,18 +71,11 @@ def test_few_rows_and_threads(M):
     """Fewer row blocks than threads: the two calls (column-split); more (196 rows: 4 tasks of 49 on 2
     threads) the fused op, rows cut evenly — the same results as on one thread either way."""
     x, fc1, fc2, r, norm = mlp_case(M, 32, 64, 48, torch.float32)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(fused(x.reshape(1, M, 32), fc1, fc2, "relu", r.reshape(1, M, 48), norm))
-        assert outs[0].shape == (1, M, 48)
-        assert torch.equal(outs[0], outs[1])
-        if M:
-            assert_close(outs[0][0], definition(x, fc1, fc2, "relu", r, norm), torch.float32)
-    finally:
-        torch.set_num_threads(before)
+    outs = results_on_threads((1, 2), lambda: fused(x.reshape(1, M, 32), fc1, fc2, "relu", r.reshape(1, M, 48), norm))
+    assert outs[0].shape == (1, M, 48)
+    assert torch.equal(outs[0], outs[1])
+    if M:
+        assert_close(outs[0][0], definition(x, fc1, fc2, "relu", r, norm), torch.float32)
 
 
 def test_plain_and_float64_weights():
